@@ -1,0 +1,71 @@
+# Everything a fresh machine with Python 3.11 and pip needs: `make run`, `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+PORT ?= 50051
+
+.PHONY: install test lint protos check-generated run bench bench-smoke buf-lint buf-breaking clean
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(BUF):
+	mkdir -p $(TOOLS)
+	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/mypy octollm_grpc
+	$(MAKE) --no-print-directory buf-lint buf-breaking check-generated
+
+# OctoLLM's protos import google/rpc/*.proto: buf gets them from the installed
+# googleapis-common-protos (staged under .build, not committed), as protoc does.
+.build/googleapis: $(STAMP)
+	rm -rf $@ && mkdir -p $@/google/rpc
+	cp $$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/*.proto $@/google/rpc/
+
+buf-lint: $(BUF) .build/googleapis
+	$(BUF) lint
+
+# Breaking-change check of the wire contract against the last commit of main.
+buf-breaking: $(BUF) .build/googleapis
+	./.ci/buf-breaking $(BUF)
+
+# The library's own error protos go inside the package (with the .proto, for users' imports);
+# the sample service's protos go to server/gen. Both through the same command users run.
+protos: $(STAMP)
+	rm -rf .build/gen && mkdir -p .build/gen
+	$(BIN)/octollm-grpc generate protos --out .build/gen --package octollm_grpc._proto \
+	  --no-grpc --copy-protos octollm/errors/v1/errors.proto >/dev/null
+	if [ -d protos/octollm/tasks ]; then $(BIN)/octollm-grpc generate protos --out .build/gen \
+	  --package server.gen $$(cd protos && find octollm/tasks octollm/arms -name '*.proto' | sort) \
+	  >/dev/null; fi
+	rm -rf octollm_grpc/_proto/octollm && mv .build/gen/octollm_grpc/_proto/octollm octollm_grpc/_proto/
+	if [ -d .build/gen/server/gen ]; then rm -rf server/gen && mv .build/gen/server/gen server/gen; fi
+
+check-generated: protos
+	@if [ -n "$$(git status --porcelain -- octollm_grpc/_proto server/gen)" ]; then \
+	  echo "generated code differs from the protos; run 'make protos' and commit:"; \
+	  git status --porcelain -- octollm_grpc/_proto server/gen; exit 1; fi
+
+run: $(STAMP)
+	$(BIN)/python -m server --port $(PORT)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,79 @@
+"""octollm-grpc: typed gRPC errors with rich status details, and resilient gRPC clients.
+
+The curated public API. Modules: ``errors`` (the hierarchy), ``codes`` (the mapping table),
+``status`` (wire encoding), ``http`` (gateway rendering), ``server`` and ``client``
+(interceptors, sync and ``.aio``), ``codegen`` (stub generation), ``testing``.
+"""
+
+from __future__ import annotations
+
+from octollm_grpc import errors
+from octollm_grpc.codes import ErrorMapping, mapping_for, register
+from octollm_grpc.errors import (
+    ArmUnavailableError,
+    AuthenticationError,
+    AuthorizationError,
+    CacheError,
+    CapacityExceededError,
+    CircuitOpenError,
+    DatabaseError,
+    ErrorDetails,
+    ExternalError,
+    InternalError,
+    InvalidInputError,
+    InvalidStateError,
+    LLMAPIError,
+    NetworkError,
+    OctoLLMError,
+    PiiDetectedError,
+    RateLimitError,
+    ResourceError,
+    SerializationError,
+    TaskNotFoundError,
+    ThirdPartyAPIError,
+    ValidationError,
+    ValidationErrors,
+    VectorDBError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArmUnavailableError",
+    "AuthenticationError",
+    "AuthorizationError",
+    "CacheError",
+    "CapacityExceededError",
+    "CircuitOpenError",
+    "DatabaseError",
+    "ErrorDetails",
+    "ErrorMapping",
+    "ExternalError",
+    "HttpError",
+    "InternalError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "LLMAPIError",
+    "NetworkError",
+    "OctoLLMError",
+    "PiiDetectedError",
+    "RateLimitError",
+    "ResourceError",
+    "SerializationError",
+    "TaskNotFoundError",
+    "ThirdPartyAPIError",
+    "ValidationError",
+    "ValidationErrors",
+    "VectorDBError",
+    "__version__",
+    "errors",
+    "from_rpc_error",
+    "from_status_proto",
+    "mapping_for",
+    "register",
+    "to_http",
+    "to_status",
+    "to_status_proto",
+]
+# errors.SystemError and errors.TimeoutError are reached as errors.SystemError / errors.TimeoutError:
+# re-exporting them here would shadow Python's builtins in `from octollm_grpc import *`.

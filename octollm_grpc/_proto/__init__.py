@@ -1,0 +1,1 @@
+"""Generated code for OctoLLM's own protos (``make protos``); do not edit by hand."""

@@ -1,0 +1,181 @@
+"""One table from exception class to gRPC code, HTTP status and retryability.
+
+Lookup walks the exception's MRO, so the most specific registered class wins whatever order the
+table was written in (the seed's ``isinstance`` chain sent ``TaskNotFoundError`` to 400 because
+it tested ``ValidationError`` first). Users add their own subclasses with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from octollm_grpc import errors as e
+
+__all__ = [
+    "ErrorMapping",
+    "UNEXPECTED",
+    "BUILTIN_TIMEOUT",
+    "class_for_error_code",
+    "class_for_status_code",
+    "mapping_for",
+    "mapping_for_class",
+    "register",
+    "registered",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMapping:
+    """How one class of error is reported: on gRPC, over HTTP, and whether to retry it."""
+
+    error_code: str
+    grpc_code: grpc.StatusCode
+    http_status: int
+    retryable: bool
+    client_error: bool
+    """True for errors the caller caused (logged at warning, not error)."""
+
+
+_C = grpc.StatusCode
+
+#: What any exception outside the hierarchy becomes: no text of it reaches the caller.
+UNEXPECTED = ErrorMapping("INTERNAL_ERROR", _C.INTERNAL, 500, False, False)
+#: Python's builtin ``TimeoutError`` (and so ``asyncio.TimeoutError``).
+BUILTIN_TIMEOUT = ErrorMapping("TIMEOUT_ERROR", _C.DEADLINE_EXCEEDED, 504, False, False)
+
+_lock = threading.Lock()
+_by_class: dict[type[BaseException], ErrorMapping] = {}
+_by_error_code: dict[str, type[e.OctoLLMError]] = {}
+# Resolved lookups, one per concrete class: the MRO walk happens once per class, not per error.
+_resolved: dict[type[BaseException], ErrorMapping] = {}
+
+
+def register(
+    cls: type[e.OctoLLMError],
+    grpc_code: grpc.StatusCode,
+    http_status: int,
+    *,
+    retryable: bool = False,
+    client_error: bool | None = None,
+) -> type[e.OctoLLMError]:
+    """Map ``cls`` (and its subclasses that are not registered themselves) to a status.
+
+    ``cls.error_code`` must be unique among registered classes: it is how a client picks the
+    class to rebuild. ``client_error`` defaults to ``http_status < 500``. Returns ``cls``, so it
+    also works as a decorator factory's target: ``register(MyError, StatusCode.ABORTED, 409)``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, e.OctoLLMError)):
+        raise TypeError(f"register() takes an OctoLLMError subclass, not {cls!r}")
+    if not isinstance(grpc_code, grpc.StatusCode) or grpc_code is _C.OK:
+        raise ValueError(f"grpc_code must be a non-OK grpc.StatusCode, not {grpc_code!r}")
+    if not 400 <= http_status <= 599:
+        raise ValueError(f"http_status must be a 4xx or 5xx status, not {http_status!r}")
+    code = cls.error_code
+    with _lock:
+        owner = _by_error_code.get(code)
+        if owner is not None and owner is not cls:
+            raise ValueError(
+                f"error_code {code!r} of {cls.__qualname__} is already used by "
+                f"{owner.__qualname__}; give the class its own error_code"
+            )
+        _by_error_code[code] = cls
+        _by_class[cls] = ErrorMapping(
+            code,
+            grpc_code,
+            http_status,
+            retryable,
+            http_status < 500 if client_error is None else client_error,
+        )
+        _resolved.clear()
+    return cls
+
+
+def mapping_for_class(cls: type[BaseException]) -> ErrorMapping:
+    """The mapping of the most specific registered class in ``cls``'s MRO."""
+    found = _resolved.get(cls)
+    if found is not None:
+        return found
+    for klass in cls.__mro__:
+        mapping = _by_class.get(klass)
+        if mapping is not None:
+            break
+    else:
+        mapping = BUILTIN_TIMEOUT if issubclass(cls, builtins.TimeoutError) else UNEXPECTED
+    _resolved[cls] = mapping
+    return mapping
+
+
+def mapping_for(exc: BaseException) -> ErrorMapping:
+    """The mapping for an exception instance (see :func:`mapping_for_class`)."""
+    return mapping_for_class(type(exc))
+
+
+def class_for_error_code(error_code: str) -> type[e.OctoLLMError] | None:
+    """The registered class whose ``error_code`` this is, if any."""
+    return _by_error_code.get(error_code)
+
+
+def registered() -> list[tuple[type[e.OctoLLMError], ErrorMapping]]:
+    """Every registered class with its mapping, in registration order."""
+    with _lock:
+        return [(cls, m) for cls, m in _by_class.items() if issubclass(cls, e.OctoLLMError)]
+
+
+# What a status with no (or unknown) OctoLLM details decodes to: a sensible class for its code.
+_FALLBACK: dict[grpc.StatusCode, type[e.OctoLLMError]] = {
+    _C.INVALID_ARGUMENT: e.ValidationError,
+    _C.OUT_OF_RANGE: e.ValidationError,
+    _C.NOT_FOUND: e.ValidationError,
+    _C.ALREADY_EXISTS: e.InvalidStateError,
+    _C.FAILED_PRECONDITION: e.InvalidStateError,
+    _C.ABORTED: e.InvalidStateError,
+    _C.UNAUTHENTICATED: e.AuthenticationError,
+    _C.PERMISSION_DENIED: e.AuthorizationError,
+    _C.RESOURCE_EXHAUSTED: e.ResourceError,
+    _C.UNAVAILABLE: e.NetworkError,
+    _C.DEADLINE_EXCEEDED: e.TimeoutError,
+}
+
+
+def class_for_status_code(code: grpc.StatusCode) -> type[e.OctoLLMError]:
+    """The class a bare status of this code decodes to (``SystemError`` when nothing fits)."""
+    return _FALLBACK.get(code, e.SystemError)
+
+
+def _register_builtin() -> None:
+    table: list[tuple[type[e.OctoLLMError], grpc.StatusCode, int, bool]] = [
+        (e.OctoLLMError, _C.UNKNOWN, 500, False),
+        (e.ValidationError, _C.INVALID_ARGUMENT, 400, False),
+        (e.InvalidInputError, _C.INVALID_ARGUMENT, 400, False),
+        (e.ValidationErrors, _C.INVALID_ARGUMENT, 400, False),
+        (e.TaskNotFoundError, _C.NOT_FOUND, 404, False),
+        (e.AuthenticationError, _C.UNAUTHENTICATED, 401, False),
+        (e.AuthorizationError, _C.PERMISSION_DENIED, 403, False),
+        (e.PiiDetectedError, _C.INVALID_ARGUMENT, 400, False),
+        (e.InvalidStateError, _C.FAILED_PRECONDITION, 400, False),
+        (e.ResourceError, _C.UNAVAILABLE, 503, True),
+        (e.ArmUnavailableError, _C.UNAVAILABLE, 503, True),
+        (e.CapacityExceededError, _C.UNAVAILABLE, 503, True),
+        (e.RateLimitError, _C.RESOURCE_EXHAUSTED, 429, True),
+        (e.CircuitOpenError, _C.UNAVAILABLE, 503, True),
+        (e.SystemError, _C.INTERNAL, 500, False),
+        (e.InternalError, _C.INTERNAL, 500, False),
+        (e.DatabaseError, _C.INTERNAL, 500, False),
+        (e.CacheError, _C.INTERNAL, 500, False),
+        (e.SerializationError, _C.INTERNAL, 500, False),
+        (e.NetworkError, _C.UNAVAILABLE, 502, True),
+        (e.TimeoutError, _C.DEADLINE_EXCEEDED, 504, False),
+        (e.ExternalError, _C.UNAVAILABLE, 502, True),
+        (e.LLMAPIError, _C.UNAVAILABLE, 502, True),
+        (e.VectorDBError, _C.UNAVAILABLE, 502, True),
+        (e.ThirdPartyAPIError, _C.UNAVAILABLE, 502, True),
+    ]
+    for cls, code, http, retryable in table:
+        register(cls, code, http, retryable=retryable)
+
+
+_register_builtin()

@@ -1,0 +1,381 @@
+"""OctoLLMError <-> ``google.rpc.Status``: encoding on the server, decoding on the client.
+
+Encoding puts, in this order, ``ErrorInfo`` (reason = error_code), the standard detail the
+class calls for (``BadRequest``, ``ResourceInfo``, ``PreconditionFailure``, ``QuotaFailure``,
+``RetryInfo``), ``RequestInfo`` when the request id is known, ``DebugInfo`` only when asked
+for, and last our ``ErrorEnvelope`` for a lossless round trip. The status's code and message
+come from the same values as the call's, so ``grpc_status.rpc_status.from_call`` accepts it.
+
+Decoding never raises: a status without our details, with unknown detail types, or with
+garbage in ``grpc-status-details-bin`` becomes a sensible class for its code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import any_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from octollm_grpc import codes
+from octollm_grpc import errors as e
+from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
+
+__all__ = [
+    "DEFAULT_DOMAIN",
+    "DETAILS_KEY",
+    "GENERIC_MESSAGE",
+    "PUSHBACK_KEY",
+    "RichStatus",
+    "from_rpc_error",
+    "from_status_proto",
+    "to_status",
+    "to_status_proto",
+]
+
+DETAILS_KEY = "grpc-status-details-bin"
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+DEFAULT_DOMAIN = "octollm.grpc"
+#: What the caller sees of an unexpected exception; its text goes to the log only.
+GENERIC_MESSAGE = "An internal error occurred"
+TIMEOUT_MESSAGE = "The operation timed out"
+
+_TYPE_PREFIX = "type.googleapis.com/"
+_ERROR_INFO = _TYPE_PREFIX + error_details_pb2.ErrorInfo.DESCRIPTOR.full_name
+_RETRY_INFO = _TYPE_PREFIX + error_details_pb2.RetryInfo.DESCRIPTOR.full_name
+_REQUEST_INFO = _TYPE_PREFIX + error_details_pb2.RequestInfo.DESCRIPTOR.full_name
+_BAD_REQUEST = _TYPE_PREFIX + error_details_pb2.BadRequest.DESCRIPTOR.full_name
+_ENVELOPE = _TYPE_PREFIX + errors_pb2.ErrorEnvelope.DESCRIPTOR.full_name
+
+
+class RichStatus(NamedTuple):
+    """A ``grpc.Status`` (code, details, trailing_metadata) plus the ``google.rpc.Status``."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+    proto: status_pb2.Status
+
+
+# NamedTuple cannot take a second base; register it so isinstance(s, grpc.Status) holds.
+grpc.Status.register(RichStatus)
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _details_json(details: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    try:
+        text = json.dumps(details, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text, dict(details)
+    except (TypeError, ValueError):
+        safe = _jsonable(details)
+        return json.dumps(safe, ensure_ascii=False, separators=(",", ":")), safe
+
+
+def _struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(data)
+    except (ValueError, TypeError, OverflowError):
+        # e.g. an int too large for a double: the exact copy in details_json still has it.
+        struct.Clear()
+    return struct
+
+
+def _metadata_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _field_violations(error: e.OctoLLMError) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    details = error.details
+    items = details.get("errors")
+    violations = []
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, Mapping):
+                violations.append(error_details_pb2.BadRequest.FieldViolation(
+                    field=str(item.get("field", "")),
+                    description=str(item.get("message", "")),
+                    reason=str(item.get("reason", "")),
+                ))
+    elif details.get("field"):
+        violations.append(error_details_pb2.BadRequest.FieldViolation(
+            field=str(details["field"]), description=error.message))
+    return violations
+
+
+def _seconds_to_duration(seconds: float) -> Any:
+    from google.protobuf import duration_pb2
+
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(round(seconds * 1e9)))
+    return duration
+
+
+def _valid_retry_after(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+def _safe_text(text: str) -> str:
+    """``text`` as valid UTF-8 (lone surrogates would make protobuf and gRPC reject it)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def to_status_proto(
+    exc: BaseException,
+    *,
+    request_id: str | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    debug: bool = False,
+) -> status_pb2.Status:
+    """The ``google.rpc.Status`` for ``exc`` (for per-item results of batch calls too)."""
+    mapping = codes.mapping_for(exc)
+    if isinstance(exc, e.OctoLLMError):
+        error_code = exc.error_code
+        message = _safe_text(str(exc.message))
+        details: Mapping[str, Any] = exc.details
+        retry_after = _valid_retry_after(exc.retry_after)
+    else:
+        error_code = mapping.error_code
+        message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
+        details = {}
+        retry_after = None
+
+    details_text, safe_details = _details_json(details)
+    status = status_pb2.Status(code=mapping.grpc_code.value[0], message=message)
+    packed = status.details
+    packed.append(_pack(error_details_pb2.ErrorInfo(
+        reason=error_code,
+        domain=domain,
+        metadata={str(k): _safe_text(_metadata_value(v)) for k, v in safe_details.items()},
+    )))
+    if isinstance(exc, e.ValidationError):
+        violations = _field_violations(exc)
+        if violations:
+            packed.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(exc, e.TaskNotFoundError):
+        packed.append(_pack(error_details_pb2.ResourceInfo(
+            resource_type="octollm.tasks.v1.Task",
+            resource_name=str(details.get("task_id", "")),
+            description=message,
+        )))
+    if isinstance(exc, e.InvalidStateError):
+        packed.append(_pack(error_details_pb2.PreconditionFailure(violations=[
+            error_details_pb2.PreconditionFailure.Violation(
+                type="STATE", subject=str(details.get("subject", "")), description=message)
+        ])))
+    if isinstance(exc, e.RateLimitError):
+        packed.append(_pack(error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=str(details.get("key", "caller")), description=message)
+        ])))
+    if retry_after is not None and retry_after > 0:
+        packed.append(_pack(error_details_pb2.RetryInfo(
+            retry_delay=_seconds_to_duration(retry_after))))
+    if request_id:
+        packed.append(_pack(error_details_pb2.RequestInfo(request_id=_safe_text(request_id))))
+    if debug and not isinstance(exc, e.OctoLLMError):
+        packed.append(_pack(error_details_pb2.DebugInfo(
+            stack_entries=traceback.format_exception(exc), detail=_safe_text(repr(exc)))))
+    envelope = errors_pb2.ErrorEnvelope(
+        error_code=error_code,
+        message=message,
+        details=_struct(safe_details),
+        details_json=details_text,
+    )
+    if retry_after is not None:
+        envelope.retry_after.CopyFrom(_seconds_to_duration(retry_after))
+    packed.append(_pack(envelope))
+    return status
+
+
+def to_status(
+    exc: BaseException,
+    *,
+    request_id: str | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    debug: bool = False,
+) -> RichStatus:
+    """The ``grpc.Status`` to end a call with for ``exc``.
+
+    Its trailing metadata holds ``grpc-status-details-bin`` and, when the error has a
+    ``retry_after``, ``grpc-retry-pushback-ms``. An exception outside the hierarchy gives the
+    generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
+    with the traceback, for development only).
+    """
+    proto = to_status_proto(exc, request_id=request_id, domain=domain, debug=debug)
+    trailers: tuple[tuple[str, str | bytes], ...] = ((DETAILS_KEY, proto.SerializeToString()),)
+    if isinstance(exc, e.OctoLLMError):
+        retry_after = _valid_retry_after(exc.retry_after)
+        if retry_after is not None and retry_after > 0:
+            trailers += ((PUSHBACK_KEY, str(int(math.ceil(retry_after * 1000)))),)
+    return RichStatus(codes.mapping_for(exc).grpc_code, proto.message, trailers, proto)
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def _call(method: Any) -> Any:
+    try:
+        return method()
+    except Exception:  # noqa: BLE001 - a broken call object must not break decoding
+        return None
+
+
+def _as_code(value: Any) -> grpc.StatusCode:
+    if isinstance(value, grpc.StatusCode):
+        return value
+    return grpc.StatusCode.UNKNOWN
+
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _duration_seconds(duration: Any) -> float:
+    seconds = duration.seconds + duration.nanos / 1e9
+    return int(seconds) if duration.nanos == 0 else seconds
+
+
+def _parse_status(trailers: Iterable[tuple[str, Any]] | None) -> status_pb2.Status | None:
+    if not trailers:
+        return None
+    try:
+        for key, value in trailers:
+            if key == DETAILS_KEY and isinstance(value, bytes):
+                return status_pb2.Status.FromString(value)
+    except Exception:  # noqa: BLE001 - garbage bytes: decode as if there were no details
+        return None
+    return None
+
+
+def from_status_proto(
+    status: status_pb2.Status, code: grpc.StatusCode | None = None
+) -> e.OctoLLMError:
+    """Rebuild the typed error a ``google.rpc.Status`` describes (batch items use this)."""
+    wire_code = code or _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _build(wire_code, status.message, status)
+
+
+def _build(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> e.OctoLLMError:
+    reason = ""
+    envelope = None
+    retry_after: float | None = None
+    request_id = ""
+    info_metadata: dict[str, str] = {}
+    violations: list[dict[str, str]] = []
+    if status is not None:
+        for detail in status.details:
+            try:
+                type_url = detail.type_url
+                if type_url == _ENVELOPE:
+                    envelope = errors_pb2.ErrorEnvelope.FromString(detail.value)
+                elif type_url == _ERROR_INFO:
+                    info = error_details_pb2.ErrorInfo.FromString(detail.value)
+                    reason = info.reason
+                    info_metadata = dict(info.metadata)
+                elif type_url == _RETRY_INFO:
+                    retry = error_details_pb2.RetryInfo.FromString(detail.value)
+                    retry_after = _duration_seconds(retry.retry_delay)
+                elif type_url == _REQUEST_INFO:
+                    request_id = error_details_pb2.RequestInfo.FromString(detail.value).request_id
+                elif type_url == _BAD_REQUEST:
+                    bad = error_details_pb2.BadRequest.FromString(detail.value)
+                    violations = [{"field": v.field, "message": v.description}
+                                  for v in bad.field_violations]
+            except Exception:  # noqa: BLE001, S112 - an undecodable detail is skipped, not fatal
+                continue
+
+    details: dict[str, Any] | None = None
+    error_code = reason
+    if envelope is not None:
+        error_code = envelope.error_code or reason
+        message = envelope.message or message
+        if envelope.details_json:
+            try:
+                loaded = json.loads(envelope.details_json)
+                details = loaded if isinstance(loaded, dict) else None
+            except ValueError:
+                details = None
+        if details is None:
+            details = json_format.MessageToDict(envelope.details)
+        if envelope.HasField("retry_after"):
+            retry_after = _duration_seconds(envelope.retry_after)
+    if details is None:
+        if violations:
+            details = {"errors": violations}
+        else:
+            details = dict(info_metadata)
+
+    cls = codes.class_for_error_code(error_code) if error_code else None
+    if cls is None:
+        cls = codes.class_for_status_code(code)
+    error = cls.restore(message, error_code or None, details, retry_after)
+    error._wire_code = code
+    if request_id:
+        error.request_id = request_id
+    error.rich_status = status
+    return error
+
+
+def from_rpc_error(err: BaseException) -> e.OctoLLMError:
+    """The typed error for a failed call (``grpc.RpcError`` or ``grpc.aio.AioRpcError``).
+
+    The result has the sender's class, message, error_code, details and retry_after, and
+    answers ``code()``, ``details()``, ``trailing_metadata()`` like the original call. It
+    never raises: anything unreadable decodes as if the details were absent.
+    """
+    if isinstance(err, e.OctoLLMError):
+        return err
+    code = _as_code(_call(getattr(err, "code", lambda: None)))
+    message = _call(getattr(err, "details", lambda: None))
+    if not isinstance(message, str):
+        message = "" if message is None else str(message)
+    trailers = _call(getattr(err, "trailing_metadata", lambda: None))
+    status = _parse_status(trailers)
+    # grpcio-status's rule: details whose code differs from the call's are not this call's.
+    if status is not None and status.code != code.value[0]:
+        status = None
+    error = _build(code, message, status)
+    error._trailing_metadata = trailers
+    error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
+    debug_string = _call(getattr(err, "debug_error_string", lambda: None))
+    error._debug_error_string = debug_string if isinstance(debug_string, str) else ""
+    error.__cause__ = err
+    return error
