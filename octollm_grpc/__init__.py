@@ -75,5 +75,5 @@ __all__ = [
     "to_status",
     "to_status_proto",
 ]
-# errors.SystemError and errors.TimeoutError are reached as errors.SystemError / errors.TimeoutError:
-# re-exporting them here would shadow Python's builtins in `from octollm_grpc import *`.
+# errors.SystemError and errors.TimeoutError are reached through `errors`: re-exporting them
+# here would shadow Python's builtins in `from octollm_grpc import *`.

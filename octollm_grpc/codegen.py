@@ -91,7 +91,8 @@ def generate(
     ``out_dir/acme_gen/acme/v1/x_pb2.py`` and imports itself as ``acme_gen.acme.v1``; without
     it, in ``out_dir/acme/v1/`` for an ``out_dir`` that is on ``sys.path``. ``files`` limits
     the run to those protos (paths relative to ``proto_dir``); ``copy_protos`` also copies the
-    .proto files next to their code, so others can import them. Returns the files written. Raises :class:`CodegenError` with protoc's message if generation fails.
+    .proto files next to their code, so others can import them. Returns the files written.
+    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr).
     """
     from grpc_tools import protoc
 

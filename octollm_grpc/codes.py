@@ -16,9 +16,9 @@ import grpc
 from octollm_grpc import errors as e
 
 __all__ = [
-    "ErrorMapping",
-    "UNEXPECTED",
     "BUILTIN_TIMEOUT",
+    "UNEXPECTED",
+    "ErrorMapping",
     "class_for_error_code",
     "class_for_status_code",
     "mapping_for",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 
@@ -90,7 +90,7 @@ class OctoLLMError(grpc.RpcError):
     #: The decoded ``google.rpc.Status`` of an error that came over the wire, else ``None``.
     rich_status: Any = None
 
-    details: ErrorDetails  # type: ignore[assignment]  # dict and method at once, see above
+    details: ErrorDetails  # a dict and a method at once, see the module docstring
 
     def __init__(
         self,

@@ -354,7 +354,7 @@ def _build(
     return error
 
 
-def from_rpc_error(err: BaseException) -> e.OctoLLMError:
+def from_rpc_error(err: object) -> e.OctoLLMError:
     """The typed error for a failed call (``grpc.RpcError`` or ``grpc.aio.AioRpcError``).
 
     The result has the sender's class, message, error_code, details and retry_after, and
@@ -377,5 +377,6 @@ def from_rpc_error(err: BaseException) -> e.OctoLLMError:
     error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
     debug_string = _call(getattr(err, "debug_error_string", lambda: None))
     error._debug_error_string = debug_string if isinstance(debug_string, str) else ""
-    error.__cause__ = err
+    if isinstance(err, BaseException):
+        error.__cause__ = err
     return error
