@@ -66,7 +66,8 @@ def test_generate_user_folder_end_to_end(tmp_path: Path) -> None:
 
     script = textwrap.dedent("""
         import sys
-                import grpc
+        from concurrent import futures
+        import grpc
         from acme_gen.acme.billing.v1 import billing_pb2, billing_pb2_grpc
 
         class Billing(billing_pb2_grpc.BillingServiceServicer):
