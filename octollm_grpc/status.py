@@ -44,6 +44,10 @@ DEFAULT_DOMAIN = "octollm.grpc"
 #: What the caller sees of an unexpected exception; its text goes to the log only.
 GENERIC_MESSAGE = "An internal error occurred"
 TIMEOUT_MESSAGE = "The operation timed out"
+#: Longest status message sent, in UTF-8 bytes; longer ones are cut (with "...").
+MAX_MESSAGE_BYTES = 1024
+#: Room for grpc-message plus grpc-status-details-bin, under gRPC's default 8 KiB metadata limit.
+TRAILER_BUDGET = 7 * 1024
 
 _TYPE_PREFIX = "type.googleapis.com/"
 _ERROR_INFO = _TYPE_PREFIX + error_details_pb2.ErrorInfo.DESCRIPTOR.full_name
@@ -82,29 +86,47 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _details_json(details: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    try:
-        text = json.dumps(details, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return text, dict(details)
-    except (TypeError, ValueError):
-        safe = _jsonable(details)
-        return json.dumps(safe, ensure_ascii=False, separators=(",", ":")), safe
+def _struct_is_exact(value: Any) -> bool:
+    """True when a ``Struct`` carries ``value`` exactly, given that integral numbers decode as
+    ``int``: no integral floats (``2.0``) and no integers a double cannot hold."""
+    if value is None or isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, int):
+        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
+    if isinstance(value, float):
+        return not value.is_integer()
+    if isinstance(value, dict):
+        return all(_struct_is_exact(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_struct_is_exact(v) for v in value)
+    return False
 
 
-def _struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+_MAX_EXACT_INT = 2**53
+
+
+def _struct(data: Mapping[str, Any]) -> struct_pb2.Struct | None:
     struct = struct_pb2.Struct()
     try:
         struct.update(data)
     except (ValueError, TypeError, OverflowError):
-        # e.g. an int too large for a double: the exact copy in details_json still has it.
-        struct.Clear()
+        return None
     return struct
 
 
-def _metadata_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _metadata(details: Mapping[str, Any]) -> dict[str, str]:
+    """ErrorInfo's string map: the scalar details only (lists and maps are in the envelope)."""
+    out: dict[str, str] = {}
+    for key, value in details.items():
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            out[key] = str(value)
+        elif value is None:
+            out[key] = "null"
+    return out
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -113,8 +135,9 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def _field_violations(error: e.OctoLLMError) -> list[error_details_pb2.BadRequest.FieldViolation]:
-    details = error.details
+def _field_violations(
+    details: Mapping[str, Any], message: str
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
     items = details.get("errors")
     violations = []
     if isinstance(items, list):
@@ -127,7 +150,7 @@ def _field_violations(error: e.OctoLLMError) -> list[error_details_pb2.BadReques
                 ))
     elif details.get("field"):
         violations.append(error_details_pb2.BadRequest.FieldViolation(
-            field=str(details["field"]), description=error.message))
+            field=str(details["field"]), description=message))
     return violations
 
 
@@ -156,6 +179,30 @@ def _safe_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _truncate_message(message: str) -> str:
+    data = message.encode("utf-8")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def _wire_length(message: str) -> int:
+    """Bytes ``grpc-message`` takes: gRPC percent-encodes all but printable ASCII."""
+    if message.isascii() and message.isprintable() and "%" not in message:
+        return len(message)
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in message.encode("utf-8"))
+
+
+def _shortened(value: Any, items: int) -> Any:
+    if isinstance(value, str):
+        return value[: items * 16]
+    if isinstance(value, Mapping):
+        return {k: _shortened(v, items) for k, v in list(value.items())[: max(items, 1) * 4]}
+    if isinstance(value, list):
+        return [_shortened(v, items) for v in value[:items]]
+    return value
+
+
 def to_status_proto(
     exc: BaseException,
     *,
@@ -163,11 +210,16 @@ def to_status_proto(
     domain: str = DEFAULT_DOMAIN,
     debug: bool = False,
 ) -> status_pb2.Status:
-    """The ``google.rpc.Status`` for ``exc`` (for per-item results of batch calls too)."""
+    """The ``google.rpc.Status`` for ``exc`` (for per-item results of batch calls too).
+
+    It fits gRPC's default 8 KiB metadata limit: a message over :data:`MAX_MESSAGE_BYTES` is
+    cut, and details too large for the trailer are shortened (lists and strings cut, with
+    ``"_truncated": true`` added) rather than lost whole to a ``RESOURCE_EXHAUSTED`` at the client.
+    """
     mapping = codes.mapping_for(exc)
     if isinstance(exc, e.OctoLLMError):
         error_code = exc.error_code
-        message = _safe_text(str(exc.message))
+        message = _truncate_message(_safe_text(str(exc.message)))
         details: Mapping[str, Any] = exc.details
         retry_after = _valid_retry_after(exc.retry_after)
     else:
@@ -176,16 +228,40 @@ def to_status_proto(
         details = {}
         retry_after = None
 
-    details_text, safe_details = _details_json(details)
-    status = status_pb2.Status(code=mapping.grpc_code.value[0], message=message)
+    def build(data: Mapping[str, Any], with_debug: bool) -> status_pb2.Status:
+        return _build_status(exc, mapping.grpc_code, error_code, message, data, retry_after,
+                             request_id, domain, with_debug)
+
+    safe = _jsonable(details)
+    status = build(safe, debug)
+    room = TRAILER_BUDGET - _wire_length(message)
+    if status.ByteSize() <= room:
+        return status
+    for items in (32, 8, 2, 0):
+        shortened = {**_shortened(safe, items), "_truncated": True}
+        status = build(shortened, False)
+        if status.ByteSize() <= room:
+            return status
+    return build({"_truncated": True}, False)
+
+
+def _build_status(
+    exc: BaseException,
+    grpc_code: grpc.StatusCode,
+    error_code: str,
+    message: str,
+    details: Mapping[str, Any],
+    retry_after: float | None,
+    request_id: str | None,
+    domain: str,
+    debug: bool,
+) -> status_pb2.Status:
+    status = status_pb2.Status(code=grpc_code.value[0], message=message)
     packed = status.details
     packed.append(_pack(error_details_pb2.ErrorInfo(
-        reason=error_code,
-        domain=domain,
-        metadata={str(k): _safe_text(_metadata_value(v)) for k, v in safe_details.items()},
-    )))
+        reason=error_code, domain=domain, metadata=_metadata(details))))
     if isinstance(exc, e.ValidationError):
-        violations = _field_violations(exc)
+        violations = _field_violations(details, message)
         if violations:
             packed.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
     if isinstance(exc, e.TaskNotFoundError):
@@ -212,12 +288,13 @@ def to_status_proto(
     if debug and not isinstance(exc, e.OctoLLMError):
         packed.append(_pack(error_details_pb2.DebugInfo(
             stack_entries=traceback.format_exception(exc), detail=_safe_text(repr(exc)))))
-    envelope = errors_pb2.ErrorEnvelope(
-        error_code=error_code,
-        message=message,
-        details=_struct(safe_details),
-        details_json=details_text,
-    )
+    envelope = errors_pb2.ErrorEnvelope(error_code=error_code, message=message)
+    # One copy of the details: the Struct (readable everywhere) when it is exact, else JSON.
+    struct = _struct(details) if _struct_is_exact(details) else None
+    if struct is not None:
+        envelope.details.CopyFrom(struct)
+    else:
+        envelope.details_json = json.dumps(details, ensure_ascii=False, separators=(",", ":"))
     if retry_after is not None:
         envelope.retry_after.CopyFrom(_seconds_to_duration(retry_after))
     packed.append(_pack(envelope))
@@ -248,6 +325,17 @@ def to_status(
 
 
 # -- decoding -------------------------------------------------------------------------------
+
+
+def _integral_to_int(value: Any) -> Any:
+    """Undo Struct's doubles: an integral number was an int (the encoder sends JSON otherwise)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_to_int(v) for v in value]
+    return value
 
 
 def _call(method: Any) -> Any:
@@ -334,7 +422,7 @@ def _build(
             except ValueError:
                 details = None
         if details is None:
-            details = json_format.MessageToDict(envelope.details)
+            details = _integral_to_int(json_format.MessageToDict(envelope.details))
         if envelope.HasField("retry_after"):
             retry_after = _duration_seconds(envelope.retry_after)
     if details is None:

@@ -123,3 +123,32 @@ def test_pushback_trailer_for_retry_after() -> None:
     trailers = dict(info.value.trailing_metadata())  # type: ignore[attr-defined]
     assert trailers[PUSHBACK_KEY] == "300"
     assert DETAILS_KEY in trailers
+
+
+def test_large_errors_fit_the_metadata_limit() -> None:
+    """Huge details and messages are shortened to fit 8 KiB of trailers, never lost whole."""
+    def violations(n: int) -> e.ValidationErrors:
+        return e.ValidationErrors([{"field": f"items[{i}].name", "message": "must not be blank"}
+                                   for i in range(n)])
+
+    assert from_rpc_error(_raise_and_catch(violations(40))) == violations(40)  # fits whole
+    got = from_rpc_error(_raise_and_catch(violations(5000)))
+    assert type(got) is e.ValidationErrors and got.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert got.message == "Validation failed with 5000 errors"
+    assert 0 < len(got.errors) < 5000 and got.details["_truncated"] is True
+
+    got = from_rpc_error(_raise_and_catch(e.ExternalError("é" * 50_000,
+                                                          details={"blob": "x" * 100_000})))
+    assert type(got) is e.ExternalError and got.code() is grpc.StatusCode.UNAVAILABLE
+    assert got.message.endswith("...") and len(got.message.encode()) <= 1024
+    assert got.details["_truncated"] is True
+
+
+def _raise_and_catch(sent: BaseException) -> grpc.RpcError:
+    raised: list[BaseException] = [sent]
+    with sync_server(_sync_handlers(raised)) as target, grpc.insecure_channel(target) as ch:
+        try:
+            ch.unary_unary(METHOD)(b"")
+        except grpc.RpcError as err:
+            return err
+    raise AssertionError("the call succeeded")
