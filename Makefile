@@ -33,15 +33,17 @@ lint: $(STAMP) $(BUF)
 
 # OctoLLM's protos import google/rpc/*.proto: buf gets them from the installed
 # googleapis-common-protos (staged under .build, not committed), as protoc does.
-.build/googleapis: $(STAMP)
-	rm -rf $@ && mkdir -p $@/google/rpc
-	cp $$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/*.proto $@/google/rpc/
+GOOGLEAPIS := .build/googleapis/.staged
+$(GOOGLEAPIS): $(STAMP)
+	rm -rf .build/googleapis && mkdir -p .build/googleapis/google/rpc
+	cp $$($(BIN)/python -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/*.proto .build/googleapis/google/rpc/
+	touch $@
 
-buf-lint: $(BUF) .build/googleapis
+buf-lint: $(BUF) $(GOOGLEAPIS)
 	$(BUF) lint
 
 # Breaking-change check of the wire contract against the last commit of main.
-buf-breaking: $(BUF) .build/googleapis
+buf-breaking: $(BUF) $(GOOGLEAPIS)
 	./.ci/buf-breaking $(BUF)
 
 # The library's own error protos go inside the package (with the .proto, for users' imports);
