@@ -1,0 +1,134 @@
+"""Start, run and stop the task service: interceptors, reflection, health, metrics, shutdown.
+
+Startup prints one line per endpoint on stdout (``task service listening on HOST:PORT``,
+``arm listening on ...``, ``metrics on http://...``) so scripts and tests can find ports
+chosen with ``0``. SIGTERM or SIGINT starts a graceful stop: health turns NOT_SERVING, new
+calls are refused, in-flight calls get ``--grace`` seconds to finish, and only then are the
+arm channel and the database closed, so every acknowledged write is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from octollm_grpc.client.aio import resilient_channel
+from octollm_grpc.server.aio import server_interceptors
+from prometheus_client import CollectorRegistry
+
+from octollm_grpc.server.logs import configure_logging
+from octollm_grpc.server.metrics import serve_metrics
+from octollm_grpc.server.requestid import current_request_id
+from server.arm import SimulatedArm, start_arm
+from server.arm_client import ArmClient
+from server.config import Settings
+from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.service import TaskServicer
+from server.store import TaskStore
+
+__all__ = ["Endpoints", "run"]
+
+SERVICE_NAME = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+#: Reflection answers from the default descriptor pool; octollm_grpc.status loads these files
+#: into it, and grpcurl needs them (through reflection) to decode error details.
+DETAIL_FILES = ("google/rpc/error_details.proto", "octollm/errors/v1/errors.proto")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where the running service listens (ports resolved when 0 was asked for)."""
+
+    target: str
+    arm_target: str
+    metrics_url: str | None
+
+
+def _server_interceptors(settings: Settings, registry: CollectorRegistry) -> Sequence[Any]:
+    return server_interceptors(
+        registry=registry,
+        rate_limit=settings.rate_limit or None,
+        auth_token=settings.auth_token,
+        debug=settings.dev,
+    )
+
+
+def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> Any:
+    return resilient_channel(target, registry=registry)
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None,
+              on_ready: Callable[[Endpoints], None] | None = None) -> None:
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT), then stop gracefully."""
+    configure_logging(level=getattr(logging, settings.log_level.upper()))
+    for name in DETAIL_FILES:
+        descriptor_pool.Default().FindFileByName(name)  # fails loudly if one is missing
+    registry = CollectorRegistry()
+    store = TaskStore(settings.db)
+    store.fail_interrupted()
+
+    arm_server: grpc.aio.Server | None = None
+    if settings.arm_target:
+        arm_target = settings.arm_target
+    else:
+        arm = SimulatedArm(settings.arm_faults,
+                           rng=random.Random(settings.arm_seed))
+        arm_server, arm_port = await start_arm(arm, "127.0.0.1", settings.arm_port,
+                                               _server_interceptors(settings, registry))
+        arm_target = f"127.0.0.1:{arm_port}"
+    channel = _arm_channel(settings, arm_target, registry)
+
+    servicer = TaskServicer(store, ArmClient(channel), arm_timeout=settings.arm_timeout,
+                            request_id=current_request_id, debug=settings.dev)
+    server = grpc.aio.server(interceptors=list(_server_interceptors(settings, registry)))
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    metrics_server = None
+    metrics_url = None
+    if settings.metrics_port >= 0:
+        metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
+        metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
+
+    endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url)
+    print(f"task service listening on {endpoints.target}", flush=True)
+    print(f"arm listening on {arm_target}", flush=True)
+    if metrics_url:
+        print(f"metrics on {metrics_url}", flush=True)
+    if on_ready is not None:
+        on_ready(endpoints)
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        # Refuses new calls now; in-flight ones get `grace` seconds, then are cancelled.
+        await server.stop(grace=settings.grace)
+        await channel.close()
+        if arm_server is not None:
+            await arm_server.stop(grace=1.0)
+        servicer.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()

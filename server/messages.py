@@ -1,0 +1,74 @@
+"""Stored records <-> protobuf messages, and the opaque ``ListTasks`` page token."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+from octollm_grpc.errors import InvalidInputError
+from server.gen.octollm.tasks.v1 import tasks_pb2
+from server.store import HistoryEntry, Status, TaskRecord
+
+__all__ = ["decode_page_token", "encode_page_token", "history_message", "status_enum",
+           "task_message"]
+
+_PREFIX = "after:"
+
+
+def status_enum(status: Status) -> tasks_pb2.TaskStatus.ValueType:
+    """The proto enum value for a stored status."""
+    return tasks_pb2.TaskStatus.Value(f"TASK_STATUS_{status.value}")
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def task_message(record: TaskRecord) -> tasks_pb2.Task:
+    """The ``Task`` message for a stored task."""
+    task = tasks_pb2.Task(
+        task_id=record.task_id,
+        description=record.description,
+        priority=record.priority,
+        status=status_enum(record.status),
+        request_id=record.request_id or "",
+        result=record.result,
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
+    if record.timeout_seconds is not None:
+        task.timeout_seconds = record.timeout_seconds
+    if record.error is not None and record.status is Status.FAILED:
+        task.error.CopyFrom(status_pb2.Status.FromString(record.error))
+    return task
+
+
+def history_message(entry: HistoryEntry) -> tasks_pb2.TaskHistoryEntry:
+    """The ``TaskHistoryEntry`` message for one history row."""
+    return tasks_pb2.TaskHistoryEntry(status=status_enum(entry.status),
+                                      time=_timestamp(entry.time), note=entry.note)
+
+
+def encode_page_token(after_seq: int) -> str:
+    """An opaque token for "the tasks after this one"."""
+    return base64.urlsafe_b64encode(f"{_PREFIX}{after_seq}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int:
+    """The position a token stands for (0 for ""); :class:`InvalidInputError` if it is not ours."""
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if text.startswith(_PREFIX):
+            value = int(text.removeprefix(_PREFIX))
+            if value >= 0:
+                return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidInputError("page_token is not a token this service issued", field="page_token")

@@ -1,0 +1,239 @@
+"""``octollm.tasks.v1.TaskService``: handlers raise typed errors, the interceptors encode them.
+
+Handlers never build a status themselves: they raise ``OctoLLMError`` subclasses and the
+server interceptor stack turns each into its code and rich details. The one exception is
+``ExecuteBatch``, whose per-item failures travel inside a successful response: each is the
+``google.rpc.Status`` that ``to_status_proto`` gives, exactly what a single call would carry.
+
+Storage runs on one dedicated thread (SQLite connections are not for sharing across threads,
+and one writer thread serialises the transactions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import ParamSpec, Protocol, TypeVar
+
+import grpc
+import structlog
+
+from octollm_grpc import errors
+from octollm_grpc.status import to_status_proto
+from server import messages, validation
+from server.events import TaskEvents
+from server.gen.octollm.arms.v1 import arms_pb2
+from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.store import Status, TaskRecord, TaskStore
+
+__all__ = ["Arm", "TaskServicer"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+log = structlog.get_logger("server.service")
+
+_EXECUTABLE = (Status.PENDING, Status.FAILED)
+_CANCELLABLE = (Status.PENDING, Status.RUNNING)
+#: How many batch items run on the arm at once.
+_BATCH_CONCURRENCY = 8
+
+
+class Arm(Protocol):
+    """What the service needs of the arm (see :class:`server.arm_client.ArmClient`)."""
+
+    async def complete(self, task_id: str, prompt: str, priority: int,
+                       timeout: float) -> arms_pb2.CompleteResponse: ...
+
+
+class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
+    """The task service over a :class:`TaskStore` and an :class:`Arm`.
+
+    ``arm_timeout`` bounds an arm call for tasks without their own ``timeout_seconds``.
+    ``request_id`` returns the current call's request id (batch item statuses carry it);
+    ``debug`` adds ``DebugInfo`` to those statuses, as ``--dev`` does for whole calls.
+    """
+
+    def __init__(self, store: TaskStore, arm: Arm, *, arm_timeout: float = 10.0,
+                 request_id: Callable[[], str | None] = lambda: None,
+                 debug: bool = False) -> None:
+        self._store = store
+        self._arm = arm
+        self._arm_timeout = arm_timeout
+        self._request_id = request_id
+        self._debug = debug
+        self.events = TaskEvents()
+        self._db_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="task-store")
+
+    async def _db(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        loop = asyncio.get_running_loop()
+        # Shielded: a caller going away must not abandon a write half-way through our bookkeeping
+        # (the transaction itself is atomic either way; this keeps events and logs consistent).
+        future = loop.run_in_executor(self._db_thread, lambda: fn(*args, **kwargs))
+        return await asyncio.shield(future)
+
+    async def _transition(self, task_id: str, allowed: tuple[Status, ...], to: Status, *,
+                          note: str = "", result: str | None = None,
+                          error: bytes | None = None) -> TaskRecord:
+        record = await self._db(self._store.transition, task_id, allowed, to, note=note,
+                                result=result, error=error)
+        self.events.publish(task_id)
+        return record
+
+    async def _get(self, task_id: str) -> TaskRecord:
+        record = await self._db(self._store.get, validation.require_task_id(task_id))
+        if record is None:
+            raise errors.TaskNotFoundError(task_id)
+        return record
+
+    def close(self) -> None:
+        """Finish pending storage work and close the store (after the server has stopped)."""
+        self._db_thread.shutdown(wait=True)
+        self._store.close()
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    async def CreateTask(
+        self, request: tasks_pb2.CreateTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.CreateTaskResponse:
+        priority = request.priority if request.HasField("priority") else None
+        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else None
+        validation.validate_create(request.description, priority, timeout, request.request_id)
+        record, created = await self._db(
+            self._store.create, request.description,
+            validation.DEFAULT_PRIORITY if priority is None else priority, timeout,
+            request.request_id or None)
+        log.info("task.created" if created else "task.create.replayed",
+                 task_id=record.task_id, request_id=request.request_id or None)
+        return tasks_pb2.CreateTaskResponse(task=messages.task_message(record))
+
+    async def GetTask(
+        self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.GetTaskResponse:
+        record = await self._get(request.task_id)
+        history = await self._db(self._store.history, record.task_id)
+        return tasks_pb2.GetTaskResponse(task=messages.task_message(record),
+                                         history=[messages.history_message(h) for h in history])
+
+    async def ListTasks(
+        self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListTasksResponse:
+        size = validation.validate_page_size(request.page_size)
+        after = messages.decode_page_token(request.page_token)
+        records, more = await self._db(self._store.page, after, size)
+        token = messages.encode_page_token(records[-1].seq) if more and records else ""
+        return tasks_pb2.ListTasksResponse(tasks=[messages.task_message(r) for r in records],
+                                           next_page_token=token)
+
+    async def CancelTask(
+        self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.CancelTaskResponse:
+        task_id = validation.require_task_id(request.task_id)
+        record = await self._transition(task_id, _CANCELLABLE, Status.CANCELLED,
+                                        note="cancelled by a client")
+        log.info("task.cancelled", task_id=task_id)
+        return tasks_pb2.CancelTaskResponse(task=messages.task_message(record))
+
+    async def DeleteTask(
+        self, request: tasks_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.DeleteTaskResponse:
+        task_id = validation.require_task_id(request.task_id)
+        await self._db(self._store.delete, task_id)
+        self.events.publish(task_id)
+        log.info("task.deleted", task_id=task_id)
+        return tasks_pb2.DeleteTaskResponse()
+
+    async def ExecuteTask(
+        self, request: tasks_pb2.ExecuteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ExecuteTaskResponse:
+        record = await self._execute(request.task_id, context.time_remaining())
+        return tasks_pb2.ExecuteTaskResponse(task=messages.task_message(record))
+
+    async def ExecuteBatch(
+        self, request: tasks_pb2.ExecuteBatchRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ExecuteBatchResponse:
+        task_ids = list(request.task_ids)
+        validation.validate_batch(task_ids)
+        gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
+        remaining = context.time_remaining()
+
+        async def one(task_id: str) -> tasks_pb2.ExecuteBatchResult:
+            async with gate:
+                try:
+                    record = await self._execute(task_id, remaining)
+                except Exception as error:
+                    if not isinstance(error, errors.OctoLLMError):
+                        log.critical("task.batch.item.unexpected", task_id=task_id,
+                                     exc_info=error)
+                    return tasks_pb2.ExecuteBatchResult(task_id=task_id, error=to_status_proto(
+                        error, request_id=self._request_id(), debug=self._debug))
+                return tasks_pb2.ExecuteBatchResult(task_id=task_id,
+                                                    task=messages.task_message(record))
+
+        results = await asyncio.gather(*(one(t) for t in task_ids))
+        failed = sum(1 for r in results if r.HasField("error"))
+        log.info("task.batch.executed", items=len(results), failed=failed)
+        return tasks_pb2.ExecuteBatchResponse(results=results, succeeded=len(results) - failed,
+                                              failed=failed)
+
+    async def WatchTask(
+        self, request: tasks_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tasks_pb2.WatchTaskResponse]:
+        task_id = validation.require_task_id(request.task_id)
+        with self.events.subscribe(task_id) as changed:
+            sent = 0
+            # Ends when the task finishes, disappears, or the caller goes (or its deadline).
+            while True:
+                changed.clear()
+                record = await self._db(self._store.get, task_id)
+                if record is None:
+                    raise errors.TaskNotFoundError(task_id)
+                if record.version != sent:
+                    sent = record.version
+                    yield tasks_pb2.WatchTaskResponse(task=messages.task_message(record))
+                if record.status.finished:
+                    return
+                await changed.wait()
+
+    # -- execution ----------------------------------------------------------------------------
+
+    async def _execute(self, task_id: str, time_remaining: float | None) -> TaskRecord:
+        """Run one task on the arm; the record once COMPLETED, or raise why not."""
+        record = await self._get(task_id)
+        if record.status is Status.COMPLETED:
+            return record  # a repeated execute (a client's retry) returns the result it missed
+        record = await self._transition(task_id, _EXECUTABLE, Status.RUNNING,
+                                        note="execution started")
+        timeout = float(record.timeout_seconds or self._arm_timeout)
+        if time_remaining is not None:
+            timeout = min(timeout, max(time_remaining, 0.001))
+        try:
+            answer = await self._arm.complete(record.task_id, record.description,
+                                              record.priority, timeout)
+        except asyncio.CancelledError:
+            await self._finish_failed(task_id, "the caller went away", None)
+            raise
+        except Exception as error:
+            status = to_status_proto(error, debug=False)
+            code = error.error_code if isinstance(error, errors.OctoLLMError) else "INTERNAL_ERROR"
+            await self._finish_failed(task_id, code, status.SerializeToString())
+            log.warning("task.execution.failed", task_id=task_id, error_code=code)
+            raise
+        try:
+            done = await self._transition(task_id, (Status.RUNNING,), Status.COMPLETED,
+                                          note=f"completed by {answer.arm_id}", result=answer.text)
+        except errors.InvalidStateError:
+            raise errors.InvalidStateError(
+                f"Task {task_id} was cancelled while it ran; its result was discarded",
+                details={"subject": task_id, "status": Status.CANCELLED.value}) from None
+        log.info("task.execution.completed", task_id=task_id, arm_id=answer.arm_id)
+        return done
+
+    async def _finish_failed(self, task_id: str, note: str, status: bytes | None) -> None:
+        # Cancelled or deleted meanwhile: that state stands, and the failure is still raised.
+        with contextlib.suppress(errors.InvalidStateError, errors.TaskNotFoundError):
+            await self._transition(task_id, (Status.RUNNING,), Status.FAILED, note=note,
+                                   error=status)

@@ -1,0 +1,139 @@
+"""Run the task service (``python -m server``) as a subprocess and call it with grpcurl.
+
+The service is started with ``--port 0 --metrics-port 0`` and reports the ports it got on
+stdout; nothing here guesses a free port. Its logs (stderr) go to a file that a failing test
+can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+GRPCURL = Path(sys.executable).with_name("grpcurl")
+SERVICE = "octollm.tasks.v1.TaskService"
+STARTUP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Grpcurl:
+    """One grpcurl run: exit status and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """stdout parsed as one JSON document (a response, or a status with -format-error)."""
+        return json.loads(self.stdout)
+
+    def detail(self, type_name: str) -> dict[str, Any]:
+        """The decoded detail of ``type_name`` (e.g. ``google.rpc.BadRequest``) in a status."""
+        wanted = f"type.googleapis.com/{type_name}"
+        for detail in self.json().get("details", []):
+            if detail.get("@type") == wanted:
+                return dict(detail)
+        raise AssertionError(f"no {type_name} detail in {self.stdout}")
+
+
+@dataclass
+class RunningService:
+    """A started ``python -m server`` process and its endpoints."""
+
+    process: subprocess.Popen[str]
+    target: str
+    arm_target: str
+    metrics_url: str | None
+    db: Path
+    log: Path
+    lines: list[str] = field(default_factory=list)
+
+    def grpcurl(self, method: str = "", data: Any = None, *args: str,
+                headers: Sequence[str] = ()) -> Grpcurl:
+        """Run ``grpcurl -plaintext -format-error [-d DATA] TARGET METHOD`` (or a verb)."""
+        argv = [str(GRPCURL), "-plaintext", "-format-error"]
+        for header in headers:
+            argv += ["-H", header]
+        if data is not None:
+            argv += ["-d", data if isinstance(data, str) else json.dumps(data)]
+        argv += [*args, self.target]
+        if method:
+            argv += method.split()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return Grpcurl(done.returncode, done.stdout, done.stderr)
+
+    def call(self, rpc: str, data: Any = None, *, headers: Sequence[str] = ()) -> Grpcurl:
+        """Call ``TaskService/<rpc>`` with ``data`` as the JSON request."""
+        return self.grpcurl(f"{SERVICE}/{rpc}", data if data is not None else {},
+                            headers=headers)
+
+    def logs(self) -> str:
+        """Everything the service logged so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def _reader(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+@contextlib.contextmanager
+def running_service(tmp_path: Path, *flags: str, db: Path | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[RunningService]:
+    """Start ``python -m server --port 0 --metrics-port 0 --db ... FLAGS``; stop it after."""
+    db = db or tmp_path / "tasks.db"
+    log = tmp_path / f"service-{os.getpid()}-{len(list(tmp_path.glob('service-*')))}.log"
+    argv = [sys.executable, "-m", "server", "--port", "0", "--metrics-port", "0",
+            "--db", str(db), "--grace", "5", *flags]
+    with log.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
+                                   text=True, env={**os.environ, **(env or {})})
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True).start()
+    found: dict[str, str] = {}
+    seen: list[str] = []
+    try:
+        while "metrics" not in found:
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT)
+            except queue.Empty:
+                raise AssertionError(f"service did not start: {log.read_text()}") from None
+            if line is None:
+                raise AssertionError(f"service exited: {log.read_text()}")
+            seen.append(line)
+            prefix, _, value = line.rpartition(" ")
+            if prefix == "task service listening on":
+                found["target"] = value
+            elif prefix == "arm listening on":
+                found["arm"] = value
+            elif prefix == "metrics on":
+                found["metrics"] = value
+        service = RunningService(process, found["target"], found["arm"], found["metrics"],
+                                 db, log, seen)
+        yield service
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
