@@ -1,0 +1,337 @@
+"""The one core both stacks share: per-method plans, per-call state, success and failure.
+
+The sync (:mod:`octollm_grpc.server._sync`) and aio (:mod:`octollm_grpc.server.aio`) modules
+only wrap handler calls and carry out the :class:`Failure` this module decides on. Everything a
+method needs (metric children, its rate limit, its scopes) is resolved once, in its
+:class:`MethodPlan`; a successful call costs a clock read, the request id and the counters.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import grpc
+
+from octollm_grpc import codes
+from octollm_grpc.errors import OctoLLMError
+from octollm_grpc.server import requestid
+from octollm_grpc.server.auth import BearerAuth
+from octollm_grpc.server.errors import (
+    HandlerStatus,
+    level_for_code,
+    level_for_exception,
+    merge_trailers,
+    message_of,
+)
+from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request_id
+from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
+from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
+from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
+
+__all__ = ["Call", "Failure", "HandlerCache", "MethodPlan", "Pipeline", "rpc_type_of"]
+
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
+_perf_counter = time.perf_counter
+
+
+def rpc_type_of(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    """go-grpc-prometheus's ``grpc_type`` of a handler."""
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` -> ``("pkg.Service", "Method")``."""
+    service, sep, name = method.lstrip("/").rpartition("/")
+    return (service, name) if sep else ("", method)
+
+
+class MethodPlan:
+    """What one method needs on each call, resolved once."""
+
+    __slots__ = ("guarded", "limit", "method", "metrics", "rpc_type", "scopes")
+
+    def __init__(
+        self,
+        method: str,
+        rpc_type: str,
+        metrics: MethodMetrics | None,
+        limit: tuple[str, RateLimit] | None,
+        scopes: frozenset[str] | None,
+    ) -> None:
+        self.method = method
+        self.rpc_type = rpc_type
+        self.metrics = metrics
+        self.limit = limit
+        self.scopes = scopes
+        self.guarded = limit is not None or scopes is not None
+
+
+class Call:
+    """The state of one call in progress."""
+
+    __slots__ = ("log_tokens", "plan", "request_id", "rid_token", "start", "trailers")
+
+    def __init__(self, plan: MethodPlan, start: float) -> None:
+        self.plan = plan
+        self.start = start
+        self.request_id: str | None = None
+        self.trailers: tuple[tuple[str, str], ...] | None = None
+        self.rid_token: contextvars.Token[str | None] | None = None
+        self.log_tokens: Mapping[str, contextvars.Token[Any]] | None = None
+
+
+class Failure(NamedTuple):
+    """What the wrapper does with a failed call.
+
+    ``status`` set: end the call with it (the sync wrapper via ``abort_with_status``, the aio
+    one via ``abort``). ``status`` is ``None``: re-raise the exception unchanged (a
+    cancellation, or an abort the handler already made), after setting ``trailers`` if the
+    stack still allows it.
+    """
+
+    status: HandlerStatus | RichStatus | None
+    trailers: tuple[tuple[str, Any], ...] | None
+
+
+_H = TypeVar("_H")
+
+
+class HandlerCache(Generic[_H]):
+    """Wrapped handlers by method, so wrapping happens once per method and handler.
+
+    A method whose handler object changes is rewrapped; the cache is cleared when it reaches
+    ``cap`` entries, so catch-all generic handlers cannot grow it without bound.
+    """
+
+    __slots__ = ("_cap", "_entries", "_wrap")
+
+    def __init__(self, wrap: Callable[[_H, str], _H], cap: int = 1024) -> None:
+        self._wrap = wrap
+        self._cap = cap
+        self._entries: dict[str, tuple[_H, _H]] = {}
+
+    def get(self, method: str, handler: _H) -> _H:
+        """The wrapped form of ``handler`` serving ``method``."""
+        entry = self._entries.get(method)
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        wrapped = self._wrap(handler, method)
+        if len(self._entries) >= self._cap:
+            self._entries.clear()
+        self._entries[method] = (handler, wrapped)
+        return wrapped
+
+
+class Pipeline:
+    """The configured stack: error mapping plus the optional parts, in this order per call.
+
+    request id -> (started counter) -> rate limit -> auth -> handler; on the way out the
+    status is decided, then logged once and counted.
+    """
+
+    def __init__(
+        self,
+        *,
+        request_ids: RequestIds | None = None,
+        logger: CallLogger | None = None,
+        metrics: ServerMetrics | None = None,
+        rate_limiter: RateLimiter | None = None,
+        auth: BearerAuth | None = None,
+        domain: str = DEFAULT_DOMAIN,
+        debug: bool = False,
+    ) -> None:
+        self.request_ids = request_ids
+        self.logger = logger
+        self.metrics = metrics
+        self.rate_limiter = rate_limiter
+        self.auth = auth
+        self.domain = domain
+        self.debug = debug
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        request_ids: RequestIds | bool = True,
+        logger: CallLogger | bool = True,
+        metrics: ServerMetrics | bool = True,
+        rate_limit: RateLimiter | None = None,
+        auth: BearerAuth | None = None,
+        domain: str = DEFAULT_DOMAIN,
+        debug: bool = False,
+    ) -> Pipeline:
+        """``True`` gives a part with its defaults, ``False`` leaves it out."""
+        return cls(
+            request_ids=RequestIds() if request_ids is True else (request_ids or None),
+            logger=CallLogger() if logger is True else (logger or None),
+            metrics=ServerMetrics() if metrics is True else (metrics or None),
+            rate_limiter=rate_limit,
+            auth=auth,
+            domain=domain,
+            debug=debug,
+        )
+
+    # -- per method ---------------------------------------------------------------------
+
+    def plan(self, method: str, rpc_type: str) -> MethodPlan:
+        """Resolve everything ``method`` needs per call."""
+        service, name = split_method(method)
+        return MethodPlan(
+            method,
+            rpc_type,
+            self.metrics.for_method(rpc_type, service, name) if self.metrics else None,
+            self.rate_limiter.limit_for(method) if self.rate_limiter else None,
+            self.auth.requirement(method) if self.auth else None,
+        )
+
+    # -- per call -----------------------------------------------------------------------
+
+    def begin(self, plan: MethodPlan, context: Any) -> Call:
+        """Start timing, settle the request id (bound for logs, set as trailer), count start."""
+        call = Call(plan, _perf_counter())
+        request_ids = self.request_ids
+        if request_ids is not None:
+            rid = request_ids.from_metadata(context.invocation_metadata())
+            call.request_id = rid
+            call.rid_token = requestid.bind(rid)
+            call.log_tokens = bind_request_id(rid)
+            # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
+            call.trailers = ((request_ids.header, rid),)
+            context.set_trailing_metadata(call.trailers)
+        if plan.metrics is not None:
+            plan.metrics.started.inc()
+        return call
+
+    def admit(self, plan: MethodPlan, context: Any) -> None:
+        """Rate limit, then auth (sync verifier); raises the error the call must end with."""
+        if plan.limit is not None:
+            self._rate_limit(plan.limit, context)
+        if plan.scopes is not None:
+            assert self.auth is not None
+            self.auth.check(plan.scopes, context.invocation_metadata())
+
+    async def admit_async(self, plan: MethodPlan, context: Any) -> None:
+        """:meth:`admit` for aio: the verifier may be a coroutine function."""
+        if plan.limit is not None:
+            self._rate_limit(plan.limit, context)
+        if plan.scopes is not None:
+            assert self.auth is not None
+            await self.auth.check_async(plan.scopes, context.invocation_metadata())
+
+    def _rate_limit(self, limit: tuple[str, RateLimit], context: Any) -> None:
+        # Cheap rejection first, before any verifier runs: it also slows token guessing.
+        limiter = self.rate_limiter
+        assert limiter is not None
+        key = limiter.key_for(context.invocation_metadata(), context.peer)
+        limiter.check(limit[0], limit[1], key)
+
+    def succeed(self, call: Call, context: Any) -> None:
+        """The handler returned: keep its trailers plus the request id; count (or log) it."""
+        if call.trailers is not None:
+            current = context.trailing_metadata()
+            if current is not call.trailers:
+                context.set_trailing_metadata(merge_trailers(current, (), call.trailers[0]))
+        code = context.code()
+        if code is None or code is _OK:
+            metrics = call.plan.metrics
+            if metrics is not None:
+                metrics.handled(_OK).inc()
+                metrics.handling.observe(_perf_counter() - call.start)
+            return
+        # The handler set a non-OK code and returned: its decision, logged and counted as is.
+        self._record(call, context, code, None, level_for_code(code), None, None)
+
+    def fail(
+        self, call: Call, exc: BaseException, context: Any, *, aborted: bool, cancelled: bool
+    ) -> Failure:
+        """Decide how a call that raised ``exc`` ends; log it once and count it.
+
+        ``aborted``: ``exc`` is the handler's own ``context.abort``. ``cancelled``: the client
+        went away (no log event, counted as ``Canceled``).
+        """
+        if cancelled:
+            metrics = call.plan.metrics
+            if metrics is not None:
+                metrics.handled(_CANCELLED).inc()
+                metrics.handling.observe(_perf_counter() - call.start)
+            return Failure(None, None)
+        rid_pair = call.trailers[0] if call.trailers is not None else None
+        handler_code = context.code()
+        if aborted or (handler_code is not None and handler_code is not _OK):
+            # The handler decided the code: keep it and its message, add only the request id.
+            code = handler_code if handler_code is not None else grpc.StatusCode.UNKNOWN
+            trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
+            if aborted:
+                self._record(call, context, code, None, level_for_code(code), None, None)
+                return Failure(None, trailers)
+            mapping = codes.mapping_for(exc)
+            if isinstance(exc, OctoLLMError):
+                error_code, log_exc = exc.error_code, None
+            else:
+                error_code, log_exc = mapping.error_code, exc
+            self._record(call, context, code, error_code,
+                         level_for_exception(exc, mapping), log_exc, None)
+            return Failure(HandlerStatus(code, message_of(context.details()), trailers), None)
+
+        mapping = codes.mapping_for(exc)
+        status = to_status(exc, request_id=call.request_id, domain=self.domain, debug=self.debug)
+        trailers = merge_trailers(context.trailing_metadata(), status.trailing_metadata, rid_pair)
+        if isinstance(exc, OctoLLMError):
+            error_code, log_exc, message = exc.error_code, None, status.details
+        else:
+            error_code, log_exc, message = mapping.error_code, exc, None
+        self._record(call, context, status.code, error_code,
+                     level_for_exception(exc, mapping), log_exc, message)
+        return Failure(status._replace(trailing_metadata=trailers), None)
+
+    def _record(
+        self,
+        call: Call,
+        context: Any,
+        code: grpc.StatusCode,
+        error_code: str | None,
+        level: Any,
+        exc: BaseException | None,
+        message: str | None,
+    ) -> None:
+        duration = _perf_counter() - call.start
+        metrics = call.plan.metrics
+        if metrics is not None:
+            metrics.handled(code).inc()
+            metrics.handling.observe(duration)
+        if self.metrics is not None:
+            self.metrics.error(error_code or code.name, duration)
+        if self.logger is not None:
+            self.logger.failed(
+                level,
+                method=call.plan.method,
+                grpc_code=code.name,
+                error_code=error_code,
+                request_id=call.request_id,
+                duration=duration,
+                peer=_peer(context),
+                message=message,
+                exc=exc,
+            )
+
+    def end(self, call: Call) -> None:
+        """Unbind the call's context variables (always, after success or failure)."""
+        if call.rid_token is not None:
+            requestid.unbind(call.rid_token)
+        if call.log_tokens is not None:
+            unbind_request_id(call.log_tokens)
+
+
+def _peer(context: Any) -> str:
+    try:
+        peer = context.peer()
+    except Exception:  # noqa: BLE001 - a peer we cannot read must not hide the failure itself
+        return ""
+    return peer if isinstance(peer, str) else str(peer)

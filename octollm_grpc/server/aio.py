@@ -1,0 +1,166 @@
+"""The octollm server stack for ``grpc.aio.server``.
+
+``server_interceptors()`` here is the aio twin of :func:`octollm_grpc.server.server_interceptors`;
+both run the same core. Wrappers keep the handler's kind (coroutine function or async
+generator function), as grpc.aio dispatches on it. Handlers that are plain functions (run by
+grpc.aio in its migration thread pool) are passed through unwrapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from octollm_grpc.server._core import HandlerCache, MethodPlan, Pipeline, rpc_type_of
+from octollm_grpc.server.auth import BearerAuth
+from octollm_grpc.server.logs import CallLogger
+from octollm_grpc.server.metrics import ServerMetrics
+from octollm_grpc.server.ratelimit import RateLimiter
+from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.status import DEFAULT_DOMAIN
+
+__all__ = ["ServerInterceptor", "server_interceptors"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_CANCELLATION = (asyncio.CancelledError, GeneratorExit)
+
+
+async def _fail(pipeline: Pipeline, call: Any, exc: BaseException, context: _Context) -> NoReturn:
+    failure = pipeline.fail(
+        call,
+        exc,
+        context,
+        # aio abort raises AbortError after sending the status: it must propagate unchanged.
+        aborted=isinstance(exc, grpc.aio.AbortError),
+        cancelled=isinstance(exc, _CANCELLATION),
+    )
+    if failure.status is None:
+        raise exc
+    status = failure.status
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover - it always raises
+
+
+def _coroutine(
+    pipeline: Pipeline, plan: MethodPlan, behavior: Callable[..., Awaitable[Any]]
+) -> Callable[[Any, _Context], Awaitable[Any]]:
+    # Unary responses, and streaming handlers that write with context.write().
+    async def handle(request: Any, context: _Context) -> Any:
+        call = pipeline.begin(plan, context)
+        try:
+            if plan.guarded:
+                await pipeline.admit_async(plan, context)
+            response = await behavior(request, context)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure mapped
+            await _fail(pipeline, call, exc, context)
+        else:
+            pipeline.succeed(call, context)
+            return response
+        finally:
+            pipeline.end(call)
+
+    return handle
+
+
+def _async_generator(
+    pipeline: Pipeline, plan: MethodPlan, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[[Any, _Context], AsyncIterator[Any]]:
+    # Errors raised after some messages were yielded end the stream with the mapped status;
+    # the messages already yielded are delivered first.
+    async def handle(request: Any, context: _Context) -> AsyncIterator[Any]:
+        call = pipeline.begin(plan, context)
+        responses = None
+        try:
+            if plan.guarded:
+                await pipeline.admit_async(plan, context)
+            responses = behavior(request, context)
+            async for response in responses:
+                yield response
+        except (Exception, *_CANCELLATION) as exc:  # noqa: BLE001 - as above, mid-stream too
+            if isinstance(exc, _CANCELLATION) and responses is not None:
+                aclose = getattr(responses, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await _fail(pipeline, call, exc, context)
+        else:
+            pipeline.succeed(call, context)
+        finally:
+            pipeline.end(call)
+
+    return handle
+
+
+def _wrap_behavior(pipeline: Pipeline, plan: MethodPlan, behavior: Any) -> Any:
+    if inspect.isasyncgenfunction(behavior):
+        return _async_generator(pipeline, plan, behavior)
+    if inspect.iscoroutinefunction(behavior):
+        return _coroutine(pipeline, plan, behavior)
+    return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """The octollm stack as one ``grpc.aio.server`` interceptor (see :func:`server_interceptors`).
+
+    Each method's handler is wrapped once and cached; unregistered methods pass through.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._cache: HandlerCache[grpc.RpcMethodHandler[Any, Any]] = HandlerCache(self._wrap)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._cache.get(handler_call_details.method, handler)
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        plan = self.pipeline.plan(method, rpc_type_of(handler))
+        req, resp = handler.request_streaming, handler.response_streaming
+        behavior: Any
+        if not req and not resp:
+            make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        elif not req:
+            make, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        elif not resp:
+            make, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        else:
+            make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        wrapped = _wrap_behavior(self.pipeline, plan, behavior)
+        if wrapped is None:
+            return handler
+        return make(wrapped, handler.request_deserializer, handler.response_serializer)
+
+
+def server_interceptors(
+    *,
+    request_ids: RequestIds | bool = True,
+    logger: CallLogger | bool = True,
+    metrics: ServerMetrics | bool = True,
+    rate_limit: RateLimiter | None = None,
+    auth: BearerAuth | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    debug: bool = False,
+) -> list[grpc.aio.ServerInterceptor]:
+    """The recommended stack for ``grpc.aio.server(interceptors=...)``.
+
+    Same parameters and behaviour as :func:`octollm_grpc.server.server_interceptors`; an
+    ``auth`` verifier may be a coroutine function here.
+    """
+    return [ServerInterceptor(Pipeline.from_options(
+        request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
+        auth=auth, domain=domain, debug=debug,
+    ))]
