@@ -1,0 +1,95 @@
+"""How long and how often each part runs: the full suite and the smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StormConfig:
+    """The retry-storm scenario, scaled down from a 30 s incident.
+
+    Offered load is ``rate`` calls/s from ``callers`` clients (one channel each); the server
+    admits ``slots`` calls at a time, each taking ``service_s`` (capacity = slots / service_s)
+    and rejects the rest with ``UNAVAILABLE``. The trigger lasts ``trigger_s`` after
+    ``before_s`` of normal load; ``after_s`` follows it.
+    """
+
+    rate: float = 240.0
+    callers: int = 8
+    slots: int = 4
+    service_s: float = 0.01
+    before_s: float = 2.0
+    trigger_s: float = 4.0
+    after_s: float = 5.0
+    bin_s: float = 0.25
+    #: Retry delays are the seed's, scaled by the same factor as the incident (30 s -> trigger_s).
+    incident_s: float = 30.0
+    max_attempts: int = 4
+    breaker_reset_s: float = 1.0
+    call_timeout_s: float = 2.0
+    #: A bin counts as recovered when at least this share of the calls started in it succeeded.
+    recovered_share: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.callers <= 0 or self.slots <= 0 or self.service_s <= 0:
+            raise ValueError("rate, callers, slots and service_s must be positive")
+        if min(self.before_s, self.trigger_s, self.after_s, self.bin_s) <= 0:
+            raise ValueError("phase lengths and bin_s must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts counts the first attempt: at least 1")
+
+    @property
+    def scale(self) -> float:
+        """Time scale of the run relative to the real incident."""
+        return self.trigger_s / self.incident_s
+
+    @property
+    def capacity(self) -> float:
+        """Calls per second the server can serve."""
+        return self.slots / self.service_s
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run: windows, repetitions and the storm."""
+
+    name: str
+    window_s: float
+    warmup_s: float
+    reps: int
+    concurrencies: tuple[int, ...]
+    codec_repeat: int
+    codec_number: int
+    storm: StormConfig
+    storm_modes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.warmup_s < 0 or self.reps < 1:
+            raise ValueError("window_s must be positive, warmup_s >= 0, reps >= 1")
+
+
+FULL = BenchConfig(
+    name="full",
+    window_s=0.8,
+    warmup_s=0.3,
+    reps=5,
+    concurrencies=(1, 32),
+    codec_repeat=7,
+    codec_number=2000,
+    storm=StormConfig(),
+    storm_modes=("outage", "brownout"),
+)
+
+SMOKE = BenchConfig(
+    name="smoke",
+    window_s=0.08,
+    warmup_s=0.02,
+    reps=2,
+    concurrencies=(1, 32),
+    codec_repeat=2,
+    codec_number=50,
+    storm=StormConfig(rate=100.0, callers=4, before_s=0.5, trigger_s=0.6, after_s=1.0,
+                      bin_s=0.1, breaker_reset_s=0.2),
+    storm_modes=("outage",),
+)

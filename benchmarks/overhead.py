@@ -1,0 +1,224 @@
+"""Overhead against bare grpcio: interleaved windows, paired ratios, median and spread.
+
+One client phase per stack runs in its own process and starts one server process per server
+variant (see :mod:`benchmarks.variants`). Each repetition runs every variant of a scenario
+back to back, starting at a rotating position (A B C D, B C D A, ...), so slow drifts of the
+machine hit all variants alike; a variant's ratio is taken against the bare run of the same
+repetition.
+
+Scenarios, at each concurrency (calls in flight):
+- ``success``: bare client -> bare / ours / ours_all / peer server, and our client -> bare
+  server (variant ``client``);
+- ``error``: bare client -> a handler failing with NOT_FOUND through bare / ours / peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from benchmarks import load, payload, procs, stats, variants
+from benchmarks.config import BenchConfig
+
+SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "client")
+ERROR_VARIANTS = ("bare", "ours", "peer")
+_CALL_TIMEOUT_S = 30.0
+
+
+def scenarios(config: BenchConfig) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """``(key, kind, concurrency, variants)`` for every scenario of a phase."""
+    result: list[tuple[str, str, int, tuple[str, ...]]] = []
+    for kind, names in (("success", SUCCESS_VARIANTS), ("error", ERROR_VARIANTS)):
+        for concurrency in config.concurrencies:
+            result.append((f"{kind}_c{concurrency}", kind, concurrency, names))
+    return result
+
+
+def _record(window: load.Window, server_cpu_s: float, client_cpu_s: float) -> dict[str, float]:
+    lat = window.latencies_ns
+    return {
+        "throughput": window.throughput,
+        "p50_us": stats.percentile(lat, 50) / 1e3,
+        "p99_us": stats.percentile(lat, 99) / 1e3,
+        "calls": window.calls,
+        "server_cpu_us_per_call": server_cpu_s / window.calls * 1e6,
+        "client_cpu_us_per_call": client_cpu_s / window.calls * 1e6,
+    }
+
+
+def _rotated(names: tuple[str, ...], rep: int) -> list[str]:
+    shift = rep % len(names)
+    return list(names[shift:] + names[:shift])
+
+
+Raw = dict[str, dict[str, list[dict[str, float]]]]
+
+
+def run_phase(stack: str, config: BenchConfig) -> Raw:
+    """Measure every scenario for ``stack`` ("sync" or "aio"); runs in its own process."""
+    names = list(dict.fromkeys(_server_name(v) for v in SUCCESS_VARIANTS + ERROR_VARIANTS))
+    arg_sets = [(name, stack) for name in names]
+    with procs.server_processes(procs.overhead_server_main, arg_sets) as handles:
+        servers = dict(zip(names, handles, strict=True))
+        if stack == "sync":
+            return _sync_phase(servers, config)
+        return asyncio.run(_aio_phase(servers, config))
+
+
+def _server_name(variant: str) -> str:
+    # Our client stack is measured against the bare server: only the client differs.
+    return "bare" if variant == "client" else variant
+
+
+def _server_for(variant: str, servers: dict[str, procs.ServerHandle]) -> procs.ServerHandle:
+    return servers[_server_name(variant)]
+
+
+def _sync_channel(variant: str, target: str) -> grpc.Channel:
+    if variant == "client":
+        from octollm_grpc.client import resilient_channel
+
+        return resilient_channel(target)
+    return grpc.insecure_channel(target)
+
+
+def _aio_channel(variant: str, target: str) -> grpc.aio.Channel:
+    if variant == "client":
+        from octollm_grpc.client.aio import resilient_channel
+
+        return resilient_channel(target)
+    return grpc.aio.insecure_channel(target)
+
+
+def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> Raw:
+    request = payload.task_message()
+    channels: list[grpc.Channel] = []
+    calls: dict[tuple[str, str], Callable[[], Any]] = {}
+    for variant in dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS):
+        target = _server_for(variant, servers).target
+        channel = _sync_channel(variant, target)
+        channels.append(channel)
+        for kind, path in (("success", payload.GET_TASK_PATH),
+                           ("error", payload.GET_MISSING_TASK_PATH)):
+            method = channel.unary_unary(
+                path, request_serializer=payload.serialize,
+                response_deserializer=payload.deserialize)
+            calls[(kind, variant)] = functools.partial(
+                method, request, timeout=_CALL_TIMEOUT_S, metadata=variants.AUTH_METADATA)
+
+    raw: Raw = {}
+    pool = futures.ThreadPoolExecutor(max_workers=max(config.concurrencies))
+    try:
+        def measure(kind: str, variant: str, concurrency: int, seconds: float) -> dict[str, float]:
+            expect = None if kind == "success" else grpc.StatusCode.NOT_FOUND
+            server = _server_for(variant, servers)
+            cpu_before, own_before = server.cpu_seconds(), time.process_time()
+            window = load.sync_window(calls[(kind, variant)], concurrency, seconds, pool, expect)
+            own = time.process_time() - own_before
+            return _record(window, server.cpu_seconds() - cpu_before, own)
+
+        for _key, kind, concurrency, names in scenarios(config):
+            for variant in names:
+                measure(kind, variant, concurrency, config.warmup_s)
+        for rep in range(config.reps):
+            for key, kind, concurrency, names in scenarios(config):
+                for variant in _rotated(names, rep):
+                    record = measure(kind, variant, concurrency, config.window_s)
+                    raw.setdefault(key, {}).setdefault(variant, []).append(record)
+    finally:
+        pool.shutdown()
+        for channel in channels:
+            channel.close()
+    return raw
+
+
+async def _aio_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> Raw:
+    request = payload.task_message()
+    channels: list[grpc.aio.Channel] = []
+    calls: dict[tuple[str, str], Callable[[], Awaitable[Any]]] = {}
+    for variant in dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS):
+        target = _server_for(variant, servers).target
+        channel = _aio_channel(variant, target)
+        channels.append(channel)
+        for kind, path in (("success", payload.GET_TASK_PATH),
+                           ("error", payload.GET_MISSING_TASK_PATH)):
+            method = channel.unary_unary(
+                path, request_serializer=payload.serialize,
+                response_deserializer=payload.deserialize)
+            calls[(kind, variant)] = functools.partial(
+                method, request, timeout=_CALL_TIMEOUT_S, metadata=variants.AUTH_METADATA)
+
+    loop = asyncio.get_running_loop()
+    raw: Raw = {}
+
+    async def cpu(server: procs.ServerHandle) -> float:
+        # The pipe round trip blocks; keep it off the loop the channels live on.
+        return await loop.run_in_executor(None, server.cpu_seconds)
+
+    async def measure(
+        kind: str, variant: str, concurrency: int, seconds: float
+    ) -> dict[str, float]:
+        expect = None if kind == "success" else grpc.StatusCode.NOT_FOUND
+        server = _server_for(variant, servers)
+        cpu_before, own_before = await cpu(server), time.process_time()
+        window = await load.aio_window(calls[(kind, variant)], concurrency, seconds, expect)
+        own = time.process_time() - own_before
+        return _record(window, await cpu(server) - cpu_before, own)
+
+    try:
+        for _key, kind, concurrency, names in scenarios(config):
+            for variant in names:
+                await measure(kind, variant, concurrency, config.warmup_s)
+        for rep in range(config.reps):
+            for key, kind, concurrency, names in scenarios(config):
+                for variant in _rotated(names, rep):
+                    record = await measure(kind, variant, concurrency, config.window_s)
+                    raw.setdefault(key, {}).setdefault(variant, []).append(record)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return raw
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def summarise(raw: Raw) -> dict[str, Any]:
+    """Per scenario and variant: medians of the windows and paired ratios against bare.
+
+    ``throughput_ratio`` is variant / bare throughput (1.0 = free); ``cpu_ratio`` is bare /
+    variant CPU per call on the side whose stack differs (the share of bare throughput that
+    side keeps when it is the bottleneck);
+    ``p50_ratio`` / ``p99_ratio`` are variant / bare latency (1.0 = free).
+    """
+    out: dict[str, Any] = {}
+    for key, by_variant in raw.items():
+        bare = by_variant["bare"]
+        scenario: dict[str, Any] = {}
+        for variant, records in by_variant.items():
+            entry: dict[str, Any] = {
+                field: stats.summary([r[field] for r in records])
+                for field in ("throughput", "p50_us", "p99_us",
+                              "server_cpu_us_per_call", "client_cpu_us_per_call")
+            }
+            if variant != "bare":
+                pairs = list(zip(records, bare, strict=True))
+                # The side whose stack differs: the client for "client", else the server.
+                side = "client" if variant == "client" else "server"
+                cpu_field = f"{side}_cpu_us_per_call"
+                entry["throughput_ratio"] = stats.summary(
+                    [r["throughput"] / b["throughput"] for r, b in pairs])
+                entry["cpu_ratio"] = stats.summary(
+                    [_ratio(b[cpu_field], r[cpu_field]) for r, b in pairs])
+                entry["p50_ratio"] = stats.summary([r["p50_us"] / b["p50_us"] for r, b in pairs])
+                entry["p99_ratio"] = stats.summary([r["p99_us"] / b["p99_us"] for r, b in pairs])
+            scenario[variant] = entry
+        out[key] = scenario
+    return out

@@ -1,0 +1,252 @@
+"""The results: ``latest.json`` (every figure) and ``latest.md`` (the tables), plus the machine.
+
+The headline keys the issue fixes are at the top level of each stack (``sync``, ``aio``) and of
+the document (``storm_*``); everything behind them is under ``detail`` / ``storm`` / ``codec``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+from typing import Any
+
+HEADLINE_STACK_KEYS = (
+    "server_success_ratio",
+    "server_error_ratio",
+    "peer_error_ratio",
+    "client_success_ratio",
+)
+HEADLINE_STORM_KEYS = (
+    "storm_amplification_naive",
+    "storm_amplification_ours",
+    "storm_recovery_s_ours",
+)
+_PACKAGES = ("grpcio", "protobuf", "grpc-interceptor", "structlog", "prometheus-client",
+             "octollm-grpc")
+#: Scenario of the headline ratios: 32 calls in flight (throughput-bound).
+HEADLINE_CONCURRENCY = 32
+
+
+def machine() -> dict[str, Any]:
+    """Where the run happened: CPU, cores, OS, Python, package versions, commit."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            check=False, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "commit": commit or "unknown",
+    }
+
+
+def stack_headlines(detail: dict[str, Any]) -> dict[str, float]:
+    """The four ratios of one stack (and their 1-in-flight twins), medians of paired runs."""
+    def ratio(scenario: str, variant: str) -> float:
+        return float(detail[scenario][variant]["throughput_ratio"]["median"])
+
+    out: dict[str, float] = {}
+    for suffix, concurrency in (("", HEADLINE_CONCURRENCY), ("_c1", 1)):
+        success, error = f"success_c{concurrency}", f"error_c{concurrency}"
+        if success not in detail:
+            continue
+        out[f"server_success_ratio{suffix}"] = ratio(success, "ours")
+        out[f"server_all_parts_success_ratio{suffix}"] = ratio(success, "ours_all")
+        out[f"server_error_ratio{suffix}"] = ratio(error, "ours")
+        out[f"peer_success_ratio{suffix}"] = ratio(success, "peer")
+        out[f"peer_error_ratio{suffix}"] = ratio(error, "peer")
+        out[f"client_success_ratio{suffix}"] = ratio(success, "client")
+        out[f"server_success_cpu_ratio{suffix}"] = float(
+            detail[success]["ours"]["cpu_ratio"]["median"])
+        out[f"server_error_cpu_ratio{suffix}"] = float(
+            detail[error]["ours"]["cpu_ratio"]["median"])
+        out[f"client_success_cpu_ratio{suffix}"] = float(
+            detail[success]["client"]["cpu_ratio"]["median"])
+    return out
+
+
+def storm_headlines(storm: dict[str, dict[str, Any]], reset_s: float) -> dict[str, Any]:
+    """The storm keys: amplification and recovery in the outage (all modes under ``storm``)."""
+    outage = storm["outage"]
+    return {
+        "storm_amplification_none": outage["none"]["amplification"],
+        "storm_amplification_naive": outage["naive"]["amplification"],
+        "storm_amplification_ours": outage["ours"]["amplification"],
+        "storm_naive_share_at_max_attempts": outage["naive"]["share_at_max_attempts"],
+        "storm_recovery_s_none": outage["none"]["recovery_s"],
+        "storm_recovery_s_naive": outage["naive"]["recovery_s"],
+        "storm_recovery_s_ours": outage["ours"]["recovery_s"],
+        "storm_breaker_reset_s": reset_s,
+    }
+
+
+def missing_or_not_finite(document: dict[str, Any]) -> list[str]:
+    """Headline keys absent from ``document`` or not finite numbers (empty when all is well)."""
+    bad = []
+    for stack in ("sync", "aio"):
+        for key in HEADLINE_STACK_KEYS:
+            value = document.get(stack, {}).get(key)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                bad.append(f"{stack}.{key}")
+    for key in HEADLINE_STORM_KEYS:
+        value = document.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            bad.append(key)
+    return bad
+
+
+def now_utc() -> str:
+    """The current time, ISO 8601 UTC, to the second."""
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+# -- Markdown -------------------------------------------------------------------------------
+
+
+def _r(summary: dict[str, float]) -> str:
+    return f"{summary['median']:.3f} [{summary['min']:.2f}-{summary['max']:.2f}]"
+
+
+def _n(value: float, digits: int = 0) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+_VARIANT_NAMES = {
+    "bare": "bare grpcio",
+    "ours": "octollm server stack (default)",
+    "ours_all": "octollm server stack + rate limit + auth",
+    "peer": "grpc-interceptor",
+    "client": "octollm resilient channel",
+}
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """``latest.md``: headline ratios, codec timings, storm figures, then every window."""
+    m = document["machine"]
+    cfg = document["config"]
+    lines = [
+        f"Run `{document['mode']}` at {document['generated_at']}, commit `{m['commit']}`: "
+        f"{m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        f"Overhead: {cfg['reps']} interleaved repetitions of {cfg['window_s']} s windows per "
+        "variant; ratio = variant / bare grpcio in the same repetition, median [min-max]; "
+        f"headline at {HEADLINE_CONCURRENCY} calls in flight. Message: ~1.1 KiB "
+        "`google.protobuf.Value` (a task record). Client and server in separate processes "
+        "on 127.0.0.1.",
+        "",
+        "| throughput kept vs bare grpcio | sync | aio | target |",
+        "|---|---|---|---|",
+    ]
+    rows = (
+        ("server stack, success", "success", "ours", "≥ 0.92"),
+        ("server stack + rate limit + auth, success", "success", "ours_all", ""),
+        ("server stack, error (`TaskNotFoundError` vs `context.abort`)", "error", "ours",
+         "≥ 0.85"),
+        ("grpc-interceptor, error (`NotFound` vs `context.abort`)", "error", "peer", "≈ 0.96"),
+        ("grpc-interceptor, success", "success", "peer", ""),
+        ("client stack, success (resilient channel vs bare channel)", "success", "client",
+         "≥ 0.92"),
+    )
+    for concurrency in cfg["concurrencies"][::-1]:
+        for label, kind, variant, target in rows:
+            cells = []
+            for stack in ("sync", "aio"):
+                entry = document[stack]["detail"][f"{kind}_c{concurrency}"][variant]
+                cells.append(_r(entry["throughput_ratio"]))
+            tail = target if concurrency == HEADLINE_CONCURRENCY else ""
+            lines.append(f"| {label}, {concurrency} in flight | {cells[0]} | {cells[1]} | {tail} |")
+    lines += [
+        "",
+        "Server CPU per call (µs, median; the server's share of the work, so the overhead a "
+        "CPU-bound server would see):",
+        "",
+        "| scenario | stack | bare | ours | ours + rate limit + auth | grpc-interceptor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stack in ("sync", "aio"):
+        for key, scenario in document[stack]["detail"].items():
+            cpu = [scenario[v]["server_cpu_us_per_call"]["median"] if v in scenario else math.nan
+                   for v in ("bare", "ours", "ours_all", "peer")]
+            lines.append(f"| {key} | {stack} | " + " | ".join(_n(c) for c in cpu) + " |")
+
+    lines += [
+        "",
+        "Every window (median over repetitions): calls/s, p50 and p99 latency in µs.",
+        "",
+        "| stack | scenario | variant | calls/s | p50 µs | p99 µs | ratio vs bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stack in ("sync", "aio"):
+        for key, scenario in document[stack]["detail"].items():
+            for variant, entry in scenario.items():
+                ratio = _r(entry["throughput_ratio"]) if "throughput_ratio" in entry else "1"
+                lines.append(
+                    f"| {stack} | {key} | {_VARIANT_NAMES.get(variant, variant)} | "
+                    f"{_n(entry['throughput']['median'])} | {_n(entry['p50_us']['median'])} | "
+                    f"{_n(entry['p99_us']['median'])} | {ratio} |")
+
+    lines += [
+        "",
+        "Rich status encode (`to_status`) and decode (`from_rpc_error`) per error, µs (median):",
+        "",
+        "| error | encode µs | decode µs | status bytes |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in document["codec"].items():
+        lines.append(f"| {name} | {_n(entry['encode_us']['median'], 1)} | "
+                     f"{_n(entry['decode_us']['median'], 1)} | {entry['status_bytes']} |")
+
+    storm_cfg = cfg["storm"]
+    lines += [
+        "",
+        f"Retry storm: {storm_cfg['callers']} asyncio callers at {_n(storm_cfg['rate'])} calls/s "
+        f"in total against a server with capacity {_n(storm_cfg['capacity'])} calls/s; "
+        f"{storm_cfg['before_s']} s normal, {storm_cfg['trigger_s']} s trigger (the 30 s "
+        f"incident scaled x{storm_cfg['scale']:.3f}), {storm_cfg['after_s']} s after. "
+        f"Up to {storm_cfg['max_attempts']} attempts per call for both retrying clients; naive "
+        "= the seed's `retry_with_backoff` with its delays scaled alike; ours = "
+        f"`resilient_channel` (budget + breaker, reset {storm_cfg['breaker_reset_s']} s). "
+        "Amplification = attempts received / calls, for the calls started in the trigger.",
+        "",
+        "| trigger | client | amplification | at max attempts | success before / during / "
+        "after | goodput during trigger /s | peak attempts/s | recovery s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, kinds in document["storm"].items():
+        for kind, r in kinds.items():
+            share = r["success_share"]
+            lines.append(
+                f"| {mode} | {kind} | {r['amplification']:.2f} | "
+                f"{r['share_at_max_attempts']:.0%} | {share['before']:.0%} / "
+                f"{share['trigger']:.0%} / {share['after']:.0%} | "
+                f"{_n(r['goodput_per_s']['trigger'])} | {_n(r['peak_attempts_per_s'])} | "
+                f"{r['recovery_s']:.2f}{'' if r['recovered'] else ' (not recovered)'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""The servers compared by the overhead benchmark: one handler, three ways to fail.
+
+- ``bare``: no interceptors; the error handler calls ``context.abort(NOT_FOUND, ...)``.
+- ``ours``: ``server_interceptors()`` with no arguments (error mapping, request ids, logging,
+  metrics); the error handler raises ``TaskNotFoundError``.
+- ``ours_all``: the same plus the opt-in parts, a rate limit (never reached) and bearer-token
+  auth with a scope check (every variant's client sends the token, so only the server differs).
+- ``peer``: grpc-interceptor's ``ExceptionToStatusInterceptor``; the error handler raises its
+  ``NotFound``.
+
+Every variant answers GetTask with the same ~1 KiB message, so only the stack differs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from benchmarks import payload
+
+SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer")
+TOKEN = "bench-token-5d1f0c"
+#: Sent by every client of the overhead benchmark (only ``ours_all`` checks it).
+AUTH_METADATA = (("authorization", f"Bearer {TOKEN}"),)
+
+_RESPONSE = payload.task_message()
+
+
+def _not_found_message(request: struct_pb2.Value) -> str:
+    return f"Task {payload.task_id_of(request)} not found"
+
+
+def configure_production_logging() -> None:
+    """Our logging helper in production mode (JSON lines), writing to /dev/null here."""
+    from octollm_grpc.server import configure_logging
+
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server process
+    configure_logging(json=True, stream=sink)
+
+
+def _sync_raiser(variant: str) -> Callable[[struct_pb2.Value, grpc.ServicerContext], Any]:
+    if variant == "bare":
+        def abort(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
+        return abort
+    if variant in ("ours", "ours_all"):
+        from octollm_grpc.errors import TaskNotFoundError
+
+        def raise_ours(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
+            raise TaskNotFoundError(payload.task_id_of(request))
+        return raise_ours
+    if variant == "peer":
+        from grpc_interceptor.exceptions import NotFound
+
+        def raise_peer(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
+            raise NotFound(_not_found_message(request))
+        return raise_peer
+    raise ValueError(f"unknown server variant {variant!r}")
+
+
+def _aio_raiser(variant: str) -> Callable[..., Any]:
+    if variant == "bare":
+        async def abort(request: struct_pb2.Value, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
+        return abort
+    if variant in ("ours", "ours_all"):
+        from octollm_grpc.errors import TaskNotFoundError
+
+        async def raise_ours(request: struct_pb2.Value, context: Any) -> Any:
+            raise TaskNotFoundError(payload.task_id_of(request))
+        return raise_ours
+    if variant == "peer":
+        from grpc_interceptor.exceptions import NotFound
+
+        async def raise_peer(request: struct_pb2.Value, context: Any) -> Any:
+            raise NotFound(_not_found_message(request))
+        return raise_peer
+    raise ValueError(f"unknown server variant {variant!r}")
+
+
+def handlers(variant: str, stack: str) -> grpc.GenericRpcHandler:
+    """The Bench service for ``variant`` on ``stack`` (``"sync"`` or ``"aio"``)."""
+    if stack == "sync":
+        def get_task(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
+            return _RESPONSE
+        missing: Callable[..., Any] = _sync_raiser(variant)
+    else:
+        async def get_task_aio(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
+            return _RESPONSE
+        get_task = get_task_aio  # type: ignore[assignment]
+        missing = _aio_raiser(variant)
+    methods = {
+        payload.GET_TASK: grpc.unary_unary_rpc_method_handler(
+            get_task, request_deserializer=payload.deserialize,
+            response_serializer=payload.serialize),
+        payload.GET_MISSING_TASK: grpc.unary_unary_rpc_method_handler(
+            missing, request_deserializer=payload.deserialize,
+            response_serializer=payload.serialize),
+    }
+    return grpc.method_handlers_generic_handler(payload.SERVICE, methods)
+
+
+def interceptors(variant: str, stack: str) -> Sequence[Any]:
+    """The server interceptors of ``variant`` on ``stack``."""
+    if variant == "bare":
+        return ()
+    if variant == "peer":
+        import grpc_interceptor
+
+        if stack == "sync":
+            return (grpc_interceptor.ExceptionToStatusInterceptor(),)
+        return (grpc_interceptor.AsyncExceptionToStatusInterceptor(),)
+    if variant in ("ours", "ours_all"):
+        from octollm_grpc.server import BearerAuth, RateLimit, RateLimiter, StaticTokens
+        from octollm_grpc.server import server_interceptors as sync_stack
+        from octollm_grpc.server.aio import server_interceptors as aio_stack
+
+        configure_production_logging()
+        stack_of: Callable[..., Sequence[Any]] = sync_stack if stack == "sync" else aio_stack
+        if variant == "ours":
+            return tuple(stack_of())
+        return tuple(stack_of(
+            rate_limit=RateLimiter(RateLimit(limit=1_000_000_000)),
+            auth=BearerAuth(StaticTokens({TOKEN: ["tasks.read"]}), default_scopes=["tasks.read"]),
+        ))
+    raise ValueError(f"unknown server variant {variant!r}")
