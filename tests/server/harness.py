@@ -72,8 +72,11 @@ def sync_handlers(script: Script) -> list[grpc.GenericRpcHandler]:
 
     def bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         script.start(context)
-        for i, _ in zip(range(script.messages), requests, strict=False):
-            yield b"m%d" % i
+        # Reads every request first: an aio client still writing when the call ends may see
+        # INTERNAL ("Failed execute_batch") instead of the status, a client-side race.
+        for i, _ in enumerate(requests):
+            if i < script.messages:
+                yield b"m%d" % i
         script.finish()
         yield b"done"
 
@@ -110,11 +113,10 @@ def aio_handlers(script: Script) -> list[grpc.GenericRpcHandler]:
     async def bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         script.start(context)
         sent = 0
-        async for _ in requests:
-            if sent >= script.messages:
-                break
-            yield b"m%d" % sent
-            sent += 1
+        async for _ in requests:  # every request first, as in the sync bidi handler
+            if sent < script.messages:
+                yield b"m%d" % sent
+                sent += 1
         script.finish()
         yield b"done"
 
