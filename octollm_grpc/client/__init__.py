@@ -1,0 +1,120 @@
+"""Resilient gRPC clients: retry with backoff and pushback, a retry budget, a circuit breaker.
+
+``resilient_channel(target)`` gives a ``grpc.Channel`` whose calls are retried (3 attempts,
+full-jitter backoff, server pushback honoured, deadline-aware), throttled by the target's
+retry budget and guarded by its circuit breaker; failed calls raise the typed
+:class:`~octollm_grpc.errors.OctoLLMError` subclasses, which are also ``grpc.RpcError``.
+The asyncio form is :func:`octollm_grpc.client.aio.resilient_channel`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from octollm_grpc.client.breaker import (
+    DEFAULT_FAILURE_CODES,
+    BreakerSettings,
+    CircuitBreaker,
+    CircuitBreakers,
+    CircuitState,
+)
+from octollm_grpc.client.budget import RetryBudget
+from octollm_grpc.client.channel import (
+    DEFAULT,
+    BreakerArg,
+    BudgetArg,
+    RetryArg,
+    StackedRetriesWarning,
+    build_resilience,
+    channel_options,
+)
+from octollm_grpc.client.config import ClientConfig, parse_config
+from octollm_grpc.client.interceptors import ResilientInterceptor
+from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
+from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
+
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "DEFAULT",
+    "DEFAULT_FAILURE_CODES",
+    "BreakerSettings",
+    "CircuitBreaker",
+    "CircuitBreakers",
+    "CircuitState",
+    "ClientConfig",
+    "Resilience",
+    "ResilientInterceptor",
+    "RetryBudget",
+    "RetryPolicies",
+    "RetryPolicy",
+    "StackedRetriesWarning",
+    "parse_config",
+    "resilient_channel",
+    "resilient_interceptor",
+]
+
+
+def resilient_interceptor(
+    target: str,
+    *,
+    retry: RetryArg = DEFAULT,
+    budget: BudgetArg = DEFAULT,
+    breaker: BreakerArg = DEFAULT,
+    config: Mapping[str, Any] | str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    registry: CollectorRegistry | None = None,
+) -> ResilientInterceptor:
+    """The interceptor :func:`resilient_channel` installs, for a channel built elsewhere.
+
+    That channel must have ``("grpc.enable_retries", 0)`` in its options (see the README).
+    """
+    core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
+                               config=config, clock=clock, rng=rng, registry=registry)
+    return ResilientInterceptor(core, sleep)
+
+
+def resilient_channel(
+    target: str,
+    *,
+    retry: RetryArg = DEFAULT,
+    budget: BudgetArg = DEFAULT,
+    breaker: BreakerArg = DEFAULT,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    config: Mapping[str, Any] | str | None = None,
+    compression: grpc.Compression | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    registry: CollectorRegistry | None = None,
+) -> grpc.Channel:
+    """A channel to ``target`` whose calls are retried, budgeted and circuit-broken.
+
+    - ``retry``: a :class:`RetryPolicy` for every method, :class:`RetryPolicies` per method,
+      or ``None`` for no retries. Default: the config's, else ``RetryPolicy()``.
+    - ``budget``: a :class:`RetryBudget`, or ``None`` for none. Default: the target's shared
+      budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
+    - ``breaker``: :class:`BreakerSettings` (the target's shared breaker with them), a
+      :class:`CircuitBreaker` or :class:`CircuitBreakers` of your own, or ``None``.
+    - ``config``: the same settings as a service-config-style dict or JSON text
+      (:func:`parse_config`); explicit arguments win over it.
+    - ``credentials``: a secure channel with them; otherwise an insecure one.
+    - ``clock`` (monotonic seconds), ``sleep`` and ``rng``: injectable for tests.
+    - ``registry``: the Prometheus registry for breaker metrics (default: the global one).
+    """
+    core, parsed = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
+                                    config=config, clock=clock, rng=rng, registry=registry)
+    channel_opts = channel_options(options, parsed)
+    if credentials is not None:
+        channel = grpc.secure_channel(target, credentials, channel_opts, compression)
+    else:
+        channel = grpc.insecure_channel(target, channel_opts, compression)
+    return grpc.intercept_channel(channel, ResilientInterceptor(core, sleep))

@@ -1,0 +1,72 @@
+"""How long to wait before a retry: full-jitter backoff, or what the server asked for.
+
+The server's word wins (gRFC A6): ``grpc-retry-pushback-ms`` first, then ``RetryInfo`` in the
+rich status. A pushback that is negative or not a number means "do not retry".
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any, Final
+
+from google.rpc import error_details_pb2, status_pb2
+
+from octollm_grpc.client.policy import RetryPolicy
+from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
+
+__all__ = ["STOP", "full_jitter", "server_delay"]
+
+#: Returned by :func:`server_delay` when the server said not to retry.
+STOP: Final = -1.0
+
+_RETRY_INFO = "type.googleapis.com/" + error_details_pb2.RetryInfo.DESCRIPTOR.full_name
+
+
+def full_jitter(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
+    """A delay drawn uniformly from ``[0, policy.backoff_ceiling(retry)]``."""
+    return rng.uniform(0.0, policy.backoff_ceiling(retry))
+
+
+def _pushback_ms(value: Any) -> float:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return STOP
+    text = str(value).strip()
+    # A6: a decimal integer; anything else (including a negative one) stops retries.
+    if not text.isdigit():
+        return STOP
+    return int(text) / 1000.0
+
+
+def _retry_info(value: Any) -> float | None:
+    if not isinstance(value, bytes):
+        return None
+    try:
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.type_url == _RETRY_INFO:
+                delay = error_details_pb2.RetryInfo.FromString(detail.value).retry_delay
+                seconds = delay.seconds + delay.nanos / 1e9
+                return seconds if seconds >= 0 else STOP
+    except Exception:  # noqa: BLE001 - malformed details: as if the server sent none
+        return None
+    return None
+
+
+def server_delay(trailing_metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    """The wait the server asked for, in seconds; :data:`STOP`; or ``None`` if it said nothing."""
+    if not trailing_metadata:
+        return None
+    details = None
+    try:
+        for key, value in trailing_metadata:
+            if key == PUSHBACK_KEY:
+                return _pushback_ms(value)
+            if key == DETAILS_KEY:
+                details = value
+    except (TypeError, ValueError):
+        return None
+    return _retry_info(details) if details is not None else None
