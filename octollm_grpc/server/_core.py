@@ -169,9 +169,9 @@ class Pipeline:
     ) -> Pipeline:
         """``True`` gives a part with its defaults, ``False`` leaves it out."""
         return cls(
-            request_ids=RequestIds() if request_ids is True else (request_ids or None),
-            logger=CallLogger() if logger is True else (logger or None),
-            metrics=ServerMetrics() if metrics is True else (metrics or None),
+            request_ids=_part(request_ids, RequestIds),
+            logger=_part(logger, CallLogger),
+            metrics=_part(metrics, ServerMetrics),
             rate_limiter=rate_limit,
             auth=auth,
             domain=domain,
@@ -187,8 +187,9 @@ class Pipeline:
             method,
             rpc_type,
             self.metrics.for_method(rpc_type, service, name) if self.metrics else None,
-            self.rate_limiter.limit_for(method) if self.rate_limiter else None,
-            self.auth.requirement(method) if self.auth else None,
+            # RateLimiter has __len__: an empty one is falsy, so test for None explicitly.
+            self.rate_limiter.limit_for(method) if self.rate_limiter is not None else None,
+            self.auth.requirement(method) if self.auth is not None else None,
         )
 
     # -- per call -----------------------------------------------------------------------
@@ -327,6 +328,18 @@ class Pipeline:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+_P = TypeVar("_P")
+
+
+def _part(value: _P | bool, default: Callable[[], _P]) -> _P | None:
+    """``True`` -> the default part, ``False`` -> none, anything else is the part itself."""
+    if value is True:
+        return default()
+    if value is False:
+        return None
+    return value
 
 
 def _peer(context: Any) -> str:
