@@ -35,9 +35,18 @@ Invoke = Callable[[Any, tuple[tuple[str, str], ...]], Awaitable[Any]]
 
 def ours_channel(target: str, config: StormConfig) -> grpc.aio.Channel:
     """Our resilient channel, configured like the naive baseline (attempts, backoff)."""
+    from octollm_grpc.client import BreakerSettings, RetryPolicy
     from octollm_grpc.client.aio import resilient_channel
 
-    return resilient_channel(target)
+    policy = RetryPolicy(
+        max_attempts=config.max_attempts,
+        initial_backoff=1.0 * config.scale,
+        max_backoff=60.0 * config.scale,
+        backoff_multiplier=2.0,
+    )
+    # The budget is the default one (A6: 10 tokens, ratio 0.1), shared by the fleet's channels.
+    return resilient_channel(
+        target, retry=policy, breaker=BreakerSettings(reset_timeout=config.breaker_reset_s))
 
 
 def _invoker(kind: str, method: Any, config: StormConfig) -> Invoke:
