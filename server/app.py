@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +21,21 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from octollm_grpc.client.aio import resilient_channel
-from octollm_grpc.server.aio import server_interceptors
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.server.logs import configure_logging
-from octollm_grpc.server.metrics import serve_metrics
-from octollm_grpc.server.requestid import current_request_id
+from octollm_grpc.client import BreakerSettings, RetryPolicy
+from octollm_grpc.client.aio import resilient_channel
+from octollm_grpc.server import (
+    BearerAuth,
+    RateLimit,
+    RateLimiter,
+    ServerMetrics,
+    StaticTokens,
+    configure_logging,
+    current_request_id,
+    serve_metrics,
+)
+from octollm_grpc.server.aio import server_interceptors
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings
@@ -52,17 +60,36 @@ class Endpoints:
     metrics_url: str | None
 
 
-def _server_interceptors(settings: Settings, registry: CollectorRegistry) -> Sequence[Any]:
-    return server_interceptors(
-        registry=registry,
-        rate_limit=settings.rate_limit or None,
-        auth_token=settings.auth_token,
-        debug=settings.dev,
-    )
+#: Never rate limited: probes and grpcurl's reflection must work whatever the load.
+UNLIMITED_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
 
 
-def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> Any:
-    return resilient_channel(target, registry=registry)
+def _server_interceptors(settings: Settings, metrics: ServerMetrics) -> list[Any]:
+    """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag."""
+    limiter = None
+    if settings.rate_limit:
+        limiter = RateLimiter(
+            RateLimit(settings.rate_limit, settings.rate_window, settings.burst),
+            methods=dict.fromkeys(UNLIMITED_METHODS))
+    auth = BearerAuth(StaticTokens({settings.auth_token: ()})) if settings.auth_token else None
+    return server_interceptors(metrics=metrics, rate_limit=limiter, auth=auth,
+                               debug=settings.dev)
+
+
+def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> grpc.aio.Channel:
+    """The channel to the arm: retry (``--arm-attempts``), the retry budget, the breaker."""
+    return resilient_channel(
+        target,
+        retry=RetryPolicy(max_attempts=settings.arm_attempts),
+        breaker=BreakerSettings(
+            failure_threshold=settings.arm_breaker_failures,
+            reset_timeout=settings.arm_breaker_reset,
+            max_reset_timeout=max(settings.arm_breaker_reset, 300.0)),
+        registry=registry)
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None,
@@ -81,15 +108,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     else:
         arm = SimulatedArm(settings.arm_faults,
                            rng=random.Random(settings.arm_seed))
-        arm_server, arm_port = await start_arm(arm, "127.0.0.1", settings.arm_port,
-                                               _server_interceptors(settings, registry))
+        arm_server, arm_port = await start_arm(
+            arm, "127.0.0.1", settings.arm_port,
+            server_interceptors(metrics=ServerMetrics(registry, component="arm"),
+                                debug=settings.dev))
         arm_target = f"127.0.0.1:{arm_port}"
     channel = _arm_channel(settings, arm_target, registry)
 
     servicer = TaskServicer(store, ArmClient(channel), arm_timeout=settings.arm_timeout,
                             request_id=current_request_id, debug=settings.dev)
-    server = grpc.aio.server(interceptors=list(_server_interceptors(settings, registry)))
-    tasks_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    server = grpc.aio.server(interceptors=_server_interceptors(
+        settings, ServerMetrics(registry, component="task_service")))
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -62,7 +62,7 @@ class SimulatedArm(arms_pb2_grpc.ArmServiceServicer):
         self._sleep = sleep
 
     async def Complete(
-        self, request: arms_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+        self, request: arms_pb2.CompleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> arms_pb2.CompleteResponse:
         self.calls += 1
         if self.faults.down:
@@ -83,7 +83,8 @@ async def start_arm(arm: SimulatedArm, host: str, port: int,
                     interceptors: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
     """Serve ``arm`` on ``host:port`` (0 picks a free port); return the server and its port."""
     server = grpc.aio.server(interceptors=list(interceptors))
-    arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)
+    # The generated *_pb2_grpc modules have no type stubs.
+    arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")

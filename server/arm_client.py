@@ -47,7 +47,8 @@ class ArmClient:
     """Calls ``ArmService.Complete`` over ``channel`` (a resilient ``grpc.aio`` channel)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = arms_pb2_grpc.ArmServiceStub(channel)
+        # The generated *_pb2_grpc modules have no type stubs.
+        self._stub = arms_pb2_grpc.ArmServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def complete(self, task_id: str, prompt: str, priority: int,
                        timeout: float) -> arms_pb2.CompleteResponse:

@@ -18,9 +18,18 @@ __all__ = ["decode_page_token", "encode_page_token", "history_message", "status_
 _PREFIX = "after:"
 
 
-def status_enum(status: Status) -> tasks_pb2.TaskStatus.ValueType:
+_STATUS = {
+    Status.PENDING: tasks_pb2.TASK_STATUS_PENDING,
+    Status.RUNNING: tasks_pb2.TASK_STATUS_RUNNING,
+    Status.COMPLETED: tasks_pb2.TASK_STATUS_COMPLETED,
+    Status.FAILED: tasks_pb2.TASK_STATUS_FAILED,
+    Status.CANCELLED: tasks_pb2.TASK_STATUS_CANCELLED,
+}
+
+
+def status_enum(status: Status) -> tasks_pb2.TaskStatus:
     """The proto enum value for a stored status."""
-    return tasks_pb2.TaskStatus.Value(f"TASK_STATUS_{status.value}")
+    return _STATUS[status]
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:

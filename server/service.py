@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -30,6 +30,7 @@ from server.store import Status, TaskRecord, TaskStore
 
 __all__ = ["Arm", "TaskServicer"]
 
+Context = grpc.aio.ServicerContext[Any, Any]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -97,7 +98,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     async def CreateTask(
-        self, request: tasks_pb2.CreateTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.CreateTaskRequest, context: Context
     ) -> tasks_pb2.CreateTaskResponse:
         priority = request.priority if request.HasField("priority") else None
         timeout = request.timeout_seconds if request.HasField("timeout_seconds") else None
@@ -111,7 +112,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return tasks_pb2.CreateTaskResponse(task=messages.task_message(record))
 
     async def GetTask(
-        self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.GetTaskRequest, context: Context
     ) -> tasks_pb2.GetTaskResponse:
         record = await self._get(request.task_id)
         history = await self._db(self._store.history, record.task_id)
@@ -119,7 +120,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                                          history=[messages.history_message(h) for h in history])
 
     async def ListTasks(
-        self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.ListTasksRequest, context: Context
     ) -> tasks_pb2.ListTasksResponse:
         size = validation.validate_page_size(request.page_size)
         after = messages.decode_page_token(request.page_token)
@@ -129,7 +130,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                                            next_page_token=token)
 
     async def CancelTask(
-        self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.CancelTaskRequest, context: Context
     ) -> tasks_pb2.CancelTaskResponse:
         task_id = validation.require_task_id(request.task_id)
         record = await self._transition(task_id, _CANCELLABLE, Status.CANCELLED,
@@ -138,7 +139,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return tasks_pb2.CancelTaskResponse(task=messages.task_message(record))
 
     async def DeleteTask(
-        self, request: tasks_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.DeleteTaskRequest, context: Context
     ) -> tasks_pb2.DeleteTaskResponse:
         task_id = validation.require_task_id(request.task_id)
         await self._db(self._store.delete, task_id)
@@ -147,13 +148,13 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return tasks_pb2.DeleteTaskResponse()
 
     async def ExecuteTask(
-        self, request: tasks_pb2.ExecuteTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.ExecuteTaskRequest, context: Context
     ) -> tasks_pb2.ExecuteTaskResponse:
         record = await self._execute(request.task_id, context.time_remaining())
         return tasks_pb2.ExecuteTaskResponse(task=messages.task_message(record))
 
     async def ExecuteBatch(
-        self, request: tasks_pb2.ExecuteBatchRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.ExecuteBatchRequest, context: Context
     ) -> tasks_pb2.ExecuteBatchResponse:
         task_ids = list(request.task_ids)
         validation.validate_batch(task_ids)
@@ -180,7 +181,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                                               failed=failed)
 
     async def WatchTask(
-        self, request: tasks_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+        self, request: tasks_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[tasks_pb2.WatchTaskResponse]:
         task_id = validation.require_task_id(request.task_id)
         with self.events.subscribe(task_id) as changed:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from octollm_grpc.errors import InvalidInputError, ValidationErrors
+from octollm_grpc.errors import InvalidInputError
+from octollm_grpc.server.validation import Violations
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -38,23 +39,15 @@ def validate_create(description: str, priority: int | None, timeout_seconds: int
     ``priority`` / ``timeout_seconds`` are ``None`` when the field was not set (unset priority
     means the default, unset timeout means no bound).
     """
-    errors: list[dict[str, str]] = []
-    if not description:
-        errors.append({"field": "description", "message": "Description is required"})
-    elif not description.strip():
-        errors.append({"field": "description", "message": "Description cannot be blank"})
-    elif len(description) > MAX_DESCRIPTION:
-        errors.append({"field": "description", "message":
-                       f"Description exceeds maximum length of {MAX_DESCRIPTION} characters"})
-    if priority is not None and not 1 <= priority <= 10:
-        errors.append({"field": "priority", "message": "Priority must be between 1 and 10"})
-    if timeout_seconds is not None and timeout_seconds <= 0:
-        errors.append({"field": "timeout_seconds", "message": "Timeout must be positive"})
-    if len(request_id) > MAX_REQUEST_ID:
-        errors.append({"field": "request_id", "message":
-                       f"Request id exceeds maximum length of {MAX_REQUEST_ID} characters"})
-    if errors:
-        raise ValidationErrors(errors)
+    with Violations() as violations:
+        # Like the seed: a missing description is one violation, not also "blank".
+        _ = (violations.required("description", description)
+             and violations.not_blank("description", description)
+             and violations.max_length("description", description, MAX_DESCRIPTION))
+        if priority is not None:
+            violations.in_range("priority", priority, 1, 10)
+        violations.positive("timeout_seconds", timeout_seconds)
+        violations.max_length("request_id", request_id, MAX_REQUEST_ID)
 
 
 def require_task_id(task_id: str) -> str:
@@ -76,16 +69,12 @@ def validate_page_size(page_size: int, default: int = 50) -> int:
 
 def validate_batch(task_ids: Sequence[str]) -> None:
     """Raise :class:`ValidationErrors` unless there are 1..100 distinct, non-empty task ids."""
-    errors: list[dict[str, str]] = []
-    if not task_ids:
-        errors.append({"field": "task_ids", "message": "At least one task id is required"})
-    elif len(task_ids) > MAX_BATCH:
-        errors.append({"field": "task_ids",
-                       "message": f"At most {MAX_BATCH} task ids per batch"})
-    for index, task_id in enumerate(task_ids):
-        if not task_id:
-            errors.append({"field": f"task_ids[{index}]", "message": "Task id is required"})
-    if len(set(task_ids)) != len(task_ids):
-        errors.append({"field": "task_ids", "message": "Task ids must be distinct"})
-    if errors:
-        raise ValidationErrors(errors)
+    with Violations() as violations:
+        if violations.check(bool(task_ids), "task_ids", "task_ids is required",
+                            reason="REQUIRED"):
+            violations.check(len(task_ids) <= MAX_BATCH, "task_ids",
+                             f"task_ids must hold at most {MAX_BATCH} ids", reason="TOO_MANY")
+        for index, task_id in enumerate(task_ids):
+            violations.required(f"task_ids[{index}]", task_id)
+        violations.check(len(set(task_ids)) == len(task_ids), "task_ids",
+                         "task_ids must be distinct", reason="DUPLICATE")

@@ -35,16 +35,20 @@ class Grpcurl:
     stderr: str
 
     def json(self) -> Any:
-        """stdout parsed as one JSON document (a response, or a status with -format-error)."""
+        """The response: stdout parsed as one JSON document."""
         return json.loads(self.stdout)
 
+    def status(self) -> Any:
+        """The failed call's ``google.rpc.Status`` as JSON (``-format-error`` puts it on stderr)."""
+        return json.loads(self.stderr)
+
     def detail(self, type_name: str) -> dict[str, Any]:
-        """The decoded detail of ``type_name`` (e.g. ``google.rpc.BadRequest``) in a status."""
+        """The decoded detail of ``type_name`` (e.g. ``google.rpc.BadRequest``) in the status."""
         wanted = f"type.googleapis.com/{type_name}"
-        for detail in self.json().get("details", []):
+        for detail in self.status().get("details", []):
             if detail.get("@type") == wanted:
                 return dict(detail)
-        raise AssertionError(f"no {type_name} detail in {self.stdout}")
+        raise AssertionError(f"no {type_name} detail in {self.stderr}")
 
 
 @dataclass
@@ -59,23 +63,24 @@ class RunningService:
     log: Path
     lines: list[str] = field(default_factory=list)
 
-    def grpcurl(self, method: str = "", data: Any = None, *args: str,
-                headers: Sequence[str] = ()) -> Grpcurl:
-        """Run ``grpcurl -plaintext -format-error [-d DATA] TARGET METHOD`` (or a verb)."""
+    def grpcurl(self, *words: str, data: Any = None, headers: Sequence[str] = ()) -> Grpcurl:
+        """Run ``grpcurl -plaintext -format-error [-H ...] [-d DATA] TARGET WORDS...``.
+
+        ``words`` are what follows the target: ``"list"``, ``"describe", SYMBOL`` or a
+        ``Service/Method``; ``data`` is the JSON request (a string, or an object to dump).
+        """
         argv = [str(GRPCURL), "-plaintext", "-format-error"]
         for header in headers:
             argv += ["-H", header]
         if data is not None:
             argv += ["-d", data if isinstance(data, str) else json.dumps(data)]
-        argv += [*args, self.target]
-        if method:
-            argv += method.split()
+        argv += [self.target, *words]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
         return Grpcurl(done.returncode, done.stdout, done.stderr)
 
     def call(self, rpc: str, data: Any = None, *, headers: Sequence[str] = ()) -> Grpcurl:
         """Call ``TaskService/<rpc>`` with ``data`` as the JSON request."""
-        return self.grpcurl(f"{SERVICE}/{rpc}", data if data is not None else {},
+        return self.grpcurl(f"{SERVICE}/{rpc}", data=data if data is not None else {},
                             headers=headers)
 
     def logs(self) -> str:

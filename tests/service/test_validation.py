@@ -13,21 +13,23 @@ def test_every_violation_is_reported_at_once() -> None:
     with pytest.raises(ValidationErrors) as raised:
         validation.validate_create("   ", 42, -5, "")
     assert raised.value.errors == [
-        {"field": "description", "message": "Description cannot be blank"},
-        {"field": "priority", "message": "Priority must be between 1 and 10"},
-        {"field": "timeout_seconds", "message": "Timeout must be positive"},
+        {"field": "description", "message": "description must not be blank", "reason": "BLANK"},
+        {"field": "priority", "message": "priority must be between 1 and 10",
+         "reason": "OUT_OF_RANGE"},
+        {"field": "timeout_seconds", "message": "timeout_seconds must be positive",
+         "reason": "NOT_POSITIVE"},
     ]
 
 
-@pytest.mark.parametrize(("description", "message"), [
-    ("", "Description is required"),
-    ("x" * 10_001, "Description exceeds maximum length of 10000 characters"),
+@pytest.mark.parametrize(("description", "reason"), [
+    ("", "REQUIRED"),
+    ("x" * 10_001, "TOO_LONG"),
 ])
-def test_description_rules(description: str, message: str) -> None:
-    """A missing or too long description is a violation on field 'description'."""
+def test_description_rules(description: str, reason: str) -> None:
+    """A missing or too long description is exactly one violation on field 'description'."""
     with pytest.raises(ValidationErrors) as raised:
         validation.validate_create(description, None, None, "")
-    assert raised.value.errors == [{"field": "description", "message": message}]
+    assert [(e["field"], e["reason"]) for e in raised.value.errors] == [("description", reason)]
 
 
 def test_limits_themselves_are_valid() -> None:
@@ -49,7 +51,8 @@ def test_batch_rules() -> None:
     """A batch needs 1..100 distinct, non-empty ids; each problem is listed."""
     with pytest.raises(ValidationErrors) as raised:
         validation.validate_batch(["a", "", "a"])
-    assert [e["field"] for e in raised.value.errors] == ["task_ids[1]", "task_ids"]
+    assert [(e["field"], e["reason"]) for e in raised.value.errors] == [
+        ("task_ids[1]", "REQUIRED"), ("task_ids", "DUPLICATE")]
     with pytest.raises(ValidationErrors):
         validation.validate_batch([])
     with pytest.raises(ValidationErrors):
