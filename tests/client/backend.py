@@ -103,8 +103,7 @@ class Backend:
     def bidi(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         received = list(requests)
         reply = self._begin(BIDI, context, received)
-        for request in received[: reply.messages]:
-            yield request
+        yield from received[: reply.messages]
         self._end(reply, context)
 
     def other(self, request: bytes, context: Any) -> bytes:
