@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from octollm_grpc.client.breaker import BreakerSettings
+from octollm_grpc.client.budget import RetryBudget
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy, status_codes
 
 __all__ = ["ClientConfig", "parse_config"]
@@ -167,6 +168,7 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
                                           "tokenRatio": ("token_ratio", _identity)},
                              "retryThrottling")
             budget = (kwargs.get("max_tokens", 10.0), kwargs.get("token_ratio", 0.1))
+            RetryBudget(*budget)  # validates now, not when the first channel is built
 
     breaker: BreakerSettings | None = BreakerSettings()
     if "circuitBreaker" in config:
