@@ -10,6 +10,7 @@ arm channel and the database closed, so every acknowledged write is committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -94,72 +95,73 @@ def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None,
               on_ready: Callable[[Endpoints], None] | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT), then stop gracefully."""
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT), then stop gracefully.
+
+    Whatever was started is stopped again in reverse order, also when startup fails half-way:
+    server (in-flight calls finish within ``grace``), storage thread, arm channel, arm,
+    database.
+    """
     configure_logging(level=getattr(logging, settings.log_level.upper()))
     for name in DETAIL_FILES:
         descriptor_pool.Default().FindFileByName(name)  # fails loudly if one is missing
     registry = CollectorRegistry()
-    store = TaskStore(settings.db)
-    store.fail_interrupted()
+    async with contextlib.AsyncExitStack() as cleanup:
+        store = TaskStore(settings.db)
+        cleanup.callback(store.close)
+        store.fail_interrupted()
 
-    arm_server: grpc.aio.Server | None = None
-    if settings.arm_target:
-        arm_target = settings.arm_target
-    else:
-        arm = SimulatedArm(settings.arm_faults,
-                           rng=random.Random(settings.arm_seed))
-        arm_server, arm_port = await start_arm(
-            arm, "127.0.0.1", settings.arm_port,
-            server_interceptors(metrics=ServerMetrics(registry, component="arm"),
-                                debug=settings.dev))
-        arm_target = f"127.0.0.1:{arm_port}"
-    channel = _arm_channel(settings, arm_target, registry)
+        if settings.arm_target:
+            arm_target = settings.arm_target
+        else:
+            arm = SimulatedArm(settings.arm_faults, rng=random.Random(settings.arm_seed))
+            arm_server, arm_port = await start_arm(
+                arm, "127.0.0.1", settings.arm_port,
+                server_interceptors(metrics=ServerMetrics(registry, component="arm"),
+                                    debug=settings.dev))
+            cleanup.push_async_callback(arm_server.stop, 1.0)
+            arm_target = f"127.0.0.1:{arm_port}"
+        channel = _arm_channel(settings, arm_target, registry)
+        cleanup.push_async_callback(channel.close)
 
-    servicer = TaskServicer(store, ArmClient(channel), arm_timeout=settings.arm_timeout,
-                            request_id=current_request_id, debug=settings.dev)
-    server = grpc.aio.server(interceptors=_server_interceptors(
-        settings, ServerMetrics(registry, component="task_service")))
-    tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
-    await server.start()
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        servicer = TaskServicer(store, ArmClient(channel, current_request_id),
+                                arm_timeout=settings.arm_timeout,
+                                request_id=current_request_id, debug=settings.dev)
+        cleanup.callback(servicer.close)
+        server = grpc.aio.server(interceptors=_server_interceptors(
+            settings, ServerMetrics(registry, component="task_service")))
+        tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        await server.start()
+        # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
+        cleanup.push_async_callback(server.stop, settings.grace)
+        cleanup.push_async_callback(health_servicer.enter_graceful_shutdown)
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    metrics_server = None
-    metrics_url = None
-    if settings.metrics_port >= 0:
-        metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
-        metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
+        metrics_url = None
+        if settings.metrics_port >= 0:
+            metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
+            cleanup.callback(metrics_server.shutdown)
+            metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
 
-    endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url)
-    print(f"task service listening on {endpoints.target}", flush=True)
-    print(f"arm listening on {arm_target}", flush=True)
-    if metrics_url:
-        print(f"metrics on {metrics_url}", flush=True)
-    if on_ready is not None:
-        on_ready(endpoints)
+        endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url)
+        print(f"task service listening on {endpoints.target}", flush=True)
+        print(f"arm listening on {arm_target}", flush=True)
+        if metrics_url:
+            print(f"metrics on {metrics_url}", flush=True)
+        if on_ready is not None:
+            on_ready(endpoints)
 
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-    try:
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-    finally:
-        await health_servicer.enter_graceful_shutdown()
-        # Refuses new calls now; in-flight ones get `grace` seconds, then are cancelled.
-        await server.stop(grace=settings.grace)
-        await channel.close()
-        if arm_server is not None:
-            await arm_server.stop(grace=1.0)
-        servicer.close()
-        if metrics_server is not None:
-            metrics_server.shutdown()

@@ -34,7 +34,7 @@ def status_enum(status: Status) -> tasks_pb2.TaskStatus:
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromMicroseconds(round(seconds * 1e6))  # microseconds: what a float time holds
     return stamp
 
 

@@ -91,9 +91,8 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return record
 
     def close(self) -> None:
-        """Finish pending storage work and close the store (after the server has stopped)."""
+        """Finish pending storage work (after the server has stopped; the store stays open)."""
         self._db_thread.shutdown(wait=True)
-        self._store.close()
 
     # -- RPCs -------------------------------------------------------------------------------
 
@@ -108,7 +107,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             validation.DEFAULT_PRIORITY if priority is None else priority, timeout,
             request.request_id or None)
         log.info("task.created" if created else "task.create.replayed",
-                 task_id=record.task_id, request_id=request.request_id or None)
+                 task_id=record.task_id, idempotency_key=request.request_id or None)
         return tasks_pb2.CreateTaskResponse(task=messages.task_message(record))
 
     async def GetTask(

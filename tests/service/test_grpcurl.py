@@ -19,6 +19,7 @@ from tests.service.harness import GRPCURL, SERVICE, RunningService, running_serv
 # grpcurl's exit status for a failed call is 64 + the gRPC status code.
 INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION = 64 + 3, 64 + 5, 64 + 9
 RESOURCE_EXHAUSTED, UNAVAILABLE, UNAUTHENTICATED = 64 + 8, 64 + 14, 64 + 16
+DEADLINE_EXCEEDED = 64 + 4
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,15 @@ def test_describe_shows_every_rpc(service: RunningService) -> None:
         assert f"rpc {rpc} ( .octollm.tasks.v1.{rpc}Request )" in done.stdout
     assert ("rpc WatchTask ( .octollm.tasks.v1.WatchTaskRequest ) returns "
             "( stream .octollm.tasks.v1.WatchTaskResponse );") in done.stdout
+
+
+@pytest.mark.parametrize("symbol", ["google.rpc.BadRequest", "google.rpc.RetryInfo",
+                                    "octollm.errors.v1.ErrorEnvelope"])
+def test_reflection_serves_error_detail_types(service: RunningService, symbol: str) -> None:
+    """Reflection describes the error-detail messages, which is how grpcurl decodes details."""
+    done = service.grpcurl("describe", symbol)
+    assert done.returncode == 0, done.stderr
+    assert f"{symbol} is a message:" in done.stdout
 
 
 def test_create_get_list(service: RunningService) -> None:
@@ -244,6 +254,21 @@ def test_execute_against_failing_arm(tmp_path: Path) -> None:
     arm_failures = [json.loads(line) for line in logs.splitlines()
                     if '"grpc.call.failed"' in line and "ArmService/Complete" in line]
     assert len(arm_failures) == 3
+    # ... under the request id of the task call, which the service passes on to the arm.
+    request_id = done.detail("google.rpc.RequestInfo")["request_id"]
+    assert {f["request_id"] for f in arm_failures} == {request_id}
+
+
+def test_task_timeout_bounds_the_execution(tmp_path: Path) -> None:
+    """A task's timeout_seconds bounds its run on a slow arm: DEADLINE_EXCEEDED, TIMEOUT_ERROR."""
+    with running_service(tmp_path, "--arm-latency-ms", "3000") as slow:
+        task = _create(slow, timeout_seconds=1)
+        done = slow.call("ExecuteTask", {"task_id": task["task_id"]})
+    assert done.returncode == DEADLINE_EXCEEDED
+    assert done.status()["message"] == "arm call timed out after 1s"
+    info = done.detail("google.rpc.ErrorInfo")
+    assert (info["reason"], info["metadata"]) == (
+        "TIMEOUT_ERROR", {"operation": "arm call", "timeout": "1"})
 
 
 def test_execute_against_down_arm_is_arm_unavailable(tmp_path: Path) -> None:

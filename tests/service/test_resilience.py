@@ -108,6 +108,7 @@ async def test_breaker_opens_while_arm_is_down_and_closes_after_it_returns(
     assert isinstance(circuit_open, errors.CircuitOpenError)
     assert circuit_open.code() is grpc.StatusCode.UNAVAILABLE
     assert circuit_open.retry_after is not None and 0 < circuit_open.retry_after <= reset
+    assert circuit_open.details["target"] == "arm (llm.complete)"  # not the arm's address
     assert calls_while_open == 2  # the third call never reached the arm
     assert done.task.status == tasks_pb2.TASK_STATUS_COMPLETED
     assert arm.calls == 3
