@@ -243,7 +243,7 @@ class Pipeline:
         if code is None or code is _OK:
             metrics = call.plan.metrics
             if metrics is not None:
-                metrics.handled(_OK).inc()
+                metrics.ok.inc()
                 metrics.handling.observe(_perf_counter() - call.start)
             return
         # The handler set a non-OK code and returned: its decision, logged and counted as is.

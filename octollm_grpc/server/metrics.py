@@ -103,7 +103,7 @@ def _families_for(registry: CollectorRegistry, buckets: Sequence[float]) -> _Fam
 class MethodMetrics:
     """The label-bound children of one method: the per-call work is ``inc`` and ``observe``."""
 
-    __slots__ = ("_families", "_handled", "_labels", "handling", "started")
+    __slots__ = ("_families", "_handled", "_labels", "handling", "ok", "started")
 
     def __init__(self, families: _Families, labels: tuple[str, str, str]) -> None:
         self._families = families
@@ -111,6 +111,8 @@ class MethodMetrics:
         self.started: Any = families.started.labels(*labels)
         self.handling: Any = families.handling.labels(*labels)
         self._handled: dict[grpc.StatusCode, Any] = {}
+        self.ok: Any = self.handled(grpc.StatusCode.OK)
+        """The ``grpc_server_handled_total`` child for OK, bound ahead for the hot path."""
 
     def handled(self, code: grpc.StatusCode) -> Any:
         """The ``grpc_server_handled_total`` child for ``code``."""

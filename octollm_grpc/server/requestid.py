@@ -8,7 +8,7 @@ attributes, and a context variable works the same on both stacks).
 from __future__ import annotations
 
 import contextvars
-import uuid
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +27,9 @@ def current_request_id() -> str | None:
     return _current.get()
 
 
-def _uuid_hex() -> str:
-    return uuid.uuid4().hex
+def _random_hex() -> str:
+    # 128 random bits as 32 hex characters, like uuid4().hex, at a fraction of its cost.
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class RequestIds:
     """
 
     header: str = DEFAULT_HEADER
-    generate: Callable[[], str] = field(default=_uuid_hex)
+    generate: Callable[[], str] = field(default=_random_hex)
     trust_incoming: bool = True
     max_length: int = 128
 

@@ -123,7 +123,7 @@ def _check(case: Case, shape: str, outcome: Outcome, logs: list[dict[str, Any]],
     sample = registry.get_sample_value
     assert sample("grpc_server_started_total", _labels(shape)) == 1
     assert sample("grpc_server_handled_total", _labels(shape, grpc_code=go_code)) == 1
-    assert sample("grpc_server_handled_total", _labels(shape, grpc_code="OK")) is None
+    assert sample("grpc_server_handled_total", _labels(shape, grpc_code="OK")) == 0
     assert sample("grpc_server_handling_seconds_count", _labels(shape)) == 1
     assert sample("octollm_errors_total",
                   {"error_type": case.error_code, "component": "grpc_server"}) == 1
