@@ -62,6 +62,8 @@ Raw = dict[str, dict[str, list[dict[str, float]]]]
 
 def run_phase(stack: str, config: BenchConfig) -> Raw:
     """Measure every scenario for ``stack`` ("sync" or "aio"); runs in its own process."""
+    # Our client logs retries and breaker changes: as in production, JSON lines (to /dev/null).
+    variants.configure_production_logging()
     names = list(dict.fromkeys(_server_name(v) for v in SUCCESS_VARIANTS + ERROR_VARIANTS))
     arg_sets = [(name, stack) for name in names]
     with procs.server_processes(procs.overhead_server_main, arg_sets) as handles:

@@ -29,6 +29,8 @@ _PACKAGES = ("grpcio", "protobuf", "grpc-interceptor", "structlog", "prometheus-
              "octollm-grpc")
 #: Scenario of the headline ratios: 32 calls in flight (throughput-bound).
 HEADLINE_CONCURRENCY = 32
+#: A storm client further behind its schedule than this sent bursts, not a steady rate.
+_LAG_WARNING_S = 0.1
 
 
 def machine() -> dict[str, Any]:
@@ -58,11 +60,20 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "load_average_at_start": load_average(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": versions,
         "commit": commit or "unknown",
     }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (how busy the machine was), or [] if unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def stack_headlines(detail: dict[str, Any]) -> dict[str, float]:
@@ -128,6 +139,18 @@ def now_utc() -> str:
 # -- Markdown -------------------------------------------------------------------------------
 
 
+def _loads(values: Any) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if values else "unknown"
+
+
+def _busy(document: dict[str, Any]) -> bool:
+    # More runnable work than cores, besides this benchmark's own two processes.
+    cores = document["machine"].get("cores") or 1
+    loads = [*document["machine"].get("load_average_at_start", [])[:1],
+             *document.get("load_average_at_end", [])[:1]]
+    return any(load > cores + 0.5 for load in loads)
+
+
 def _r(summary: dict[str, float]) -> str:
     return f"{summary['median']:.3f} [{summary['min']:.2f}-{summary['max']:.2f}]"
 
@@ -154,7 +177,11 @@ def markdown(document: dict[str, Any]) -> str:
     lines = [
         f"Run `{document['mode']}` at {document['generated_at']}, commit `{m['commit']}`: "
         f"{m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+        f"Load average (1/5/15 min) at start {_loads(m.get('load_average_at_start'))}, "
+        f"at end {_loads(document.get('load_average_at_end'))}"
+        + (" (a busy machine: the spreads say how much to trust each figure)."
+           if _busy(document) else "."),
         "",
         f"Overhead: {cfg['reps']} interleaved repetitions of {cfg['window_s']} s windows per "
         "variant; ratio = variant / bare grpcio in the same repetition, median [min-max]; "
@@ -249,4 +276,9 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{share['trigger']:.0%} / {share['after']:.0%} | "
                 f"{_n(r['goodput_per_s']['trigger'])} | {_n(r['peak_attempts_per_s'])} | "
                 f"{r['recovery_s']:.2f}{'' if r['recovered'] else ' (not recovered)'} |")
+    lags = [r["client_max_lag_s"] for kinds in document["storm"].values() for r in kinds.values()]
+    if max(lags, default=0.0) > _LAG_WARNING_S:
+        lines += ["", f"Caution: a storm client fell up to {max(lags):.2f} s behind its schedule "
+                      "(the machine was busy), so its calls came in bursts; the storm figures "
+                      "of this run are disturbed."]
     return "\n".join(lines) + "\n"

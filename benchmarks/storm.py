@@ -26,7 +26,8 @@ from benchmarks.storm_server import storm_server_main
 
 def run_one(kind: str, mode: str, config: StormConfig) -> dict[str, Any]:
     """One storm: ``kind`` of client against a fresh server, trigger ``mode``."""
-    with procs.server_processes(storm_server_main, [(config.slots, config.service_s)]) as handles:
+    server_args = [(config.slots, config.queue, config.service_s)]
+    with procs.server_processes(storm_server_main, server_args) as handles:
         server = handles[0]
         record = procs.run_in_process(storm_fleet.run_fleet, kind, server.target, mode, config)
         attempts = server.request("attempts")
@@ -38,13 +39,13 @@ def _share(values: list[bool]) -> float:
 
 
 def analyse(
-    record: dict[str, Any], attempts: list[tuple[float, float, int]], config: StormConfig
+    record: dict[str, Any], attempts: list[tuple[float, float]], config: StormConfig
 ) -> dict[str, Any]:
     """The storm's figures from the client's calls and the server's attempts."""
     calls: list[tuple[float, float, bool]] = record["calls"]
     t0, start, end, stop = (record["t0"], record["trigger_start"], record["trigger_end"],
                             record["end"])
-    per_call = collections.Counter(call_start for _, call_start, _ in attempts)
+    per_call = collections.Counter(call_start for _, call_start in attempts)
     in_trigger = [c for c in calls if start <= c[0] < end]
     phases = {"before": (t0, start), "trigger": (start, end), "after": (end, stop)}
 
@@ -84,6 +85,8 @@ def analyse(
         "offered_per_s": config.rate,
         "capacity_per_s": config.capacity,
         "peak_attempts_per_s": max(load_bins.values(), default=0) / config.bin_s,
+        "client_max_lag_s": record["max_lag_s"],
+        "failures": record["failures"],
         "recovered": recovered_at is not None,
         "recovery_s": recovered_at if recovered_at is not None else stop - end,
         "after_bins": [

@@ -14,6 +14,7 @@ Client kinds:
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from benchmarks import payload
+from benchmarks import payload, variants
 from benchmarks.config import StormConfig
 from benchmarks.naive_retry import retry_with_backoff
 from benchmarks.storm_server import ARM_PATH
@@ -95,29 +96,36 @@ async def _fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict
         await arm(schedule, timeout=10)
 
         calls: list[tuple[float, float, bool]] = []
+        failures: collections.Counter[str] = collections.Counter()
 
         async def one_call(invoke: Invoke) -> None:
             start = time.monotonic()
             ok = True
             try:
                 await invoke(None, ((payload.CALL_START_KEY, repr(start)),))
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
                 ok = False
+                failures[f"{exc.code().name}: {exc.details()}"[:80]] += 1
             calls.append((start, time.monotonic(), ok))
 
         pending: set[asyncio.Task[None]] = set()
         total = int((end - t0) * config.rate)
+        max_lag = 0.0
         for i in range(total):
             delay = t0 + i / config.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            else:
+                # Behind schedule (a starved client): the call still starts, in a burst.
+                max_lag = max(max_lag, -delay)
             task = asyncio.create_task(one_call(invokers[i % config.callers]))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.gather(*pending)
         return {"calls": calls, "t0": t0, "trigger_start": trigger_start,
-                "trigger_end": trigger_end, "end": end}
+                "trigger_end": trigger_end, "end": end, "max_lag_s": max_lag,
+                "failures": dict(failures)}
     finally:
         for channel in [*channels, control]:
             await channel.close()
@@ -125,4 +133,5 @@ async def _fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict
 
 def run_fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict[str, Any]:
     """Process entry point: run one storm with client ``kind``; return calls and schedule."""
+    variants.configure_production_logging()
     return asyncio.run(_fleet(kind, target, mode, config))

@@ -1,10 +1,11 @@
 """The storm's server: a fixed capacity, a trigger window, and a record of every attempt.
 
-It admits ``slots`` calls at a time (each takes ``service_s``), queues up to ``slots`` more and
+It admits ``slots`` calls at a time (each takes ``service_s``), queues up to ``queue`` more and
 rejects the rest at once with ``UNAVAILABLE``, like a service shedding load. During the trigger
 it either fails everything (``outage``) or runs with half the slots (``brownout``). Every attempt
-is recorded with its arrival time, the start time of the logical call it belongs to (sent by the
-client in metadata) and its outcome; the parent reads the record over the control pipe.
+is recorded on arrival (whatever becomes of it) with its arrival time and the start time of the
+logical call it belongs to (sent by the client in metadata); the parent reads the record over
+the control pipe.
 
 The trigger is armed by the client itself with an ``Arm`` call just before the load starts, so
 the schedule is right however long the client process took to start.
@@ -25,7 +26,6 @@ from benchmarks import payload, procs
 
 ARM = "Arm"
 ARM_PATH = f"/{payload.STORM_SERVICE}/{ARM}"
-SERVED, REJECTED, FAILED = 0, 1, 2
 
 
 class Gate:
@@ -77,13 +77,13 @@ class Gate:
 class StormService:
     """The Work and Arm handlers and the attempt record."""
 
-    def __init__(self, slots: int, service_s: float) -> None:
+    def __init__(self, slots: int, queue: int, service_s: float) -> None:
         self.slots = slots
         self.service_s = service_s
-        self.gate = Gate(slots, queue=slots)
+        self.gate = Gate(slots, queue=queue)
         self.trigger = (float("inf"), float("inf"), "outage")
-        # (arrival, call start, outcome) per attempt
-        self.attempts: list[tuple[float, float, int]] = []
+        # (arrival, call start) per attempt
+        self.attempts: list[tuple[float, float]] = []
         self._response = struct_pb2.Value(string_value="done")
 
     async def arm(self, request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
@@ -99,20 +99,18 @@ class StormService:
         for key, value in context.invocation_metadata() or ():
             if key == payload.CALL_START_KEY:
                 call_start = float(value)
+        self.attempts.append((now, call_start))
         start, end, mode = self.trigger
         in_trigger = start <= now < end
         if in_trigger and mode == "outage":
-            self.attempts.append((now, call_start, FAILED))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "outage")
         self.gate.set_limit(max(1, self.slots // 2) if in_trigger else self.slots)
         if not await self.gate.enter():
-            self.attempts.append((now, call_start, REJECTED))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
         try:
             await asyncio.sleep(self.service_s)
         finally:
             self.gate.leave()
-        self.attempts.append((now, call_start, SERVED))
         return self._response
 
     def on_message(self, message: Any) -> Any:
@@ -122,11 +120,11 @@ class StormService:
 
 
 def storm_server_main(
-    slots: int, service_s: float, conn: multiprocessing.connection.Connection
+    slots: int, queue: int, service_s: float, conn: multiprocessing.connection.Connection
 ) -> None:
     """Process entry point: the Storm service on an asyncio server."""
     async def main() -> None:
-        service = StormService(slots, service_s)
+        service = StormService(slots, queue, service_s)
         handler = grpc.method_handlers_generic_handler(payload.STORM_SERVICE, {
             payload.WORK: grpc.unary_unary_rpc_method_handler(
                 service.work, request_deserializer=payload.deserialize,
