@@ -209,9 +209,9 @@ def test_health_and_metrics(service: RunningService) -> None:
 def test_rate_limited_call_carries_retry_delay(tmp_path: Path) -> None:
     """Over --rate-limit: RESOURCE_EXHAUSTED with RetryInfo, QuotaFailure and the limit."""
     with running_service(tmp_path, "--rate-limit", "1", "--rate-window", "60") as limited:
-        first = limited.call("ListTasks", {})
-        assert first.returncode == 0, first.stdout
-        second = limited.call("ListTasks", {})
+        first = limited.call("CreateTask", {"description": "first"})
+        assert first.returncode == 0, first.stderr
+        second = limited.call("CreateTask", {"description": "second"})
     assert second.returncode == RESOURCE_EXHAUSTED
     info = second.detail("google.rpc.ErrorInfo")
     assert info["reason"] == "RATE_LIMIT_EXCEEDED"
