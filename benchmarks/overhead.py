@@ -7,8 +7,9 @@ machine hit all variants alike; a variant's ratio is taken against the bare run 
 repetition.
 
 Scenarios, at each concurrency (calls in flight):
-- ``success``: bare client -> bare / ours / ours_all / peer server, and our client -> bare
-  server (variant ``client``);
+- ``success``: bare client -> bare / ours / ours_all / peer server; our client -> bare
+  server (``client``); a do-nothing client interceptor -> bare server (``client_floor``: what
+  any Python client interceptor costs, the floor under ``client``);
 - ``error``: bare client -> a handler failing with NOT_FOUND through bare / ours / peer.
 """
 
@@ -26,7 +27,7 @@ import grpc
 from benchmarks import load, payload, procs, stats, variants
 from benchmarks.config import BenchConfig
 
-SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "client")
+SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "client", "client_floor")
 ERROR_VARIANTS = ("bare", "ours", "peer")
 _CALL_TIMEOUT_S = 30.0
 
@@ -74,8 +75,22 @@ def run_phase(stack: str, config: BenchConfig) -> Raw:
 
 
 def _server_name(variant: str) -> str:
-    # Our client stack is measured against the bare server: only the client differs.
-    return "bare" if variant == "client" else variant
+    # Client variants are measured against the bare server: only the client differs.
+    return "bare" if variant.startswith("client") else variant
+
+
+class _PassThrough(grpc.UnaryUnaryClientInterceptor):
+    """A client interceptor that does nothing: the cost of the interception machinery."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details, request)
+
+
+class _AioPassThrough(grpc.aio.UnaryUnaryClientInterceptor):
+    """The asyncio twin of :class:`_PassThrough`."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
 
 
 def _server_for(variant: str, servers: dict[str, procs.ServerHandle]) -> procs.ServerHandle:
@@ -87,6 +102,8 @@ def _sync_channel(variant: str, target: str) -> grpc.Channel:
         from octollm_grpc.client import resilient_channel
 
         return resilient_channel(target)
+    if variant == "client_floor":
+        return grpc.intercept_channel(grpc.insecure_channel(target), _PassThrough())
     return grpc.insecure_channel(target)
 
 
@@ -95,6 +112,8 @@ def _aio_channel(variant: str, target: str) -> grpc.aio.Channel:
         from octollm_grpc.client.aio import resilient_channel
 
         return resilient_channel(target)
+    if variant == "client_floor":
+        return grpc.aio.insecure_channel(target, interceptors=[_AioPassThrough()])
     return grpc.aio.insecure_channel(target)
 
 
@@ -213,7 +232,7 @@ def summarise(raw: Raw) -> dict[str, Any]:
             if variant != "bare":
                 pairs = list(zip(records, bare, strict=True))
                 # The side whose stack differs: the client for "client", else the server.
-                side = "client" if variant == "client" else "server"
+                side = "client" if variant.startswith("client") else "server"
                 cpu_field = f"{side}_cpu_us_per_call"
                 entry["throughput_ratio"] = stats.summary(
                     [r["throughput"] / b["throughput"] for r, b in pairs])

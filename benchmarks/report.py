@@ -92,6 +92,7 @@ def stack_headlines(detail: dict[str, Any]) -> dict[str, float]:
         out[f"peer_success_ratio{suffix}"] = ratio(success, "peer")
         out[f"peer_error_ratio{suffix}"] = ratio(error, "peer")
         out[f"client_success_ratio{suffix}"] = ratio(success, "client")
+        out[f"client_floor_success_ratio{suffix}"] = ratio(success, "client_floor")
         out[f"server_success_cpu_ratio{suffix}"] = float(
             detail[success]["ours"]["cpu_ratio"]["median"])
         out[f"server_error_cpu_ratio{suffix}"] = float(
@@ -167,6 +168,7 @@ _VARIANT_NAMES = {
     "ours_all": "octollm server stack + rate limit + auth",
     "peer": "grpc-interceptor",
     "client": "octollm resilient channel",
+    "client_floor": "do-nothing client interceptor",
 }
 
 
@@ -201,6 +203,8 @@ def markdown(document: dict[str, Any]) -> str:
         ("grpc-interceptor, success", "success", "peer", ""),
         ("client stack, success (resilient channel vs bare channel)", "success", "client",
          "≥ 0.92"),
+        ("do-nothing client interceptor, success (the floor under the client stack)", "success",
+         "client_floor", ""),
     )
     for concurrency in cfg["concurrencies"][::-1]:
         for label, kind, variant, target in rows:
