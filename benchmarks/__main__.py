@@ -57,6 +57,7 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
     log(f"storm: {', '.join(config.storm_modes)} x none, naive, ours")
     document["storm"] = storm.run(config.storm, config.storm_modes)
     document.update(report.storm_headlines(document["storm"], config.storm.breaker_reset_s))
+    document["targets"] = report.targets(document)
     document["load_average_at_end"] = report.load_average()
     document["duration_s"] = round(time.monotonic() - started, 1)
     return document

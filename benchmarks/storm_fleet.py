@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from benchmarks.storm_server import ARM_PATH
 KINDS = ("none", "naive", "ours")
 #: Time between arming the trigger and the first call (channels are already connected).
 _LEAD_S = 0.1
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 Invoke = Callable[[Any, tuple[tuple[str, str], ...]], Awaitable[Any]]
 
@@ -105,7 +107,8 @@ async def _fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict
                 await invoke(None, ((payload.CALL_START_KEY, repr(start)),))
             except grpc.RpcError as exc:
                 ok = False
-                failures[f"{exc.code().name}: {exc.details()}"[:80]] += 1
+                # Grouped by reason: numbers (ports, delays) are masked.
+                failures[_NUMBER.sub("#", f"{exc.code().name}: {exc.details()}")[:100]] += 1
             calls.append((start, time.monotonic(), ok))
 
         pending: set[asyncio.Task[None]] = set()
