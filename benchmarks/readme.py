@@ -10,37 +10,57 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 INTRO = """## Performance
 
-What the framework costs, measured against bare grpcio and the peers in the same run
-(`benchmarks/`, figures in `benchmarks/results/latest.json`):
+What the framework costs, measured against bare grpcio and its peers in the same run, and what
+it does in a retry storm (`benchmarks/`; every figure in `benchmarks/results/latest.json`).
 
-- **Overhead**: unary calls with a ~1.1 KiB message, client and server in separate processes
-  on 127.0.0.1, at 1 and 32 calls in flight, sync and aio. Bare grpcio, our server stack
-  (`server_interceptors()`: error mapping, request ids, logging, metrics; and with rate limit
-  and auth added), grpc-interceptor's `ExceptionToStatusInterceptor`, and our client stack
-  (`resilient_channel`: retry, budget, breaker) are run interleaved (each repetition runs every
-  variant back to back, in a rotating order), and each ratio is taken against the bare run of
-  the same repetition: median and [min-max] of the repetitions. The error path compares a
-  handler raising `TaskNotFoundError` through our stack (rich details, a log line, metrics)
-  with a bare handler calling `context.abort(NOT_FOUND, ...)` and with grpc-interceptor's
-  `NotFound` (plain string details).
-- **Codec**: `to_status` and `from_rpc_error` per error, in microseconds.
-- **Retry storm**: an asyncio fleet at a fixed total rate against a capacity-limited server,
-  a trigger window (a 30 s incident scaled down) that fails everything (`outage`) or halves the
-  capacity (`brownout`); amplification (attempts the server received / calls made), goodput and
-  recovery time for no retries, the seed's naive `retry_with_backoff`, and our stack.
+```sh
+make bench                            # full run, a few minutes on 2 cores
+python -m benchmarks --smoke          # seconds; part of make test; no targets asserted
+python -m benchmarks --update-readme  # copy results/latest.md into this section
+```
 
-Run it with `make bench` (a few minutes on 2 cores; writes `benchmarks/results/latest.json` and
-`latest.md`), or `python -m benchmarks --smoke` for a seconds-long check that every part works
-(part of `make test`). `python -m benchmarks --update-readme` copies `latest.md` here.
-Ratios above 1 within the spread mean "no measurable cost"; on a loaded machine the spread
-grows, so read the [min-max] range, not only the median.
+The full run writes `benchmarks/results/latest.json` and `latest.md`. What is measured:
+
+- **Server and client overhead.** Unary calls carrying a ~1.1 KiB task record
+  (`google.protobuf.Value`), client and server in separate processes on 127.0.0.1, at 1 and 32
+  calls in flight, for `grpc` and `grpc.aio`. Variants: bare grpcio; our server stack
+  (`server_interceptors()`: error mapping, request ids, logging as JSON lines, metrics), alone
+  and with rate limiting and auth added; grpc-interceptor's `ExceptionToStatusInterceptor`; our
+  client stack (`resilient_channel`: retry, budget, breaker); a do-nothing client interceptor
+  (the floor any Python client interceptor pays). Each repetition runs every variant back to
+  back in a rotating order (A B C, B C A, ...) and each ratio is taken against the bare run of
+  the same repetition; tables give the median and [min-max] over repetitions. The headline
+  keys (`server_success_ratio`, `server_error_ratio`, `peer_error_ratio`,
+  `client_success_ratio`, per stack) are throughput ratios at 32 calls in flight; the JSON also
+  has the 1-in-flight ratios, p50/p99 latencies and the CPU time per call of the side whose
+  stack differs (a steadier measure on a busy machine).
+- **Error path.** A handler raising `TaskNotFoundError` through our stack (rich details, one log
+  line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`, and against
+  grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics).
+- **Codec.** `to_status` and `from_rpc_error` per error, in microseconds.
+- **Retry storm.** A fleet of asyncio callers (one channel each) at a fixed total rate, open
+  loop, against a server that serves a fixed number of calls at a time, queues a few and sheds
+  the rest with `UNAVAILABLE`. A trigger window (a 30 s incident scaled down to a few seconds)
+  fails every call (`outage`) or halves the capacity (`brownout`). For no retries, the seed's
+  naive `retry_with_backoff` (rewritten in `benchmarks/naive_retry.py`, delays scaled like the
+  incident) and our stack (same attempts and backoff, plus the retry budget and a breaker with
+  a 1 s reset): amplification (attempts the server received for the calls started in the
+  trigger / those calls), goodput, and recovery time (from the end of the trigger until every
+  later quarter second has at least 95 % of its calls succeeding).
+
+Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
+On a shared machine the spread grows, so read the [min-max] range and the load average printed
+with the run, not only the median. One pitfall found on the way: grpc-interceptor treats any
+iterable response as a response stream, so a unary method returning a `google.protobuf.Struct`
+(which iterates its keys) fails with "Failed to serialize response!" under it; the benchmark
+message is a `Value` for that reason.
 
 """
 
 
 def section(table: str) -> str:
     """The full text between the markers for ``table`` (the contents of ``latest.md``)."""
-    return f"{BEGIN}\n{INTRO}{table.rstrip()}\n{END}"
+    return f"{BEGIN}\n{INTRO}### Latest results\n\n{table.rstrip()}\n{END}"
 
 
 def update(latest_md: Path, readme: Path = README) -> None:
