@@ -141,6 +141,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         await server.start()
         # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
         cleanup.push_async_callback(server.stop, settings.grace)
+        cleanup.callback(servicer.events.close)  # before the stop: watch streams end at once
         cleanup.push_async_callback(health_servicer.enter_graceful_shutdown)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

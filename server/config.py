@@ -123,14 +123,13 @@ def parse_args(argv: Sequence[str] | None = None,
         (args.arm_attempts >= 1, "--arm-attempts must be at least 1"),
         (args.arm_breaker_failures >= 1, "--arm-breaker-failures must be at least 1"),
         (args.arm_breaker_reset > 0, "--arm-breaker-reset must be positive"),
+        (0 <= args.arm_failure_rate <= 1, "--arm-failure-rate must be within 0..1"),
+        (args.arm_latency_ms >= 0, "--arm-latency-ms must not be negative"),
     ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
-    try:
-        faults = ArmFaults(args.arm_failure_rate, args.arm_latency_ms / 1000.0, args.arm_down)
-    except ValueError as error:
-        parser.error(f"arm faults: {error}")
+    faults = ArmFaults(args.arm_failure_rate, args.arm_latency_ms / 1000.0, args.arm_down)
     return Settings(
         host=args.host, port=args.port, db=args.db, grace=args.grace,
         metrics_port=args.metrics_port, rate_limit=args.rate_limit,

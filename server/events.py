@@ -18,6 +18,15 @@ class TaskEvents:
 
     def __init__(self) -> None:
         self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.closed = False
+        """Set by :meth:`close`: watchers should end their streams."""
+
+    def close(self) -> None:
+        """Wake every watcher for good (the server is stopping; streams must not hold it up)."""
+        self.closed = True
+        for watchers in self._watchers.values():
+            for event in watchers:
+                event.set()
 
     def publish(self, task_id: str) -> None:
         """Wake every watcher of ``task_id`` (call from the loop's thread)."""

@@ -196,6 +196,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                     yield tasks_pb2.WatchTaskResponse(task=messages.task_message(record))
                 if record.status.finished:
                     return
+                if self.events.closed:
+                    # An endless stream would hold a graceful stop for its whole grace period.
+                    raise errors.ResourceError(
+                        "The service is shutting down; watch the task again elsewhere")
                 await changed.wait()
 
     # -- execution ----------------------------------------------------------------------------

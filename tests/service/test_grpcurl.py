@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,19 @@ def test_execute_against_down_arm_is_arm_unavailable(tmp_path: Path) -> None:
     envelope = done.detail("octollm.errors.v1.ErrorEnvelope")
     assert envelope["details"] == {"required_capabilities": ["llm.complete"],
                                    "cause": "NETWORK_ERROR"}
+
+
+def test_sigterm_ends_open_watch_streams_at_once(tmp_path: Path) -> None:
+    """SIGTERM with a watch open: the stream ends UNAVAILABLE at once, not after the grace."""
+    with running_service(tmp_path, "--grace", "30") as service:
+        task = _create(service)
+        watch = _watch(service, str(task["task_id"]))
+        _first_message(watch)
+        started = time.monotonic()
+        exit_code = service.terminate(timeout=25)
+        elapsed = time.monotonic() - started
+        _, error = watch.communicate(timeout=20)
+    assert exit_code == 0
+    assert elapsed < 15  # far below the 30 s grace the watch would otherwise hold
+    assert watch.returncode == UNAVAILABLE
+    assert json.loads(error)["details"][0]["reason"] == "RESOURCE_ERROR"
