@@ -124,7 +124,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteTask(self, request, context):
-        """ExecuteTask runs the task on the arm (with retry, retry budget and circuit breaker).
+        """ExecuteTask runs a PENDING or FAILED task on the arm (with retry, retry budget and
+        circuit breaker). A COMPLETED task is returned as it is, so a retried call gets the result
+        it missed; a RUNNING or CANCELLED one is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
