@@ -66,15 +66,15 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         self._request_id = request_id
         self._debug = debug
         self.events = TaskEvents()
+        self._running: dict[str, asyncio.Future[arms_pb2.CompleteResponse]] = {}
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="task-store")
 
     async def _db(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        # A caller that goes away stops waiting; work already handed to the thread still
+        # commits or rolls back as a whole (each store method is one transaction).
         loop = asyncio.get_running_loop()
-        # Shielded: a caller going away must not abandon a write half-way through our bookkeeping
-        # (the transaction itself is atomic either way; this keeps events and logs consistent).
-        future = loop.run_in_executor(self._db_thread, lambda: fn(*args, **kwargs))
-        return await asyncio.shield(future)
+        return await loop.run_in_executor(self._db_thread, lambda: fn(*args, **kwargs))
 
     async def _transition(self, task_id: str, allowed: tuple[Status, ...], to: Status, *,
                           note: str = "", result: str | None = None,
@@ -134,7 +134,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         task_id = validation.require_task_id(request.task_id)
         record = await self._transition(task_id, _CANCELLABLE, Status.CANCELLED,
                                         note="cancelled by a client")
-        log.info("task.cancelled", task_id=task_id)
+        running = self._running.get(task_id)
+        if running is not None:
+            running.cancel()  # the arm call too: its result would be discarded anyway
+        log.info("task.cancelled", task_id=task_id, was_running=running is not None)
         return tasks_pb2.CancelTaskResponse(task=messages.task_message(record))
 
     async def DeleteTask(
@@ -158,12 +161,16 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         task_ids = list(request.task_ids)
         validation.validate_batch(task_ids)
         gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
+        loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
+        # Items waiting for the gate use up the call's time too: each gets what is left then.
+        deadline = None if remaining is None else loop.time() + remaining
 
         async def one(task_id: str) -> tasks_pb2.ExecuteBatchResult:
             async with gate:
+                left = None if deadline is None else deadline - loop.time()
                 try:
-                    record = await self._execute(task_id, remaining)
+                    record = await self._execute(task_id, left)
                 except Exception as error:
                     if not isinstance(error, errors.OctoLLMError):
                         log.critical("task.batch.item.unexpected", task_id=task_id,
@@ -214,25 +221,30 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         timeout = float(record.timeout_seconds or self._arm_timeout)
         if time_remaining is not None:
             timeout = min(timeout, max(time_remaining, 0.001))
+        arm_call = asyncio.ensure_future(self._arm.complete(
+            record.task_id, record.description, record.priority, timeout))
+        self._running[task_id] = arm_call  # so CancelTask can stop the work, not just the record
         try:
-            answer = await self._arm.complete(record.task_id, record.description,
-                                              record.priority, timeout)
+            answer = await arm_call
         except asyncio.CancelledError:
-            await self._finish_failed(task_id, "the caller went away", None)
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                await self._finish_failed(task_id, "the caller went away", None)
+                raise
+            raise _cancelled_while_running(task_id) from None  # CancelTask stopped the arm call
         except Exception as error:
             status = to_status_proto(error, debug=False)
             code = error.error_code if isinstance(error, errors.OctoLLMError) else "INTERNAL_ERROR"
             await self._finish_failed(task_id, code, status.SerializeToString())
             log.warning("task.execution.failed", task_id=task_id, error_code=code)
             raise
+        finally:
+            self._running.pop(task_id, None)
         try:
             done = await self._transition(task_id, (Status.RUNNING,), Status.COMPLETED,
                                           note=f"completed by {answer.arm_id}", result=answer.text)
         except errors.InvalidStateError:
-            raise errors.InvalidStateError(
-                f"Task {task_id} was cancelled while it ran; its result was discarded",
-                details={"subject": task_id, "status": Status.CANCELLED.value}) from None
+            raise _cancelled_while_running(task_id) from None
         log.info("task.execution.completed", task_id=task_id, arm_id=answer.arm_id)
         return done
 
@@ -241,3 +253,9 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         with contextlib.suppress(errors.InvalidStateError, errors.TaskNotFoundError):
             await self._transition(task_id, (Status.RUNNING,), Status.FAILED, note=note,
                                    error=status)
+
+
+def _cancelled_while_running(task_id: str) -> errors.InvalidStateError:
+    return errors.InvalidStateError(
+        f"Task {task_id} was cancelled while it ran; its result was discarded",
+        details={"subject": task_id, "status": Status.CANCELLED.value})

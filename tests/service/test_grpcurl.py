@@ -260,16 +260,47 @@ def test_execute_against_failing_arm(tmp_path: Path) -> None:
     assert {f["request_id"] for f in arm_failures} == {request_id}
 
 
-def test_task_timeout_bounds_the_execution(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def slow_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    with running_service(tmp_path_factory.mktemp("slow"), "--arm-latency-ms", "5000") as running:
+        yield running
+
+
+def test_task_timeout_bounds_the_execution(slow_arm: RunningService) -> None:
     """A task's timeout_seconds bounds its run on a slow arm: DEADLINE_EXCEEDED, TIMEOUT_ERROR."""
-    with running_service(tmp_path, "--arm-latency-ms", "3000") as slow:
-        task = _create(slow, timeout_seconds=1)
-        done = slow.call("ExecuteTask", {"task_id": task["task_id"]})
+    task = _create(slow_arm, timeout_seconds=1)
+    done = slow_arm.call("ExecuteTask", {"task_id": task["task_id"]})
     assert done.returncode == DEADLINE_EXCEEDED
     assert done.status()["message"] == "arm call timed out after 1s"
     info = done.detail("google.rpc.ErrorInfo")
     assert (info["reason"], info["metadata"]) == (
         "TIMEOUT_ERROR", {"operation": "arm call", "timeout": "1"})
+    after = slow_arm.call("GetTask", {"task_id": task["task_id"]}).json()["task"]
+    assert after["status"] == "TASK_STATUS_FAILED"
+    assert after["error"]["code"] == 4
+
+
+def test_cancel_while_running_stops_the_execution(slow_arm: RunningService) -> None:
+    """CancelTask on a RUNNING task stops the arm call: ExecuteTask ends FAILED_PRECONDITION."""
+    task = _create(slow_arm)
+    watch = _watch(slow_arm, str(task["task_id"]))
+    assert _first_message(watch)["task"]["status"] == "TASK_STATUS_PENDING"  # type: ignore[index]
+    argv = [str(GRPCURL), "-plaintext", "-format-error", "-d",
+            json.dumps({"task_id": task["task_id"]}), slow_arm.target, f"{SERVICE}/ExecuteTask"]
+    execute = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _first_message(watch)["task"]["status"] == "TASK_STATUS_RUNNING"  # type: ignore[index]
+    started = time.monotonic()
+    cancelled = slow_arm.call("CancelTask", {"task_id": task["task_id"]})
+    _, error = execute.communicate(timeout=20)
+    elapsed = time.monotonic() - started
+    watch.communicate(timeout=20)
+    assert cancelled.json()["task"]["status"] == "TASK_STATUS_CANCELLED"
+    assert execute.returncode == FAILED_PRECONDITION
+    assert "was cancelled while it ran" in json.loads(error)["message"]
+    assert elapsed < 4  # the arm's 5 s answer was not waited for
+    history = slow_arm.call("GetTask", {"task_id": task["task_id"]}).json()["history"]
+    assert [h["status"] for h in history] == [
+        "TASK_STATUS_PENDING", "TASK_STATUS_RUNNING", "TASK_STATUS_CANCELLED"]
 
 
 def test_execute_against_down_arm_is_arm_unavailable(tmp_path: Path) -> None:

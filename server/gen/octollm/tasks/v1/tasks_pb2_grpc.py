@@ -110,7 +110,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelTask(self, request, context):
-        """CancelTask cancels a PENDING or RUNNING task; FAILED_PRECONDITION once it has finished.
+        """CancelTask cancels a PENDING or RUNNING task (stopping its arm call; the ExecuteTask
+        running it then fails with FAILED_PRECONDITION); FAILED_PRECONDITION once it has finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
