@@ -96,7 +96,7 @@ SMOKE = BenchConfig(
     concurrencies=(1, 32),
     codec_repeat=2,
     codec_number=50,
-    storm=StormConfig(callers=4, before_s=0.5, trigger_s=0.6, after_s=1.0, bin_s=0.1,
+    storm=StormConfig(callers=4, before_s=0.3, trigger_s=0.5, after_s=0.6, bin_s=0.1,
                       breaker_reset_s=0.2),
-    storm_modes=("outage",),
+    storm_modes=("outage", "brownout"),
 )
