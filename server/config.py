@@ -57,9 +57,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     net.add_argument("--metrics-port", type=int, default=9464,
                      help="port of the Prometheus /metrics endpoint; 0 picks a free one, "
                           "-1 turns it off (default: %(default)s)")
-    net.add_argument("--rate-limit", type=int, default=0,
-                     help="requests per --rate-window allowed per caller; 0 turns rate "
-                          "limiting off (default: %(default)s)")
+    net.add_argument("--rate-limit", type=int, default=100,
+                     help="requests per --rate-window allowed per caller (health checks and "
+                          "reflection are exempt); 0 turns rate limiting off "
+                          "(default: %(default)s)")
     net.add_argument("--rate-window", type=int, default=1,
                      help="seconds the --rate-limit counts over (default: %(default)s)")
     net.add_argument("--burst", type=int, default=None,

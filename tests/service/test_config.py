@@ -33,10 +33,11 @@ def test_help_lists_every_flag() -> None:
 
 
 def test_defaults_and_port_from_env() -> None:
-    """Defaults: 127.0.0.1:50051, metrics on 9464, no rate limit or auth; PORT sets the port."""
+    """Defaults: 127.0.0.1:50051, metrics 9464, 100 calls/s per caller, no auth; PORT sets port."""
     settings = parse_args([], env={})
     assert (settings.host, settings.port, settings.metrics_port) == ("127.0.0.1", 50051, 9464)
-    assert (settings.rate_limit, settings.auth_token, settings.arm_target) == (0, None, None)
+    assert (settings.rate_limit, settings.rate_window, settings.burst) == (100, 1, None)
+    assert (settings.auth_token, settings.arm_target) == (None, None)
     assert parse_args([], env={"PORT": "6100"}).port == 6100
     assert parse_args(["--port", "7000"], env={"PORT": "6100"}).port == 7000
     assert parse_args([], env={"OCTOLLM_AUTH_TOKEN": "t"}).auth_token == "t"
