@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from octollm_grpc.errors import DatabaseError, InvalidStateError, TaskNotFoundError
 
@@ -95,22 +96,22 @@ CREATE INDEX IF NOT EXISTS task_history_task ON task_history(task_id, id);
 # Rows are read with SELECT * and unpacked in the schema's column order (see _record).
 
 
-def _record(row: tuple[object, ...]) -> TaskRecord:
+def _record(row: tuple[Any, ...]) -> TaskRecord:
     (seq, task_id, description, priority, timeout, status, request_id, result, error,
      created, updated, version) = row
     return TaskRecord(
-        seq=int(seq),  # type: ignore[call-overload]
+        seq=int(seq),
         task_id=str(task_id),
         description=str(description),
-        priority=int(priority),  # type: ignore[call-overload]
-        timeout_seconds=None if timeout is None else int(timeout),  # type: ignore[call-overload]
+        priority=int(priority),
+        timeout_seconds=None if timeout is None else int(timeout),
         status=Status(str(status)),
         request_id=None if request_id is None else str(request_id),
         result=str(result),
-        error=None if error is None else bytes(error),  # type: ignore[call-overload]
-        create_time=float(created),  # type: ignore[arg-type]
-        update_time=float(updated),  # type: ignore[arg-type]
-        version=int(version),  # type: ignore[call-overload]
+        error=None if error is None else bytes(error),
+        create_time=float(created),
+        update_time=float(updated),
+        version=int(version),
     )
 
 
@@ -157,7 +158,7 @@ class TaskStore:
                 raise DatabaseError(operation, failure) from failure
             raise
 
-    def _read(self, operation: str, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+    def _read(self, operation: str, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
             return list(self._conn.execute(sql, args).fetchall())
         except sqlite3.Error as error:
@@ -255,7 +256,7 @@ class TaskStore:
         """The task's history, oldest first (empty for an unknown id)."""
         rows = self._read("query", "SELECT status, time, note FROM task_history "
                                    "WHERE task_id = ? ORDER BY id", (task_id,))
-        return [HistoryEntry(Status(str(s)), float(t), str(n))  # type: ignore[arg-type]
+        return [HistoryEntry(Status(str(s)), float(t), str(n))
                 for s, t, n in rows]
 
     def page(self, after_seq: int, limit: int) -> tuple[list[TaskRecord], bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -165,3 +166,24 @@ def test_sigterm_during_writes_loses_no_acknowledged_create(tmp_path: Path) -> N
     assert set(acked) <= stored
     assert executed.task.status == tasks_pb2.TASK_STATUS_COMPLETED
     assert slow_status == [("COMPLETED",)]
+
+
+def test_unreachable_arm_is_arm_unavailable(tmp_path: Path) -> None:
+    """No arm listening at --arm-target: connection refused surfaces as ARM_UNAVAILABLE."""
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed again
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with running_service(tmp_path, "--arm-target", f"127.0.0.1:{port}",
+                         "--arm-attempts", "2") as service:
+        with resilient_channel(service.target, retry=None) as channel:
+            stub = _stub(channel)
+            task = stub.CreateTask(tasks_pb2.CreateTaskRequest(description="nowhere"),
+                                   timeout=10).task
+            with pytest.raises(errors.ArmUnavailableError) as raised:
+                stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task.task_id), timeout=10)
+            after = stub.GetTask(tasks_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)
+    assert raised.value.details == {"required_capabilities": ["llm.complete"],
+                                    "cause": "NETWORK_ERROR"}
+    assert f"{port}" not in raised.value.message
+    assert after.task.status == tasks_pb2.TASK_STATUS_FAILED
+    assert after.history[-1].note == "ARM_UNAVAILABLE"
