@@ -9,6 +9,7 @@ method needs (metric children, its rate limit, its scopes) is resolved once, in 
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -249,6 +250,13 @@ class Pipeline:
         # The handler set a non-OK code and returned: its decision, logged and counted as is.
         self._record(call, context, code, None, level_for_code(code), None, None)
 
+    def cancelled(self, call: Call) -> None:
+        """The client went away: not an error, so no log event; counted as ``Canceled``."""
+        metrics = call.plan.metrics
+        if metrics is not None:
+            metrics.handled(_CANCELLED).inc()
+            metrics.handling.observe(_perf_counter() - call.start)
+
     def fail(
         self, call: Call, exc: BaseException, context: Any, *, aborted: bool, cancelled: bool
     ) -> Failure:
@@ -258,10 +266,7 @@ class Pipeline:
         went away (no log event, counted as ``Canceled``).
         """
         if cancelled:
-            metrics = call.plan.metrics
-            if metrics is not None:
-                metrics.handled(_CANCELLED).inc()
-                metrics.handling.observe(_perf_counter() - call.start)
+            self.cancelled(call)
             return Failure(None, None)
         rid_pair = call.trailers[0] if call.trailers is not None else None
         handler_code = context.code()
@@ -282,9 +287,14 @@ class Pipeline:
             return Failure(HandlerStatus(code, message_of(context.details()), trailers), None)
 
         mapping = codes.mapping_for(exc)
-        status = to_status(exc, request_id=call.request_id, domain=self.domain, debug=self.debug)
+        try:
+            status = to_status(exc, request_id=call.request_id, domain=self.domain,
+                               debug=self.debug)
+        except Exception:  # noqa: BLE001 - e.g. a __str__ that raises: still end the call safely
+            mapping = codes.UNEXPECTED
+            status = to_status(_Unencodable(), request_id=call.request_id, domain=self.domain)
         trailers = merge_trailers(context.trailing_metadata(), status.trailing_metadata, rid_pair)
-        if isinstance(exc, OctoLLMError):
+        if isinstance(exc, OctoLLMError) and mapping is not codes.UNEXPECTED:
             error_code, log_exc, message = exc.error_code, None, status.details
         else:
             error_code, log_exc, message = mapping.error_code, exc, None
@@ -310,17 +320,20 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.error(error_code or code.name, duration)
         if self.logger is not None:
-            self.logger.failed(
-                level,
-                method=call.plan.method,
-                grpc_code=code.name,
-                error_code=error_code,
-                request_id=call.request_id,
-                duration=duration,
-                peer=_peer(context),
-                message=message,
-                exc=exc,
-            )
+            try:
+                self.logger.failed(
+                    level,
+                    method=call.plan.method,
+                    grpc_code=code.name,
+                    error_code=error_code,
+                    request_id=call.request_id,
+                    duration=duration,
+                    peer=_peer(context),
+                    message=message,
+                    exc=exc,
+                )
+            except Exception:  # noqa: BLE001 - a broken log setup must not change the status
+                _fallback_log.exception("octollm_grpc could not log a failed call")
 
     def end(self, call: Call) -> None:
         """Unbind the call's context variables (always, after success or failure)."""
@@ -330,6 +343,11 @@ class Pipeline:
             unbind_request_id(call.log_tokens)
 
 
+class _Unencodable(Exception):
+    """What the status is built from when the real exception cannot be encoded."""
+
+
+_fallback_log = logging.getLogger("octollm_grpc.server")
 _P = TypeVar("_P")
 
 

@@ -58,6 +58,8 @@ def level_for_code(code: grpc.StatusCode) -> Level:
 
 def level_for_exception(exc: BaseException, mapping: codes.ErrorMapping) -> Level:
     """The seed's levels: client errors warning, server errors error, the unexpected critical."""
+    if mapping is codes.UNEXPECTED:
+        return "critical"
     if isinstance(exc, OctoLLMError):
         return "warning" if mapping.client_error else "error"
     return "error" if mapping is codes.BUILTIN_TIMEOUT else "critical"
