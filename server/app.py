@@ -2,9 +2,10 @@
 
 Startup prints one line per endpoint on stdout (``task service listening on HOST:PORT``,
 ``arm listening on ...``, ``metrics on http://...``) so scripts and tests can find ports
-chosen with ``0``. SIGTERM or SIGINT starts a graceful stop: health turns NOT_SERVING, new
-calls are refused, in-flight calls get ``--grace`` seconds to finish, and only then are the
-arm channel and the database closed, so every acknowledged write is committed.
+chosen with ``0``. SIGTERM or SIGINT starts a graceful stop: health turns NOT_SERVING, open
+watch streams end, new calls are refused, in-flight calls get ``--grace`` seconds to finish,
+and only then are the arm channel and the database closed, so every acknowledged write is
+committed.
 """
 
 from __future__ import annotations
