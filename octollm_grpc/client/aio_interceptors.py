@@ -351,7 +351,12 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
         except CircuitOpenError as error:
             return _FailedCall(error)
         while True:
-            call = await continuation(details, request)
+            try:
+                call = await continuation(details, request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)
+                raise
             try:
                 await call
             except aio.AioRpcError as error:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -125,8 +125,7 @@ class CallRetry:
         self.capped = cap is not None and cap < remaining
         return cap if cap is not None and self.capped else remaining
 
-    def next_delay(self, code: grpc.StatusCode,
-                   trailing_metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    def next_delay(self, code: grpc.StatusCode, trailing_metadata: Any) -> float | None:
         """After a failed attempt: seconds to wait before the next one, or ``None`` to stop.
 
         Takes a budget token for a retryable failure even when it then stops, as A6 does.

@@ -19,7 +19,8 @@ def sync_channel(target: str, clock: FakeClock, **kwargs: Any) -> grpc.Channel:
     kwargs.setdefault("breaker", None)
     kwargs.setdefault("rng", random.Random(1234))
     kwargs.setdefault("registry", CollectorRegistry())
-    return resilient_channel(target, clock=clock.now, sleep=clock.sleep, **kwargs)
+    kwargs.setdefault("sleep", clock.sleep)
+    return resilient_channel(target, clock=clock.now, **kwargs)
 
 
 def aio_channel(target: str, clock: FakeClock, **kwargs: Any) -> grpc.aio.Channel:
@@ -28,5 +29,5 @@ def aio_channel(target: str, clock: FakeClock, **kwargs: Any) -> grpc.aio.Channe
     kwargs.setdefault("breaker", None)
     kwargs.setdefault("rng", random.Random(1234))
     kwargs.setdefault("registry", CollectorRegistry())
-    return client_aio.resilient_channel(target, clock=clock.now, sleep=clock.async_sleep,
-                                        **kwargs)
+    kwargs.setdefault("sleep", clock.async_sleep)
+    return client_aio.resilient_channel(target, clock=clock.now, **kwargs)

@@ -1,0 +1,397 @@
+"""The call objects of the sync interceptor: attempt loop state, response streams, futures.
+
+:class:`Attempts` holds one call's retry state and starts the next attempt after a failure
+(or raises the typed error); the call objects below only decide *when* to ask it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from octollm_grpc.client.replay import Replay
+from octollm_grpc.client.retry import ATTEMPTS_HEADER, CallRetry, MethodPlan, Resilience
+from octollm_grpc.errors import CircuitOpenError, OctoLLMError
+from octollm_grpc.status import from_rpc_error
+
+__all__ = ["Attempts", "CallDetails", "FailedStream", "ResponseStream", "UnaryFuture"]
+
+_CANCELLED = grpc.StatusCode.CANCELLED
+
+
+class CallDetails(grpc.ClientCallDetails):
+    """The details of one attempt: the caller's, with its timeout and attempt header."""
+
+    __slots__ = ("compression", "credentials", "metadata", "method", "timeout", "wait_for_ready")
+
+    def __init__(self, base: grpc.ClientCallDetails, timeout: float | None, previous: int) -> None:
+        self.method = base.method
+        self.timeout = timeout
+        metadata = tuple(base.metadata or ())
+        if previous:
+            metadata += ((ATTEMPTS_HEADER, str(previous)),)
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _LocalStatus:
+    """A status that never crossed the wire (the caller cancelled during a backoff)."""
+
+    def code(self) -> grpc.StatusCode:
+        return _CANCELLED
+
+    def details(self) -> str:
+        return "Locally cancelled by caller"
+
+
+class Attempts:
+    """One call's attempts: the plan, the caller's details, and the retry state."""
+
+    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
+                 "retryable", "sleep", "start", "token")
+
+    def __init__(self, core: Resilience, sleep: Callable[[float], None], plan: MethodPlan,
+                 continuation: Any, details: Any, request: Any, replay: Replay | None,
+                 retryable: bool, start: float, retry: CallRetry | None = None,
+                 token: int = 0) -> None:
+        self.core = core
+        self.sleep = sleep
+        self.plan = plan
+        self.continuation = continuation
+        self.details = details
+        self.request = request
+        self.replay = replay
+        self.retryable = retryable
+        self.start = start
+        self.retry = retry
+        self.token = token
+
+    def requests(self) -> Any:
+        """What to send on an attempt: the replayed stream, or the caller's request."""
+        return self.replay.fresh() if self.replay is not None else self.request
+
+    def record(self, error: grpc.RpcError) -> grpc.StatusCode:
+        """Report a failed attempt to the breaker; return its code."""
+        code: grpc.StatusCode = error.code()
+        if self.plan.breaker is not None:
+            self.plan.breaker.record(self.token, code)
+        return code
+
+    def delay(self, error: grpc.RpcError, code: grpc.StatusCode) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if not self.retryable:
+            return None
+        if self.retry is None:
+            self.retry = CallRetry(self.core, self.plan, self.details.timeout, self.start)
+        return self.retry.next_delay(code, error.trailing_metadata())
+
+    def start_next(self, error: grpc.RpcError) -> Any:
+        """After the wait: start the next attempt (or raise the typed error if time is up)."""
+        retry = self.retry
+        assert retry is not None
+        timeout = retry.attempt_timeout()
+        if timeout is not None and timeout <= 0:
+            raise from_rpc_error(error) from error
+        self.token = self.plan.acquire()
+        return self.continuation(CallDetails(self.details, timeout, retry.attempts - 1),
+                                 self.requests())
+
+    def after_failure(self, error: grpc.RpcError, cancelled: bool = False) -> Any:
+        """Record a failed attempt, wait, and return the next one; or raise the typed error."""
+        code = self.record(error)
+        delay = None if cancelled else self.delay(error, code)
+        if delay is None:
+            raise from_rpc_error(error) from error
+        self.sleep(delay)
+        return self.start_next(error)
+
+    def release(self) -> None:
+        """The caller cancelled: free the attempt's breaker permit without a verdict."""
+        if self.plan.breaker is not None:
+            self.plan.breaker.release(self.token)
+
+
+class ResponseStream(grpc.Call, Iterator[Any]):
+    """A response stream that retries its call until the first message arrives.
+
+    After the first message (or a clean end) the breaker and budget have their verdict and
+    later failures are raised, typed, without a retry. ``cancel()`` is never retried.
+    """
+
+    def __init__(self, attempts: Attempts, call: Any) -> None:
+        self._attempts = attempts
+        self._call = call
+        self._settled = False
+        self._cancelled = False
+
+    def __iter__(self) -> ResponseStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._settled:
+            try:
+                return next(self._call)
+            except grpc.RpcError as error:
+                raise from_rpc_error(error) from error
+        while True:
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._settle_ok()
+                raise
+            except grpc.RpcError as error:
+                self._call = self._retry(error)
+                continue
+            self._settle_ok()
+            return message
+
+    def _settle_ok(self) -> None:
+        self._settled = True
+        self._attempts.plan.succeeded(self._attempts.token)
+
+    def _retry(self, error: grpc.RpcError) -> Any:
+        attempts = self._attempts
+        code = attempts.record(error)
+        delay = None if self._cancelled else attempts.delay(error, code)
+        if delay is None:
+            self._settled = True
+            raise from_rpc_error(error) from error
+        attempts.sleep(delay)
+        if self._cancelled:
+            self._settled = True
+            raise from_rpc_error(_LocalStatus())
+        try:
+            return attempts.start_next(error)
+        except OctoLLMError:
+            self._settled = True
+            raise
+
+    # -- grpc.Call, answered by the current attempt ------------------------------------------
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        if not self._settled:
+            self._attempts.release()  # a cancelled probe frees its permit now
+        return bool(self._call.cancel())
+
+    def is_active(self) -> bool:
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> float:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Any) -> bool:
+        return bool(self._call.add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._call.code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._call.details()  # type: ignore[no-any-return]
+
+
+class FailedStream(grpc.Call, Iterator[Any]):
+    """A response stream that never started (its breaker is open): iterating raises."""
+
+    def __init__(self, error: OctoLLMError) -> None:
+        self._error = error
+
+    def __iter__(self) -> FailedStream:
+        return self
+
+    def __next__(self) -> Any:
+        raise self._error
+
+    def cancel(self) -> bool:
+        return False
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+    def initial_metadata(self) -> Any:
+        return None
+
+    def trailing_metadata(self) -> Any:
+        return None
+
+    def code(self) -> grpc.StatusCode:
+        return self._error.code()
+
+    def details(self) -> str:
+        return self._error.details()
+
+
+class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
+    """What ``.future()`` returns: retries run on callbacks and a waiter thread, not the caller's.
+
+    Resolves to the response, the typed error, or cancellation; ``code()`` and the metadata
+    methods wait for the outcome and answer for the last attempt.
+    """
+
+    def __init__(self, attempts: Attempts, first: Any) -> None:
+        self._attempts = attempts
+        self._condition = threading.Condition()
+        self._current = first
+        self._finished = False
+        self._cancelled = False  # set first by cancel(): stops the chain of attempts
+        self._outcome_cancelled = False
+        self._response: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[grpc.Future[Any]], None]] = []
+        first.add_done_callback(self._attempt_done)
+
+    # -- driving the attempts ---------------------------------------------------------------
+
+    def _attempt_done(self, future: Any) -> None:
+        attempts = self._attempts
+        if self._cancelled:
+            return
+        try:
+            error = future.exception()
+        except grpc.FutureCancelledError:
+            attempts.release()
+            self._finish(cancelled=True)
+            return
+        if error is None:
+            attempts.plan.succeeded(attempts.token)
+            self._finish(response=future.result())
+            return
+        if not isinstance(error, grpc.RpcError):
+            attempts.release()
+            self._finish(error=error)
+            return
+        code = attempts.record(error)
+        delay = attempts.delay(error, code)
+        if delay is None:
+            self._finish(error=from_rpc_error(error))
+            return
+        threading.Thread(target=self._next_attempt, args=(delay, error), daemon=True,
+                         name="octollm-grpc-retry").start()
+
+    def _next_attempt(self, delay: float, error: grpc.RpcError) -> None:
+        self._attempts.sleep(delay)
+        if self._cancelled:
+            return
+        try:
+            call = self._attempts.start_next(error)
+        except OctoLLMError as typed:
+            self._finish(error=typed)
+            return
+        with self._condition:
+            self._current = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()
+        call.add_done_callback(self._attempt_done)
+
+    def _finish(self, *, response: Any = None, error: BaseException | None = None,
+                cancelled: bool = False) -> bool:
+        with self._condition:
+            if self._finished:
+                return False
+            self._finished = True
+            self._outcome_cancelled = cancelled
+            self._response, self._error = response, error
+            callbacks, self._callbacks = self._callbacks, []
+            self._condition.notify_all()
+        for callback in callbacks:
+            callback(self)
+        return True
+
+    def _wait(self, timeout: float | None) -> None:
+        with self._condition:
+            if not self._condition.wait_for(lambda: self._finished, timeout):
+                raise grpc.FutureTimeoutError()
+        if self._outcome_cancelled:
+            raise grpc.FutureCancelledError()
+
+    # -- grpc.Future ----------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._finished or self._cancelled:
+                return False
+            self._cancelled = True
+            current = self._current
+        self._attempts.release()
+        current.cancel()
+        return self._finish(cancelled=True)
+
+    def cancelled(self) -> bool:
+        return self._outcome_cancelled
+
+    def running(self) -> bool:
+        return not self._finished
+
+    def done(self) -> bool:
+        return self._finished
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._response
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:  # type: ignore[override]
+        self._wait(timeout)
+        return self._error
+
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
+        self._wait(timeout)
+        return self._error.__traceback__ if self._error is not None else None
+
+    def add_done_callback(self, fn: Callable[[grpc.Future[Any]], None]) -> None:
+        with self._condition:
+            if not self._finished:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- grpc.Call -------------------------------------------------------------------------------
+
+    def _outcome_call(self) -> Any:
+        with self._condition:
+            self._condition.wait_for(lambda: self._finished)
+        if isinstance(self._error, CircuitOpenError):
+            return self._error  # the last attempt never left the process
+        return self._current
+
+    def initial_metadata(self) -> Any:
+        return self._outcome_call().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._outcome_call().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._outcome_call().code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._outcome_call().details()  # type: ignore[no-any-return]
+
+    def is_active(self) -> bool:
+        return not self._finished
+
+    def time_remaining(self) -> float:
+        return self._current.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Any) -> bool:
+        self.add_done_callback(lambda _future: callback())
+        return True
