@@ -1,7 +1,9 @@
 """SQLite storage for tasks: every write is one transaction with its ``task_history`` row.
 
 The seed's pattern 2: a write and its history entry commit together or not at all; any
-``sqlite3.Error`` rolls the transaction back and surfaces as :class:`DatabaseError`.
+``sqlite3.Error`` rolls the transaction back and surfaces as :class:`DatabaseError`, whose text
+(it reaches clients) is SQLite's result code name only: the driver's own message can name files,
+tables and constraints, so it goes to the log instead.
 ``TaskStore`` is synchronous and owns one connection; callers on an event loop run it on one
 dedicated thread (see :class:`server.service.TaskServicer`), which also serialises writes.
 """
@@ -16,6 +18,8 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import structlog
 
 from octollm_grpc.errors import DatabaseError, InvalidStateError, TaskNotFoundError
 
@@ -93,6 +97,16 @@ CREATE TABLE IF NOT EXISTS task_history (
 CREATE INDEX IF NOT EXISTS task_history_task ON task_history(task_id, id);
 """
 
+log = structlog.get_logger("server.store")
+
+
+def _database_error(operation: str, error: sqlite3.Error) -> DatabaseError:
+    """The :class:`DatabaseError` callers may see for ``error``; its full text is logged."""
+    code = getattr(error, "sqlite_errorname", None) or "SQLITE_ERROR"
+    log.error("store.failed", operation=operation, sqlite_code=code, error=str(error))
+    return DatabaseError(operation, sqlite3.Error(code))
+
+
 # Rows are read with SELECT * and unpacked in the schema's column order (see _record).
 
 
@@ -134,6 +148,7 @@ class TaskStore:
                 self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as error:
+            # Startup only, never on the wire: the operator needs the driver's words here.
             raise DatabaseError("open", error) from error
 
     def close(self) -> None:
@@ -147,7 +162,7 @@ class TaskStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise DatabaseError(operation, error) from error
+            raise _database_error(operation, error) from error
         try:
             yield conn
             conn.execute("COMMIT")
@@ -155,14 +170,14 @@ class TaskStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if isinstance(failure, sqlite3.Error):
-                raise DatabaseError(operation, failure) from failure
+                raise _database_error(operation, failure) from failure
             raise
 
     def _read(self, operation: str, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
             return list(self._conn.execute(sql, args).fetchall())
         except sqlite3.Error as error:
-            raise DatabaseError(operation, error) from error
+            raise _database_error(operation, error) from error
 
     @staticmethod
     def _history(conn: sqlite3.Connection, task_id: str, status: Status, now: float,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from octollm_grpc.errors import DatabaseError, InvalidStateError, TaskNotFoundError
 from server.store import Status, TaskStore
@@ -82,9 +83,11 @@ def test_failed_history_insert_rolls_back_the_task(store: TaskStore, tmp_path: P
                 "BEGIN SELECT RAISE(ABORT, 'history is full'); END")
     raw.commit()
     raw.close()
-    with pytest.raises(DatabaseError) as raised:
+    with capture_logs() as logs, pytest.raises(DatabaseError) as raised:
         store.create("x", 1, None, "req-9")
-    assert raised.value.details == {"operation": "create", "error": "history is full"}
+    # Callers get SQLite's result code; the driver's text (it can name tables) is logged only.
+    assert raised.value.details == {"operation": "create", "error": "SQLITE_CONSTRAINT_TRIGGER"}
+    assert [(e["event"], e["error"]) for e in logs] == [("store.failed", "history is full")]
     assert store.page(0, 10) == ([], False)
 
 
