@@ -1,0 +1,230 @@
+"""Shared tools of the reliability suite: services in subprocesses, probes, counters, scrapes.
+
+Services run as real processes (``python -m server``, or :mod:`tests.reliability.faulty_service`
+for injected internal failures) on ports they pick themselves (``--port 0``) and report on
+stdout, as :mod:`tests.service.harness` does; :func:`launch` adds what the harness cannot:
+another entry module, a fixed port for a restart on the same address, and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import queue
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.gen.octollm.tasks.v1 import tasks_pb2_grpc
+from tests.service.harness import ROOT, SERVICE, RunningService
+
+__all__ = [
+    "SERVICE",
+    "Settle",
+    "closed_port",
+    "db_rows",
+    "health_ok",
+    "launch",
+    "proc_status",
+    "scrape",
+    "service",
+    "stop",
+    "task_stub",
+    "wait_until",
+]
+
+STARTUP_TIMEOUT = 20.0
+
+
+def _reader(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def launch(tmp_path: Path, *flags: str, module: str = "server", db: Path | None = None,
+           env: dict[str, str] | None = None, wants: tuple[str, ...] = ("target", "arm"),
+           ) -> RunningService:
+    """Start ``python -m MODULE --port 0 --metrics-port 0 --db ... FLAGS`` and wait until ready.
+
+    Later flags win (argparse), so ``"--port", "50123"`` in ``flags`` restarts on a known port.
+    ``module="server.arm"`` starts a lone arm (``wants=("arm",)``, no service flags added).
+    """
+    db = db or tmp_path / "tasks.db"
+    log = tmp_path / f"{module.replace('.', '-')}-{len(list(tmp_path.glob('*.log')))}.log"
+    if module == "server.arm":
+        argv = [sys.executable, "-m", module, *flags]
+    else:
+        argv = [sys.executable, "-m", module, "--port", "0", "--metrics-port", "0",
+                "--db", str(db), "--grace", "5", *flags]
+    with log.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
+                                   text=True, env={**os.environ, **(env or {})})
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True).start()
+    found: dict[str, str] = {}
+    seen: list[str] = []
+    needed = set(wants) | ({"metrics"} if module != "server.arm" else set())
+    try:
+        while not needed <= found.keys():
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT)
+            except queue.Empty:
+                raise AssertionError(f"{module} did not start: {log.read_text()}") from None
+            if line is None:
+                raise AssertionError(f"{module} exited: {log.read_text()}")
+            seen.append(line)
+            prefix, _, value = line.rpartition(" ")
+            key = {"task service listening on": "target", "arm listening on": "arm",
+                   "metrics on": "metrics"}.get(prefix)
+            if key:
+                found[key] = value
+    except BaseException:
+        process.kill()
+        process.wait(5)
+        raise
+    return RunningService(process, found.get("target", ""), found.get("arm", ""),
+                          found.get("metrics"), db, log, seen)
+
+
+def stop(service: RunningService, *, kill: bool = False) -> int:
+    """End the process (SIGKILL when ``kill``, else SIGTERM); its exit status."""
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        return service.process.wait(20)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        return service.process.wait(5)
+
+
+@contextlib.contextmanager
+def service(tmp_path: Path, *flags: str, **kwargs: Any) -> Iterator[RunningService]:
+    """:func:`launch` as a context manager (SIGTERM after)."""
+    running = launch(tmp_path, *flags, **kwargs)
+    try:
+        yield running
+    finally:
+        stop(running)
+
+
+def task_stub(channel: grpc.Channel) -> tasks_pb2_grpc.TaskServiceStub:
+    """A ``TaskService`` stub (the generated module has no type stubs)."""
+    return tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+def health_ok(target: str, timeout: float = 5.0) -> bool:
+    """Whether the task service's health check answers SERVING on a fresh plain channel."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        answer = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=timeout)
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def db_rows(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` from the service's SQLite file (WAL: readable while it runs)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return list(conn.execute(sql, args))
+
+
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
+
+
+def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text endpoint as ``(name, labels, value)``."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+        samples.append((match["name"], labels, float(match["value"])))
+    return samples
+
+
+def metric(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for n, ls, v in samples
+               if n == name and all(ls.get(k) == want for k, want in labels.items()))
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """``VmRSS`` (kB) and ``Threads`` of a process, from ``/proc/PID/status``."""
+    wanted: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "Threads"):
+                wanted[key] = int(value.split()[0])
+    return wanted
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(step)
+
+
+class Settle:
+    """Thread and asyncio-task counts before an attack, compared after it settled.
+
+    Taken after a warm-up call, so grpcio's process-wide threads (started once) are in the
+    baseline; ``leaked()`` polls for up to ``timeout`` seconds before reporting a difference.
+    """
+
+    def __init__(self) -> None:
+        self.threads = {t.ident for t in threading.enumerate()}
+        self.tasks = self._tasks()
+
+    @staticmethod
+    def _tasks() -> int:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return 0
+        return sum(1 for t in asyncio.all_tasks(loop) if not t.done())
+
+    def _new_threads(self) -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in self.threads]
+
+    def leaked_threads(self, timeout: float = 5.0) -> list[str]:
+        """Threads alive now that were not before (after up to ``timeout`` s of settling)."""
+        gc.collect()
+        wait_until(lambda: not self._new_threads(), timeout, step=0.05)
+        return self._new_threads()
+
+    async def leaked_tasks(self, timeout: float = 5.0) -> int:
+        """How many more asyncio tasks are pending than before (after settling)."""
+        deadline = time.monotonic() + timeout
+        while self._tasks() > self.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self._tasks() - self.tasks
