@@ -46,7 +46,10 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   incident) and our stack (same attempts and backoff, plus the retry budget and a breaker with
   a 1 s reset): amplification (attempts the server received for the calls started in the
   trigger / those calls), goodput, and recovery time (from the end of the trigger until every
-  later quarter second has at least 95 % of its calls succeeding).
+  later quarter second has at least 95 % of its calls succeeding). This server sheds load
+  cheaply and is whole again the moment the trigger ends, so naive retries show up as load on
+  a failing server (amplification) more than as slow recovery; an amplification below 1 means
+  the breaker kept calls off the network altogether.
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed
