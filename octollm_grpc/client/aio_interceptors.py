@@ -35,6 +35,9 @@ AsyncSleep = Callable[[float], Awaitable[None]]
 def _details(base: Any, timeout: float | None, previous: int) -> aio.ClientCallDetails:
     metadata = aio.Metadata(*tuple(base.metadata or ()))
     if previous:
+        # Ours replaces any the caller sent: the server must see one, correct count.
+        if ATTEMPTS_HEADER in metadata:
+            metadata.delete_all(ATTEMPTS_HEADER)
         metadata.add(ATTEMPTS_HEADER, str(previous))
     return aio.ClientCallDetails(base.method, timeout, metadata, base.credentials,
                                  base.wait_for_ready)

@@ -33,7 +33,9 @@ class CallDetails(grpc.ClientCallDetails):
         self.timeout = timeout
         metadata = tuple(base.metadata or ())
         if previous:
-            metadata += ((ATTEMPTS_HEADER, str(previous)),)
+            # Ours replaces any the caller sent: the server must see one, correct count.
+            metadata = (*(m for m in metadata if m[0] != ATTEMPTS_HEADER),
+                        (ATTEMPTS_HEADER, str(previous)))
         self.metadata = metadata
         self.credentials = base.credentials
         self.wait_for_ready = getattr(base, "wait_for_ready", None)

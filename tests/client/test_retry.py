@@ -143,7 +143,11 @@ def test_sync_attempt_header_absent_then_1_then_2(clock: FakeClock) -> None:
     backend = Backend([FAIL, FAIL, SUCCEED], clock)
     with sync_server([backend.handler()]) as target:
         sync_channel(target, clock).unary_unary(UNARY)(b"x", metadata=(("k", "v"),))
-    assert backend.headers() == [None, "1", "2"]
+        assert backend.headers() == [None, "1", "2"]
+        backend.attempts.clear()
+        sync_channel(target, clock).unary_unary(UNARY)(  # a caller's own header is replaced
+            b"x", metadata=(("grpc-previous-rpc-attempts", "7"),))
+    assert backend.headers() == ["7", "1", "2"]
 
 
 async def test_aio_attempt_header_absent_then_1_then_2(clock: FakeClock) -> None:
@@ -152,7 +156,11 @@ async def test_aio_attempt_header_absent_then_1_then_2(clock: FakeClock) -> None
     with sync_server([backend.handler()]) as target:
         async with aio_channel(target, clock) as channel:
             await channel.unary_unary(UNARY)(b"x", metadata=(("k", "v"),))
-    assert backend.headers() == [None, "1", "2"]
+            assert backend.headers() == [None, "1", "2"]
+            backend.attempts.clear()
+            await channel.unary_unary(UNARY)(  # a caller's own header is replaced
+                b"x", metadata=(("grpc-previous-rpc-attempts", "7"),))
+    assert backend.headers() == ["7", "1", "2"]
 
 
 # -- server pushback and RetryInfo ------------------------------------------------------------
