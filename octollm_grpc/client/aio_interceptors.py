@@ -36,7 +36,7 @@ def _details(base: Any, timeout: float | None, previous: int) -> aio.ClientCallD
     metadata = aio.Metadata(*tuple(base.metadata or ()))
     if previous:
         # Ours replaces any the caller sent: the server must see one, correct count.
-        if ATTEMPTS_HEADER in metadata:
+        if metadata.get_all(ATTEMPTS_HEADER):
             metadata.delete_all(ATTEMPTS_HEADER)
         metadata.add(ATTEMPTS_HEADER, str(previous))
     return aio.ClientCallDetails(base.method, timeout, metadata, base.credentials,
