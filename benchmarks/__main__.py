@@ -26,8 +26,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _finite_or_none(value: Any) -> Any:
     # JSON has no NaN or Infinity: an undefined figure is written as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        # Five significant digits: far below the noise, and the file stays readable.
+        return float(f"{value:.5g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -121,7 +121,12 @@ def server_processes(
         for process, parent in started:
             if not parent.poll(_START_TIMEOUT_S):
                 raise RuntimeError(f"server process {process.pid} did not start")
-            tag, port = parent.recv()
+            try:
+                tag, port = parent.recv()
+            except EOFError:
+                process.join(5)
+                raise RuntimeError(f"server process {process.pid} exited at start "
+                                   f"(exit code {process.exitcode}); see its stderr") from None
             assert tag == "ready", tag
             handles.append(ServerHandle(f"127.0.0.1:{port}", process.pid, parent))
         yield handles
