@@ -474,3 +474,25 @@ def test_sync_future_failure_and_cancellation(clock: FakeClock) -> None:
             future.result(10)
         threading.Event().wait(0.05)  # the background waiter sees the cancel and stops
     assert backend.count() == 1
+
+
+async def test_aio_cancellation_during_backoff_is_never_retried(clock: FakeClock) -> None:
+    """Aio: a caller cancelling during the backoff ends the call; no further attempt is sent."""
+    import asyncio
+
+    sleeping = asyncio.Event()
+
+    async def slow_sleep(_seconds: float) -> None:
+        sleeping.set()
+        await asyncio.sleep(10)
+
+    backend = Backend([FAIL, SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        async with aio_channel(target, clock, sleep=slow_sleep) as channel:
+            call = channel.unary_unary(UNARY)(b"x")
+            await asyncio.wait_for(sleeping.wait(), 10)
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert await call.code() is grpc.StatusCode.CANCELLED
+    assert backend.count() == 1
