@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,15 @@ __all__ = [
     "scrape",
     "service",
     "stop",
+    "sync_server",
     "task_stub",
     "wait_until",
+    "warm_up_aio",
 ]
 
 STARTUP_TIMEOUT = 20.0
+#: Name prefix of the worker threads of :func:`sync_server`'s servers.
+SERVER_THREADS = "reliability-server"
 
 
 def _reader(stream: Any, lines: queue.Queue[str | None]) -> None:
@@ -122,6 +127,25 @@ def service(tmp_path: Path, *flags: str, **kwargs: Any) -> Iterator[RunningServi
         stop(running)
 
 
+@contextlib.contextmanager
+def sync_server(handlers: list[grpc.GenericRpcHandler], interceptors: list[Any] | None = None,
+                workers: int = 16) -> Iterator[str]:
+    """A ``grpc.server`` on 127.0.0.1:0 whose workers are named :data:`SERVER_THREADS`.
+
+    (:func:`tests.servers.sync_server` with named threads, so leak counts can tell them apart.)
+    """
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=SERVER_THREADS)
+    server = grpc.server(pool, interceptors=interceptors or [])
+    server.add_generic_rpc_handlers(tuple(handlers))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait(5)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def task_stub(channel: grpc.Channel) -> tasks_pb2_grpc.TaskServiceStub:
     """A ``TaskService`` stub (the generated module has no type stubs)."""
     return tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -194,14 +218,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02
         time.sleep(step)
 
 
+def warm_up_aio() -> None:
+    """Start grpc.aio's process-wide poller thread (once per process) before a baseline."""
+    async def touch() -> None:
+        async with grpc.aio.insecure_channel("127.0.0.1:1"):
+            pass
+    asyncio.run(touch())
+
+
 class Settle:
     """Thread and asyncio-task counts before an attack, compared after it settled.
 
     Taken after a warm-up call, so grpcio's process-wide threads (started once) are in the
-    baseline; ``leaked()`` polls for up to ``timeout`` seconds before reporting a difference.
+    baseline; ``leaked_*()`` poll for up to ``timeout`` seconds before reporting a difference.
+    Threads named with the ``ignore`` prefix (a test server's own worker pool) do not count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: str = SERVER_THREADS) -> None:
+        self.ignore = ignore
         self.threads = {t.ident for t in threading.enumerate()}
         self.tasks = self._tasks()
 
@@ -214,7 +248,8 @@ class Settle:
         return sum(1 for t in asyncio.all_tasks(loop) if not t.done())
 
     def _new_threads(self) -> list[str]:
-        return [t.name for t in threading.enumerate() if t.ident not in self.threads]
+        return [t.name for t in threading.enumerate()
+                if t.ident not in self.threads and not t.name.startswith(self.ignore)]
 
     def leaked_threads(self, timeout: float = 5.0) -> list[str]:
         """Threads alive now that were not before (after up to ``timeout`` s of settling)."""
