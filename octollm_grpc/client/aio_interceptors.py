@@ -51,7 +51,8 @@ class _Attempts:
 
     def __init__(self, owner: _AioInterceptor, plan: MethodPlan, continuation: Any,
                  details: Any, request: Any, replay: AsyncReplay | None,
-                 retryable: bool) -> None:
+                 retryable: bool, start: float | None = None,
+                 retry: CallRetry | None = None, token: int = 0) -> None:
         self.core = owner._core
         self.sleep = owner._sleep
         self.plan = plan
@@ -60,9 +61,11 @@ class _Attempts:
         self.request = request
         self.replay = replay
         self.retryable = retryable
-        self.start = self.core.clock() if details.timeout is not None else 0.0
-        self.retry: CallRetry | None = None
-        self.token = 0
+        if start is None:
+            start = self.core.clock() if details.timeout is not None else 0.0
+        self.start = start
+        self.retry = retry
+        self.token = token
 
     async def first(self) -> Any:
         """Start the first attempt (raises ``CircuitOpenError`` when the breaker is open)."""
@@ -96,8 +99,12 @@ class _Attempts:
         if timeout is not None and timeout <= 0:
             raise from_rpc_error(error) from error
         self.token = plan.acquire()
-        return await self.continuation(_details(self.details, timeout, retry.attempts - 1),
-                                       self._requests())
+        try:
+            return await self.continuation(_details(self.details, timeout, retry.attempts - 1),
+                                           self._requests())
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         if self.plan.breaker is not None:
@@ -342,44 +349,35 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
                                     request: Any) -> Any:
         core = self._core
         plan = core.plan(client_call_details.method)
-        timeout = client_call_details.timeout
-        start = core.clock() if timeout is not None else 0.0
+        start = core.clock() if client_call_details.timeout is not None else 0.0
         retry: CallRetry | None = None
         details = client_call_details
         if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            retry = CallRetry(core, plan, timeout, start)
+            retry = CallRetry(core, plan, details.timeout, start)
             details = _details(details, retry.attempt_timeout(), 0)
         try:
             token = plan.acquire()
         except CircuitOpenError as error:
             return _FailedCall(error)
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            if plan.breaker is not None:
+                plan.breaker.release(token)
+            raise
+        attempts: _Attempts | None = None  # made on the first failure only
         while True:
-            try:
-                call = await continuation(details, request)
-            except BaseException:
-                if plan.breaker is not None:
-                    plan.breaker.release(token)
-                raise
             try:
                 await call
             except aio.AioRpcError as error:
-                code = error.code()
-                if plan.breaker is not None:
-                    plan.breaker.record(token, code)
-                if retry is None:
-                    retry = CallRetry(core, plan, timeout, start)
-                delay = retry.next_delay(code, error.trailing_metadata())
-                if delay is None:
-                    return _FailedCall(from_rpc_error(error), call)
-                await self._sleep(delay)
-                remaining = retry.attempt_timeout()
-                if remaining is not None and remaining <= 0:
-                    return _FailedCall(from_rpc_error(error), call)
-                details = _details(client_call_details, remaining, retry.attempts - 1)
+                if attempts is None:
+                    attempts = _Attempts(self, plan, continuation, client_call_details, request,
+                                         None, True, start, retry, token)
                 try:
-                    token = plan.acquire()
-                except CircuitOpenError as open_error:
-                    return _FailedCall(open_error, call)
+                    call = await attempts.after_failure(error)
+                except OctoLLMError as typed:
+                    return _FailedCall(typed, call)
+                token = attempts.token
                 continue
             except BaseException:
                 # Cancelled by the caller, or not a status at all: no verdict on the server.
@@ -389,7 +387,6 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
                 raise
             plan.succeeded(token)
             return call
-
 
 
 class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientInterceptor):
