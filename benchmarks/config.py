@@ -90,13 +90,13 @@ FULL = BenchConfig(
 
 SMOKE = BenchConfig(
     name="smoke",
-    window_s=0.08,
-    warmup_s=0.02,
+    window_s=0.05,
+    warmup_s=0.01,
     reps=2,
     concurrencies=(1, 32),
     codec_repeat=2,
     codec_number=50,
-    storm=StormConfig(callers=4, before_s=0.3, trigger_s=0.5, after_s=0.6, bin_s=0.1,
+    storm=StormConfig(callers=4, before_s=0.2, trigger_s=0.5, after_s=0.5, bin_s=0.1,
                       breaker_reset_s=0.2),
     storm_modes=("outage", "brownout"),
 )

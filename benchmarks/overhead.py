@@ -7,7 +7,7 @@ machine hit all variants alike; a variant's ratio is taken against the bare run 
 repetition.
 
 Scenarios, at each concurrency (calls in flight):
-- ``success``: bare client -> bare / ours / ours_all / peer server; our client -> bare
+- ``success``: bare client -> bare / ours / ours_all / peer / floor server; our client -> bare
   server (``client``); a do-nothing client interceptor -> bare server (``client_floor``: what
   any Python client interceptor costs, the floor under ``client``);
 - ``error``: bare client -> a handler failing with NOT_FOUND through bare / ours / peer.
@@ -27,7 +27,7 @@ import grpc
 from benchmarks import load, payload, procs, stats, variants
 from benchmarks.config import BenchConfig
 
-SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "client", "client_floor")
+SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "floor", "client", "client_floor")
 ERROR_VARIANTS = ("bare", "ours", "peer")
 _CALL_TIMEOUT_S = 30.0
 

@@ -90,6 +90,7 @@ def stack_headlines(detail: dict[str, Any]) -> dict[str, float]:
         out[f"server_all_parts_success_ratio{suffix}"] = ratio(success, "ours_all")
         out[f"server_error_ratio{suffix}"] = ratio(error, "ours")
         out[f"peer_success_ratio{suffix}"] = ratio(success, "peer")
+        out[f"server_floor_success_ratio{suffix}"] = ratio(success, "floor")
         out[f"peer_error_ratio{suffix}"] = ratio(error, "peer")
         out[f"client_success_ratio{suffix}"] = ratio(success, "client")
         out[f"client_floor_success_ratio{suffix}"] = ratio(success, "client_floor")
@@ -193,6 +194,7 @@ _VARIANT_NAMES = {
     "ours": "octollm server stack (default)",
     "ours_all": "octollm server stack + rate limit + auth",
     "peer": "grpc-interceptor",
+    "floor": "do-nothing server interceptor",
     "client": "octollm resilient channel",
     "client_floor": "do-nothing client interceptor",
 }
@@ -240,6 +242,8 @@ def markdown(document: dict[str, Any]) -> str:
          "≥ 0.85"),
         ("grpc-interceptor, error (`NotFound` vs `context.abort`)", "error", "peer", "≈ 0.96"),
         ("grpc-interceptor, success", "success", "peer", ""),
+        ("do-nothing server interceptor, success (the floor under any server stack)",
+         "success", "floor", "≈ 0.96"),
         ("client stack, success (resilient channel vs bare channel)", "success", "client",
          "≥ 0.92"),
         ("do-nothing client interceptor, success (the floor under the client stack)", "success",
@@ -259,13 +263,14 @@ def markdown(document: dict[str, Any]) -> str:
         "Server CPU per call (µs, median; the server's share of the work, so the overhead a "
         "CPU-bound server would see):",
         "",
-        "| scenario | stack | bare | ours | ours + rate limit + auth | grpc-interceptor |",
-        "|---|---|---|---|---|---|",
+        "| scenario | stack | bare | do-nothing interceptor | ours | ours + rate limit + auth "
+        "| grpc-interceptor |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stack in ("sync", "aio"):
         for key, scenario in document[stack]["detail"].items():
             cpu = [scenario[v]["server_cpu_us_per_call"]["median"] if v in scenario else math.nan
-                   for v in ("bare", "ours", "ours_all", "peer")]
+                   for v in ("bare", "floor", "ours", "ours_all", "peer")]
             lines.append(f"| {key} | {stack} | " + " | ".join(_n(c) for c in cpu) + " |")
 
     lines += [

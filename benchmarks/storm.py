@@ -1,8 +1,8 @@
 """Retry storm: amplification, goodput and recovery for no retries, naive retries and ours.
 
-For each trigger mode and client kind, a fresh server process (so no breaker or budget state
-carries over) and a fresh client process run one storm; the server's attempt record and the
-client's call record are then joined here:
+For each trigger mode and client kind, a fresh client process runs one storm against the
+storm server (its own process); the server's attempt record and the client's call record are
+then joined here:
 
 - ``amplification``: attempts the server received for the calls started during the trigger,
   divided by those calls (1.0 = no retries reached the server; below 1 when a breaker kept
@@ -24,14 +24,16 @@ from benchmarks.config import StormConfig
 from benchmarks.storm_server import storm_server_main
 
 
-def run_one(kind: str, mode: str, config: StormConfig) -> dict[str, Any]:
-    """One storm: ``kind`` of client against a fresh server, trigger ``mode``."""
-    server_args = [(config.slots, config.queue, config.service_s)]
-    with procs.server_processes(storm_server_main, server_args) as handles:
-        server = handles[0]
-        record = procs.run_in_process(storm_fleet.run_fleet, kind, server.target, mode, config)
-        attempts = server.request("attempts")
-    return analyse(record, attempts, config)
+def run_one(
+    server: procs.ServerHandle, kind: str, mode: str, config: StormConfig
+) -> dict[str, Any]:
+    """One storm: a fresh process with ``kind`` of client against ``server``, trigger ``mode``.
+
+    The client process is new for every storm, so no breaker or budget state carries over;
+    the server keeps nothing between storms but its record, which arming the trigger clears.
+    """
+    record = procs.run_in_process(storm_fleet.run_fleet, kind, server.target, mode, config)
+    return analyse(record, server.request("attempts"), config)
 
 
 def _share(values: list[bool]) -> float:
@@ -98,5 +100,8 @@ def analyse(
 
 def run(config: StormConfig, modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``{mode: {kind: figures}}`` for every trigger mode and client kind."""
-    return {mode: {kind: run_one(kind, mode, config) for kind in storm_fleet.KINDS}
-            for mode in modes}
+    server_args = [(config.slots, config.queue, config.service_s)]
+    with procs.server_processes(storm_server_main, server_args) as handles:
+        return {mode: {kind: run_one(handles[0], kind, mode, config)
+                       for kind in storm_fleet.KINDS}
+                for mode in modes}

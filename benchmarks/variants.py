@@ -7,6 +7,8 @@
   auth with a scope check (every variant's client sends the token, so only the server differs).
 - ``peer``: grpc-interceptor's ``ExceptionToStatusInterceptor``; the error handler raises its
   ``NotFound``.
+- ``floor``: one do-nothing server interceptor: what gRPC's interception machinery alone costs,
+  the floor under every interceptor stack.
 
 Every variant answers GetTask with the same ~1 KiB message, so only the stack differs.
 """
@@ -22,7 +24,7 @@ from google.protobuf import struct_pb2
 
 from benchmarks import payload
 
-SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer")
+SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer", "floor")
 TOKEN = "bench-token-5d1f0c"
 #: Sent by every client of the overhead benchmark (only ``ours_all`` checks it).
 AUTH_METADATA = (("authorization", f"Bearer {TOKEN}"),)
@@ -42,8 +44,22 @@ def configure_production_logging() -> None:
     configure_logging(json=True, stream=sink)
 
 
+class PassThrough(grpc.ServerInterceptor):
+    """A server interceptor that does nothing."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return continuation(handler_call_details)
+
+
+class AioPassThrough(grpc.aio.ServerInterceptor):
+    """The asyncio twin of :class:`PassThrough`."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return await continuation(handler_call_details)
+
+
 def _sync_raiser(variant: str) -> Callable[[struct_pb2.Value, grpc.ServicerContext], Any]:
-    if variant == "bare":
+    if variant in ("bare", "floor"):
         def abort(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
             context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
         return abort
@@ -63,7 +79,7 @@ def _sync_raiser(variant: str) -> Callable[[struct_pb2.Value, grpc.ServicerConte
 
 
 def _aio_raiser(variant: str) -> Callable[..., Any]:
-    if variant == "bare":
+    if variant in ("bare", "floor"):
         async def abort(request: struct_pb2.Value, context: Any) -> Any:
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
         return abort
@@ -108,6 +124,8 @@ def interceptors(variant: str, stack: str) -> Sequence[Any]:
     """The server interceptors of ``variant`` on ``stack``."""
     if variant == "bare":
         return ()
+    if variant == "floor":
+        return (PassThrough(),) if stack == "sync" else (AioPassThrough(),)
     if variant == "peer":
         import grpc_interceptor
 
