@@ -77,10 +77,10 @@ class BenchConfig:
 FULL = BenchConfig(
     name="full",
     # Many short windows: each pair of variants runs close together in time, so drifts of a
-    # shared machine cancel in the ratio, and the median of 10 ratios shrugs off a bad one.
+    # shared machine cancel in the ratio, and the median of 8 ratios shrugs off a bad one.
     window_s=0.4,
     warmup_s=0.3,
-    reps=10,
+    reps=8,
     concurrencies=(1, 32),
     codec_repeat=7,
     codec_number=2000,
