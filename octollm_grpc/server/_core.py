@@ -17,7 +17,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import grpc
 
 from octollm_grpc import codes
-from octollm_grpc.errors import OctoLLMError
+from octollm_grpc.errors import InvalidInputError, OctoLLMError
 from octollm_grpc.server import requestid
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.errors import (
@@ -33,7 +33,17 @@ from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds
 from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
 
-__all__ = ["Call", "Failure", "HandlerCache", "MethodPlan", "Pipeline", "rpc_type_of"]
+__all__ = [
+    "UNDECODABLE",
+    "Call",
+    "Failure",
+    "HandlerCache",
+    "MethodPlan",
+    "Pipeline",
+    "parse_safely",
+    "rpc_type_of",
+    "undecodable_error",
+]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -51,6 +61,42 @@ def split_method(method: str) -> tuple[str, str]:
     """``/pkg.Service/Method`` -> ``("pkg.Service", "Method")``."""
     service, sep, name = method.lstrip("/").rpartition("/")
     return (service, name) if sep else ("", method)
+
+
+class _Undecodable:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<undecodable request>"
+
+
+#: What :func:`parse_safely` gives for bytes that do not parse; handlers never receive it.
+UNDECODABLE: Any = _Undecodable()
+
+
+def parse_safely(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning :data:`UNDECODABLE` instead of raising.
+
+    Left alone, grpcio answers a request message that does not parse with ``INTERNAL`` (sync)
+    or with ``UNKNOWN`` and the parser's exception type and text (aio). Through this the call
+    runs the pipeline (rate limit, auth) and ends with :func:`undecodable_error`, logged and
+    counted like any other failure.
+    """
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parser failure means "not a valid request"
+            return UNDECODABLE
+
+    return parse
+
+
+def undecodable_error() -> InvalidInputError:
+    """The error a call whose request did not parse ends with (``INVALID_ARGUMENT``)."""
+    return InvalidInputError("The request message could not be parsed")
 
 
 class MethodPlan:

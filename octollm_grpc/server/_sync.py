@@ -8,7 +8,15 @@ from typing import Any, NoReturn
 import grpc
 
 from octollm_grpc.errors import OctoLLMError
-from octollm_grpc.server._core import HandlerCache, MethodPlan, Pipeline, rpc_type_of
+from octollm_grpc.server._core import (
+    UNDECODABLE,
+    HandlerCache,
+    MethodPlan,
+    Pipeline,
+    parse_safely,
+    rpc_type_of,
+    undecodable_error,
+)
 
 __all__ = ["ServerInterceptor"]
 
@@ -51,6 +59,8 @@ def _unary_response(pipeline: Pipeline, plan: MethodPlan, behavior: Behavior) ->
         try:
             if plan.guarded:
                 pipeline.admit(plan, context)
+            if request is UNDECODABLE:
+                raise undecodable_error()
             response = behavior(request, context)
         except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
             _fail(pipeline, call, exc, context)
@@ -73,6 +83,8 @@ def _stream_response(
         try:
             if plan.guarded:
                 pipeline.admit(plan, context)
+            if request is UNDECODABLE:
+                raise undecodable_error()
             yield from behavior(request, context)
         except (Exception, GeneratorExit) as exc:  # noqa: BLE001 - as above, mid-stream too
             _fail(pipeline, call, exc, context)
@@ -123,4 +135,6 @@ class ServerInterceptor(grpc.ServerInterceptor):
             return handler
         wrap = _stream_response if resp else _unary_response
         wrapped = wrap(self.pipeline, plan, behavior)
-        return make(wrapped, handler.request_deserializer, handler.response_serializer)
+        # A single request message is parsed before the handler: failures come to us.
+        parse = handler.request_deserializer if req else parse_safely(handler.request_deserializer)
+        return make(wrapped, parse, handler.response_serializer)

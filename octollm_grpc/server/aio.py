@@ -16,7 +16,15 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
-from octollm_grpc.server._core import HandlerCache, MethodPlan, Pipeline, rpc_type_of
+from octollm_grpc.server._core import (
+    UNDECODABLE,
+    HandlerCache,
+    MethodPlan,
+    Pipeline,
+    parse_safely,
+    rpc_type_of,
+    undecodable_error,
+)
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.logs import CallLogger
 from octollm_grpc.server.metrics import ServerMetrics
@@ -55,6 +63,8 @@ def _coroutine(
         try:
             if plan.guarded:
                 await pipeline.admit_async(plan, context)
+            if request is UNDECODABLE:
+                raise undecodable_error()
             response = await behavior(request, context)
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure mapped
             await _fail(pipeline, call, exc, context)
@@ -78,6 +88,8 @@ def _async_generator(
         try:
             if plan.guarded:
                 await pipeline.admit_async(plan, context)
+            if request is UNDECODABLE:
+                raise undecodable_error()
             responses = behavior(request, context)
             async for response in responses:
                 yield response
@@ -142,7 +154,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         wrapped = _wrap_behavior(self.pipeline, plan, behavior)
         if wrapped is None:
             return handler
-        return make(wrapped, handler.request_deserializer, handler.response_serializer)
+        # A single request message is parsed before the handler: failures come to us.
+        parse = handler.request_deserializer if req else parse_safely(handler.request_deserializer)
+        return make(wrapped, parse, handler.response_serializer)
 
 
 def server_interceptors(
