@@ -36,9 +36,14 @@ def _pushback_ms(value: Any) -> float:
             return STOP
     text = str(value).strip()
     # A6: a decimal integer; anything else (including a negative one) stops retries.
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         return STOP
-    return int(text) / 1000.0
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 18:
+        # Past int64 milliseconds (where grpc core clamps too): longer than any deadline, and
+        # no OverflowError from a float conversion or ValueError from a 5000-digit int.
+        digits = "9" * 18
+    return int(digits) / 1000.0
 
 
 def _retry_info(value: Any) -> float | None:

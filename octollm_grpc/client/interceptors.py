@@ -30,11 +30,11 @@ from octollm_grpc.errors import CircuitOpenError
 __all__ = ["ResilientInterceptor"]
 
 
-def _is_future_path(continuation: Any, outcome: Any) -> bool:
+def _is_future_path(continuation: Any) -> bool:
     # grpc's interceptor runs .future() through a continuation that returns a pending future;
     # __call__ and with_call get a finished outcome. The name tells them apart even when the
     # future has already finished.
-    return ".future." in getattr(continuation, "__qualname__", "") or not outcome.done()
+    return ".future." in getattr(continuation, "__qualname__", "")
 
 
 class ResilientInterceptor(
@@ -72,22 +72,26 @@ class ResilientInterceptor(
         if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
             retry = CallRetry(core, plan, details.timeout, start)
             first = CallDetails(details, retry.attempt_timeout(), 0)
-        token = plan.acquire()
+        breaker = plan.breaker
+        token = breaker.acquire() if breaker is not None else 0
         outcome = continuation(first, replay.fresh() if replay is not None else request)
-        if _is_future_path(continuation, outcome):
-            attempts = Attempts(core, self._sleep, plan, continuation, details, request,
-                                replay, not streaming or replay is not None, start, retry, token)
-            return UnaryFuture(attempts, outcome)
-        error = outcome.exception()
-        if error is None:  # the common case: no allocation beyond grpc's own
-            plan.succeeded(token)
-            return outcome
-        if not isinstance(error, grpc.RpcError):
-            if plan.breaker is not None:
-                plan.breaker.release(token)
-            return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
+        if outcome.done():
+            error = outcome.exception()
+            if error is None:  # the common case: no allocation beyond grpc's own
+                if breaker is not None:
+                    breaker.on_success(token)
+                if plan.budget is not None:
+                    plan.budget.on_success()
+                return outcome
+        else:
+            error = None
         attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
                             not streaming or replay is not None, start, retry, token)
+        if error is None or _is_future_path(continuation):
+            return UnaryFuture(attempts, outcome)  # .future(): retries go on in the background
+        if not isinstance(error, grpc.RpcError):
+            attempts.release()
+            return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
         while True:
             outcome = attempts.after_failure(error)
             error = outcome.exception()
