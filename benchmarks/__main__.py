@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import codec, overhead, procs, readme, report, storm
+from benchmarks import codec, overhead, pathcost, procs, readme, report, storm
 from benchmarks.config import FULL, SMOKE, BenchConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,8 +48,9 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
             **asdict(config.storm), "scale": config.storm.scale,
             "capacity": config.storm.capacity}},
     }
-    log("codec: encode/decode per error")
+    log("codec: encode/decode per error; Python time of the sync server stack per call")
     document["codec"] = codec.run(config.codec_repeat, config.codec_number)
+    document["server_python_us"] = pathcost.run(config.codec_repeat, config.codec_number)
     for stack in ("sync", "aio"):
         log(f"overhead: {stack} (client and servers in separate processes)")
         raw = procs.run_in_process(overhead.run_phase, stack, config)

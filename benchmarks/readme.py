@@ -37,7 +37,9 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
 - **Error path.** A handler raising `TaskNotFoundError` through our stack (rich details, one log
   line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`, and against
   grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics).
-- **Codec.** `to_status` and `from_rpc_error` per error, in microseconds.
+- **Codec and stack cost.** `to_status` and `from_rpc_error` per error, and the Python time our
+  sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
+  `--profile error` shows where it goes), in CPU microseconds.
 - **Retry storm.** A fleet of asyncio callers (one channel each) at a fixed total rate, open
   loop, against a server that serves a fixed number of calls at a time, queues a few and sheds
   the rest with `UNAVAILABLE`. A trigger window (a 30 s incident scaled down to a few seconds)

@@ -289,9 +289,19 @@ def markdown(document: dict[str, Any]) -> str:
                     f"{_n(entry['throughput']['median'])} | {_n(entry['p50_us']['median'])} | "
                     f"{_n(entry['p99_us']['median'])} | {ratio} |")
 
+    py = document.get("server_python_us")
+    if py:
+        lines += [
+            "",
+            "Python time per call of the sync server stack itself, without gRPC around it "
+            "(`python -m benchmarks.pathcost`; CPU µs, median): success "
+            f"{py['ours_success_us']:.1f} (bare handler {py['bare_success_us']:.1f}), error "
+            f"{py['ours_error_us']:.1f} (bare `context.abort` {py['bare_error_us']:.1f}).",
+        ]
     lines += [
         "",
-        "Rich status encode (`to_status`) and decode (`from_rpc_error`) per error, µs (median):",
+        "Rich status encode (`to_status`) and decode (`from_rpc_error`) per error, CPU µs "
+        "(median):",
         "",
         "| error | encode µs | decode µs | status bytes |",
         "|---|---|---|---|",

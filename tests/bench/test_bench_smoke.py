@@ -40,6 +40,8 @@ def test_smoke_run_writes_every_headline_key_as_a_finite_number(tmp_path: Path) 
     for name, entry in document["codec"].items():
         assert _finite(entry["encode_us"]["median"]) and entry["encode_us"]["median"] > 0, name
         assert _finite(entry["decode_us"]["median"]) and entry["decode_us"]["median"] > 0, name
+    for key, value in document["server_python_us"].items():
+        assert _finite(value) and value > 0, key
     assert document["machine"]["versions"]["grpcio"] != "absent"
     assert "| server stack, success, 32 in flight |" in markdown
     assert "grpcio " + document["machine"]["versions"]["grpcio"] in markdown
