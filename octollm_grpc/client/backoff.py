@@ -1,7 +1,8 @@
 """How long to wait before a retry: full-jitter backoff, or what the server asked for.
 
 The server's word wins (gRFC A6): ``grpc-retry-pushback-ms`` first, then ``RetryInfo`` in the
-rich status. A pushback that is negative or not a number means "do not retry".
+rich status. A pushback that is negative, not a number, or longer than :data:`MAX_PUSHBACK`
+means "do not retry".
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm_grpc.client.policy import RetryPolicy
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 
-__all__ = ["STOP", "full_jitter", "server_delay"]
+__all__ = ["MAX_PUSHBACK", "STOP", "full_jitter", "server_delay"]
 
 #: Returned by :func:`server_delay` when the server said not to retry.
 STOP: Final = -1.0
+#: The longest server-requested wait honoured, in seconds (a day); longer ones stop retries.
+MAX_PUSHBACK: Final = 86_400.0
 
 _RETRY_INFO = "type.googleapis.com/" + error_details_pb2.RetryInfo.DESCRIPTOR.full_name
 
@@ -39,10 +42,10 @@ def _pushback_ms(value: Any) -> float:
     if not (text.isascii() and text.isdigit()):
         return STOP
     digits = text.lstrip("0") or "0"
-    if len(digits) > 18:
-        # Past int64 milliseconds (where grpc core clamps too): longer than any deadline, and
-        # no OverflowError from a float conversion or ValueError from a 5000-digit int.
-        digits = "9" * 18
+    # Longer than MAX_PUSHBACK (checked on the digits: a 400-digit value must not reach float(),
+    # and time.sleep() rejects the int64 maximum grpc core lets through) also stops retries.
+    if len(digits) > 12 or int(digits) > MAX_PUSHBACK * 1000:
+        return STOP
     return int(digits) / 1000.0
 
 
@@ -55,7 +58,7 @@ def _retry_info(value: Any) -> float | None:
             if detail.type_url == _RETRY_INFO:
                 delay = error_details_pb2.RetryInfo.FromString(detail.value).retry_delay
                 seconds = delay.seconds + delay.nanos / 1e9
-                return seconds if seconds >= 0 else STOP
+                return seconds if 0 <= seconds <= MAX_PUSHBACK else STOP
     except Exception:  # noqa: BLE001 - malformed details: as if the server sent none
         return None
     return None
