@@ -1,327 +1,39 @@
-"""asyncio client interceptor (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
+"""asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
 
-The same decisions as the sync interceptor (:mod:`octollm_grpc.client.retry`), awaited. The
-typed error is delivered through a call object rather than raised from the interceptor, so
-``await call`` raises it while ``await call.code()`` still answers a code. Calls with a
-request stream return at once (``call.write()`` needs that) and retry, when the policy says
-requests are replayable, while the caller awaits the response.
+The same decisions as the sync interceptor (:mod:`octollm_grpc.client.retry`), awaited; the
+call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
+interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
+retry, when the policy says requests are replayable, while the caller awaits the response.
+Response streams are retried until their first message.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
-import grpc
 from grpc import aio
 
+from octollm_grpc.client.aio_calls import (
+    AsyncSleep,
+    Attempts,
+    FailedCall,
+    ResponseStream,
+    StreamUnary,
+    details_for,
+)
 from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, CallRetry, MethodPlan, Resilience
+from octollm_grpc.client.retry import CallRetry, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
-from octollm_grpc.status import from_rpc_error
 
 __all__ = [
     "AioStreamStreamInterceptor",
     "AioStreamUnaryInterceptor",
     "AioUnaryStreamInterceptor",
     "AioUnaryUnaryInterceptor",
+    "AsyncSleep",
     "aio_interceptors",
 ]
-
-AsyncSleep = Callable[[float], Awaitable[None]]
-
-
-def _details(base: Any, timeout: float | None, previous: int) -> aio.ClientCallDetails:
-    metadata = aio.Metadata(*tuple(base.metadata or ()))
-    if previous:
-        # Ours replaces any the caller sent: the server must see one, correct count.
-        if metadata.get_all(ATTEMPTS_HEADER):
-            metadata.delete_all(ATTEMPTS_HEADER)
-        metadata.add(ATTEMPTS_HEADER, str(previous))
-    return aio.ClientCallDetails(base.method, timeout, metadata, base.credentials,
-                                 base.wait_for_ready)
-
-
-class _Attempts:
-    """One call's attempt loop state, shared by the stream wrappers below."""
-
-    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token")
-
-    def __init__(self, owner: _AioInterceptor, plan: MethodPlan, continuation: Any,
-                 details: Any, request: Any, replay: AsyncReplay | None,
-                 retryable: bool, start: float | None = None,
-                 retry: CallRetry | None = None, token: int = 0) -> None:
-        self.core = owner._core
-        self.sleep = owner._sleep
-        self.plan = plan
-        self.continuation = continuation
-        self.details = details
-        self.request = request
-        self.replay = replay
-        self.retryable = retryable
-        if start is None:
-            start = self.core.clock() if details.timeout is not None else 0.0
-        self.start = start
-        self.retry = retry
-        self.token = token
-
-    async def first(self) -> Any:
-        """Start the first attempt (raises ``CircuitOpenError`` when the breaker is open)."""
-        details = self.details
-        policy = self.plan.policy
-        if self.retryable and policy is not None and policy.per_attempt_timeout is not None:
-            self.retry = CallRetry(self.core, self.plan, details.timeout, self.start)
-            details = _details(details, self.retry.attempt_timeout(), 0)
-        self.token = self.plan.acquire()
-        return await self.continuation(details, self._requests())
-
-    def _requests(self) -> Any:
-        return self.replay.fresh() if self.replay is not None else self.request
-
-    async def after_failure(self, error: aio.AioRpcError, cancelled: bool = False) -> Any:
-        """Record a failed attempt; start and return the next one, or raise the typed error."""
-        plan = self.plan
-        code = error.code()
-        if plan.breaker is not None:
-            plan.breaker.record(self.token, code)
-        if cancelled or not self.retryable:
-            raise from_rpc_error(error) from error
-        if self.retry is None:
-            self.retry = CallRetry(self.core, plan, self.details.timeout, self.start)
-        retry = self.retry
-        delay = retry.next_delay(code, error.trailing_metadata())
-        if delay is None:
-            raise from_rpc_error(error) from error
-        await self.sleep(delay)
-        timeout = retry.attempt_timeout()
-        if timeout is not None and timeout <= 0:
-            raise from_rpc_error(error) from error
-        self.token = plan.acquire()
-        try:
-            return await self.continuation(_details(self.details, timeout, retry.attempts - 1),
-                                           self._requests())
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        if self.plan.breaker is not None:
-            self.plan.breaker.release(self.token)
-
-
-class _FailedCall(
-    aio.UnaryUnaryCall,  # type: ignore[type-arg]
-    aio.StreamUnaryCall,  # type: ignore[type-arg]
-    aio.UnaryStreamCall,  # type: ignore[type-arg]
-    aio.StreamStreamCall,  # type: ignore[type-arg]
-):
-    """A finished call of any shape: awaiting or reading it raises the typed error."""
-
-    def __init__(self, error: OctoLLMError, call: Any = None) -> None:
-        self._error = error
-        self._call = call
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        raise self._error
-        yield  # makes this a generator, as __await__ must be
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._raise()
-
-    async def _raise(self) -> AsyncIterator[Any]:
-        raise self._error
-        yield  # makes this an async generator
-
-    async def read(self) -> Any:
-        raise self._error
-
-    async def write(self, request: Any) -> None:
-        raise asyncio.InvalidStateError("the RPC has already finished")
-
-    async def done_writing(self) -> None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def add_done_callback(self, callback: Any) -> None:
-        callback(self)
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata() if self._call is not None else None
-
-    async def trailing_metadata(self) -> Any:
-        return self._error.trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        return self._error.code()
-
-    async def details(self) -> str:
-        return self._error.details()
-
-    async def debug_error_string(self) -> str:
-        return self._error.debug_error_string()
-
-    async def wait_for_connection(self) -> None:
-        return None
-
-
-class _Delegating:
-    """``grpc.aio.Call`` methods answered by the current attempt."""
-
-    _call: Any
-    _attempts: _Attempts
-    _error: OctoLLMError | None = None
-    _cancelled = False
-
-    def cancel(self) -> bool:
-        self._cancelled = True
-        self._attempts.release()
-        return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.add_done_callback(lambda _call: callback(self))
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        if self._error is not None:
-            return self._error.code()
-        return await self._call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        if self._error is not None:
-            return self._error.details()
-        return await self._call.details()  # type: ignore[no-any-return]
-
-    async def debug_error_string(self) -> str:
-        return await self._call.debug_error_string()  # type: ignore[no-any-return]
-
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
-
-    async def write(self, request: Any) -> None:
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        await self._call.done_writing()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc.aio's intercepted call reads this private flag on the call we return.
-        return bool(getattr(self._call, "_done_writing_flag", False))
-
-
-class _StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
-    """A client-streaming call: its ``await`` retries (when replayable) and raises typed."""
-
-    def __init__(self, attempts: _Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
-        self._response: Any = None
-        self._finished = False
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
-
-    async def _result(self) -> Any:
-        if self._finished:
-            if self._error is not None:
-                raise self._error
-            return self._response
-        attempts = self._attempts
-        while True:
-            try:
-                response = await self._call
-            except aio.AioRpcError as error:
-                try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
-                except OctoLLMError as typed:
-                    self._finished, self._error = True, typed
-                    raise
-                continue
-            except asyncio.CancelledError:
-                self._call.cancel()
-                attempts.release()
-                raise
-            attempts.plan.succeeded(attempts.token)
-            self._finished, self._response = True, response
-            return response
-
-
-class _ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
-    """A response stream retried until its first message; typed errors afterwards."""
-
-    def __init__(self, attempts: _Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
-        self._iterator: AsyncIterator[Any] | None = None
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        if self._iterator is None:
-            self._iterator = self._messages()
-        return self._iterator
-
-    async def read(self) -> Any:
-        try:
-            return await anext(self.__aiter__())
-        except StopAsyncIteration:
-            return aio.EOF
-
-    async def _messages(self) -> AsyncIterator[Any]:
-        attempts = self._attempts
-        while True:
-            try:
-                message = await self._call.read()
-            except aio.AioRpcError as error:
-                try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
-                except OctoLLMError as typed:
-                    self._error = typed
-                    raise
-                continue
-            except asyncio.CancelledError:
-                self._call.cancel()
-                attempts.release()
-                raise
-            attempts.plan.succeeded(attempts.token)
-            if message is aio.EOF:
-                return
-            yield message
-            break
-        while True:
-            try:
-                message = await self._call.read()
-            except aio.AioRpcError as error:
-                self._error = from_rpc_error(error)
-                raise self._error from error
-            if message is aio.EOF:
-                return
-            yield message
 
 
 class _AioInterceptor:
@@ -332,14 +44,14 @@ class _AioInterceptor:
         self._sleep = sleep
 
     def _attempts(self, continuation: Any, details: Any, requests: Any,
-                  streaming_requests: bool) -> _Attempts:
+                  streaming_requests: bool) -> Attempts:
         plan = self._core.plan(details.method)
         replay = None
         if (streaming_requests and plan.policy is not None
                 and plan.policy.replayable_requests and requests is not None):
             replay = AsyncReplay(requests)
-        return _Attempts(self, plan, continuation, details, requests, replay,
-                         retryable=replay is not None or not streaming_requests)
+        return Attempts(self._core, self._sleep, plan, continuation, details, requests, replay,
+                        retryable=replay is not None or not streaming_requests)
 
 
 class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor):
@@ -354,29 +66,30 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
         details = client_call_details
         if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
             retry = CallRetry(core, plan, details.timeout, start)
-            details = _details(details, retry.attempt_timeout(), 0)
+            details = details_for(details, retry.attempt_timeout(), 0)
         try:
             token = plan.acquire()
         except CircuitOpenError as error:
-            return _FailedCall(error)
+            return FailedCall(error)
         try:
             call = await continuation(details, request)
         except BaseException:
             if plan.breaker is not None:
                 plan.breaker.release(token)
             raise
-        attempts: _Attempts | None = None  # made on the first failure only
+        attempts: Attempts | None = None  # made on the first failure only
         while True:
             try:
                 await call
             except aio.AioRpcError as error:
                 if attempts is None:
-                    attempts = _Attempts(self, plan, continuation, client_call_details, request,
-                                         None, True, start, retry, token)
+                    attempts = Attempts(core, self._sleep, plan, continuation,
+                                        client_call_details, request, None, True, start, retry,
+                                        token)
                 try:
                     call = await attempts.after_failure(error)
                 except OctoLLMError as typed:
-                    return _FailedCall(typed, call)
+                    return FailedCall(typed, call)
                 token = attempts.token
                 continue
             except BaseException:
@@ -396,9 +109,9 @@ class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientIntercepto
                                      request_iterator: Any) -> Any:
         attempts = self._attempts(continuation, client_call_details, request_iterator, True)
         try:
-            return _StreamUnary(attempts, await attempts.first())
+            return StreamUnary(attempts, await attempts.first())
         except CircuitOpenError as error:
-            return _FailedCall(error)
+            return FailedCall(error)
 
 
 class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientInterceptor):
@@ -408,9 +121,9 @@ class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientIntercepto
                                      request: Any) -> Any:
         attempts = self._attempts(continuation, client_call_details, request, False)
         try:
-            return _ResponseStream(attempts, await attempts.first())
+            return ResponseStream(attempts, await attempts.first())
         except CircuitOpenError as error:
-            return _FailedCall(error)
+            return FailedCall(error)
 
 
 class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientInterceptor):
@@ -420,9 +133,9 @@ class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientIntercep
                                       request_iterator: Any) -> Any:
         attempts = self._attempts(continuation, client_call_details, request_iterator, True)
         try:
-            return _ResponseStream(attempts, await attempts.first())
+            return ResponseStream(attempts, await attempts.first())
         except CircuitOpenError as error:
-            return _FailedCall(error)
+            return FailedCall(error)
 
 
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
