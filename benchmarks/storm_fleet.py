@@ -33,7 +33,9 @@ KINDS = ("none", "naive", "ours")
 _LEAD_S = 0.1
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
-Invoke = Callable[[Any, tuple[tuple[str, str], ...]], Awaitable[Any]]
+Metadata = tuple[tuple[str, str], ...]
+#: One logical call (with every retry its client kind makes), given the call's metadata.
+Invoke = Callable[[Metadata], Awaitable[Any]]
 
 
 def ours_channel(target: str, config: StormConfig) -> grpc.aio.Channel:
@@ -56,11 +58,11 @@ def _invoker(kind: str, method: Any, config: StormConfig) -> Invoke:
     request = struct_pb2.Value(string_value="work")
     timeout = config.call_timeout_s
     if kind in ("none", "ours"):
-        async def once(_: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        async def once(metadata: Metadata) -> Any:
             return await method(request, timeout=timeout, metadata=metadata)
         return once
     if kind == "naive":
-        async def naive(_: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+        async def naive(metadata: Metadata) -> Any:
             return await retry_with_backoff(
                 lambda: method(request, timeout=timeout, metadata=metadata),
                 max_retries=config.max_attempts - 1,
@@ -104,7 +106,7 @@ async def _fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict
             start = time.monotonic()
             ok = True
             try:
-                await invoke(None, ((payload.CALL_START_KEY, repr(start)),))
+                await invoke(((payload.CALL_START_KEY, repr(start)),))
             except grpc.RpcError as exc:
                 ok = False
                 # Grouped by reason: numbers (ports, delays) are masked.
