@@ -76,6 +76,14 @@ def test_config_default_entry_throttling_and_passthrough() -> None:
         "methodConfig": [{"name": [{"service": "a.B"}], "timeout": "2s", "waitForReady": True}],
     }
     assert parse_config({"circuitBreaker": None}).breaker is None
+    windowed = parse_config({"circuitBreaker": {
+        "failureThreshold": None, "failureRateThreshold": 0.5, "slidingWindowSize": 40,
+        "minimumCalls": 20, "resetTimeoutMultiplier": 2, "maxResetTimeout": "120s",
+        "probeTimeout": 10, "failureStatusCodes": ["UNAVAILABLE"], "perMethod": True}}).breaker
+    assert windowed == BreakerSettings(
+        failure_threshold=None, failure_rate_threshold=0.5, window_size=40, minimum_calls=20,
+        reset_timeout_multiplier=2, max_reset_timeout=120, probe_timeout=10,
+        failure_codes=frozenset({grpc.StatusCode.UNAVAILABLE}), per_method=True)
 
 
 @pytest.mark.parametrize("bad", [

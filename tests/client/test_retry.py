@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from structlog.testing import capture_logs
 
 from octollm_grpc import errors
 from octollm_grpc.client import RetryPolicy
@@ -167,12 +168,15 @@ async def test_aio_attempt_header_absent_then_1_then_2(clock: FakeClock) -> None
 
 
 def test_sync_pushback_300ms_sets_the_next_wait(clock: FakeClock) -> None:
-    """Sync: grpc-retry-pushback-ms 300 makes the next attempt wait exactly 300 ms."""
+    """Sync: grpc-retry-pushback-ms 300 makes the next attempt wait exactly 300 ms (and logs)."""
     backend = Backend([_pushback("300"), SUCCEED], clock)
-    with sync_server([backend.handler()]) as target:
+    with sync_server([backend.handler()]) as target, capture_logs() as logs:
         assert sync_channel(target, clock).unary_unary(UNARY)(b"x") == b"ok"
     assert clock.sleeps == [0.3]
     assert [a.time for a in backend.attempts] == [1000.0, 1000.3]
+    retries = [e for e in logs if e["event"] == "rpc_retry"]
+    assert [(e["attempt"], e["delay"], e["server_pushback"], e["code"]) for e in retries] == [
+        (2, 0.3, True, "UNAVAILABLE")]
 
 
 async def test_aio_pushback_300ms_sets_the_next_wait(clock: FakeClock) -> None:
