@@ -500,3 +500,33 @@ async def test_aio_cancellation_during_backoff_is_never_retried(clock: FakeClock
                 await call
             assert await call.code() is grpc.StatusCode.CANCELLED
     assert backend.count() == 1
+
+
+# -- connection-level UNAVAILABLE (gRPC's own retries are off) -------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sync_refused_connection_is_retried_by_our_layer(clock: FakeClock) -> None:
+    """Sync: nothing listening: each attempt fails UNAVAILABLE and is retried, up to 3."""
+    channel = sync_channel(f"127.0.0.1:{_closed_port()}", clock)
+    with pytest.raises(errors.NetworkError) as caught:
+        channel.unary_unary(UNARY)(b"x", timeout=30)
+    channel.close()
+    assert caught.value.code() is UNAVAILABLE
+    assert len(clock.sleeps) == 2  # three attempts, two waits
+
+
+async def test_aio_refused_connection_is_retried_by_our_layer(clock: FakeClock) -> None:
+    """Aio: nothing listening: each attempt fails UNAVAILABLE and is retried, up to 3."""
+    async with aio_channel(f"127.0.0.1:{_closed_port()}", clock) as channel:
+        with pytest.raises(errors.NetworkError) as caught:
+            await channel.unary_unary(UNARY)(b"x", timeout=30)
+    assert caught.value.code() is UNAVAILABLE
+    assert len(clock.sleeps) == 2
