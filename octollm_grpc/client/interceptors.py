@@ -74,7 +74,12 @@ class ResilientInterceptor(
             first = CallDetails(details, retry.attempt_timeout(), 0)
         breaker = plan.breaker
         token = breaker.acquire() if breaker is not None else 0
-        outcome = continuation(first, replay.fresh() if replay is not None else request)
+        try:
+            outcome = continuation(first, replay.fresh() if replay is not None else request)
+        except BaseException:
+            if breaker is not None:
+                breaker.release(token)  # the attempt never started: free its permit
+            raise
         if outcome.done():
             error = outcome.exception()
             if error is None:  # the common case: no allocation beyond grpc's own
@@ -131,5 +136,9 @@ class ResilientInterceptor(
             attempts.token = plan.acquire()
         except CircuitOpenError as error:
             return FailedStream(error)
-        return ResponseStream(attempts, continuation(first, attempts.requests()))
+        try:
+            return ResponseStream(attempts, continuation(first, attempts.requests()))
+        except BaseException:
+            attempts.release()  # the attempt never started: free its permit
+            raise
 

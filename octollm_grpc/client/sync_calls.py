@@ -101,8 +101,12 @@ class Attempts:
         if timeout is not None and timeout <= 0:
             raise from_rpc_error(error) from error
         self.token = self.plan.acquire()
-        return self.continuation(CallDetails(self.details, timeout, retry.attempts - 1),
-                                 self.requests())
+        try:
+            return self.continuation(CallDetails(self.details, timeout, retry.attempts - 1),
+                                     self.requests())
+        except BaseException:
+            self.release()  # the attempt never started: free its permit
+            raise
 
     def after_failure(self, error: grpc.RpcError, cancelled: bool = False) -> Any:
         """Record a failed attempt, wait, and return the next one; or raise the typed error."""
