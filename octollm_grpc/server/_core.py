@@ -233,8 +233,8 @@ class Pipeline:
         return MethodPlan(
             method,
             rpc_type,
-            self.metrics.for_method(rpc_type, service, name) if self.metrics else None,
-            # RateLimiter has __len__: an empty one is falsy, so test for None explicitly.
+            self.metrics.for_method(rpc_type, service, name) if self.metrics is not None else None,
+            # "is not None", not truthiness: an empty RateLimiter (it has __len__) is falsy.
             self.rate_limiter.limit_for(method) if self.rate_limiter is not None else None,
             self.auth.requirement(method) if self.auth is not None else None,
         )
