@@ -35,6 +35,8 @@ from octollm_grpc.errors import (
     ValidationErrors,
     VectorDBError,
 )
+from octollm_grpc.http import HttpError, to_http
+from octollm_grpc.status import from_rpc_error, from_status_proto, to_status, to_status_proto
 
 __version__ = "0.1.0"
 
