@@ -41,17 +41,20 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
   `--profile error` shows where it goes), in CPU microseconds.
 - **Retry storm.** A fleet of asyncio callers (one channel each) at a fixed total rate, open
-  loop, against a server that serves a fixed number of calls at a time, queues a few and sheds
-  the rest with `UNAVAILABLE`. A trigger window (a 30 s incident scaled down to a few seconds)
-  fails every call (`outage`) or halves the capacity (`brownout`). For no retries, the seed's
-  naive `retry_with_backoff` (rewritten in `benchmarks/naive_retry.py`, delays scaled like the
-  incident) and our stack (same attempts and backoff, plus the retry budget and a breaker with
-  a 1 s reset): amplification (attempts the server received for the calls started in the
-  trigger / those calls), goodput, and recovery time (from the end of the trigger until every
-  later quarter second has at least 95 % of its calls succeeding). This server sheds load
-  cheaply and is whole again the moment the trigger ends, so naive retries show up as load on
-  a failing server (amplification) more than as slow recovery; an amplification below 1 means
-  the breaker kept calls off the network altogether.
+  loop (new calls keep coming whatever happened to earlier ones), every attempt with a 0.3 s
+  deadline, against a server with a fixed capacity: it serves a few calls at a time, queues a
+  bounded number and sheds the rest with `UNAVAILABLE`, and, like a thread-pool server, keeps
+  working on attempts whose caller has already given up. A trigger window (a 30 s incident
+  scaled down to 4 s) fails every call (`outage`) or halves the capacity (`brownout`). Clients:
+  no retries; the seed's naive `retry_with_backoff` (rewritten in `benchmarks/naive_retry.py`,
+  delays scaled like the incident, retrying every failure); our stack with the same attempts,
+  backoff and retried codes plus the retry budget and a breaker with a 1 s reset. Figures:
+  amplification (attempts the server received for the calls started in the trigger / those
+  calls; below 1 when the breaker kept calls off the network), goodput, and recovery time (from
+  the end of the trigger until every later quarter second has at least 90 % of its calls
+  succeeding; the whole after-phase when that never happens). In the brownout, retries that
+  time out in the queue feed the queue: naive retries can keep the server saturated with
+  abandoned work long after its capacity is back (a metastable failure).
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed

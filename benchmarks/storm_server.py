@@ -1,7 +1,10 @@
 """The storm's server: a fixed capacity, a trigger window, and a record of every attempt.
 
 It admits ``slots`` calls at a time (each takes ``service_s``), queues up to ``queue`` more and
-rejects the rest at once with ``UNAVAILABLE``, like a service shedding load. During the trigger
+rejects the rest at once with ``UNAVAILABLE``, like a service shedding load. Like a thread-pool
+server, it does not notice a caller giving up: an attempt abandoned by its client (deadline)
+still waits for and takes its slot, so under overload the server spends capacity on answers
+nobody reads. During the trigger
 it either fails everything (``outage``) or runs with half the slots (``brownout``). Every attempt
 is recorded on arrival (whatever becomes of it) with its arrival time and the start time of the
 logical call it belongs to (sent by the client in metadata); the parent reads the record over
@@ -105,13 +108,19 @@ class StormService:
         if in_trigger and mode == "outage":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "outage")
         self.gate.set_limit(max(1, self.slots // 2) if in_trigger else self.slots)
-        if not await self.gate.enter():
+        # Shielded: a cancelled call (the client's deadline) leaves its work running.
+        if not await asyncio.shield(asyncio.ensure_future(self._serve())):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
+        return self._response
+
+    async def _serve(self) -> bool:
+        if not await self.gate.enter():
+            return False
         try:
             await asyncio.sleep(self.service_s)
         finally:
             self.gate.leave()
-        return self._response
+        return True
 
     def on_message(self, message: Any) -> Any:
         if message == "attempts":
