@@ -201,6 +201,9 @@ def test_task_server_sigkilled_and_restarted_under_load(tmp_path: Path) -> None:
         if second is not None:
             stop(second)
 
+    print(f"sigkill: {len(acked)} creates acknowledged, {len(failed)} failed in the outage "
+          f"({sorted(c.__name__ for c in {cls for cls, _ in failed.values()})}), "
+          f"{len(stored)} rows, breaker {[(a.name, b.name) for a, b in changes]}")
     kinds = {cls for cls, _ in failed.values()}
     assert kinds <= {errors.NetworkError, errors.CircuitOpenError, errors.TimeoutError}, kinds
     assert errors.CircuitOpenError in kinds
