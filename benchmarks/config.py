@@ -20,7 +20,7 @@ class StormConfig:
     rate: float = 120.0
     callers: int = 8
     slots: int = 4
-    queue: int = 64
+    queue: int = 96
     service_s: float = 0.02
     before_s: float = 1.5
     trigger_s: float = 4.0
@@ -30,8 +30,8 @@ class StormConfig:
     incident_s: float = 30.0
     max_attempts: int = 4
     breaker_reset_s: float = 1.0
-    #: Each attempt's deadline (15 times the normal latency); a call's deadline for our stack.
-    attempt_timeout_s: float = 0.3
+    #: Each attempt's deadline (25 times the normal latency); a call's deadline for our stack.
+    attempt_timeout_s: float = 0.5
     call_timeout_s: float = 2.0
     #: A bin counts as recovered when at least this share of the calls started in it succeeded
     #: (with ~30 calls a bin, 0.9 lets a stray timeout on a busy machine pass).
@@ -81,7 +81,7 @@ FULL = BenchConfig(
     name="full",
     # Many short windows: each pair of variants runs close together in time, so drifts of a
     # shared machine cancel in the ratio, and the median of 8 ratios shrugs off a bad one.
-    window_s=0.4,
+    window_s=0.35,
     warmup_s=0.3,
     reps=8,
     concurrencies=(1, 32),

@@ -41,7 +41,7 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
   `--profile error` shows where it goes), in CPU microseconds.
 - **Retry storm.** A fleet of asyncio callers (one channel each) at a fixed total rate, open
-  loop (new calls keep coming whatever happened to earlier ones), every attempt with a 0.3 s
+  loop (new calls keep coming whatever happened to earlier ones), every attempt with a 0.5 s
   deadline, against a server with a fixed capacity: it serves a few calls at a time, queues a
   bounded number and sheds the rest with `UNAVAILABLE`, and, like a thread-pool server, keeps
   working on attempts whose caller has already given up. A trigger window (a 30 s incident
