@@ -43,6 +43,7 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
         "schema": 1,
         "mode": config.name,
         "generated_at": report.now_utc(),
+        "definitions": report.DEFINITIONS,
         "machine": report.machine(),
         "config": {**asdict(config), "storm": {
             **asdict(config.storm), "scale": config.storm.scale,

@@ -33,6 +33,27 @@ HEADLINE_CONCURRENCY = 32
 _LAG_WARNING_S = 0.1
 
 
+DEFINITIONS = {
+    "server_success_ratio": "throughput of bare client -> server_interceptors() server / bare "
+                            "server, GetTask succeeding, 32 calls in flight (median of paired "
+                            "interleaved runs); per stack",
+    "server_error_ratio": "the same for a handler raising TaskNotFoundError through "
+                          "server_interceptors() vs a bare handler calling context.abort",
+    "peer_error_ratio": "the same for grpc-interceptor's ExceptionToStatusInterceptor raising "
+                        "its NotFound vs the bare context.abort handler",
+    "client_success_ratio": "throughput of resilient_channel -> bare server / bare channel -> "
+                            "bare server, 32 calls in flight",
+    "*_c1": "the same ratio with 1 call in flight",
+    "*_cpu_ratio": "bare / variant CPU time per call of the process whose stack differs",
+    "storm_amplification_*": "outage trigger: attempts the server received for the calls "
+                             "started during the trigger / those calls",
+    "storm_recovery_s_*": "outage trigger: seconds from its end until every later bin has at "
+                          "least recovered_share of its calls succeeding (after_s if never)",
+    "server_python_us": "CPU microseconds per call of the sync stack's own Python, no gRPC",
+    "codec": "CPU microseconds per to_status / from_rpc_error",
+}
+
+
 def machine() -> dict[str, Any]:
     """Where the run happened: CPU, cores, OS, Python, package versions, commit."""
     cpu = platform.processor() or platform.machine()
