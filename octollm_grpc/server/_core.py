@@ -123,11 +123,12 @@ class MethodPlan:
 class Call:
     """The state of one call in progress."""
 
-    __slots__ = ("log_tokens", "plan", "request_id", "rid_token", "start", "trailers")
+    __slots__ = ("log_tokens", "metadata", "plan", "request_id", "rid_token", "start", "trailers")
 
     def __init__(self, plan: MethodPlan, start: float) -> None:
         self.plan = plan
         self.start = start
+        self.metadata: Any = None
         self.request_id: str | None = None
         self.trailers: tuple[tuple[str, str], ...] | None = None
         self.rid_token: contextvars.Token[str | None] | None = None
@@ -245,8 +246,11 @@ class Pipeline:
         """Start timing, settle the request id (bound for logs, set as trailer), count start."""
         call = Call(plan, _perf_counter())
         request_ids = self.request_ids
+        if request_ids is not None or plan.guarded:
+            # Read once per call: on aio each invocation_metadata() builds a new tuple.
+            call.metadata = context.invocation_metadata()
         if request_ids is not None:
-            rid = request_ids.from_metadata(context.invocation_metadata())
+            rid = request_ids.from_metadata(call.metadata)
             call.request_id = rid
             call.rid_token = requestid.bind(rid)
             call.log_tokens = bind_request_id(rid)
@@ -257,27 +261,29 @@ class Pipeline:
             plan.metrics.started.inc()
         return call
 
-    def admit(self, plan: MethodPlan, context: Any) -> None:
+    def admit(self, call: Call, context: Any) -> None:
         """Rate limit, then auth (sync verifier); raises the error the call must end with."""
+        plan = call.plan
         if plan.limit is not None:
-            self._rate_limit(plan.limit, context)
+            self._rate_limit(plan.limit, call, context)
         if plan.scopes is not None:
             assert self.auth is not None
-            self.auth.check(plan.scopes, context.invocation_metadata())
+            self.auth.check(plan.scopes, call.metadata)
 
-    async def admit_async(self, plan: MethodPlan, context: Any) -> None:
+    async def admit_async(self, call: Call, context: Any) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
+        plan = call.plan
         if plan.limit is not None:
-            self._rate_limit(plan.limit, context)
+            self._rate_limit(plan.limit, call, context)
         if plan.scopes is not None:
             assert self.auth is not None
-            await self.auth.check_async(plan.scopes, context.invocation_metadata())
+            await self.auth.check_async(plan.scopes, call.metadata)
 
-    def _rate_limit(self, limit: tuple[str, RateLimit], context: Any) -> None:
+    def _rate_limit(self, limit: tuple[str, RateLimit], call: Call, context: Any) -> None:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
-        key = limiter.key_for(context.invocation_metadata(), context.peer)
+        key = limiter.key_for(call.metadata, context.peer)
         limiter.check(limit[0], limit[1], key)
 
     def succeed(self, call: Call, context: Any) -> None:

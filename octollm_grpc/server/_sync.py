@@ -58,7 +58,7 @@ def _unary_response(pipeline: Pipeline, plan: MethodPlan, behavior: Behavior) ->
         call = pipeline.begin(plan, context)
         try:
             if plan.guarded:
-                pipeline.admit(plan, context)
+                pipeline.admit(call, context)
             if request is UNDECODABLE:
                 raise undecodable_error()
             response = behavior(request, context)
@@ -82,7 +82,7 @@ def _stream_response(
         call = pipeline.begin(plan, context)
         try:
             if plan.guarded:
-                pipeline.admit(plan, context)
+                pipeline.admit(call, context)
             if request is UNDECODABLE:
                 raise undecodable_error()
             yield from behavior(request, context)

@@ -62,7 +62,7 @@ def _coroutine(
         call = pipeline.begin(plan, context)
         try:
             if plan.guarded:
-                await pipeline.admit_async(plan, context)
+                await pipeline.admit_async(call, context)
             if request is UNDECODABLE:
                 raise undecodable_error()
             response = await behavior(request, context)
@@ -87,7 +87,7 @@ def _async_generator(
         responses = None
         try:
             if plan.guarded:
-                await pipeline.admit_async(plan, context)
+                await pipeline.admit_async(call, context)
             if request is UNDECODABLE:
                 raise undecodable_error()
             responses = behavior(request, context)
