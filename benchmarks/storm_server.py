@@ -59,6 +59,11 @@ class Gate:
             raise
         return True
 
+    @property
+    def idle(self) -> bool:
+        """No call inside and none waiting."""
+        return self.active == 0 and not self._waiters
+
     def leave(self) -> None:
         """Give a slot back and hand it to the next waiter."""
         self.active -= 1
@@ -90,6 +95,11 @@ class StormService:
         self._response = struct_pb2.Value(string_value="done")
 
     async def arm(self, request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
+        # Abandoned work of an earlier storm must not eat into this one's capacity.
+        for _ in range(500):
+            if self.gate.idle:
+                break
+            await asyncio.sleep(0.01)
         fields = request.struct_value.fields
         self.trigger = (fields["start"].number_value, fields["end"].number_value,
                         fields["mode"].string_value)
