@@ -40,7 +40,8 @@ PARSER_WORDS = ("DecodeError", "<class", "Traceback", "google.protobuf", "Error 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with service(tmp_path_factory.mktemp("bad-input")) as running:
+    # Rate limiting off: hundreds of quick calls here test parsing, not the limiter.
+    with service(tmp_path_factory.mktemp("bad-input"), "--rate-limit", "0") as running:
         yield running.target
         assert running.process.poll() is None, "the service died"
         assert health_ok(running.target)
@@ -48,7 +49,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    with service(tmp_path_factory.mktemp("bad-metadata")) as process:
+    with service(tmp_path_factory.mktemp("bad-metadata"), "--rate-limit", "0") as process:
         yield process
 
 
