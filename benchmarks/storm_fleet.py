@@ -106,12 +106,14 @@ async def _fleet(kind: str, target: str, mode: str, config: StormConfig) -> dict
         for _ in range(2):
             await asyncio.gather(*(invoke(()) for invoke in invokers),
                                  return_exceptions=True)
+        arm = control.unary_unary(ARM_PATH, request_serializer=payload.serialize,
+                                  response_deserializer=payload.deserialize)
+        # An empty schedule first: it returns once the server is idle, then the clock starts.
+        await arm(struct_pb2.Value(), timeout=10)
         t0 = time.monotonic() + _LEAD_S
         trigger_start = t0 + config.before_s
         trigger_end = trigger_start + config.trigger_s
         end = trigger_end + config.after_s
-        arm = control.unary_unary(ARM_PATH, request_serializer=payload.serialize,
-                                  response_deserializer=payload.deserialize)
         schedule = struct_pb2.Value()
         schedule.struct_value.update({"start": trigger_start, "end": trigger_end, "mode": mode})
         await arm(schedule, timeout=10)

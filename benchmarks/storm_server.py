@@ -11,7 +11,8 @@ logical call it belongs to (sent by the client in metadata); the parent reads th
 the control pipe.
 
 The trigger is armed by the client itself with an ``Arm`` call just before the load starts, so
-the schedule is right however long the client process took to start.
+the schedule is right however long the client process took to start; ``Arm`` first waits for
+leftover work of an earlier storm, and one without a schedule only does that.
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ class StormService:
                 break
             await asyncio.sleep(0.01)
         fields = request.struct_value.fields
-        self.trigger = (fields["start"].number_value, fields["end"].number_value,
-                        fields["mode"].string_value)
+        if "mode" in fields:
+            self.trigger = (fields["start"].number_value, fields["end"].number_value,
+                            fields["mode"].string_value)
+        else:
+            self.trigger = (float("inf"), float("inf"), "outage")
         self.attempts.clear()
         return self._response
 
