@@ -33,9 +33,10 @@ def test_smoke_run_writes_every_headline_key_as_a_finite_number(tmp_path: Path) 
     for key in report.HEADLINE_STORM_KEYS:
         assert _finite(document[key]), (key, document.get(key))
     assert report.missing_or_not_finite(document) == []
-    # The harness counts attempts per logical call: one per call without retries, more with
+    # The harness counts attempts per logical call: at most one per call without retries (an
+    # attempt that times out before reaching the server is not received), more than one with
     # the seed's retries while the server fails everything.
-    assert document["storm_amplification_none"] == 1.0
+    assert 0.0 < document["storm_amplification_none"] <= 1.0
     assert document["storm_amplification_naive"] > 1.0
     for name, entry in document["codec"].items():
         assert _finite(entry["encode_us"]["median"]) and entry["encode_us"]["median"] > 0, name
