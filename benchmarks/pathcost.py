@@ -36,7 +36,8 @@ class FakeContext:
         self._details: str | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("user-agent", "grpc-python/bench"),)
+        # What the overhead benchmark's clients send: a user agent and the bearer token.
+        return (("user-agent", "grpc-python/bench"), *variants.AUTH_METADATA)
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:50000"
@@ -102,11 +103,12 @@ def _per_call_us(call: Callable[[], None], repeat: int, number: int) -> float:
 
 
 def run(repeat: int = 5, number: int = 2000) -> dict[str, float]:
-    """Microseconds per call for bare and our stack, success and error (median of repeats)."""
+    """CPU µs per call for bare, our stack and our stack with rate limit and auth (``ours_all``),
+    success and error (median of repeats)."""
     out: dict[str, float] = {}
     for kind, path in (("success", payload.GET_TASK_PATH),
                        ("error", payload.GET_MISSING_TASK_PATH)):
-        for variant in ("bare", "ours"):
+        for variant in ("bare", "ours", "ours_all"):
             out[f"{variant}_{kind}_us"] = _per_call_us(
                 wrapped_call(variant, path), repeat, number)
     return out

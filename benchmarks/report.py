@@ -316,8 +316,10 @@ def markdown(document: dict[str, Any]) -> str:
             "",
             "Python time per call of the sync server stack itself, without gRPC around it "
             "(`python -m benchmarks.pathcost`; CPU µs, median): success "
-            f"{py['ours_success_us']:.1f} (bare handler {py['bare_success_us']:.1f}), error "
-            f"{py['ours_error_us']:.1f} (bare `context.abort` {py['bare_error_us']:.1f}).",
+            f"{py['ours_success_us']:.1f} (with rate limit and auth "
+            f"{py.get('ours_all_success_us', math.nan):.1f}; bare handler "
+            f"{py['bare_success_us']:.1f}), error {py['ours_error_us']:.1f} (bare "
+            f"`context.abort` {py['bare_error_us']:.1f}).",
         ]
     lines += [
         "",
