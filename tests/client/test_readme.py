@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-from pathlib import Path
-
-from structlog.testing import capture_logs
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _client_examples() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("<!-- client:begin -->", 1)[1].split("<!-- client:end -->", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+from tests.readme import run_examples, section_examples
 
 
 def test_readme_client_examples_run() -> None:
     """Both examples (sync and aio) run: retry, typed errors, the breaker opening, as printed."""
-    examples = _client_examples()
+    examples = section_examples("client")
     assert len(examples) == 2
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), capture_logs() as logs:
-        for source in examples:
-            exec(compile(source, str(README), "exec"), {"__name__": "readme_example"})
-    assert out.getvalue().splitlines() == [
+    lines, logs = run_examples(examples)
+    assert lines == [
         "b'task 42' [None, '1']",
         "30 100 Rate limit exceeded: 100 requests per 60s",
         "StatusCode.RESOURCE_EXHAUSTED",
