@@ -129,10 +129,44 @@ def _metadata(details: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _pack(message: Any) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+def _all_str(details: Mapping[str, Any]) -> bool:
+    """True for the common shape of details: string keys and string values only.
+
+    For those, :func:`_jsonable` is a plain copy, the ``Struct`` is exact and ``ErrorInfo``'s
+    metadata is the same map, so :func:`_build_status` skips the general walk.
+    """
+    for key, value in details.items():
+        if type(key) is not str or type(value) is not str:
+            return False
+    return True
+
+
+def _str_struct(data: Mapping[str, str]) -> struct_pb2.Struct:
+    """What ``_struct(data)`` gives for a map of strings, without ``Struct.update``'s walk."""
+    struct = struct_pb2.Struct()
+    fields = struct.fields
+    for key, value in data.items():
+        fields[key].string_value = value
+    return struct
+
+
+def _any_url(message_class: Any) -> str:
+    return _TYPE_PREFIX + str(message_class.DESCRIPTOR.full_name)
+
+
+_ErrorInfo = error_details_pb2.ErrorInfo
+_ResourceInfo = error_details_pb2.ResourceInfo
+_RequestInfo = error_details_pb2.RequestInfo
+_AnyMessage = any_pb2.Any
+_RESOURCE_INFO = _any_url(_ResourceInfo)
+_PRECONDITION_FAILURE = _any_url(error_details_pb2.PreconditionFailure)
+_QUOTA_FAILURE = _any_url(error_details_pb2.QuotaFailure)
+_DEBUG_INFO = _any_url(error_details_pb2.DebugInfo)
+
+
+def _pack(message: Any, type_url: str) -> any_pb2.Any:
+    # What Any.Pack(message) gives, without its per-call descriptor lookup.
+    return _AnyMessage(type_url=type_url, value=message.SerializeToString())
 
 
 def _field_violations(
@@ -163,7 +197,7 @@ def _seconds_to_duration(seconds: float) -> Any:
 
 
 def _valid_retry_after(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if not math.isfinite(value) or value < 0:
         return None
@@ -172,6 +206,8 @@ def _valid_retry_after(value: Any) -> float | None:
 
 def _safe_text(text: str) -> str:
     """``text`` as valid UTF-8 (lone surrogates would make protobuf and gRPC reject it)."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
         return text
@@ -180,6 +216,8 @@ def _safe_text(text: str) -> str:
 
 
 def _truncate_message(message: str) -> str:
+    if message.isascii() and len(message) <= MAX_MESSAGE_BYTES:
+        return message  # one byte per character: no need to encode to measure it
     data = message.encode("utf-8")
     if len(data) <= MAX_MESSAGE_BYTES:
         return message
@@ -203,6 +241,80 @@ def _shortened(value: Any, items: int) -> Any:
     return value
 
 
+# Which standard details a class calls for, by bit; resolved once per class (see _kind_of).
+_OCTOLLM = 1
+_VALIDATION = 2
+_TASK_NOT_FOUND = 4
+_INVALID_STATE = 8
+_RATE_LIMIT = 16
+_KIND_BASES = (
+    (e.OctoLLMError, _OCTOLLM),
+    (e.ValidationError, _VALIDATION),
+    (e.TaskNotFoundError, _TASK_NOT_FOUND),
+    (e.InvalidStateError, _INVALID_STATE),
+    (e.RateLimitError, _RATE_LIMIT),
+)
+_kinds: dict[type, int] = {}
+
+
+def _kind_of(cls: type) -> int:
+    kind = _kinds.get(cls)
+    if kind is None:
+        kind = 0
+        for base, bit in _KIND_BASES:
+            if issubclass(cls, base):
+                kind |= bit
+        if len(_kinds) >= 1024:  # classes made at run time must not grow it without bound
+            _kinds.clear()
+        _kinds[cls] = kind
+    return kind
+
+
+class _Encoding(NamedTuple):
+    """What :func:`to_status` needs besides the proto, worked out once per error."""
+
+    proto: status_pb2.Status
+    mapping: codes.ErrorMapping
+    retry_after: float | None
+
+
+def _encode(
+    exc: BaseException, request_id: str | None, domain: str, debug: bool
+) -> _Encoding:
+    mapping = codes.mapping_for(exc)
+    kind = _kind_of(type(exc))
+    if kind & _OCTOLLM:
+        assert isinstance(exc, e.OctoLLMError)
+        error_code = exc.error_code
+        message = _truncate_message(_safe_text(str(exc.message)))
+        details: Mapping[str, Any] = exc.details
+        retry_after = _valid_retry_after(exc.retry_after)
+    else:
+        error_code = mapping.error_code
+        message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
+        details = {}
+        retry_after = None
+    if request_id and not request_id.isascii():
+        request_id = _safe_text(request_id)
+
+    def build(data: Mapping[str, Any], with_debug: bool, flat: bool) -> status_pb2.Status:
+        return _build_status(exc, kind, mapping.grpc_code, error_code, message, data,
+                             retry_after, request_id, domain, with_debug, flat)
+
+    flat = isinstance(details, dict) and _all_str(details)
+    safe = dict(details) if flat else _jsonable(details)
+    status = build(safe, debug, flat)
+    room = TRAILER_BUDGET - _wire_length(message)
+    if status.ByteSize() <= room:
+        return _Encoding(status, mapping, retry_after)
+    for items in (32, 8, 2, 0):
+        shortened = {**_shortened(safe, items), "_truncated": True}
+        status = build(shortened, False, False)
+        if status.ByteSize() <= room:
+            return _Encoding(status, mapping, retry_after)
+    return _Encoding(build({"_truncated": True}, False, False), mapping, retry_after)
+
+
 def to_status_proto(
     exc: BaseException,
     *,
@@ -216,37 +328,12 @@ def to_status_proto(
     cut, and details too large for the trailer are shortened (lists and strings cut, with
     ``"_truncated": true`` added) rather than lost whole to a ``RESOURCE_EXHAUSTED`` at the client.
     """
-    mapping = codes.mapping_for(exc)
-    if isinstance(exc, e.OctoLLMError):
-        error_code = exc.error_code
-        message = _truncate_message(_safe_text(str(exc.message)))
-        details: Mapping[str, Any] = exc.details
-        retry_after = _valid_retry_after(exc.retry_after)
-    else:
-        error_code = mapping.error_code
-        message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
-        details = {}
-        retry_after = None
-
-    def build(data: Mapping[str, Any], with_debug: bool) -> status_pb2.Status:
-        return _build_status(exc, mapping.grpc_code, error_code, message, data, retry_after,
-                             request_id, domain, with_debug)
-
-    safe = _jsonable(details)
-    status = build(safe, debug)
-    room = TRAILER_BUDGET - _wire_length(message)
-    if status.ByteSize() <= room:
-        return status
-    for items in (32, 8, 2, 0):
-        shortened = {**_shortened(safe, items), "_truncated": True}
-        status = build(shortened, False)
-        if status.ByteSize() <= room:
-            return status
-    return build({"_truncated": True}, False)
+    return _encode(exc, request_id, domain, debug).proto
 
 
 def _build_status(
     exc: BaseException,
+    kind: int,
     grpc_code: grpc.StatusCode,
     error_code: str,
     message: str,
@@ -255,50 +342,56 @@ def _build_status(
     request_id: str | None,
     domain: str,
     debug: bool,
+    flat: bool,
 ) -> status_pb2.Status:
-    status = status_pb2.Status(code=grpc_code.value[0], message=message)
-    packed = status.details
-    packed.append(_pack(error_details_pb2.ErrorInfo(
-        reason=error_code, domain=domain, metadata=_metadata(details))))
-    if isinstance(exc, e.ValidationError):
+    # ``flat``: every key and value of ``details`` is a str (see _all_str).
+    packed = [_pack(_ErrorInfo(
+        reason=error_code, domain=domain, metadata=details if flat else _metadata(details)),
+        _ERROR_INFO)]
+    if kind & _VALIDATION:
         violations = _field_violations(details, message)
         if violations:
-            packed.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(exc, e.TaskNotFoundError):
-        packed.append(_pack(error_details_pb2.ResourceInfo(
+            packed.append(_pack(error_details_pb2.BadRequest(field_violations=violations),
+                                _BAD_REQUEST))
+    if kind & _TASK_NOT_FOUND:
+        packed.append(_pack(_ResourceInfo(
             resource_type="octollm.tasks.v1.Task",
             resource_name=str(details.get("task_id", "")),
             description=message,
-        )))
-    if isinstance(exc, e.InvalidStateError):
+        ), _RESOURCE_INFO))
+    if kind & _INVALID_STATE:
         packed.append(_pack(error_details_pb2.PreconditionFailure(violations=[
             error_details_pb2.PreconditionFailure.Violation(
                 type="STATE", subject=str(details.get("subject", "")), description=message)
-        ])))
-    if isinstance(exc, e.RateLimitError):
+        ]), _PRECONDITION_FAILURE))
+    if kind & _RATE_LIMIT:
         packed.append(_pack(error_details_pb2.QuotaFailure(violations=[
             error_details_pb2.QuotaFailure.Violation(
                 subject=str(details.get("key", "caller")), description=message)
-        ])))
+        ]), _QUOTA_FAILURE))
     if retry_after is not None and retry_after > 0:
         packed.append(_pack(error_details_pb2.RetryInfo(
-            retry_delay=_seconds_to_duration(retry_after))))
+            retry_delay=_seconds_to_duration(retry_after)), _RETRY_INFO))
     if request_id:
-        packed.append(_pack(error_details_pb2.RequestInfo(request_id=_safe_text(request_id))))
-    if debug and not isinstance(exc, e.OctoLLMError):
+        packed.append(_pack(_RequestInfo(request_id=request_id), _REQUEST_INFO))
+    if debug and not kind & _OCTOLLM:
         packed.append(_pack(error_details_pb2.DebugInfo(
-            stack_entries=traceback.format_exception(exc), detail=_safe_text(repr(exc)))))
+            stack_entries=traceback.format_exception(exc), detail=_safe_text(repr(exc))),
+            _DEBUG_INFO))
     envelope = errors_pb2.ErrorEnvelope(error_code=error_code, message=message)
     # One copy of the details: the Struct (readable everywhere) when it is exact, else JSON.
-    struct = _struct(details) if _struct_is_exact(details) else None
+    if flat:
+        struct: struct_pb2.Struct | None = _str_struct(details)
+    else:
+        struct = _struct(details) if _struct_is_exact(details) else None
     if struct is not None:
         envelope.details.CopyFrom(struct)
     else:
         envelope.details_json = json.dumps(details, ensure_ascii=False, separators=(",", ":"))
     if retry_after is not None:
         envelope.retry_after.CopyFrom(_seconds_to_duration(retry_after))
-    packed.append(_pack(envelope))
-    return status
+    packed.append(_pack(envelope, _ENVELOPE))
+    return status_pb2.Status(code=grpc_code.value[0], message=message, details=packed)
 
 
 def to_status(
@@ -315,13 +408,13 @@ def to_status(
     generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
     with the traceback, for development only).
     """
-    proto = to_status_proto(exc, request_id=request_id, domain=domain, debug=debug)
-    trailers: tuple[tuple[str, str | bytes], ...] = ((DETAILS_KEY, proto.SerializeToString()),)
-    if isinstance(exc, e.OctoLLMError):
-        retry_after = _valid_retry_after(exc.retry_after)
-        if retry_after is not None and retry_after > 0:
-            trailers += ((PUSHBACK_KEY, str(int(math.ceil(retry_after * 1000)))),)
-    return RichStatus(codes.mapping_for(exc).grpc_code, proto.message, trailers, proto)
+    proto, mapping, retry_after = _encode(exc, request_id, domain, debug)
+    data = proto.SerializeToString()
+    if retry_after is not None and retry_after > 0:
+        pushback = str(int(math.ceil(retry_after * 1000)))
+        return RichStatus(mapping.grpc_code, proto.message,
+                          ((DETAILS_KEY, data), (PUSHBACK_KEY, pushback)), proto)
+    return RichStatus(mapping.grpc_code, proto.message, ((DETAILS_KEY, data),), proto)
 
 
 # -- decoding -------------------------------------------------------------------------------
