@@ -345,7 +345,13 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - e.g. a __str__ that raises: still end the call safely
             mapping = codes.UNEXPECTED
             status = to_status(_Unencodable(), request_id=call.request_id, domain=self.domain)
-        trailers = merge_trailers(context.trailing_metadata(), status.trailing_metadata, rid_pair)
+        current = context.trailing_metadata()
+        if call.trailers is not None and current is call.trailers:
+            # The handler set no trailers of its own: only our request id is there, and
+            # merge_trailers would drop it and put it back last.
+            trailers = status.trailing_metadata + call.trailers
+        else:
+            trailers = merge_trailers(current, status.trailing_metadata, rid_pair)
         if isinstance(exc, OctoLLMError) and mapping is not codes.UNEXPECTED:
             error_code, log_exc, message = exc.error_code, None, status.details
         else:
