@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
@@ -132,7 +132,7 @@ class Call:
         self.request_id: str | None = None
         self.trailers: tuple[tuple[str, str], ...] | None = None
         self.rid_token: contextvars.Token[str | None] | None = None
-        self.log_tokens: Mapping[str, contextvars.Token[Any]] | None = None
+        self.log_tokens: contextvars.Token[Any] | None = None
 
 
 class Failure(NamedTuple):

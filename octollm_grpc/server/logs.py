@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -69,17 +68,27 @@ class CallLogger:
         getattr(self._logger, level)(self._event, **fields)
 
 
-def bind_request_id(request_id: str) -> Mapping[str, contextvars.Token[Any]]:
-    """Bind ``request_id`` for structlog's ``merge_contextvars``; returns the reset tokens."""
-    return structlog.contextvars.bind_contextvars(request_id=request_id)
+# structlog's context variable for "request_id", learnt from the first bind. structlog keeps
+# one variable per key for the life of the process, so setting it directly is what
+# bind_contextvars does, without its per-call key formatting, lookup and dict of tokens.
+_request_id_var: list[contextvars.ContextVar[Any]] = []
 
 
-def unbind_request_id(tokens: Mapping[str, contextvars.Token[Any]]) -> None:
+def bind_request_id(request_id: str) -> contextvars.Token[Any]:
+    """Bind ``request_id`` for structlog's ``merge_contextvars``; returns the reset token."""
+    if _request_id_var:
+        return _request_id_var[0].set(request_id)
+    token = structlog.contextvars.bind_contextvars(request_id=request_id)["request_id"]
+    _request_id_var.append(token.var)
+    return token
+
+
+def unbind_request_id(token: contextvars.Token[Any]) -> None:
     """Undo :func:`bind_request_id` (tolerates being called from another context)."""
     try:
-        structlog.contextvars.reset_contextvars(**tokens)
+        token.var.reset(token)
     except (ValueError, RuntimeError):
-        structlog.contextvars.unbind_contextvars(*tokens)
+        structlog.contextvars.unbind_contextvars("request_id")
 
 
 def configure_logging(
