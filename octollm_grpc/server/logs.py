@@ -102,6 +102,10 @@ def configure_logging(
     ``json=None`` picks JSON unless ``stream`` (default ``sys.stderr``) is a terminal. Events
     get the bound context variables (``request_id``), the level, an ISO UTC timestamp and,
     for exceptions, the rendered traceback. Events below ``level`` are dropped cheaply.
+
+    Loggers are cached on first use (structlog's production setting): a logger keeps the
+    output it first wrote to, so call this once at start-up, before serving.
+    ``structlog.testing.capture_logs`` still captures their events.
     """
     out = stream if stream is not None else sys.stderr
     if json is None:
@@ -124,5 +128,5 @@ def configure_logging(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
