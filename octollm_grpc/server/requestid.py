@@ -31,8 +31,9 @@ def current_request_id() -> str | None:
 #: busy sync server every release hands the GIL to another worker and costs thread switches.
 _BATCH = 64
 _pool: list[str] = []
-# A forked child must not hand out ids its parent already holds.
-os.register_at_fork(after_in_child=_pool.clear)
+# A forked child must not hand out ids its parent already holds (no fork on Windows).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.clear)
 
 
 def _random_hex() -> str:
