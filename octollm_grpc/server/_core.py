@@ -57,6 +57,22 @@ def rpc_type_of(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
+def handler_shape(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> tuple[Callable[..., grpc.RpcMethodHandler[Any, Any]], Any]:
+    """The ``grpc.*_rpc_method_handler`` factory for ``handler``'s shape, and its behaviour.
+
+    grpc dispatches on the streaming flags, so the wrappers do too.
+    """
+    if not handler.request_streaming:
+        if not handler.response_streaming:
+            return grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    if not handler.response_streaming:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    return grpc.stream_stream_rpc_method_handler, handler.stream_stream
+
+
 def split_method(method: str) -> tuple[str, str]:
     """``/pkg.Service/Method`` -> ``("pkg.Service", "Method")``."""
     service, sep, name = method.lstrip("/").rpartition("/")

@@ -13,6 +13,7 @@ from octollm_grpc.server._core import (
     HandlerCache,
     MethodPlan,
     Pipeline,
+    handler_shape,
     parse_safely,
     rpc_type_of,
     undecodable_error,
@@ -121,16 +122,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         plan = self.pipeline.plan(method, rpc_type_of(handler))
         req, resp = handler.request_streaming, handler.response_streaming
-        # grpc dispatches on the streaming flags, so do we.
-        behavior: Any
-        if not req and not resp:
-            make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif not req:
-            make, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        elif not resp:
-            make, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        else:
-            make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        make, behavior = handler_shape(handler)
         if behavior is None:
             return handler
         wrap = _stream_response if resp else _unary_response

@@ -21,6 +21,7 @@ from octollm_grpc.server._core import (
     HandlerCache,
     MethodPlan,
     Pipeline,
+    handler_shape,
     parse_safely,
     rpc_type_of,
     undecodable_error,
@@ -141,16 +142,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
         plan = self.pipeline.plan(method, rpc_type_of(handler))
-        req, resp = handler.request_streaming, handler.response_streaming
-        behavior: Any
-        if not req and not resp:
-            make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif not req:
-            make, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        elif not resp:
-            make, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        else:
-            make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        req = handler.request_streaming
+        make, behavior = handler_shape(handler)
         wrapped = _wrap_behavior(self.pipeline, plan, behavior)
         if wrapped is None:
             return handler
