@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf import any_pb2, json_format, struct_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc import codes
@@ -189,8 +189,6 @@ def _field_violations(
 
 
 def _seconds_to_duration(seconds: float) -> Any:
-    from google.protobuf import duration_pb2
-
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(round(seconds * 1e9)))
     return duration
