@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -117,13 +117,16 @@ def _aio_channel(variant: str, target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target)
 
 
-def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> Raw:
+def _channels_and_calls(
+    servers: dict[str, procs.ServerHandle], make_channel: Callable[[str, str], Any]
+) -> tuple[list[Any], dict[tuple[str, str], Callable[[], Any]]]:
+    """One channel per variant (``make_channel(variant, target)``, sync or aio) and a ready
+    call per (kind, variant): ``success`` gets a task, ``error`` asks for a missing one."""
     request = payload.task_message()
-    channels: list[grpc.Channel] = []
+    channels: list[Any] = []
     calls: dict[tuple[str, str], Callable[[], Any]] = {}
     for variant in dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS):
-        target = _server_for(variant, servers).target
-        channel = _sync_channel(variant, target)
+        channel = make_channel(variant, _server_for(variant, servers).target)
         channels.append(channel)
         for kind, path in (("success", payload.GET_TASK_PATH),
                            ("error", payload.GET_MISSING_TASK_PATH)):
@@ -132,6 +135,11 @@ def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> 
                 response_deserializer=payload.deserialize)
             calls[(kind, variant)] = functools.partial(
                 method, request, timeout=_CALL_TIMEOUT_S, metadata=variants.AUTH_METADATA)
+    return channels, calls
+
+
+def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> Raw:
+    channels, calls = _channels_and_calls(servers, _sync_channel)
 
     raw: Raw = {}
     pool = futures.ThreadPoolExecutor(max_workers=max(config.concurrencies))
@@ -160,20 +168,7 @@ def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> 
 
 
 async def _aio_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> Raw:
-    request = payload.task_message()
-    channels: list[grpc.aio.Channel] = []
-    calls: dict[tuple[str, str], Callable[[], Awaitable[Any]]] = {}
-    for variant in dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS):
-        target = _server_for(variant, servers).target
-        channel = _aio_channel(variant, target)
-        channels.append(channel)
-        for kind, path in (("success", payload.GET_TASK_PATH),
-                           ("error", payload.GET_MISSING_TASK_PATH)):
-            method = channel.unary_unary(
-                path, request_serializer=payload.serialize,
-                response_deserializer=payload.deserialize)
-            calls[(kind, variant)] = functools.partial(
-                method, request, timeout=_CALL_TIMEOUT_S, metadata=variants.AUTH_METADATA)
+    channels, calls = _channels_and_calls(servers, _aio_channel)
 
     loop = asyncio.get_running_loop()
     raw: Raw = {}
