@@ -15,7 +15,13 @@ import grpc
 from octollm_grpc.server._core import Pipeline
 from octollm_grpc.server._sync import ServerInterceptor
 from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
-from octollm_grpc.server.logs import FAILED_EVENT, CallLogger, configure_logging
+from octollm_grpc.server.logs import (
+    FAILED_EVENT,
+    CallLogger,
+    LineWriter,
+    configure_logging,
+    flush_logs,
+)
 from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
 from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
@@ -27,6 +33,7 @@ __all__ = [
     "FAILED_EVENT",
     "BearerAuth",
     "CallLogger",
+    "LineWriter",
     "RateLimit",
     "RateLimiter",
     "RequestIds",
@@ -36,6 +43,7 @@ __all__ = [
     "Violations",
     "configure_logging",
     "current_request_id",
+    "flush_logs",
     "serve_metrics",
     "server_interceptors",
 ]

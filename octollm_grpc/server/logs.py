@@ -12,14 +12,28 @@ processor chain, as :func:`configure_logging` sets up).
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextvars
+import datetime
+import json as jsonlib
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["FAILED_EVENT", "CallLogger", "configure_logging"]
+__all__ = [
+    "FAILED_EVENT",
+    "FLUSH_INTERVAL",
+    "CallLogger",
+    "LineWriter",
+    "configure_logging",
+    "flush_logs",
+]
 
 FAILED_EVENT = "grpc.call.failed"
 
@@ -91,17 +105,176 @@ def unbind_request_id(token: contextvars.Token[Any]) -> None:
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+class LineWriter:
+    """Writes log lines to ``stream`` from a background thread, in order, in batches.
+
+    A request thread only appends its line to a queue: no lock, no system call, no thread to
+    wake. Every ``interval`` seconds one background thread (shared by all writers) writes
+    what has piled up with one ``write`` and one ``flush``. Writing and flushing each line
+    under a lock on the request thread, as ``print`` loggers do, or waking a writer per line,
+    hands the GIL back and forth on every failed call: on a busy server that costs several
+    times the work of the line itself.
+
+    A queued line is a rendered ``str``, or an event ``dict`` of scalar values that is
+    rendered as JSON when written (see :func:`configure_logging`), so the rendering is done in
+    batches too.
+
+    Nothing is dropped and the order is kept: lines are written first in, first out, one
+    drain at a time; once ``max_pending`` lines wait, the caller drains them itself;
+    :meth:`flush` (run for every writer at interpreter exit) writes everything queued so far.
+    If ``stream`` fails, the batch is counted in :attr:`lost` and the writer carries on. A
+    forked child starts with an empty queue and its own background thread.
+    """
+
+    def __init__(self, stream: TextIO, *, max_pending: int = 4096) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {max_pending!r}")
+        self.stream = stream
+        self.max_pending = max_pending
+        #: Lines the stream refused (its write or flush raised).
+        self.lost = 0
+        self._reset()
+        with _writers_lock:
+            _writers.append(self)
+
+    def _reset(self) -> None:
+        self._lines: collections.deque[str | dict[str, Any]] = collections.deque()
+        self._drain_lock = threading.Lock()
+
+    # structlog's logger protocol: one method per level, each queues the line.
+    def msg(self, message: str | dict[str, Any]) -> None:
+        """Queue one line; it is written within :data:`FLUSH_INTERVAL` seconds."""
+        if _background is None:
+            _start_background()
+        lines = self._lines
+        lines.append(message)
+        if len(lines) >= self.max_pending:
+            self.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+    def flush(self) -> None:
+        """Write every line queued so far, in this thread; returns once they are written."""
+        with self._drain_lock:
+            lines = self._lines
+            if not lines:
+                return
+            pop = lines.popleft
+            # Only what is queued now: producers that keep appending cannot hold us here.
+            batch = [pop() for _ in range(len(lines))]
+            try:
+                text = "\n".join(
+                    line if type(line) is str else _render_json(line)  # type: ignore[arg-type]
+                    for line in batch)
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            except Exception:  # noqa: BLE001 - a broken stream must not raise into a request
+                self.lost += len(batch)  # thread, nor stop the background thread
+
+
+#: How often the background thread writes what the writers have queued, in seconds.
+FLUSH_INTERVAL = 0.1
+
+_writers: list[LineWriter] = []
+_writers_lock = threading.Lock()
+_background: threading.Thread | None = None
+
+
+def flush_logs() -> None:
+    """Write every line queued so far by every :class:`LineWriter` (as at exit)."""
+    with _writers_lock:
+        writers = list(_writers)
+    for writer in writers:
+        writer.flush()
+
+
+def _run_background() -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        flush_logs()
+
+
+def _start_background() -> None:
+    global _background
+    with _writers_lock:
+        if _background is None:
+            thread = threading.Thread(target=_run_background, name="octollm-log-writer",
+                                      daemon=True)
+            thread.start()
+            _background = thread
+
+
+def _after_fork_in_child() -> None:
+    # The parent writes the lines it had queued; the child must not write them again.
+    global _background, _writers_lock
+    _background = None
+    _writers_lock = threading.Lock()
+    for writer in _writers:
+        writer._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(flush_logs)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _fallback(value: Any) -> Any:
+    # structlog's JSONRenderer fallback: the object's __structlog__(), else its repr.
+    method = getattr(value, "__structlog__", None)
+    return method() if callable(method) else repr(value)
+
+
+_encode_json = jsonlib.JSONEncoder(default=_fallback).encode
+
+
+def _render_json(event: dict[str, Any]) -> str:
+    """The JSON line for ``event``; its ``timestamp`` is still the ``time.time()`` float."""
+    stamp = event.get("timestamp")
+    if type(stamp) is float:
+        # What structlog's TimeStamper(fmt="iso", utc=True) writes.
+        event["timestamp"] = datetime.datetime.fromtimestamp(
+            stamp, datetime.UTC).isoformat().replace("+00:00", "Z")
+    return _encode_json(event)
+
+
+def _stamp(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    # The time only: formatting it waits for _render_json.
+    event["timestamp"] = time.time()
+    return event
+
+
+def _json_line(_logger: Any, _name: str, event: dict[str, Any]) -> Any:
+    """The last processor: an event of scalars goes to the writer as it is, to be rendered
+    there in a batch (nothing can change it meanwhile); any other is rendered now."""
+    for value in event.values():
+        if type(value) not in _SCALARS:
+            return _render_json(event)
+    return (event,), {}
+
+
 def configure_logging(
     json: bool | None = None,
     *,
     level: int = logging.INFO,
     stream: TextIO | None = None,
+    background: bool = True,
 ) -> None:
     """Configure structlog for a service: JSON lines in production, readable in a terminal.
 
     ``json=None`` picks JSON unless ``stream`` (default ``sys.stderr``) is a terminal. Events
     get the bound context variables (``request_id``), the level, an ISO UTC timestamp and,
     for exceptions, the rendered traceback. Events below ``level`` are dropped cheaply.
+
+    ``background=True`` (the default) hands lines to a :class:`LineWriter`: they reach
+    ``stream`` in order within :data:`FLUSH_INTERVAL` seconds, and JSON events made only of
+    scalar values are rendered there, in batches. Call :func:`flush_logs` to write what is
+    queued now (it runs at interpreter exit too; a process killed outright loses at most the
+    last interval's lines). ``background=False`` writes and flushes each line in the calling
+    thread, as structlog's ``PrintLogger`` does.
 
     Loggers are cached on first use (structlog's production setting): a logger keeps the
     output it first wrote to, so call this once at start-up, before serving.
@@ -111,22 +284,32 @@ def configure_logging(
     if json is None:
         isatty = getattr(out, "isatty", None)
         json = not (callable(isatty) and isatty())
+    stamp = _stamp if json and background else structlog.processors.TimeStamper(
+        fmt="iso", utc=True)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamp,
         structlog.processors.StackInfoRenderer(),
     ]
     if json:
         processors += [
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            _json_line if background else structlog.processors.JSONRenderer(),
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer())
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=_factory(out, background),
         cache_logger_on_first_use=True,
     )
+
+
+def _factory(out: TextIO, background: bool) -> Any:
+    if not background:
+        return structlog.PrintLoggerFactory(file=out)
+    flush_logs()  # what the previous configuration queued goes out first
+    writer = LineWriter(out)
+    return lambda *_args: writer

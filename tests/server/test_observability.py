@@ -17,6 +17,7 @@ from octollm_grpc.server import (
     CallLogger,
     ServerMetrics,
     configure_logging,
+    flush_logs,
     serve_metrics,
     server_interceptors,
 )
@@ -41,6 +42,7 @@ def test_json_logging_has_request_id_level_and_traceback(restore_structlog: None
     script = Script(error=lambda: RuntimeError("boom in handler"))
     with sync_server(sync_handlers(script), server_interceptors(metrics=False)) as target:
         call_sync(target, "unary", [("x-request-id", "json-1")])
+    flush_logs()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 1
     event = lines[0]
@@ -62,6 +64,7 @@ def test_console_logging_for_terminals(restore_structlog: None) -> None:
     configure_logging(stream=tty)
     structlog.get_logger().warning("terminal.event", answer=42)
     structlog.get_logger().debug("dropped.event")
+    flush_logs()
     text = tty.getvalue()
     assert "terminal.event" in text and "answer" in text
     assert not text.lstrip().startswith("{")
@@ -70,6 +73,7 @@ def test_console_logging_for_terminals(restore_structlog: None) -> None:
     pipe = io.StringIO()
     configure_logging(stream=pipe)
     structlog.get_logger().info("pipe.event")
+    flush_logs()
     assert json.loads(pipe.getvalue())["event"] == "pipe.event"
 
 

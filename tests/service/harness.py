@@ -15,10 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from octollm_grpc.server.logs import FLUSH_INTERVAL
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = Path(sys.executable).with_name("grpcurl")
@@ -83,8 +86,23 @@ class RunningService:
         return self.grpcurl(f"{SERVICE}/{rpc}", data=data if data is not None else {},
                             headers=headers)
 
-    def logs(self) -> str:
-        """Everything the service logged so far."""
+    def logs(self, timeout: float = 10.0) -> str:
+        """Everything the service logged so far.
+
+        The service writes its log lines in the background, every ``FLUSH_INTERVAL`` (0.1 s):
+        this waits until the log has not grown for four intervals (bounded by ``timeout``),
+        so lines of calls that already returned are in, and "not in the log" means it.
+        """
+        settle, step = 4 * FLUSH_INTERVAL, FLUSH_INTERVAL / 2
+        deadline = time.monotonic() + timeout
+        size, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = self.log.stat().st_size
+            if now_size != size:
+                size, stable_since = now_size, time.monotonic()
+            elif time.monotonic() - stable_since >= settle:
+                break
+            time.sleep(step)
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def terminate(self, timeout: float = 20.0) -> int:
