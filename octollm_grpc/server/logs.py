@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextvars
-import datetime
 import json as jsonlib
 import logging
 import os
@@ -235,10 +234,25 @@ def _render_json(event: dict[str, Any]) -> str:
     """The JSON line for ``event``; its ``timestamp`` is still the ``time.time()`` float."""
     stamp = event.get("timestamp")
     if type(stamp) is float:
-        # What structlog's TimeStamper(fmt="iso", utc=True) writes.
-        event["timestamp"] = datetime.datetime.fromtimestamp(
-            stamp, datetime.UTC).isoformat().replace("+00:00", "Z")
+        event["timestamp"] = _iso_utc(stamp)
     return _encode_json(event)
+
+
+#: The last whole second formatted, and its text (one tuple: threads replace it atomically).
+_second: tuple[int, str] = (-1, "")
+
+
+def _iso_utc(stamp: float) -> str:
+    """``2026-11-28T15:00:14.562887Z``: ISO 8601 in UTC, always with microseconds.
+
+    Only the background writer calls this; the date and time part is formatted once a second.
+    """
+    global _second
+    second, fraction = divmod(int(stamp * 1_000_000), 1_000_000)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{fraction:06d}Z"
 
 
 def _stamp(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -148,3 +148,12 @@ def test_queued_lines_are_written_at_exit(tmp_path: Path) -> None:
                    cwd=Path(__file__).resolve().parents[2])
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [line["i"] for line in lines] == list(range(100))
+
+
+def test_timestamps_are_iso_utc_with_microseconds() -> None:
+    from octollm_grpc.server.logs import _iso_utc
+
+    assert _iso_utc(0.0) == "1970-01-01T00:00:00.000000Z"
+    assert _iso_utc(1764342014.5) == "2025-11-28T15:00:14.500000Z"
+    assert _iso_utc(1764342015.25) == "2025-11-28T15:00:15.250000Z"  # the next second
+    assert _iso_utc(1764342014.75) == "2025-11-28T15:00:14.750000Z"  # and back again
