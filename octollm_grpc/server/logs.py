@@ -46,11 +46,12 @@ class CallLogger:
     Request metadata is never logged, so bearer tokens cannot leak through this event.
     """
 
-    __slots__ = ("_event", "_logger")
+    __slots__ = ("_event", "_logger", "_resolved")
 
     def __init__(self, logger: Any = None, *, event: str = FAILED_EVENT) -> None:
         self._logger = logger if logger is not None else structlog.get_logger("octollm_grpc.server")
         self._event = event
+        self._resolved: Any = None
 
     def failed(
         self,
@@ -78,7 +79,22 @@ class CallLogger:
             fields["message"] = message
         if exc is not None:
             fields["exc_info"] = exc
-        getattr(self._logger, level)(self._event, **fields)
+        logger = self._resolved
+        if logger is None:
+            logger = self._resolve()
+        getattr(logger, level)(self._event, **fields)
+
+    def _resolve(self) -> Any:
+        # structlog's lazy proxy re-dispatches every call through __getattr__ and bind(); once
+        # it has cached its logger (cache_logger_on_first_use, which then replaces its bind),
+        # that logger is final, so we keep it too. Any other logger is used as it is.
+        logger = self._logger
+        if type(logger) is _LAZY_PROXY and "bind" in getattr(logger, "__dict__", ()):
+            self._resolved = logger = logger.bind()
+        return logger
+
+
+_LAZY_PROXY = type(structlog.get_logger())
 
 
 # structlog's context variable for "request_id", learnt from the first bind. structlog keeps

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import structlog
+import structlog.testing
 
-from octollm_grpc.server import LineWriter, configure_logging, flush_logs
+from octollm_grpc.server import CallLogger, LineWriter, configure_logging, flush_logs
 from octollm_grpc.server.logs import FLUSH_INTERVAL
 
 
@@ -157,3 +158,32 @@ def test_timestamps_are_iso_utc_with_microseconds() -> None:
     assert _iso_utc(1764342014.5) == "2025-11-28T15:00:14.500000Z"
     assert _iso_utc(1764342015.25) == "2025-11-28T15:00:15.250000Z"  # the next second
     assert _iso_utc(1764342014.75) == "2025-11-28T15:00:14.750000Z"  # and back again
+
+
+def _fail_once(logger: CallLogger) -> None:
+    logger.failed("warning", method="/t.S/M", grpc_code="NOT_FOUND", error_code="TASK_NOT_FOUND",
+                  request_id="r-1", duration=0.001, peer="ipv4:127.0.0.1:1")
+
+
+def test_call_logger_keeps_following_structlog(restore_structlog: None) -> None:
+    """CallLogger keeps structlog's cached logger once structlog has cached it; capture_logs
+    still sees its events; without caching, a new configuration is followed at once."""
+    out = io.StringIO()
+    configure_logging(json=True, stream=out)  # caches loggers on first use
+    logger = CallLogger()
+    _fail_once(logger)
+    with structlog.testing.capture_logs() as captured:
+        _fail_once(logger)
+    assert [event["event"] for event in captured] == ["grpc.call.failed"]
+    flush_logs()
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["r-1"]
+
+    first, second = io.StringIO(), io.StringIO()
+    structlog.configure(processors=[structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.PrintLoggerFactory(first),
+                        cache_logger_on_first_use=False)
+    logger = CallLogger()
+    _fail_once(logger)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(second))
+    _fail_once(logger)
+    assert len(first.getvalue().splitlines()) == len(second.getvalue().splitlines()) == 1
