@@ -393,7 +393,7 @@ class Pipeline:
             metrics.handling.observe(duration)
         if self.metrics is not None:
             self.metrics.error(error_code or code.name, duration)
-        if self.logger is not None:
+        if self.logger is not None and self.logger.enabled_for(level):
             try:
                 self.logger.failed(
                     level,

@@ -93,7 +93,22 @@ class CallLogger:
             self._resolved = logger = logger.bind()
         return logger
 
+    def enabled_for(self, level: Level) -> bool:
+        """Whether an event at ``level`` would be written (``False`` only for a structlog
+        filtering logger set above it); when not, the stack skips building the event."""
+        logger = self._resolved
+        if logger is None:
+            logger = self._resolve()
+        check = getattr(logger, "is_enabled_for", None)
+        if check is None:
+            return True
+        try:
+            return bool(check(_LEVELS[level]))
+        except Exception:  # noqa: BLE001 - a logger that cannot say: log, as before
+            return True
 
+
+_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 _LAZY_PROXY = type(structlog.get_logger())
 
 

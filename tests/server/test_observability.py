@@ -157,3 +157,28 @@ def test_go_code_names() -> None:
     assert go_code_name(grpc.StatusCode.RESOURCE_EXHAUSTED) == "ResourceExhausted"
     assert go_code_name(grpc.StatusCode.DEADLINE_EXCEEDED) == "DeadlineExceeded"
     assert go_code_name(grpc.StatusCode.UNAUTHENTICATED) == "Unauthenticated"
+
+
+async def test_events_below_the_level_are_not_built(restore_structlog: None) -> None:
+    """With level=ERROR a client error (warning) writes nothing, on both stacks; a server
+    error still does. The stack asks the logger first, so a dropped event costs nothing."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging(json=True, stream=out, level=logging.ERROR)
+    client_error = Script(error=lambda: e.TaskNotFoundError("t-9"))
+    server_error = Script(error=lambda: e.DatabaseError("insert", ValueError("dup")))
+    with sync_server(sync_handlers(client_error), server_interceptors(metrics=False)) as target:
+        sync_outcome = call_sync(target, "unary")
+    async with aio_server(aio_handlers(client_error),
+                          server_aio.server_interceptors(metrics=False)) as target:
+        aio_outcome = await call_aio(target, "unary")
+    for outcome in (sync_outcome, aio_outcome):
+        assert outcome.error is not None and outcome.error.code() is grpc.StatusCode.NOT_FOUND
+    flush_logs()
+    assert out.getvalue() == ""
+    with sync_server(sync_handlers(server_error), server_interceptors(metrics=False)) as target:
+        call_sync(target, "unary")
+    flush_logs()
+    [event] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (event["level"], event["error_code"]) == ("error", "DATABASE_ERROR")
