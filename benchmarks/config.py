@@ -80,10 +80,11 @@ class BenchConfig:
 FULL = BenchConfig(
     name="full",
     # Many short windows: each pair of variants runs close together in time, so drifts of a
-    # shared machine cancel in the ratio, and the median of 8 ratios shrugs off a bad one.
-    window_s=0.35,
+    # shared machine cancel in the ratio, and the median of 12 ratios shrugs off bad ones
+    # (with 8, medians of runs minutes apart differed by up to 0.08 on this 2-core machine).
+    window_s=0.3,
     warmup_s=0.3,
-    reps=8,
+    reps=12,
     concurrencies=(1, 32),
     codec_repeat=7,
     codec_number=2000,
