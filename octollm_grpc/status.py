@@ -6,9 +6,11 @@ class calls for (``BadRequest``, ``ResourceInfo``, ``PreconditionFailure``, ``Qu
 for, and last our ``ErrorEnvelope`` for a lossless round trip. The status's code and message
 come from the same values as the call's, so ``grpc_status.rpc_status.from_call`` accepts it.
 
-The usual status (string details, no retry advice) is written straight to bytes from pieces
-prepared once per class (:mod:`octollm_grpc._wire`, about 4x faster); every other one is built
-with the generated message classes. Both give the same message (property-tested).
+The usual status (details of scalar values, with or without retry advice, and the generic
+status of unexpected exceptions) is written straight to bytes from pieces prepared once per
+class (:mod:`octollm_grpc._wire`, about 3x faster); the rest (lists and maps in the details,
+integral floats, ``debug``) is built with the generated message classes. Both give the same
+message (property-tested).
 
 Decoding never raises: a status without our details, with unknown detail types, or with
 garbage in ``grpc-status-details-bin`` becomes a sensible class for its code.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -418,10 +421,17 @@ def to_status(
     generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
     with the traceback, for development only).
     """
-    if isinstance(exc, e.OctoLLMError):
+    if not debug or isinstance(exc, e.OctoLLMError):
         fast = _encode_fast(exc, request_id, domain)
         if fast is not None:
             return fast
+    return _to_status_slow(exc, request_id, domain, debug)
+
+
+def _to_status_slow(
+    exc: BaseException, request_id: str | None, domain: str, debug: bool
+) -> RichStatus:
+    """:func:`to_status` through the generated message classes (any error)."""
     proto, mapping, retry_after = _encode(exc, request_id, domain, debug)
     data = proto.SerializeToString()
     if retry_after is not None and retry_after > 0:
@@ -431,10 +441,14 @@ def to_status(
     return RichStatus(mapping.grpc_code, proto.message, ((DETAILS_KEY, data),))
 
 
-# -- the fast path: the common status, assembled from pre-encoded pieces (see _wire) ------
+# -- the fast path: the usual status, assembled from pre-encoded pieces (see _wire) -------
 
-#: The kinds whose details the fast path writes (QuotaFailure, with its numbers, goes slow).
-_FAST_KINDS = _OCTOLLM | _VALIDATION | _TASK_NOT_FOUND | _INVALID_STATE
+#: The kinds the fast path writes: all but BadRequest's list of violations (ValidationErrors,
+#: whose details hold lists, goes slow anyway).
+_FAST_KINDS = _OCTOLLM | _VALIDATION | _TASK_NOT_FOUND | _INVALID_STATE | _RATE_LIMIT
+#: Longest retry advice the fast path writes (Duration's range is far larger; the slow path
+#: handles the rest, whatever it does with them).
+_FAST_MAX_RETRY_S = 1e9
 _ld = _wire.length_delimited
 _T1, _T2, _T3, _T4 = _wire.tag(1), _wire.tag(2), _wire.tag(3), _wire.tag(4)
 _ANY_ERROR_INFO = _wire.any_head(_ERROR_INFO)
@@ -442,9 +456,17 @@ _ANY_ENVELOPE = _wire.any_head(_ENVELOPE)
 _ANY_BAD_REQUEST = _wire.any_head(_BAD_REQUEST)
 _ANY_RESOURCE_INFO = _wire.any_head(_RESOURCE_INFO)
 _ANY_PRECONDITION = _wire.any_head(_PRECONDITION_FAILURE)
+_ANY_QUOTA_FAILURE = _wire.any_head(_QUOTA_FAILURE)
+_ANY_RETRY_INFO = _wire.any_head(_RETRY_INFO)
 _ANY_REQUEST_INFO = _wire.any_head(_REQUEST_INFO)
 _TASK_TYPE = _wire.field(_T1, "octollm.tasks.v1.Task")
 _STATE_TYPE = _wire.field(_T1, "STATE")
+# google.protobuf.Value's fields: null_value (1, enum), number_value (2, double),
+# string_value (3), bool_value (4).
+_NULL_VALUE = _wire.tag(1, 0) + _wire.varint(0)
+_NUMBER_KEY = _wire.tag(2, 1)
+_BOOL_VALUES = (_wire.tag(4, 0) + _wire.varint(0), _wire.tag(4, 0) + _wire.varint(1))
+_pack_double = struct.Struct("<d").pack
 
 
 class _FastPlan(NamedTuple):
@@ -460,9 +482,9 @@ class _FastPlan(NamedTuple):
 _fast_plans: dict[tuple[type, str, str], _FastPlan | None] = {}
 
 
-def _fast_plan(exc: e.OctoLLMError, domain: str) -> _FastPlan | None:
-    key = (type(exc), exc.error_code, domain)
-    mapping = codes.mapping_for(exc)
+def _fast_plan(cls: type, error_code: Any, mapping: codes.ErrorMapping,
+               domain: str) -> _FastPlan | None:
+    key = (cls, error_code, domain)
     try:
         plan = _fast_plans[key]
     except KeyError:  # first error of this class and code (or the cache was just cleared)
@@ -470,12 +492,12 @@ def _fast_plan(exc: e.OctoLLMError, domain: str) -> _FastPlan | None:
     else:
         if plan is None or plan.mapping is mapping:
             return plan
-    kind = _kind_of(type(exc))
-    if kind & _OCTOLLM and not kind & ~_FAST_KINDS and isinstance(exc.error_code, str):
+    kind = _kind_of(cls)
+    if not kind & ~_FAST_KINDS and isinstance(error_code, str):
         plan = _FastPlan(
             mapping, kind, _wire.tag(1, 0) + _wire.varint(mapping.grpc_code.value[0]),
-            _wire.field(_T1, exc.error_code) + _wire.field(_T2, domain),
-            _wire.field(_T1, exc.error_code),
+            _wire.field(_T1, error_code) + _wire.field(_T2, domain),
+            _wire.field(_T1, error_code),
         )
     else:
         plan = None
@@ -485,60 +507,120 @@ def _fast_plan(exc: e.OctoLLMError, domain: str) -> _FastPlan | None:
     return plan
 
 
+def _scalar_entries(details: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+    """ErrorInfo.metadata and the envelope's Struct fields for details of scalar values, as
+    _build_status writes them; ``None`` when a value needs the slow path (a list or map, an
+    integral float or a huge int, which go to ``details_json``, or a non-finite float)."""
+    metadata = fields = b""
+    for name, value in details.items():
+        if type(name) is not str:
+            return None
+        kind = type(value)
+        if kind is str:
+            text = value.encode("utf-8")
+            encoded = _ld(_T3, text)
+        elif kind is bool:
+            text = b"true" if value else b"false"
+            encoded = _BOOL_VALUES[value]
+        elif kind is int:
+            if not -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
+                return None
+            text = str(value).encode()
+            encoded = _NUMBER_KEY + _pack_double(value)
+        elif kind is float:
+            if value.is_integer() or not math.isfinite(value):
+                return None
+            text = str(value).encode()
+            encoded = _NUMBER_KEY + _pack_double(value)
+        elif value is None:
+            text, encoded = b"null", _NULL_VALUE
+        else:
+            return None
+        # Map entries carry key and value even when empty, as protobuf writes them.
+        key = _ld(_T1, name.encode("utf-8"))
+        metadata += _ld(_T3, key + _ld(_T2, text))
+        fields += _ld(_T1, key + _ld(_T2, encoded))
+    return metadata, fields
+
+
+def _duration(seconds: float) -> bytes:
+    # google.protobuf.Duration{seconds, nanos}, as _seconds_to_duration computes them.
+    whole, nanos = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    return ((_wire.tag(1, 0) + _wire.varint(whole) if whole else b"")
+            + (_wire.tag(2, 0) + _wire.varint(nanos) if nanos else b""))
+
+
 def _encode_fast(
-    exc: e.OctoLLMError, request_id: str | None, domain: str
+    exc: BaseException, request_id: str | None, domain: str
 ) -> RichStatus | None:
-    """:func:`to_status` for string details and no retry advice; ``None``: take the slow path.
+    """:func:`to_status` for the usual errors, or ``None``: take the slow path.
 
     Gives bytes that parse to exactly what :func:`_build_status` builds (property-tested).
     """
-    details = exc.details
-    if exc.retry_after is not None or not isinstance(details, dict):
-        return None
-    plan = _fast_plan(exc, domain)
+    mapping = codes.mapping_for(exc)
+    details: Mapping[str, Any]
+    if isinstance(exc, e.OctoLLMError):
+        details = exc.details
+        if not isinstance(details, dict):
+            return None
+        error_code: Any = exc.error_code
+        raw_message: Any = exc.message
+        retry_after = _valid_retry_after(exc.retry_after)
+        if retry_after is not None and retry_after > _FAST_MAX_RETRY_S:
+            return None
+    else:  # the generic message, no details (debug, with its DebugInfo, goes slow)
+        details, error_code, retry_after = {}, mapping.error_code, None
+        raw_message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
+    plan = _fast_plan(type(exc), error_code, mapping, domain)
     if plan is None:
         return None
     try:
-        message = _truncate_message(_safe_text(str(exc.message)))
+        message = _truncate_message(_safe_text(str(raw_message)))
+        entries = _scalar_entries(details)
+        if entries is None:
+            return None
+        metadata, fields = entries
         text = message.encode("utf-8")
-        metadata = struct = b""
-        for name, value in details.items():
-            if type(name) is not str or type(value) is not str:
-                return None
-            # ErrorInfo.metadata entry {key, value} and Struct.fields entry {key, Value}
-            # (map entries carry both fields even when empty, as protobuf writes them).
-            key = _ld(_T1, name.encode("utf-8"))
-            data = value.encode("utf-8")
-            metadata += _ld(_T3, key + _ld(_T2, data))
-            struct += _ld(_T1, key + _ld(_T2, _ld(_T3, data)))
         message_field = _ld(_T2, text) if text else b""
         parts = [plan.status_code, message_field,
                  _ld(_T3, _ANY_ERROR_INFO + _ld(_T2, plan.error_info + metadata))]
         kind = plan.kind
         if kind & _VALIDATION:
-            # String details cannot hold a list of violations: at most the one "field".
+            # Without a list of violations, BadRequest holds at most the one "field".
             bad_field = details.get("field")
             if bad_field:
                 parts.append(_ld(_T3, _ANY_BAD_REQUEST + _ld(_T2, _ld(
-                    _T1, _wire.field(_T1, bad_field) + _wire.field(_T2, message)))))
+                    _T1, _wire.field(_T1, str(bad_field)) + _wire.field(_T2, message)))))
         if kind & _TASK_NOT_FOUND:
             parts.append(_ld(_T3, _ANY_RESOURCE_INFO + _ld(_T2, _TASK_TYPE + _wire.field(
-                _T2, details.get("task_id", "")) + (_ld(_T4, text) if text else b""))))
+                _T2, str(details.get("task_id", ""))) + (_ld(_T4, text) if text else b""))))
         if kind & _INVALID_STATE:
             parts.append(_ld(_T3, _ANY_PRECONDITION + _ld(_T2, _ld(
-                _T1, _STATE_TYPE + _wire.field(_T2, details.get("subject", ""))
+                _T1, _STATE_TYPE + _wire.field(_T2, str(details.get("subject", "")))
                 + (_ld(_T3, text) if text else b"")))))
+        if kind & _RATE_LIMIT:
+            parts.append(_ld(_T3, _ANY_QUOTA_FAILURE + _ld(_T2, _ld(
+                _T1, _wire.field(_T1, str(details.get("key", "caller")))
+                + (_ld(_T2, text) if text else b"")))))
+        if retry_after is not None and retry_after > 0:
+            parts.append(_ld(_T3, _ANY_RETRY_INFO + _ld(_T2, _ld(_T1, _duration(retry_after)))))
         if request_id:
             parts.append(_ld(_T3, _ANY_REQUEST_INFO + _ld(
                 _T2, _wire.field(_T1, _safe_text(request_id)))))
-        parts.append(_ld(_T3, _ANY_ENVELOPE + _ld(
-            _T2, plan.envelope + message_field + _ld(_T3, struct))))
+        envelope = plan.envelope + message_field + _ld(_T3, fields)
+        if retry_after is not None:
+            envelope += _ld(_T4, _duration(retry_after))
+        parts.append(_ld(_T3, _ANY_ENVELOPE + _ld(_T2, envelope)))
         data = b"".join(parts)
     except UnicodeEncodeError:
         return None  # lone surrogates in details: the slow path decides what happens
     if len(data) > TRAILER_BUDGET - _wire_length(message):
         return None  # too big: the slow path shortens the details
-    return RichStatus(plan.mapping.grpc_code, message, ((DETAILS_KEY, data),))
+    if retry_after is not None and retry_after > 0:
+        pushback = str(int(math.ceil(retry_after * 1000)))
+        return RichStatus(mapping.grpc_code, message,
+                          ((DETAILS_KEY, data), (PUSHBACK_KEY, pushback)))
+    return RichStatus(mapping.grpc_code, message, ((DETAILS_KEY, data),))
 
 
 # -- decoding -------------------------------------------------------------------------------
