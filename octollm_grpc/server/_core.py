@@ -402,7 +402,7 @@ class Pipeline:
                     error_code=error_code,
                     request_id=call.request_id,
                     duration=duration,
-                    peer=_peer(context),
+                    peer=_peer(context) if self.logger.peer else None,
                     message=message,
                     exc=exc,
                 )

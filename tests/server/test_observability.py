@@ -182,3 +182,21 @@ async def test_events_below_the_level_are_not_built(restore_structlog: None) -> 
     flush_logs()
     [event] = [json.loads(line) for line in out.getvalue().splitlines()]
     assert (event["level"], event["error_code"]) == ("error", "DATABASE_ERROR")
+
+
+async def test_peer_can_be_left_out_of_the_event() -> None:
+    """CallLogger(peer=False): the event has every other field, and no peer, on both stacks."""
+    from structlog.testing import capture_logs
+
+    script = Script(error=lambda: e.TaskNotFoundError("t-3"))
+    stack = {"metrics": False, "logger": CallLogger(peer=False)}
+    with capture_logs() as logs:
+        with sync_server(sync_handlers(script), server_interceptors(**stack)) as target:
+            call_sync(target, "unary", [("x-request-id", "no-peer-1")])
+        async with aio_server(aio_handlers(script),
+                              server_aio.server_interceptors(**stack)) as target:
+            await call_aio(target, "unary", [("x-request-id", "no-peer-2")])
+    assert [event["request_id"] for event in logs] == ["no-peer-1", "no-peer-2"]
+    for event in logs:
+        assert "peer" not in event
+        assert event["error_code"] == "TASK_NOT_FOUND" and "duration_ms" in event
