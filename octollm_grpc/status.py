@@ -254,6 +254,26 @@ def _shortened(value: Any, items: int) -> Any:
     return value
 
 
+# What the standard details say, shared by both encoders (the classes and _encode_fast).
+_TASK_RESOURCE_TYPE = "octollm.tasks.v1.Task"
+_STATE_VIOLATION_TYPE = "STATE"
+
+
+def _task_name(details: Mapping[str, Any]) -> str:
+    """``ResourceInfo.resource_name`` of a missing task."""
+    return str(details.get("task_id", ""))
+
+
+def _state_subject(details: Mapping[str, Any]) -> str:
+    """``PreconditionFailure.Violation.subject`` of a failed precondition."""
+    return str(details.get("subject", ""))
+
+
+def _quota_subject(details: Mapping[str, Any]) -> str:
+    """``QuotaFailure.Violation.subject`` of a rate limit."""
+    return str(details.get("key", "caller"))
+
+
 # Which standard details a class calls for, by bit; resolved once per class (see _kind_of).
 _OCTOLLM = 1
 _VALIDATION = 2
@@ -368,19 +388,20 @@ def _build_status(
                                 _BAD_REQUEST))
     if kind & _TASK_NOT_FOUND:
         packed.append(_pack(_ResourceInfo(
-            resource_type="octollm.tasks.v1.Task",
-            resource_name=str(details.get("task_id", "")),
+            resource_type=_TASK_RESOURCE_TYPE,
+            resource_name=_task_name(details),
             description=message,
         ), _RESOURCE_INFO))
     if kind & _INVALID_STATE:
         packed.append(_pack(error_details_pb2.PreconditionFailure(violations=[
             error_details_pb2.PreconditionFailure.Violation(
-                type="STATE", subject=str(details.get("subject", "")), description=message)
+                type=_STATE_VIOLATION_TYPE, subject=_state_subject(details),
+                description=message)
         ]), _PRECONDITION_FAILURE))
     if kind & _RATE_LIMIT:
         packed.append(_pack(error_details_pb2.QuotaFailure(violations=[
             error_details_pb2.QuotaFailure.Violation(
-                subject=str(details.get("key", "caller")), description=message)
+                subject=_quota_subject(details), description=message)
         ]), _QUOTA_FAILURE))
     if retry_after is not None and retry_after > 0:
         packed.append(_pack(error_details_pb2.RetryInfo(
@@ -433,19 +454,21 @@ def _to_status_slow(
 ) -> RichStatus:
     """:func:`to_status` through the generated message classes (any error)."""
     proto, mapping, retry_after = _encode(exc, request_id, domain, debug)
-    data = proto.SerializeToString()
+    return _rich_status(mapping.grpc_code, proto.message, proto.SerializeToString(), retry_after)
+
+
+def _rich_status(
+    code: grpc.StatusCode, message: str, data: bytes, retry_after: float | None
+) -> RichStatus:
+    """The status with its details trailer and, for positive retry advice, the pushback."""
     if retry_after is not None and retry_after > 0:
         pushback = str(int(math.ceil(retry_after * 1000)))
-        return RichStatus(mapping.grpc_code, proto.message,
-                          ((DETAILS_KEY, data), (PUSHBACK_KEY, pushback)))
-    return RichStatus(mapping.grpc_code, proto.message, ((DETAILS_KEY, data),))
+        return RichStatus(code, message, ((DETAILS_KEY, data), (PUSHBACK_KEY, pushback)))
+    return RichStatus(code, message, ((DETAILS_KEY, data),))
 
 
 # -- the fast path: the usual status, assembled from pre-encoded pieces (see _wire) -------
 
-#: The kinds the fast path writes: all but BadRequest's list of violations (ValidationErrors,
-#: whose details hold lists, goes slow anyway).
-_FAST_KINDS = _OCTOLLM | _VALIDATION | _TASK_NOT_FOUND | _INVALID_STATE | _RATE_LIMIT
 #: Longest retry advice the fast path writes (Duration's range is far larger; the slow path
 #: handles the rest, whatever it does with them).
 _FAST_MAX_RETRY_S = 1e9
@@ -459,8 +482,8 @@ _ANY_PRECONDITION = _wire.any_head(_PRECONDITION_FAILURE)
 _ANY_QUOTA_FAILURE = _wire.any_head(_QUOTA_FAILURE)
 _ANY_RETRY_INFO = _wire.any_head(_RETRY_INFO)
 _ANY_REQUEST_INFO = _wire.any_head(_REQUEST_INFO)
-_TASK_TYPE = _wire.field(_T1, "octollm.tasks.v1.Task")
-_STATE_TYPE = _wire.field(_T1, "STATE")
+_TASK_TYPE = _wire.field(_T1, _TASK_RESOURCE_TYPE)
+_STATE_TYPE = _wire.field(_T1, _STATE_VIOLATION_TYPE)
 # google.protobuf.Value's fields: null_value (1, enum), number_value (2, double),
 # string_value (3), bool_value (4).
 _NULL_VALUE = _wire.tag(1, 0) + _wire.varint(0)
@@ -479,31 +502,24 @@ class _FastPlan(NamedTuple):
     envelope: bytes  # ErrorEnvelope.error_code
 
 
-_fast_plans: dict[tuple[type, str, str], _FastPlan | None] = {}
+_fast_plans: dict[tuple[type, str, str], _FastPlan] = {}
 
 
 def _fast_plan(cls: type, error_code: Any, mapping: codes.ErrorMapping,
                domain: str) -> _FastPlan | None:
+    if not isinstance(error_code, str):
+        return None  # whatever the classes make of it, the slow path does
     key = (cls, error_code, domain)
-    try:
-        plan = _fast_plans[key]
-    except KeyError:  # first error of this class and code (or the cache was just cleared)
-        pass
-    else:
-        if plan is None or plan.mapping is mapping:
-            return plan
-    kind = _kind_of(cls)
-    if not kind & ~_FAST_KINDS and isinstance(error_code, str):
+    plan = _fast_plans.get(key)
+    if plan is None or plan.mapping is not mapping:  # new, or codes.register() changed it
         plan = _FastPlan(
-            mapping, kind, _wire.tag(1, 0) + _wire.varint(mapping.grpc_code.value[0]),
+            mapping, _kind_of(cls), _wire.tag(1, 0) + _wire.varint(mapping.grpc_code.value[0]),
             _wire.field(_T1, error_code) + _wire.field(_T2, domain),
             _wire.field(_T1, error_code),
         )
-    else:
-        plan = None
-    if len(_fast_plans) >= 1024:  # classes or codes made at run time: stay bounded
-        _fast_plans.clear()
-    _fast_plans[key] = plan
+        if len(_fast_plans) >= 1024:  # classes or codes made at run time: stay bounded
+            _fast_plans.clear()
+        _fast_plans[key] = plan
     return plan
 
 
@@ -593,14 +609,14 @@ def _encode_fast(
                     _T1, _wire.field(_T1, str(bad_field)) + _wire.field(_T2, message)))))
         if kind & _TASK_NOT_FOUND:
             parts.append(_ld(_T3, _ANY_RESOURCE_INFO + _ld(_T2, _TASK_TYPE + _wire.field(
-                _T2, str(details.get("task_id", ""))) + (_ld(_T4, text) if text else b""))))
+                _T2, _task_name(details)) + (_ld(_T4, text) if text else b""))))
         if kind & _INVALID_STATE:
             parts.append(_ld(_T3, _ANY_PRECONDITION + _ld(_T2, _ld(
-                _T1, _STATE_TYPE + _wire.field(_T2, str(details.get("subject", "")))
+                _T1, _STATE_TYPE + _wire.field(_T2, _state_subject(details))
                 + (_ld(_T3, text) if text else b"")))))
         if kind & _RATE_LIMIT:
             parts.append(_ld(_T3, _ANY_QUOTA_FAILURE + _ld(_T2, _ld(
-                _T1, _wire.field(_T1, str(details.get("key", "caller")))
+                _T1, _wire.field(_T1, _quota_subject(details))
                 + (_ld(_T2, text) if text else b"")))))
         if retry_after is not None and retry_after > 0:
             parts.append(_ld(_T3, _ANY_RETRY_INFO + _ld(_T2, _ld(_T1, _duration(retry_after)))))
@@ -616,11 +632,7 @@ def _encode_fast(
         return None  # lone surrogates in details: the slow path decides what happens
     if len(data) > TRAILER_BUDGET - _wire_length(message):
         return None  # too big: the slow path shortens the details
-    if retry_after is not None and retry_after > 0:
-        pushback = str(int(math.ceil(retry_after * 1000)))
-        return RichStatus(mapping.grpc_code, message,
-                          ((DETAILS_KEY, data), (PUSHBACK_KEY, pushback)))
-    return RichStatus(mapping.grpc_code, message, ((DETAILS_KEY, data),))
+    return _rich_status(mapping.grpc_code, message, data, retry_after)
 
 
 # -- decoding -------------------------------------------------------------------------------

@@ -89,27 +89,23 @@ class CallLogger:
             fields["message"] = message
         if exc is not None:
             fields["exc_info"] = exc
-        logger = self._resolved
-        if logger is None:
-            logger = self._resolve()
-        getattr(logger, level)(self._event, **fields)
+        getattr(self._target(), level)(self._event, **fields)
 
-    def _resolve(self) -> Any:
+    def _target(self) -> Any:
         # structlog's lazy proxy re-dispatches every call through __getattr__ and bind(); once
         # it has cached its logger (cache_logger_on_first_use, which then replaces its bind),
         # that logger is final, so we keep it too. Any other logger is used as it is.
-        logger = self._logger
-        if type(logger) is _LAZY_PROXY and "bind" in getattr(logger, "__dict__", ()):
-            self._resolved = logger = logger.bind()
+        logger = self._resolved
+        if logger is None:
+            logger = self._logger
+            if type(logger) is _LAZY_PROXY and "bind" in getattr(logger, "__dict__", ()):
+                self._resolved = logger = logger.bind()
         return logger
 
     def enabled_for(self, level: Level) -> bool:
         """Whether an event at ``level`` would be written (``False`` only for a structlog
         filtering logger set above it); when not, the stack skips building the event."""
-        logger = self._resolved
-        if logger is None:
-            logger = self._resolve()
-        check = getattr(logger, "is_enabled_for", None)
+        check = getattr(self._target(), "is_enabled_for", None)
         if check is None:
             return True
         try:
@@ -149,8 +145,8 @@ class LineWriter:
     """Writes log lines to ``stream`` from a background thread, in order, in batches.
 
     A request thread only appends its line to a queue: no lock, no system call, no thread to
-    wake. Every ``interval`` seconds one background thread (shared by all writers) writes
-    what has piled up with one ``write`` and one ``flush``. Writing and flushing each line
+    wake. Every :data:`FLUSH_INTERVAL` seconds one background thread (shared by all writers)
+    writes what has piled up with one ``write`` and one ``flush``. Writing and flushing each line
     under a lock on the request thread, as ``print`` loggers do, or waking a writer per line,
     hands the GIL back and forth on every failed call: on a busy server that costs several
     times the work of the line itself.
