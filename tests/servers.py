@@ -16,13 +16,14 @@ def sync_server(
     interceptors: Sequence[Any] = (),
     workers: int = 8,
     options: Sequence[tuple[str, Any]] = (),
+    thread_name_prefix: str = "",
 ) -> Iterator[str]:
-    """Start a ``grpc.server`` with ``handlers``; yield its ``127.0.0.1:PORT`` target."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=list(interceptors),
-        options=list(options),
-    )
+    """Start a ``grpc.server`` with ``handlers``; yield its ``127.0.0.1:PORT`` target.
+
+    ``thread_name_prefix`` names the workers (leak counts tell them apart by it).
+    """
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix)
+    server = grpc.server(pool, interceptors=list(interceptors), options=list(options))
     server.add_generic_rpc_handlers(tuple(handlers))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -30,6 +31,7 @@ def sync_server(
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait(5)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextlib.asynccontextmanager

@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.octollm.tasks.v1 import tasks_pb2_grpc
+from tests import servers
 from tests.service.harness import ROOT, SERVICE, RunningService
 
 __all__ = [
@@ -130,20 +130,11 @@ def service(tmp_path: Path, *flags: str, **kwargs: Any) -> Iterator[RunningServi
 @contextlib.contextmanager
 def sync_server(handlers: list[grpc.GenericRpcHandler], interceptors: list[Any] | None = None,
                 workers: int = 16) -> Iterator[str]:
-    """A ``grpc.server`` on 127.0.0.1:0 whose workers are named :data:`SERVER_THREADS`.
-
-    (:func:`tests.servers.sync_server` with named threads, so leak counts can tell them apart.)
-    """
-    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=SERVER_THREADS)
-    server = grpc.server(pool, interceptors=interceptors or [])
-    server.add_generic_rpc_handlers(tuple(handlers))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None).wait(5)
-        pool.shutdown(wait=False, cancel_futures=True)
+    """A ``grpc.server`` on 127.0.0.1:0 whose workers are named :data:`SERVER_THREADS`,
+    so leak counts can tell them apart."""
+    with servers.sync_server(handlers, interceptors or (), workers=workers,
+                             thread_name_prefix=SERVER_THREADS) as target:
+        yield target
 
 
 def task_stub(channel: grpc.Channel) -> tasks_pb2_grpc.TaskServiceStub:
