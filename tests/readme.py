@@ -1,4 +1,4 @@
-"""Run the Python examples of one README section, as a reader would paste them."""
+"""Run the Python examples of one README or docs/ section, as a reader would paste them."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from typing import Any
 from structlog.testing import capture_logs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
 
 
-def section_examples(section: str) -> list[str]:
-    """The ```python blocks between ``<!-- section:begin -->`` and ``<!-- section:end -->``."""
-    text = README.read_text(encoding="utf-8")
+def section_examples(section: str, path: Path = README) -> list[str]:
+    """The ```python blocks between ``<!-- section:begin -->`` and ``<!-- section:end -->``.
+
+    ``path`` is the markdown file (the README by default; pass ``DOCS / "page.md"`` for a page).
+    """
+    text = path.read_text(encoding="utf-8")
     body = text.split(f"<!-- {section}:begin -->", 1)[1].split(f"<!-- {section}:end -->", 1)[0]
     return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
