@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 install: $(STAMP)
 
+# The committed generated code is made by the oldest supported generator (see
+# requirements-codegen.txt), in a venv of its own so the dev venv keeps the newest grpcio-tools.
+CODEGEN := $(TOOLS)/codegen
+$(CODEGEN)/.installed: requirements-codegen.txt requirements-oldest.txt
+	$(PY) -m venv $(CODEGEN)
+	$(CODEGEN)/bin/python -m pip install -q -r requirements-codegen.txt
+	touch $@
+
 $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
@@ -48,11 +56,11 @@ buf-breaking: $(BUF) $(GOOGLEAPIS)
 
 # The library's own error protos go inside the package (with the .proto, for users' imports);
 # the sample service's protos go to server/gen. Both through the same command users run.
-protos: $(STAMP)
+protos: $(CODEGEN)/.installed
 	rm -rf .build/gen && mkdir -p .build/gen
-	$(BIN)/octollm-grpc generate protos --out .build/gen --package octollm_grpc._proto \
+	PYTHONPATH=. $(CODEGEN)/bin/python -m octollm_grpc generate protos --out .build/gen --package octollm_grpc._proto \
 	  --no-grpc --copy-protos octollm/errors/v1/errors.proto >/dev/null
-	if [ -d protos/octollm/tasks ]; then $(BIN)/octollm-grpc generate protos --out .build/gen \
+	if [ -d protos/octollm/tasks ]; then PYTHONPATH=. $(CODEGEN)/bin/python -m octollm_grpc generate protos --out .build/gen \
 	  --package server.gen $$(cd protos && find octollm/tasks octollm/arms -name '*.proto' | sort) \
 	  >/dev/null; fi
 	rm -rf octollm_grpc/_proto/octollm && mv .build/gen/octollm_grpc/_proto/octollm octollm_grpc/_proto/
