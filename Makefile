@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml requirements-dev.txt
 install: $(STAMP)
 
 # The committed generated code is made by the oldest supported generator (see
-# requirements-codegen.txt), in a venv of its own so the dev venv keeps the newest grpcio-tools.
+# requirements-oldest.txt), in a venv of its own so the dev venv keeps the newest grpcio-tools.
 CODEGEN := $(TOOLS)/codegen
-$(CODEGEN)/.installed: requirements-codegen.txt requirements-oldest.txt
+$(CODEGEN)/.installed: requirements-oldest.txt
 	$(PY) -m venv $(CODEGEN)
-	$(CODEGEN)/bin/python -m pip install -q -r requirements-codegen.txt
+	$(CODEGEN)/bin/python -m pip install -q -r requirements-oldest.txt
 	touch $@
 
 $(BUF):
