@@ -57,7 +57,7 @@ dist: $(STAMP) ## build the sdist and wheel into dist/ and check them (twine che
 	$(BIN)/twine check --strict dist/*
 
 docs: $(STAMP) ## build the documentation site into .build/site (warnings are errors)
-	$(BIN)/mkdocs build --strict --site-dir .build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .build/site
 
 # OctoLLM's protos import google/rpc/*.proto: buf gets them from the installed
 # googleapis-common-protos (staged under .build, not committed), as protoc does.
