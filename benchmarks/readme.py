@@ -111,7 +111,7 @@ def section(table: str) -> str:
 
 
 def update(latest_md: Path, readme: Path = README) -> None:
-    """Replace the README's benchmark section with the intro and ``latest_md``."""
+    """Replace the performance page's generated section with the intro and ``latest_md``."""
     text = readme.read_text()
     head, sep, rest = text.partition(BEGIN)
     _, sep_end, tail = rest.partition(END)
