@@ -1,9 +1,9 @@
 """CI sessions for the two ends of the supported range (`.ci/run` calls them).
 
 - ``oldest``: the library's own suite (tests/errors, tests/server, tests/client; not the
-  sample service) on the oldest supported set, requirements-oldest.txt, which are exactly
-  pyproject.toml's floors. The package is installed with those pins as constraints, so a
-  floor that no longer resolves fails here too.
+  sample service) on the oldest supported set, requirements-oldest.txt: pyproject.toml's
+  floors (protobuf aside, see that file). The package is installed with those pins as
+  constraints, so a floor above a pin fails to resolve here.
 - ``newest``: the whole suite on the newest pinned set, requirements-dev.txt (what
   ``make test`` runs in .venv; this session is the same run in a venv of its own).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import nox
 
 nox.options.sessions = ["oldest"]
-nox.options.reuse_existing_virtualenvs = True
+nox.options.reuse_venv = "yes"  # locally; CI passes --reuse-venv=no
 
 ROOT = Path(__file__).resolve().parent
 LIBRARY_TESTS = ["tests/errors", "tests/server", "tests/client"]
