@@ -33,10 +33,21 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _log = structlog.get_logger("octollm_grpc.resilience")
+#: Shared default source: seeding a new Random per call costs ~100 us (it reads os.urandom).
+_RANDOM = random.Random()
 
 
 def _error_type(error: BaseException) -> str:
     return error.error_code if isinstance(error, OctoLLMError) else type(error).__name__
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(max_retries: int, base_delay: float, max_delay: float,
+            exponential_base: float) -> RetryPolicy:
+    # Cached: validating a policy on every call would cost more than the call's bookkeeping.
+    return RetryPolicy(max_attempts=max_retries + 1, initial_backoff=base_delay,
+                       max_backoff=max(max_delay, base_delay),
+                       backoff_multiplier=exponential_base)
 
 
 class _Attempts:
@@ -65,14 +76,12 @@ class _Attempts:
         self._name = name
         self._max_retries = max_retries
         # base_delay=0 means "retry at once": RetryPolicy wants positive times.
-        self._policy = (RetryPolicy(max_attempts=max_retries + 1, initial_backoff=base_delay,
-                                    max_backoff=max(max_delay, base_delay),
-                                    backoff_multiplier=exponential_base)
+        self._policy = (_policy(max_retries, base_delay, max_delay, exponential_base)
                         if base_delay > 0 else None)
         self._jitter = jitter
         self._retry_on = retry_on
         self._budget = budget
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _RANDOM
         self._clock = clock
         self._deadline = None if deadline is None else clock() + deadline
         self.attempt = 0
@@ -151,7 +160,8 @@ async def retry_with_backoff(
       not retryable (``ValidationError``, ``DatabaseError``, ...);
     - an error's ``retry_after`` (``RateLimitError``, ``CircuitOpenError``) is the next delay;
     - ``deadline`` (seconds from the first call, on ``clock``): no retry whose delay would end
-      past it; ``budget``: each retryable failure takes a token, no retry once it is drained;
+      past it (a running attempt is not cut short: give ``func`` its own timeout);
+      ``budget``: each retryable failure takes a token, no retry once it is drained;
     - each retry logs ``"Retrying after failure"`` (warning); giving up on a retryable error
       logs ``"Max retries exceeded"`` (error) with ``reason`` ``attempts``, ``deadline`` or
       ``budget``. The last error is re-raised unchanged.
