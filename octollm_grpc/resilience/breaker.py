@@ -65,6 +65,12 @@ class CircuitBreaker:
         registry: CollectorRegistry | None = None,
         listeners: Iterable[core.BreakerListener] = (),
     ) -> None:
+        # Checked here too so a mistake is reported in the seed's names, not the core's.
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) \
+                or failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be an int >= 1, not {failure_threshold!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
         self.failure_threshold = failure_threshold
         self.timeout = timeout
         self.expected_exception = expected_exception

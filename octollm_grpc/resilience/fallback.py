@@ -77,9 +77,11 @@ class _Chain:
                          fallback=_name(self.callables[index + 1]), error=str(error),
                          error_type=_error_type(error))
             return
-        _log.error("All fallbacks failed", function=name, attempts=len(self.callables),
-                   error=str(error), error_type=_error_type(error),
-                   degraded=self.default is not _MISSING or self.degrade is not None)
+        degraded = self.default is not _MISSING or self.degrade is not None
+        # A degraded answer is a handled outcome (warning); an error for the caller is not.
+        (_log.warning if degraded else _log.error)(
+            "All fallbacks failed", function=name, attempts=len(self.callables),
+            error=str(error), error_type=_error_type(error), degraded=degraded)
         if self.degrade is not None:
             return
         if self.default is _MISSING:
@@ -102,7 +104,9 @@ def with_fallback(
     logs ``"Call failed, trying fallback"`` at warning; other errors propagate at once. When
     all fail: ``"All fallbacks failed"`` at error, then the last error is raised, unless a
     ``default`` value or ``degrade(error)`` function is given, whose result is returned
-    (graceful degradation for non-critical reads).
+    (graceful degradation for non-critical reads; the log line is then a warning).
+    Kinds are read from the callables themselves: a ``lambda`` returning a coroutine is not an
+    ``async def``, so pass the coroutine function itself.
     """
     chain = _Chain(callables, on, default, degrade)
 

@@ -206,5 +206,9 @@ def test_rejects_bad_settings() -> None:
     """The seed's constructor is validated by the shared settings."""
     with pytest.raises(ValueError, match="failure_threshold"):
         CircuitBreaker(failure_threshold=0)
-    with pytest.raises(ValueError, match="reset_timeout"):
+    with pytest.raises(ValueError, match="timeout"):
         CircuitBreaker(timeout=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        CircuitBreaker(timeout=float("inf"))
+    with pytest.raises(ValueError, match="half_open_probes"):
+        CircuitBreaker(half_open_probes=0)

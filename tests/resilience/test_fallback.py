@@ -107,7 +107,10 @@ async def test_a_circuit_open_error_always_falls_through() -> None:
 async def test_degradation_returns_a_default_or_a_function_of_the_error() -> None:
     """For non-critical reads: a default value, or degrade(error), instead of raising."""
     down = Replica("primary", down=True)
-    assert await with_fallback(down.get_task, default=None)("t") is None
+    with capture_logs() as logs:
+        assert await with_fallback(down.get_task, default=None)("t") is None
+    assert [(e["event"], e["log_level"], e["degraded"]) for e in logs] == [
+        ("All fallbacks failed", "warning", True)]
     degraded = with_fallback(
         down.get_task, degrade=lambda error: {"served_by": "cache", "why": type(error).__name__})
     assert await degraded("t") == {"served_by": "cache", "why": "DatabaseError"}
