@@ -112,7 +112,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         store.fail_interrupted()
 
         if settings.arm_target:
-            arm_target = settings.arm_target
+            arm_target = settings.arm_target  # primary,fallback,...
         else:
             arm = SimulatedArm(settings.arm_faults, rng=random.Random(settings.arm_seed))
             arm_server, arm_port = await start_arm(
@@ -121,10 +121,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                                     debug=settings.dev))
             cleanup.push_async_callback(arm_server.stop, 1.0)
             arm_target = f"127.0.0.1:{arm_port}"
-        channel = _arm_channel(settings, arm_target, registry)
-        cleanup.push_async_callback(channel.close)
+        channels = [_arm_channel(settings, target, registry)
+                    for target in arm_target.split(",")]
+        for channel in channels:
+            cleanup.push_async_callback(channel.close)
 
-        servicer = TaskServicer(store, ArmClient(channel, current_request_id),
+        servicer = TaskServicer(store, ArmClient(channels, current_request_id),
                                 arm_timeout=settings.arm_timeout,
                                 request_id=current_request_id, debug=settings.dev)
         cleanup.callback(servicer.close)

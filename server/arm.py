@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--down", action="store_true",
                         help="fail every call with a bare UNAVAILABLE")
     parser.add_argument("--seed", type=int, default=None, help="random seed for --failure-rate")
+    parser.add_argument("--arm-id", default="arm-1",
+                        help="the arm_id this arm answers with (tells fallback arms apart)")
     return parser
 
 
@@ -112,7 +114,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from octollm_grpc.server.aio import server_interceptors
 
     faults = ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
-    arm = SimulatedArm(faults, rng=random.Random(args.seed))
+    arm = SimulatedArm(faults, arm_id=args.arm_id, rng=random.Random(args.seed))
     server, port = await start_arm(arm, args.host, args.port, server_interceptors())
     print(f"arm listening on {args.host}:{port}", flush=True)
     stop = asyncio.Event()

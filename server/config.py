@@ -36,6 +36,15 @@ class Settings:
     arm_breaker_failures: int
     arm_breaker_reset: float
 
+    @property
+    def arm_targets(self) -> tuple[str, ...]:
+        """``--arm-target`` as a list: the primary arm first, then its fallbacks in order."""
+        return _targets(self.arm_target) if self.arm_target else ()
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(","))
+
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -77,8 +86,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     arm = parser.add_argument_group("arm (the downstream LLM the service calls)")
     arm.add_argument("--arm-target", default=None,
-                     help="HOST:PORT of an arm already running (python -m server.arm); "
-                          "by default the built-in arm starts in-process")
+                     help="HOST:PORT of an arm already running (python -m server.arm), or "
+                          "a comma-separated list: the primary, then fallbacks tried in order "
+                          "when it is unavailable or its breaker is open; by default the "
+                          "built-in arm starts in-process")
     arm.add_argument("--arm-port", type=int, default=0,
                      help="port of the built-in arm; 0 picks a free one (default: %(default)s)")
     arm.add_argument("--arm-failure-rate", type=float, default=0.0,
@@ -127,6 +138,12 @@ def parse_args(argv: Sequence[str] | None = None,
         (0 <= args.arm_failure_rate <= 1, "--arm-failure-rate must be within 0..1"),
         (args.arm_latency_ms >= 0, "--arm-latency-ms must not be negative"),
     ]
+    if args.arm_target:
+        targets = _targets(args.arm_target)
+        checks += [
+            (all(targets), "--arm-target: empty entry in the list"),
+            (len(set(targets)) == len(targets), "--arm-target: an arm is listed twice"),
+        ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
@@ -136,7 +153,8 @@ def parse_args(argv: Sequence[str] | None = None,
         metrics_port=args.metrics_port, rate_limit=args.rate_limit,
         rate_window=args.rate_window, burst=args.burst,
         auth_token=args.auth_token, dev=args.dev, log_level=args.log_level,
-        arm_target=args.arm_target, arm_port=args.arm_port, arm_faults=faults,
+        arm_target=(",".join(_targets(args.arm_target)) if args.arm_target else None),
+        arm_port=args.arm_port, arm_faults=faults,
         arm_seed=args.arm_seed, arm_timeout=args.arm_timeout, arm_attempts=args.arm_attempts,
         arm_breaker_failures=args.arm_breaker_failures,
         arm_breaker_reset=args.arm_breaker_reset,

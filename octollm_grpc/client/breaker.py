@@ -50,11 +50,22 @@ DEFAULT_FAILURE_CODES = frozenset(
 
 
 class CircuitState(enum.Enum):
-    """A breaker's state; ``value`` is the number the state gauge reports."""
+    """A breaker's state; ``value`` is the seed's name for it, :attr:`gauge` its metric number.
 
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
+    One enum for the gRPC client's breakers and :mod:`octollm_grpc.resilience`'s.
+    """
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge(self) -> int:
+        """The number ``octollm_client_circuit_state`` reports: 0 closed, 1 half-open, 2 open."""
+        return _GAUGE[self]
+
+
+_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 def _check(name: str, value: float, *, low: float = 0.0, integer: bool = False) -> None:
@@ -157,7 +168,7 @@ class CircuitBreaker:
         self._state_gauge = metrics.state.labels(target, method)
         self._rejected = metrics.rejected.labels(target, method)
         self._transitions = metrics.transitions
-        self._state_gauge.set(CircuitState.CLOSED.value)
+        self._state_gauge.set(CircuitState.CLOSED.gauge)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -312,7 +323,7 @@ class CircuitBreaker:
         if change is None:
             return
         old, new, open_for = change
-        self._state_gauge.set(new.value)
+        self._state_gauge.set(new.gauge)
         self._transitions.labels(self.target, self.method, old.name.lower(),
                                  new.name.lower()).inc()
         log = _log.warning if new is CircuitState.OPEN else _log.info
