@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any, Literal, overload
 
@@ -15,7 +15,7 @@ import grpc.aio
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
 
-__all__ = ["serve", "serve_aio_in_thread"]
+__all__ = ["serve", "serve_aio_in_thread", "servicer_handlers"]
 
 _HOST = "127.0.0.1"
 # grpcio sets SO_REUSEPORT by default: a port taken by another server would be shared silently.
@@ -71,6 +71,34 @@ def serve(
     if aio:
         return _serve_aio(generic_handlers, chain, server_options, grace)
     return _serve_sync(generic_handlers, chain, server_options, grace, max_workers)
+
+
+class _HandlerCollector:
+    """Stands in for a server when generated ``add_*Servicer_to_server`` code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        # The same methods as the generic handler added alongside; only a dispatch shortcut.
+        pass
+
+
+def servicer_handlers(
+    add_to_server: Callable[[Any, Any], object], servicer: Any
+) -> list[grpc.GenericRpcHandler]:
+    """The generic handlers generated code would register for ``servicer``, for :func:`serve`.
+
+    ``servicer_handlers(tasks_pb2_grpc.add_TaskServiceServicer_to_server, MyServicer())``.
+    """
+    collector = _HandlerCollector()
+    add_to_server(servicer, collector)
+    if not collector.handlers:
+        raise ValueError(f"{add_to_server!r} registered no generic handlers")
+    return collector.handlers
 
 
 def _bound(port: int) -> int:
