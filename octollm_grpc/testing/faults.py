@@ -23,7 +23,15 @@ from octollm_grpc.server import current_request_id
 from octollm_grpc.server.errors import HandlerStatus, merge_trailers
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, to_status
 
-__all__ = ["Action", "Fault", "FaultError", "FaultScript", "Injection"]
+__all__ = [
+    "Action",
+    "Fault",
+    "FaultError",
+    "FaultScript",
+    "Injection",
+    "status_for",
+    "time_remaining",
+]
 
 Action = Literal["fail", "delay", "pushback", "pass"]
 #: What a failure is made of: a typed error (sent as our rich status) or a bare status code.
