@@ -262,3 +262,15 @@ def test_sigterm_as_soon_as_ready_stops_gracefully(tmp_path: Path) -> None:
     used to be installed after the lines were printed, so the default action killed it)."""
     with running_service(tmp_path, "--http-port", "0") as service:
         assert service.terminate() == 0
+
+
+def test_bearer_token_is_passed_on(tmp_path: Path) -> None:
+    """With --auth-token, the caller's authorization header reaches the service: 401 without."""
+    with running_service(tmp_path, "--http-port", "0", "--auth-token", "sesame") as service:
+        with httpx.Client(base_url=http_url(service), timeout=30) as http:
+            refused = http.get("/v1/tasks")
+            allowed = http.get("/v1/tasks", headers={"authorization": "Bearer sesame"})
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "AUTHENTICATION_ERROR"
+        assert "sesame" not in refused.text
+        assert allowed.status_code == 200

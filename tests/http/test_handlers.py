@@ -255,3 +255,25 @@ def test_missing_fastapi_names_the_extra() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert "pip install 'octollm-grpc[fastapi]'" in done.stdout
+
+
+def test_error_in_a_later_middleware_still_gets_the_generic_body_and_id() -> None:
+    """A middleware added after install runs outside ours: Starlette's error middleware then
+    answers with our 500 handler, and the id settled for the request is still sent."""
+    app = FastAPI()
+    install_error_handlers(app, metrics=False)
+
+    @app.middleware("http")
+    async def broken(request: Any, call_next: Any) -> Any:
+        raise RuntimeError(SECRET)
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        return {}
+
+    with serve_app(app) as url:
+        response = httpx.get(f"{url}/ok", headers={"x-request-id": "outer-1"})
+    assert response.status_code == 500
+    assert response.json()["error"] == "INTERNAL_ERROR"
+    assert SECRET not in response.text
+    assert response.headers["x-request-id"] == "outer-1"
