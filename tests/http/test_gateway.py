@@ -7,6 +7,9 @@ error code, message and details (the ``octollm.errors.v1.ErrorEnvelope`` grpcurl
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 from server.config import parse_args
 from tests.reliability import faulty_service
 from tests.reliability.support import launch, stop
-from tests.service.harness import Grpcurl, RunningService, running_service
+from tests.service.harness import ROOT, Grpcurl, RunningService, running_service
 
 ENVELOPE = "octollm.errors.v1.ErrorEnvelope"
 GATEWAY_LINE = "http gateway on "
@@ -274,3 +277,18 @@ def test_bearer_token_is_passed_on(tmp_path: Path) -> None:
         assert refused.json()["error"] == "AUTHENTICATION_ERROR"
         assert "sesame" not in refused.text
         assert allowed.status_code == 200
+
+
+def test_taken_http_port_stops_the_service_at_start(tmp_path: Path) -> None:
+    """A taken --http-port is an error at start (exit 1), never a silently shared port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "server", "--port", "0", "--metrics-port", "-1",
+             "--http-port", str(port), "--db", str(tmp_path / "tasks.db")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "python -m server:" in done.stderr and "in use" in done.stderr
+    assert "http gateway on" not in done.stdout
