@@ -20,7 +20,8 @@ def serve_app(app: Any) -> Iterator[str]:
     The socket is bound and listening before uvicorn starts, so the first request waits in
     the backlog instead of racing the start-up (no polling for readiness).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (see server.gateway).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
