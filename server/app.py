@@ -1,10 +1,11 @@
 """Start, run and stop the task service: interceptors, reflection, health, metrics, shutdown.
 
 Startup prints one line per endpoint on stdout (``task service listening on HOST:PORT``,
-``arm listening on ...``, ``metrics on http://...``) so scripts and tests can find ports
-chosen with ``0``. SIGTERM or SIGINT starts a graceful stop: health turns NOT_SERVING, open
-watch streams end, new calls are refused, in-flight calls get ``--grace`` seconds to finish,
-and only then are the arm channel and the database closed, so every acknowledged write is
+``arm listening on ...``, ``http gateway on http://...``, ``metrics on http://...``) so
+scripts and tests can find ports chosen with ``0``. SIGTERM or SIGINT starts a graceful
+stop: the HTTP gateway stops (open requests finish), health turns NOT_SERVING, open watch
+streams end, new calls are refused, in-flight calls get ``--grace`` seconds to finish, and
+only then are the arm channel and the database closed, so every acknowledged write is
 committed.
 """
 
@@ -41,6 +42,7 @@ from octollm_grpc.server.aio import server_interceptors
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings
+from server.gateway import create_app, gateway_channel, start_gateway
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from server.service import TaskServicer
 from server.store import TaskStore
@@ -60,6 +62,7 @@ class Endpoints:
     target: str
     arm_target: str
     metrics_url: str | None
+    http_url: str | None = None
 
 
 #: Never rate limited: probes and grpcurl's reflection must work whatever the load.
@@ -149,23 +152,38 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
+        http_url = None
+        if settings.http_port >= 0:
+            http_channel = gateway_channel(f"{settings.host}:{port}", registry)
+            cleanup.push_async_callback(http_channel.close)
+            gateway = await start_gateway(
+                create_app(http_channel, metrics=ServerMetrics(registry, component="http")),
+                settings.host, settings.http_port)
+            # Stops before the gRPC server does (exit stack: last in, first out).
+            cleanup.push_async_callback(gateway.stop)
+            http_url = gateway.url
+
         metrics_url = None
         if settings.metrics_port >= 0:
             metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
             cleanup.callback(metrics_server.shutdown)
             metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
 
-        endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url)
+        if stop is None:
+            # Before the ready lines: a SIGTERM sent as soon as they appear must stop us
+            # gracefully, not kill us with the default action.
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+        endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url, http_url)
         print(f"task service listening on {endpoints.target}", flush=True)
         print(f"arm listening on {arm_target}", flush=True)
+        if http_url:
+            print(f"http gateway on {http_url}", flush=True)
         if metrics_url:
             print(f"metrics on {metrics_url}", flush=True)
         if on_ready is not None:
             on_ready(endpoints)
 
-        if stop is None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
         await stop.wait()

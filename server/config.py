@@ -21,6 +21,7 @@ class Settings:
     db: str
     grace: float
     metrics_port: int
+    http_port: int
     rate_limit: int
     rate_window: int
     burst: int | None
@@ -65,6 +66,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     net.add_argument("--metrics-port", type=int, default=9464,
                      help="port of the Prometheus /metrics endpoint; 0 picks a free one, "
+                          "-1 turns it off (default: %(default)s)")
+    net.add_argument("--http-port", type=int, default=8080,
+                     help="port of the HTTP/JSON gateway (on --host); 0 picks a free one, "
                           "-1 turns it off (default: %(default)s)")
     net.add_argument("--rate-limit", type=int, default=100,
                      help="requests per --rate-window allowed per caller (health checks and "
@@ -126,6 +130,7 @@ def parse_args(argv: Sequence[str] | None = None,
     checks = [
         (0 <= args.port <= 65535, "--port must be within 0..65535"),
         (-1 <= args.metrics_port <= 65535, "--metrics-port must be within -1..65535"),
+        (-1 <= args.http_port <= 65535, "--http-port must be within -1..65535"),
         (0 <= args.arm_port <= 65535, "--arm-port must be within 0..65535"),
         (args.grace >= 0, "--grace must not be negative"),
         (args.rate_limit >= 0, "--rate-limit must not be negative"),
@@ -150,7 +155,8 @@ def parse_args(argv: Sequence[str] | None = None,
     faults = ArmFaults(args.arm_failure_rate, args.arm_latency_ms / 1000.0, args.arm_down)
     return Settings(
         host=args.host, port=args.port, db=args.db, grace=args.grace,
-        metrics_port=args.metrics_port, rate_limit=args.rate_limit,
+        metrics_port=args.metrics_port, http_port=args.http_port,
+        rate_limit=args.rate_limit,
         rate_window=args.rate_window, burst=args.burst,
         auth_token=args.auth_token, dev=args.dev, log_level=args.log_level,
         arm_target=(",".join(_targets(args.arm_target)) if args.arm_target else None),
