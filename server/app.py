@@ -140,6 +140,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
             bucket_store = RedisStore(settings.redis_url, registry=registry)
             cleanup.push_async_callback(bucket_store.aclose)
+            # Connected before serving; an unreachable Redis is logged, not fatal (local buckets).
+            await bucket_store.connect_async()
         server = grpc.aio.server(interceptors=_server_interceptors(
             settings, ServerMetrics(registry, component="task_service"), bucket_store))
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]

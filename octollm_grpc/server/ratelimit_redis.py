@@ -268,6 +268,36 @@ class RedisStore:
             return max(ceil_ms(self._outage.until_probe()), 0.001)
         return await self.fallback.take_async(scope, key, limit)
 
+    def connect(self) -> bool:
+        """Connect the sync client and load the script now, before calls arrive.
+
+        The first decision otherwise pays for the connection and the script's upload (a few
+        round trips), which on a busy host can exceed ``timeout``. ``False`` when Redis did
+        not answer: the outage is then logged and counted, and calls start on the fallback.
+        """
+        try:
+            self._sync_script()
+            assert self._client is not None
+            self._client.script_load(GCRA_SCRIPT)
+        except _STORE_ERRORS as exc:
+            self._outage.failed(exc)
+            return False
+        self._outage.answered()
+        return True
+
+    async def connect_async(self, timeout: float = 1.0) -> bool:
+        """:meth:`connect` for the asyncio client of the running loop, within ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                self._async_script()
+                assert self._aio is not None
+                await self._aio[1].script_load(GCRA_SCRIPT)
+        except _STORE_ERRORS as exc:
+            self._outage.failed(exc)
+            return False
+        self._outage.answered()
+        return True
+
     # -- keys and arguments ---------------------------------------------------------------
 
     def key(self, scope: str, key: str) -> str:

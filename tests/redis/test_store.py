@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc.server.ratelimit import MemoryStore, RateLimit, RateLimiter
-from octollm_grpc.server.ratelimit_redis import RedisStore
+from octollm_grpc.server.ratelimit_redis import GCRA_SCRIPT, RedisStore
 from octollm_grpc.testing import FakeClock
 from tests.redis.server import RedisServer
 
@@ -193,4 +194,24 @@ async def test_hung_redis_costs_one_timeout_per_probe_aio(redis_server: RedisSer
         assert store.available
     finally:
         redis_server.resume()
+        await store.aclose()
+
+
+async def test_connect_before_serving_loads_the_script(redis_server: RedisServer) -> None:
+    """connect()/connect_async() load the script; against a dead Redis they log the outage."""
+    store = RedisStore(redis_server.url, registry=None)
+    inspect = redis_server.client()
+    try:
+        assert store.connect() is True
+        assert await store.connect_async() is True
+        sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+        assert inspect.script_exists(sha) == [True]
+        redis_server.kill()
+        with capture_logs() as logs:
+            assert await store.connect_async() is False
+        assert _events(logs) == ["ratelimit_store_unavailable"]
+        assert not store.available
+    finally:
+        store.close()
+        inspect.close()
         await store.aclose()
