@@ -215,3 +215,16 @@ async def test_connect_before_serving_loads_the_script(redis_server: RedisServer
         store.close()
         inspect.close()
         await store.aclose()
+
+
+def test_sample_service_flag_is_validated() -> None:
+    """--redis-url takes redis:// URLs, and needs rate limiting on."""
+    from server.config import parse_args
+
+    assert parse_args(["--redis-url", "redis://127.0.0.1:6379/0"], env={}).redis_url == (
+        "redis://127.0.0.1:6379/0")
+    assert parse_args([], env={}).redis_url is None
+    with pytest.raises(SystemExit):
+        parse_args(["--redis-url", "127.0.0.1:6379"], env={})
+    with pytest.raises(SystemExit):
+        parse_args(["--redis-url", "redis://h:1/0", "--rate-limit", "0"], env={})
