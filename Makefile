@@ -76,5 +76,10 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# The shared (Redis) rate limit's added latency per call next to the local one (docs/redis.md).
+.PHONY: bench-redis
+bench-redis: $(STAMP) redis-server
+	$(BIN)/python -m benchmarks.ratelimit_redis
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -138,7 +138,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             # Imported here: redis (the [redis] extra) is needed only with --redis-url.
             from octollm_grpc.server.ratelimit_redis import RedisStore
 
-            bucket_store = RedisStore(settings.redis_url, registry=registry)
+            bucket_store = RedisStore(settings.redis_url, timeout=settings.redis_timeout,
+                                      registry=registry)
             cleanup.push_async_callback(bucket_store.aclose)
             # Connected before serving; an unreachable Redis is logged, not fatal (local buckets).
             await bucket_store.connect_async()

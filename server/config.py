@@ -36,6 +36,7 @@ class Settings:
     arm_breaker_failures: int
     arm_breaker_reset: float
     redis_url: str | None = None
+    redis_timeout: float = 0.05
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -71,6 +72,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                           "every replica started with it shares one limit (falls back to this "
                           "process's own buckets while Redis is unreachable) "
                           "(default: env OCTOLLM_REDIS_URL, else per process)")
+    net.add_argument("--redis-timeout", type=float, default=0.05,
+                     help="seconds a rate-limit decision may wait for Redis before this "
+                          "process's own buckets decide it (default: %(default)s)")
     net.add_argument("--auth-token", default=env.get("OCTOLLM_AUTH_TOKEN") or None,
                      help="require 'authorization: Bearer TOKEN' on every call "
                           "(default: env OCTOLLM_AUTH_TOKEN, else no auth)")
@@ -129,6 +133,7 @@ def parse_args(argv: Sequence[str] | None = None,
         (args.redis_url is None or args.redis_url.startswith(("redis://", "rediss://", "unix://")),
          "--redis-url must be redis://HOST:PORT/DB (or rediss://, unix://)"),
         (args.redis_url is None or args.rate_limit > 0, "--redis-url needs --rate-limit above 0"),
+        (args.redis_timeout > 0, "--redis-timeout must be positive"),
         (args.arm_timeout > 0, "--arm-timeout must be positive"),
         (args.arm_attempts >= 1, "--arm-attempts must be at least 1"),
         (args.arm_breaker_failures >= 1, "--arm-breaker-failures must be at least 1"),
@@ -149,5 +154,5 @@ def parse_args(argv: Sequence[str] | None = None,
         arm_seed=args.arm_seed, arm_timeout=args.arm_timeout, arm_attempts=args.arm_attempts,
         arm_breaker_failures=args.arm_breaker_failures,
         arm_breaker_reset=args.arm_breaker_reset,
-        redis_url=args.redis_url,
+        redis_url=args.redis_url, redis_timeout=args.redis_timeout,
     )

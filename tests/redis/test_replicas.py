@@ -31,7 +31,9 @@ def test_two_service_replicas_admit_about_the_rate_in_all(
 ) -> None:
     """--rate-limit 20 --burst 20 on two replicas: a 20-call burst, then ~20 calls/s in all."""
     flags = ("--rate-limit", str(RATE), "--burst", str(RATE), "--redis-url", redis_server.url,
-             "--log-level", "warning")
+             "--log-level", "warning",
+             # Not a deadline test: a loaded host must not send a decision to local buckets.
+             "--redis-timeout", "1")
     with running_service(tmp_path, *flags, db=tmp_path / "a.db") as one, \
             running_service(tmp_path, *flags, db=tmp_path / "b.db") as two:
         channels = [grpc.insecure_channel(one.target), grpc.insecure_channel(two.target)]

@@ -15,6 +15,8 @@ from octollm_grpc.testing import FakeClock
 from tests.redis.server import RedisServer
 
 ERRORS = "octollm_ratelimit_store_errors_total"
+#: The deadline of stores whose test is not about it: a loaded host must not turn them local.
+SLACK = 1.0
 
 
 def _events(logs: list[dict[str, object]]) -> list[str]:
@@ -24,7 +26,7 @@ def _events(logs: list[dict[str, object]]) -> list[str]:
 def test_script_admits_exactly_what_the_memory_bucket_admits(redis_server: RedisServer) -> None:
     """Same burst, waits and refill as MemoryStore, step for step (time injected into both)."""
     clock = FakeClock()
-    shared = RedisStore(redis_server.url, time_source=clock.now, registry=None)
+    shared = RedisStore(redis_server.url, timeout=SLACK, time_source=clock.now, registry=None)
     local = MemoryStore(clock=clock.now)
     limit = RateLimit(limit=1, window=1, burst=3)
     steps: list[float] = [0, 0, 0, 0, 0.25, 0, 0.75, 0, 0, 10, 0, 0, 0, 0]
@@ -36,6 +38,7 @@ def test_script_admits_exactly_what_the_memory_bucket_admits(redis_server: Redis
         assert [shared.take("", "x", limit) for _ in range(4)] == [0.0, 0.0, 0.0, 1.0]
         clock.advance(0.25)
         assert shared.take("", "x", limit) == 0.75
+        assert shared.available  # every answer came from Redis
     finally:
         shared.close()
 
@@ -43,7 +46,7 @@ def test_script_admits_exactly_what_the_memory_bucket_admits(redis_server: Redis
 async def test_async_client_gives_the_same_answers(redis_server: RedisServer) -> None:
     """take_async (redis.asyncio) shares the buckets take (sync client) writes."""
     clock = FakeClock()
-    store = RedisStore(redis_server.url, time_source=clock.now, registry=None)
+    store = RedisStore(redis_server.url, timeout=SLACK, time_source=clock.now, registry=None)
     limit = RateLimit(limit=10, window=60, burst=2)
     try:
         assert store.take("", "k", limit) == 0.0
@@ -57,7 +60,7 @@ async def test_async_client_gives_the_same_answers(redis_server: RedisServer) ->
 
 def test_keys_expire_when_the_bucket_is_full_again(redis_server: RedisServer) -> None:
     """One key per (scope, caller), hashed, with a TTL equal to the time until it is full."""
-    store = RedisStore(redis_server.url, registry=None)
+    store = RedisStore(redis_server.url, timeout=SLACK, registry=None)
     inspect = redis_server.client()
     limit = RateLimit(limit=2, window=1, burst=4)  # 0.5 s per token
     try:
@@ -77,7 +80,7 @@ def test_limiter_rejects_with_the_wait_from_redis(redis_server: RedisServer) -> 
     """RateLimiter.check over a RedisStore raises RateLimitError(retry_after) as the local one."""
     from octollm_grpc.errors import RateLimitError
 
-    store = RedisStore(redis_server.url, registry=None)
+    store = RedisStore(redis_server.url, timeout=SLACK, registry=None)
     limiter = RateLimiter(RateLimit(limit=10, window=60, burst=1), store=store)
     scope, limit = limiter.limit_for("/a.B/C") or ("?", RateLimit(1))
     try:
@@ -104,7 +107,8 @@ def test_outage_falls_back_logs_once_probes_and_comes_back(redis_server: RedisSe
     """Redis killed: local decisions, one log event, no per-call attempts; back after a probe."""
     clock = FakeClock()
     registry = CollectorRegistry()
-    store = RedisStore(redis_server.url, clock=clock.now, probe_interval=2.0, registry=registry)
+    store = RedisStore(redis_server.url, timeout=SLACK, clock=clock.now, probe_interval=2.0,
+                       registry=registry)
     limit = RateLimit(limit=1, window=3600, burst=3)
     try:
         with capture_logs() as logs:
@@ -136,7 +140,7 @@ def test_outage_falls_back_logs_once_probes_and_comes_back(redis_server: RedisSe
 def test_fail_closed_refuses_until_redis_answers(redis_server: RedisServer) -> None:
     """fail_closed=True: during an outage every call waits for the next probe."""
     clock = FakeClock()
-    store = RedisStore(redis_server.url, clock=clock.now, probe_interval=5.0,
+    store = RedisStore(redis_server.url, timeout=SLACK, clock=clock.now, probe_interval=5.0,
                        fail_closed=True, registry=None)
     limit = RateLimit(limit=100)
     try:
@@ -199,7 +203,7 @@ async def test_hung_redis_costs_one_timeout_per_probe_aio(redis_server: RedisSer
 
 async def test_connect_before_serving_loads_the_script(redis_server: RedisServer) -> None:
     """connect()/connect_async() load the script; against a dead Redis they log the outage."""
-    store = RedisStore(redis_server.url, registry=None)
+    store = RedisStore(redis_server.url, timeout=SLACK, registry=None)
     inspect = redis_server.client()
     try:
         assert store.connect() is True
@@ -228,3 +232,6 @@ def test_sample_service_flag_is_validated() -> None:
         parse_args(["--redis-url", "127.0.0.1:6379"], env={})
     with pytest.raises(SystemExit):
         parse_args(["--redis-url", "redis://h:1/0", "--rate-limit", "0"], env={})
+    assert parse_args(["--redis-timeout", "0.2"], env={}).redis_timeout == 0.2
+    with pytest.raises(SystemExit):
+        parse_args(["--redis-timeout", "0"], env={})
