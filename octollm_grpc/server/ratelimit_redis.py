@@ -216,6 +216,9 @@ class RedisStore:
         self._outage = _Outage(probe_interval, clock, errors,
                                "deny" if fail_closed else "local")
         self._own_client = client is None
+        if client is None and url is not None:
+            # Built now (it connects only when used), so a malformed url fails here, not per call.
+            client = redis.Redis.from_url(url, **self._client_options(sync=True))
         self._client = client
         self._script: Any = None
         self._build_lock = threading.Lock()
@@ -313,10 +316,15 @@ class RedisStore:
 
     # -- clients --------------------------------------------------------------------------
 
-    def _client_options(self) -> dict[str, Any]:
+    def _client_options(self, *, sync: bool) -> dict[str, Any]:
+        # One immediate reconnect (for a connection Redis closed), never a backoff nor a retry
+        # after a timeout: redis-py 6+ would otherwise retry 3 times with backoff, and wait
+        # 5 s per read, far past the decision's deadline.
+        retry_class = Retry if sync else AsyncRetry
         return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
+            "retry": retry_class(NoBackoff(), 1, (redis.ConnectionError,)),
         }
 
     def _sync_script(self) -> Any:
@@ -324,13 +332,11 @@ class RedisStore:
         if script is None:
             with self._build_lock:
                 if self._script is None:
-                    if self._client is None:
-                        assert self.url is not None, "no url and no sync client"
-                        # One reconnect (a connection Redis closed), never a wait or a retry
-                        # after a timeout: the decision's deadline stays ``timeout``.
+                    if self._client is None:  # closed, or only an async client was given
+                        if self.url is None:
+                            raise RuntimeError("RedisStore has no sync client: pass url or client")
                         self._client = redis.Redis.from_url(
-                            self.url, retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)),
-                            **self._client_options())
+                            self.url, **self._client_options(sync=True))
                     self._script = self._client.register_script(GCRA_SCRIPT)
                 script = self._script
         return script
@@ -343,10 +349,9 @@ class RedisStore:
         if self._aio_user is not None:
             client = self._aio_user
         else:
-            assert self.url is not None, "no url and no async client"
-            client = redis.asyncio.Redis.from_url(
-                self.url, retry=AsyncRetry(NoBackoff(), 1, (redis.ConnectionError,)),
-                **self._client_options())
+            if self.url is None:
+                raise RuntimeError("RedisStore has no async client: pass url or async_client")
+            client = redis.asyncio.Redis.from_url(self.url, **self._client_options(sync=False))
         script = client.register_script(GCRA_SCRIPT)
         self._aio = (loop, client, script)
         return script

@@ -99,6 +99,8 @@ def test_store_and_limiter_options_are_validated() -> None:
         RedisStore()
     with pytest.raises(ValueError, match="timeout"):
         RedisStore("redis://127.0.0.1:1/0", timeout=0)
+    with pytest.raises(ValueError, match="redis://"):
+        RedisStore("http://127.0.0.1:6379/0")  # at construction, not on every call
     with pytest.raises(ValueError, match="max_keys"):
         RateLimiter(RateLimit(1), store=MemoryStore(), max_keys=5)
 
