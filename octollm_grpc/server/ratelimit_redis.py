@@ -175,12 +175,14 @@ class RedisStore:
     Give ``url`` (``redis://HOST:PORT/DB``; clients are built with ``timeout`` as connect and
     read timeout and no retry beyond one reconnect), or your own ``client``
     (``redis.Redis``, for the sync stack) and/or ``async_client`` (``redis.asyncio.Redis``,
-    for the aio stack; used from one event loop). ``timeout`` bounds each decision (on the aio
-    stack the whole round trip; on the sync stack each socket operation). ``fallback`` decides
-    while Redis is unavailable (default: a fresh :class:`MemoryStore`, so each replica
-    enforces the limit on its own); ``fail_closed=True`` refuses every call instead, with a
-    wait until the next probe. ``probe_interval`` is how often, in ``clock`` seconds, Redis is
-    asked again during an outage. ``time_source`` (seconds) replaces Redis's clock in the
+    for the aio stack; used from one event loop). A sync ``client`` of your own keeps its own
+    timeouts and retries: give it short ones (``Redis(host=...)`` retries 10 times by default).
+    ``timeout`` bounds each decision (on the aio stack the whole round trip; on the sync
+    stack each socket operation). ``fallback`` decides while Redis is unavailable (default: a
+    fresh :class:`MemoryStore`, so each replica enforces the limit on its own);
+    ``fail_closed=True`` refuses every call instead, with a wait until the next probe.
+    ``probe_interval`` is how often, in ``clock`` seconds, Redis is asked again during an
+    outage. ``time_source`` (seconds) replaces Redis's clock in the
     bucket arithmetic, for tests; every replica must then use the same one. ``registry``
     takes ``octollm_ratelimit_store_errors_total``.
     """
@@ -318,8 +320,9 @@ class RedisStore:
 
     def _client_options(self, *, sync: bool) -> dict[str, Any]:
         # One immediate reconnect (for a connection Redis closed), never a backoff nor a retry
-        # after a timeout: redis-py 6+ would otherwise retry 3 times with backoff, and wait
-        # 5 s per read, far past the decision's deadline.
+        # after a timeout. Said explicitly: redis-py 8.1's Redis(host=...) defaults to 10
+        # retries with jittered backoff (about 4 s against a dead or hung Redis, measured),
+        # from_url to none; and to 5 s per read.
         retry_class = Retry if sync else AsyncRetry
         return {
             "socket_timeout": self.timeout,

@@ -237,3 +237,24 @@ def test_sample_service_flag_is_validated() -> None:
     assert parse_args(["--redis-timeout", "0.2"], env={}).redis_timeout == 0.2
     with pytest.raises(SystemExit):
         parse_args(["--redis-timeout", "0"], env={})
+
+
+async def test_clients_of_your_own_are_used_and_left_open(redis_server: RedisServer) -> None:
+    """client= and async_client= are used as given; close()/aclose() leave them open."""
+    import redis
+    import redis.asyncio
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    async_client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    store = RedisStore(client=client, async_client=async_client, registry=None)
+    limit = RateLimit(limit=1, window=60, burst=1)
+    try:
+        assert store.take("", "k", limit) == 0.0
+        assert 59.9 < await store.take_async("", "k", limit) <= 60.0
+        store.close()
+        await store.aclose()
+        assert client.ping() and await async_client.ping()
+        assert store.available
+    finally:
+        client.close()
+        await async_client.aclose()
