@@ -67,3 +67,18 @@ def test_two_service_replicas_admit_about_the_rate_in_all(
     # Per-process buckets would let ~40 through; the shared one ~20 (token timing: +-2).
     assert RATE * elapsed - 3 <= steady <= RATE * elapsed + 3, (per_replica, elapsed, calls)
     assert min(per_replica) > 0, per_replica
+
+
+def test_service_starts_and_answers_with_redis_down(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    """A replica whose Redis is unreachable still starts and serves, on its own buckets."""
+    redis_server.kill()
+    flags = ("--rate-limit", "3", "--burst", "3", "--rate-window", "3600",
+             "--redis-url", redis_server.url, "--log-level", "warning")
+    with running_service(tmp_path, *flags) as service:
+        with grpc.insecure_channel(service.target) as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+            admitted = [_admitted(stub) for _ in range(5)]
+        logs = service.logs()
+    assert admitted == [True, True, True, False, False]  # the local bucket's limit holds
+    assert logs.count("ratelimit_store_unavailable") == 1, logs
