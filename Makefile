@@ -23,8 +23,15 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
+
+# The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
 
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
@@ -68,6 +75,11 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# The shared (Redis) rate limit's added latency per call next to the local one (docs/redis.md).
+.PHONY: bench-redis
+bench-redis: $(STAMP) redis-server
+	$(BIN)/python -m benchmarks.ratelimit_redis
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -39,6 +39,7 @@ from octollm_grpc.server import (
     serve_metrics,
 )
 from octollm_grpc.server.aio import server_interceptors
+from octollm_grpc.server.ratelimit import BucketStore
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings
@@ -73,13 +74,17 @@ UNLIMITED_METHODS = (
 )
 
 
-def _server_interceptors(settings: Settings, metrics: ServerMetrics) -> list[Any]:
-    """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag."""
+def _server_interceptors(settings: Settings, metrics: ServerMetrics,
+                         store: BucketStore | None = None) -> list[Any]:
+    """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag.
+
+    ``store`` holds the rate-limit buckets (``--redis-url``); by default this process's memory.
+    """
     limiter = None
     if settings.rate_limit:
         limiter = RateLimiter(
             RateLimit(settings.rate_limit, settings.rate_window, settings.burst),
-            methods=dict.fromkeys(UNLIMITED_METHODS))
+            methods=dict.fromkeys(UNLIMITED_METHODS), store=store)
     auth = BearerAuth(StaticTokens({settings.auth_token: ()})) if settings.auth_token else None
     return server_interceptors(metrics=metrics, rate_limit=limiter, auth=auth,
                                debug=settings.dev)
@@ -133,8 +138,18 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                                 arm_timeout=settings.arm_timeout,
                                 request_id=current_request_id, debug=settings.dev)
         cleanup.callback(servicer.close)
+        bucket_store = None
+        if settings.redis_url and settings.rate_limit:
+            # Imported here: redis (the [redis] extra) is needed only with --redis-url.
+            from octollm_grpc.server.ratelimit_redis import RedisStore
+
+            bucket_store = RedisStore(settings.redis_url, timeout=settings.redis_timeout,
+                                      registry=registry)
+            cleanup.push_async_callback(bucket_store.aclose)
+            # Connected before serving; an unreachable Redis is logged, not fatal (local buckets).
+            await bucket_store.connect_async()
         server = grpc.aio.server(interceptors=_server_interceptors(
-            settings, ServerMetrics(registry, component="task_service")))
+            settings, ServerMetrics(registry, component="task_service"), bucket_store))
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server)
         health_servicer = health.aio.HealthServicer()

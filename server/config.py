@@ -36,6 +36,8 @@ class Settings:
     arm_attempts: int
     arm_breaker_failures: int
     arm_breaker_reset: float
+    redis_url: str | None = None
+    redis_timeout: float = 0.05
 
     @property
     def arm_targets(self) -> tuple[str, ...]:
@@ -78,6 +80,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                      help="seconds the --rate-limit counts over (default: %(default)s)")
     net.add_argument("--burst", type=int, default=None,
                      help="requests a caller may make at once (default: --rate-limit)")
+    net.add_argument("--redis-url", default=env.get("OCTOLLM_REDIS_URL") or None,
+                     help="redis://HOST:PORT/DB: keep the rate-limit buckets in this Redis, so "
+                          "every replica started with it shares one limit (falls back to this "
+                          "process's own buckets while Redis is unreachable) "
+                          "(default: env OCTOLLM_REDIS_URL, else per process)")
+    net.add_argument("--redis-timeout", type=float, default=0.05,
+                     help="seconds a rate-limit decision may wait for Redis before this "
+                          "process's own buckets decide it (default: %(default)s)")
     net.add_argument("--auth-token", default=env.get("OCTOLLM_AUTH_TOKEN") or None,
                      help="require 'authorization: Bearer TOKEN' on every call "
                           "(default: env OCTOLLM_AUTH_TOKEN, else no auth)")
@@ -136,6 +146,10 @@ def parse_args(argv: Sequence[str] | None = None,
         (args.rate_limit >= 0, "--rate-limit must not be negative"),
         (args.rate_window >= 1, "--rate-window must be at least 1"),
         (args.burst is None or args.burst >= 1, "--burst must be at least 1"),
+        (args.redis_url is None or args.redis_url.startswith(("redis://", "rediss://", "unix://")),
+         "--redis-url must be redis://HOST:PORT/DB (or rediss://, unix://)"),
+        (args.redis_url is None or args.rate_limit > 0, "--redis-url needs --rate-limit above 0"),
+        (args.redis_timeout > 0, "--redis-timeout must be positive"),
         (args.arm_timeout > 0, "--arm-timeout must be positive"),
         (args.arm_attempts >= 1, "--arm-attempts must be at least 1"),
         (args.arm_breaker_failures >= 1, "--arm-breaker-failures must be at least 1"),
@@ -164,4 +178,5 @@ def parse_args(argv: Sequence[str] | None = None,
         arm_seed=args.arm_seed, arm_timeout=args.arm_timeout, arm_attempts=args.arm_attempts,
         arm_breaker_failures=args.arm_breaker_failures,
         arm_breaker_reset=args.arm_breaker_reset,
+        redis_url=args.redis_url, redis_timeout=args.redis_timeout,
     )

@@ -3,7 +3,8 @@
 ``server_interceptors()`` gives the recommended stack for ``grpc.server(...)``; its twin in
 :mod:`octollm_grpc.server.aio` is for ``grpc.aio.server(...)``. Each part is configured by
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
-:class:`RateLimiter` (with :class:`RateLimit`), :class:`BearerAuth` (with
+:class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
+shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
 :class:`StaticTokens`). Handlers validate with :class:`Violations` and read the call's id with
 :func:`current_request_id`.
 """
@@ -23,7 +24,7 @@ from octollm_grpc.server.logs import (
     flush_logs,
 )
 from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
-from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
+from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
 from octollm_grpc.server.validation import Violations
 from octollm_grpc.status import DEFAULT_DOMAIN
@@ -32,8 +33,10 @@ __all__ = [
     "DEFAULT_OPEN_METHODS",
     "FAILED_EVENT",
     "BearerAuth",
+    "BucketStore",
     "CallLogger",
     "LineWriter",
+    "MemoryStore",
     "RateLimit",
     "RateLimiter",
     "RequestIds",

@@ -290,7 +290,11 @@ class Pipeline:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
         plan = call.plan
         if plan.limit is not None:
-            self._rate_limit(plan.limit, call, context)
+            # A shared store (Redis) answers over the network: never block the event loop.
+            limiter = self.rate_limiter
+            assert limiter is not None
+            key = limiter.key_for(call.metadata, context.peer)
+            await limiter.check_async(plan.limit[0], plan.limit[1], key)
         if plan.scopes is not None:
             assert self.auth is not None
             await self.auth.check_async(plan.scopes, call.metadata)
