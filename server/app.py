@@ -128,6 +128,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                                 arm_timeout=settings.arm_timeout,
                                 request_id=current_request_id, debug=settings.dev)
         cleanup.callback(servicer.close)
+        # After the server's grace: executions still running are stopped and their tasks
+        # committed FAILED ("server shutting down") while the database is still open.
+        cleanup.push_async_callback(servicer.stop_executions)
         server = grpc.aio.server(interceptors=_server_interceptors(
             settings, ServerMetrics(registry, component="task_service")))
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -143,6 +146,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
         cleanup.push_async_callback(server.stop, settings.grace)
         cleanup.callback(servicer.events.close)  # before the stop: watch streams end at once
+        cleanup.callback(servicer.begin_shutdown)  # handlers cut short now say why
         cleanup.push_async_callback(health_servicer.enter_graceful_shutdown)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
