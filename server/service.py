@@ -39,6 +39,9 @@ log = structlog.get_logger("server.service")
 
 _EXECUTABLE = (Status.PENDING, Status.FAILED)
 _CANCELLABLE = (Status.PENDING, Status.RUNNING)
+#: The most a ListTasks page holds of tasks, in bytes: a page stays far below grpcio's
+#: default 4 MiB receive limit (one task is at most ~80 KB), so any default client reads it.
+_PAGE_BYTES = 1024 * 1024
 #: How many batch items run on the arm at once.
 _BATCH_CONCURRENCY = 8
 
@@ -149,7 +152,8 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     ) -> tasks_pb2.ListTasksResponse:
         size = validation.validate_page_size(request.page_size)
         after = messages.decode_page_token(request.page_token)
-        records, more = await self._db(self._store.page, after, size)
+        records, more = await self._db(self._store.page, after, size, _PAGE_BYTES,
+                                       _task_size)
         token = messages.encode_page_token(records[-1].seq) if more and records else ""
         return tasks_pb2.ListTasksResponse(tasks=[messages.task_message(r) for r in records],
                                            next_page_token=token)
@@ -362,6 +366,12 @@ _CALLER_GONE = _Stop("the caller went away", _shutting_down)  # nobody is left t
 _SHUTTING_DOWN = _Stop("server shutting down", _shutting_down)
 _CANCELLED = _Stop("cancelled by a client", lambda task_id: _cancelled_while_running(task_id))
 _DELETED = _Stop("deleted by a client", errors.TaskNotFoundError)
+
+
+def _task_size(record: TaskRecord) -> int:
+    # The bytes the task adds to a ListTasksResponse (its field tag and length prefix
+    # included, up to 8 bytes).
+    return messages.task_message(record).ByteSize() + 8
 
 
 def _cancelled_while_running(task_id: str) -> errors.InvalidStateError:

@@ -12,6 +12,7 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -96,7 +97,7 @@ def test_any_token_not_issued_is_invalid_argument(stub: tasks_pb2_grpc.TaskServi
 
 def test_overflowing_position_is_invalid_argument_and_not_critical(
         service: RunningService, stub: tasks_pb2_grpc.TaskServiceStub) -> None:
-    """The issue's token, base64 of after:999...9 (26 digits): INVALID_ARGUMENT, nothing critical."""
+    """The issue's token (base64 of after: and 26 nines): INVALID_ARGUMENT, nothing critical."""
     token = _b64("after:99999999999999999999999999", urlsafe=False, pad=True)
     with pytest.raises(grpc.RpcError) as raised:
         stub.ListTasks(tasks_pb2.ListTasksRequest(page_token=token), timeout=10)
@@ -105,3 +106,28 @@ def test_overflowing_position_is_invalid_argument_and_not_critical(
     events = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
     assert [e for e in events if e.get("level") == "critical"] == []
     assert [e for e in events if e.get("error_code") == "INTERNAL_ERROR"] == []
+
+
+def test_pages_of_large_tasks_fit_a_default_client(tmp_path: Path) -> None:
+    """200 tasks of 10,000 3-byte characters, page_size 1000: pages under 4 MiB, all listed."""
+    description = "€" * 10_000  # 30,000 bytes in UTF-8: 200 of them are ~6 MB
+    with running_service(tmp_path, "--rate-limit", "0") as big, \
+            grpc.insecure_channel(big.target) as channel:  # default options: 4 MiB limit
+        stub = _stub(channel)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            created = list(pool.map(lambda _: stub.CreateTask(tasks_pb2.CreateTaskRequest(
+                description=description), timeout=20).task.task_id, range(200)))
+        pages: list[tasks_pb2.ListTasksResponse] = []
+        token = ""
+        for _ in range(200):  # bounded: at most one page per task
+            page = stub.ListTasks(tasks_pb2.ListTasksRequest(page_size=1000, page_token=token),
+                                  timeout=20)
+            pages.append(page)
+            token = page.next_page_token
+            if not token:
+                break
+    listed = [t.task_id for page in pages for t in page.tasks]
+    assert sorted(listed) == sorted(created)  # each task exactly once
+    assert len(pages) >= 2
+    assert max(page.ByteSize() for page in pages) < DEFAULT_RECEIVE_LIMIT // 2
+    assert all(len(page.tasks) >= 1 for page in pages)
