@@ -70,6 +70,17 @@ UNLIMITED_METHODS = (
 )
 
 
+#: grpcio sets SO_REUSEPORT by default: a second server on a taken port would start and
+#: silently share the traffic (and the callers' tasks) with the first. Off: a taken port fails.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+def _cannot_listen(host: str, port: int, flag: str, hint: str = "") -> OSError:
+    """Why startup stops: the address, and the flag that chooses another port."""
+    return OSError(f"cannot listen on {host}:{port} (is the port taken?); choose another "
+                   f"port with {flag}{hint}")
+
+
 def _server_interceptors(settings: Settings, metrics: ServerMetrics) -> list[Any]:
     """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag."""
     limiter = None
@@ -115,10 +126,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             arm_target = settings.arm_target
         else:
             arm = SimulatedArm(settings.arm_faults, rng=random.Random(settings.arm_seed))
-            arm_server, arm_port = await start_arm(
-                arm, "127.0.0.1", settings.arm_port,
-                server_interceptors(metrics=ServerMetrics(registry, component="arm"),
-                                    debug=settings.dev))
+            try:
+                arm_server, arm_port = await start_arm(
+                    arm, "127.0.0.1", settings.arm_port,
+                    server_interceptors(metrics=ServerMetrics(registry, component="arm"),
+                                        debug=settings.dev))
+            except OSError as error:
+                raise _cannot_listen("127.0.0.1", settings.arm_port, "--arm-port") from error
             cleanup.push_async_callback(arm_server.stop, 1.0)
             arm_target = f"127.0.0.1:{arm_port}"
         channel = _arm_channel(settings, arm_target, registry)
@@ -132,16 +146,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         # committed FAILED ("server shutting down") while the database is still open.
         cleanup.push_async_callback(servicer.stop_executions)
         server = grpc.aio.server(interceptors=_server_interceptors(
-            settings, ServerMetrics(registry, component="task_service")))
+            settings, ServerMetrics(registry, component="task_service")),
+            options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            raise _cannot_listen(settings.host, settings.port, "--port")
         await server.start()
         # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
         cleanup.push_async_callback(server.stop, settings.grace)
@@ -153,7 +171,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         metrics_url = None
         if settings.metrics_port >= 0:
-            metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
+            try:
+                metrics_server, _ = serve_metrics(settings.metrics_port, settings.host,
+                                                  registry)
+            except OSError as error:
+                raise _cannot_listen(settings.host, settings.metrics_port, "--metrics-port",
+                                     "; -1 turns metrics off") from error
             cleanup.callback(metrics_server.shutdown)
             metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
 
