@@ -140,7 +140,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         servicer = TaskServicer(store, ArmClient(channel, current_request_id),
                                 arm_timeout=settings.arm_timeout,
-                                request_id=current_request_id, debug=settings.dev)
+                                request_id=current_request_id, debug=settings.dev,
+                                arm_retried=settings.arm_attempts > 1)
         cleanup.callback(servicer.close)
         # After the server's grace: executions still running are stopped and their tasks
         # committed FAILED ("server shutting down") while the database is still open.

@@ -22,7 +22,7 @@ import grpc
 import structlog
 
 from octollm_grpc import errors
-from octollm_grpc.status import to_status_proto
+from octollm_grpc.status import PUSHBACK_KEY, to_status, to_status_proto
 from server import messages, validation
 from server.events import TaskEvents
 from server.gen.octollm.arms.v1 import arms_pb2
@@ -59,12 +59,15 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     ``arm_timeout`` bounds an arm call for tasks without their own ``timeout_seconds``.
     ``request_id`` returns the current call's request id (batch item statuses carry it);
     ``debug`` adds ``DebugInfo`` to those statuses, as ``--dev`` does for whole calls.
+    ``arm_retried``: the arm channel retries failed calls itself, so an ExecuteTask that
+    failed on the arm tells its caller not to retry (gRFC A6's negative pushback).
     """
 
     def __init__(self, store: TaskStore, arm: Arm, *, arm_timeout: float = 10.0,
                  request_id: Callable[[], str | None] = lambda: None,
-                 debug: bool = False) -> None:
+                 debug: bool = False, arm_retried: bool = False) -> None:
         self._store = store
+        self._arm_retried = arm_retried
         self._arm = arm
         self._arm_timeout = arm_timeout
         self._request_id = request_id
@@ -183,7 +186,8 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def ExecuteTask(
         self, request: tasks_pb2.ExecuteTaskRequest, context: Context
     ) -> tasks_pb2.ExecuteTaskResponse:
-        record = await self._execute(request.task_id, context.time_remaining())
+        record = await self._execute(request.task_id, context.time_remaining(),
+                                     context if self._arm_retried else None)
         return tasks_pb2.ExecuteTaskResponse(task=messages.task_message(record))
 
     async def ExecuteBatch(
@@ -242,8 +246,12 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     # -- execution ----------------------------------------------------------------------------
 
-    async def _execute(self, task_id: str, time_remaining: float | None) -> TaskRecord:
+    async def _execute(self, task_id: str, time_remaining: float | None,
+                       retried_for: Context | None = None) -> TaskRecord:
         """Run one task on the arm; the record once COMPLETED, or raise why not.
+
+        With ``retried_for``, a failure of the arm call (its retries spent) ends that call
+        with "do not retry" advice: callers retrying too would multiply the arm's load.
 
         The execution runs as its own asyncio task that nothing cancels: its RUNNING,
         COMPLETED and FAILED writes always finish. When this handler is cancelled (the
@@ -265,6 +273,24 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         except asyncio.CancelledError:
             execution.stop(_SHUTTING_DOWN if self._closing else _CALLER_GONE)
             raise
+        except errors.OctoLLMError as error:
+            if execution.arm_failed and retried_for is not None:
+                self._do_not_retry(retried_for, error)
+            raise
+
+    def _do_not_retry(self, context: Context, error: errors.OctoLLMError) -> None:
+        """End the call with ``error``'s status plus a negative ``grpc-retry-pushback-ms``.
+
+        The interceptors keep a status the handler set (code, message, trailers) and still
+        log and count the error; an error with its own retry advice (an open breaker's
+        ``retry_after``) keeps that advice instead.
+        """
+        status = to_status(error, request_id=self._request_id(), debug=self._debug)
+        if any(key == PUSHBACK_KEY for key, _ in status.trailing_metadata):
+            return
+        context.set_code(status.code)
+        context.set_details(status.details)
+        context.set_trailing_metadata((*status.trailing_metadata, (PUSHBACK_KEY, "-1")))
 
     def _forget(self, task: asyncio.Future[TaskRecord]) -> None:
         self._executions.discard(task)
@@ -291,6 +317,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                     raise  # not ours: this task itself is being cancelled (loop teardown)
                 return await self._stopped(execution)
             except Exception as error:
+                execution.arm_failed = True
                 status = to_status_proto(error, debug=False)
                 code = (error.error_code if isinstance(error, errors.OctoLLMError)
                         else "INTERNAL_ERROR")
@@ -349,6 +376,8 @@ class _Execution:
     task: asyncio.Future[TaskRecord] | None = None
     arm_call: asyncio.Future[arms_pb2.CompleteResponse] | None = None
     stopped: _Stop | None = None
+    arm_failed: bool = False
+    """The arm call failed (the arm channel's retries, if any, are spent)."""
 
     def stop(self, stop: _Stop) -> None:
         """Stop the arm call (or keep it from starting); the first reason given stands."""
