@@ -13,6 +13,7 @@ import json
 import signal
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -144,3 +145,35 @@ async def test_sigterm_shorter_than_the_work_fails_in_flight_tasks(tmp_path: Pat
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert [e for e in events if e.get("level") == "critical"] == []
     assert sum(e.get("event") == "task.execution.stopped" for e in events) == len(ids)
+
+
+async def test_delete_of_running_task_stops_its_arm_call(tmp_path: Path) -> None:
+    """DeleteTask of a RUNNING task cancels its 5 s arm call: ExecuteTask ends NOT_FOUND at once."""
+    with running_service(tmp_path, "--arm-latency-ms", "5000") as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = _stub(channel)
+            (task_id,) = await _create(stub, 1)
+            execute = asyncio.ensure_future(stub.ExecuteTask(
+                tasks_pb2.ExecuteTaskRequest(task_id=task_id), timeout=20))
+            watch = stub.WatchTask(tasks_pb2.WatchTaskRequest(task_id=task_id), timeout=20)
+            async for change in watch:  # bounded by the watch's deadline
+                if change.task.status == tasks_pb2.TASK_STATUS_RUNNING:
+                    break
+            watch.cancel()
+            started = time.monotonic()
+            await stub.DeleteTask(tasks_pb2.DeleteTaskRequest(task_id=task_id), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await execute
+            elapsed = time.monotonic() - started
+        assert service.metrics_url is not None
+        with urllib.request.urlopen(service.metrics_url, timeout=10) as response:
+            metrics = response.read().decode()
+        logs = service.logs()
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    assert elapsed < 2.5  # not the arm's 5 s
+    assert _rows(service.db, "SELECT count(*) FROM tasks WHERE task_id = ?", task_id) == [(0,)]
+    # The arm saw its call cancelled (the arm's metrics share the service's /metrics).
+    assert ('grpc_server_handled_total{grpc_code="Canceled",grpc_method="Complete",'
+            'grpc_service="octollm.arms.v1.ArmService",grpc_type="unary"} 1.0') in metrics
+    deleted = [json.loads(line) for line in logs.splitlines() if '"task.deleted"' in line]
+    assert [e["was_running"] for e in deleted] == [True]
