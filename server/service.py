@@ -67,17 +67,18 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                  request_id: Callable[[], str | None] = lambda: None,
                  debug: bool = False, arm_retried: bool = False) -> None:
         self._store = store
-        self._arm_retried = arm_retried
         self._arm = arm
         self._arm_timeout = arm_timeout
         self._request_id = request_id
         self._debug = debug
+        self._arm_retried = arm_retried
         self.events = TaskEvents()
         # Executions by task id (CancelTask and DeleteTask stop them), and all of them as
         # asyncio tasks (a stop waits for each to commit its final state).
         self._running: dict[str, set[_Execution]] = {}
         self._executions: set[asyncio.Future[TaskRecord]] = set()
-        self._closing = False
+        self._closing = False  # the server is stopping: a cancelled handler means that
+        self._draining = False  # executions are being stopped: no new one may start
         self._closed = False
         self._db_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="task-store")
@@ -105,7 +106,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return record
 
     def begin_shutdown(self) -> None:
-        """The server is stopping: executions cut short from now on are "server shutting down"."""
+        """The server is stopping: executions cut short from now on are "server shutting down".
+
+        In-flight calls still run (the server's grace period), batch items included.
+        """
         self._closing = True
 
     async def stop_executions(self) -> None:
@@ -114,7 +118,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         Call after the server has stopped serving (its grace period is over) and before
         :meth:`close`: the tasks are then FAILED ("server shutting down"), not left RUNNING.
         """
-        self._closing = True
+        self._closing = self._draining = True
         for executions in list(self._running.values()):
             for execution in list(executions):
                 execution.stop(_SHUTTING_DOWN)
@@ -261,7 +265,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         record = await self._get(task_id)
         if record.status is Status.COMPLETED:
             return record  # a repeated execute (a client's retry) returns the result it missed
-        if self._closing:
+        if self._draining:
             raise errors.ResourceError("The service is shutting down; execute the task later")
         execution = _Execution(task_id)
         execution.task = asyncio.ensure_future(self._run(execution, time_remaining))
@@ -298,6 +302,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             task.exception()  # retrieved: a caller that went away never will (no asyncio warning)
 
     async def _run(self, execution: _Execution, time_remaining: float | None) -> TaskRecord:
+        """PENDING/FAILED -> RUNNING -> COMPLETED, or FAILED with why; never cancelled."""
         task_id = execution.task_id
         self._running.setdefault(task_id, set()).add(execution)
         try:
@@ -387,12 +392,13 @@ class _Execution:
             self.arm_call.cancel()
 
 
-def _shutting_down(task_id: str) -> errors.OctoLLMError:
-    return errors.ResourceError("The service is shutting down; execute the task again later")
+def _stopped_error(note: str) -> Callable[[str], errors.OctoLLMError]:
+    return lambda task_id: errors.ResourceError(f"Task {task_id} was stopped: {note}")
 
 
-_CALLER_GONE = _Stop("the caller went away", _shutting_down)  # nobody is left to read it
-_SHUTTING_DOWN = _Stop("server shutting down", _shutting_down)
+# The first two errors reach nobody (the handler is gone); the task's history says why.
+_CALLER_GONE = _Stop("the caller went away", _stopped_error("the caller went away"))
+_SHUTTING_DOWN = _Stop("server shutting down", _stopped_error("server shutting down"))
 _CANCELLED = _Stop("cancelled by a client", lambda task_id: _cancelled_while_running(task_id))
 _DELETED = _Stop("deleted by a client", errors.TaskNotFoundError)
 

@@ -177,3 +177,26 @@ async def test_delete_of_running_task_stops_its_arm_call(tmp_path: Path) -> None
             'grpc_service="octollm.arms.v1.ArmService",grpc_type="unary"} 1.0') in metrics
     deleted = [json.loads(line) for line in logs.splitlines() if '"task.deleted"' in line]
     assert [e["was_running"] for e in deleted] == [True]
+
+
+async def test_caller_cancelling_fails_the_task_and_stops_the_arm_call(tmp_path: Path) -> None:
+    """A caller cancels its ExecuteTask mid-run: the task is FAILED "the caller went away"."""
+    with running_service(tmp_path, "--arm-latency-ms", "5000") as service:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = _stub(channel)
+            (task_id,) = await _create(stub, 1)
+            call = stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task_id), timeout=20)
+            watch = stub.WatchTask(tasks_pb2.WatchTaskRequest(task_id=task_id), timeout=20)
+            statuses = []
+            async for change in watch:  # bounded by the watch's deadline; ends when finished
+                statuses.append(change.task.status)
+                if change.task.status == tasks_pb2.TASK_STATUS_RUNNING:
+                    call.cancel()
+        assert service.metrics_url is not None
+        with urllib.request.urlopen(service.metrics_url, timeout=10) as response:
+            metrics = response.read().decode()
+    # The watch may begin at PENDING or already at RUNNING; it ends at FAILED.
+    assert statuses[-2:] == [tasks_pb2.TASK_STATUS_RUNNING, tasks_pb2.TASK_STATUS_FAILED]
+    assert _notes(service.db, task_id)[-1] == "the caller went away"
+    assert ('grpc_server_handled_total{grpc_code="Canceled",grpc_method="Complete",'
+            'grpc_service="octollm.arms.v1.ArmService",grpc_type="unary"} 1.0') in metrics
