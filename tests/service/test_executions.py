@@ -44,15 +44,18 @@ async def _settled(db: Path, task_ids: list[str], timeout: float = 10.0) -> dict
         await asyncio.sleep(0.05)  # polling another process's database, bounded by `timeout`
 
 
-async def _arm_saw_cancel(service: RunningService, timeout: float = 10.0) -> bool:
-    """Whether the built-in arm counted one call as cancelled (its metrics share /metrics).
+_ARM = 'grpc_method="Complete",grpc_service="octollm.arms.v1.ArmService",grpc_type="unary"'
+ARM_STARTED = f"grpc_server_started_total{{{_ARM}}} 1.0"
+ARM_CANCELLED = f'grpc_server_handled_total{{grpc_code="Canceled",{_ARM}}} 1.0'
 
-    The arm learns of a cancellation from the network after the service has moved on, so
-    this polls, bounded by ``timeout``.
+
+async def _arm_metric(service: RunningService, wanted: str, timeout: float = 10.0) -> bool:
+    """Whether the built-in arm's metrics (they share /metrics) show ``wanted``.
+
+    The arm learns of a call, and of its cancellation, from the network, after the service
+    has moved on: this polls, bounded by ``timeout``.
     """
     assert service.metrics_url is not None
-    wanted = ('grpc_server_handled_total{grpc_code="Canceled",grpc_method="Complete",'
-              'grpc_service="octollm.arms.v1.ArmService",grpc_type="unary"} 1.0')
     deadline = time.monotonic() + timeout
     while True:
         with urllib.request.urlopen(service.metrics_url, timeout=10) as response:
@@ -179,12 +182,13 @@ async def test_delete_of_running_task_stops_its_arm_call(tmp_path: Path) -> None
                 if change.task.status == tasks_pb2.TASK_STATUS_RUNNING:
                     break
             watch.cancel()
+            assert await _arm_metric(service, ARM_STARTED)  # the arm call is under way
             started = time.monotonic()
             await stub.DeleteTask(tasks_pb2.DeleteTaskRequest(task_id=task_id), timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await execute
             elapsed = time.monotonic() - started
-        arm_cancelled = await _arm_saw_cancel(service)
+        arm_cancelled = await _arm_metric(service, ARM_CANCELLED)
         logs = service.logs()
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     assert elapsed < 2.5  # not the arm's 5 s
@@ -206,8 +210,9 @@ async def test_caller_cancelling_fails_the_task_and_stops_the_arm_call(tmp_path:
             async for change in watch:  # bounded by the watch's deadline; ends when finished
                 statuses.append(change.task.status)
                 if change.task.status == tasks_pb2.TASK_STATUS_RUNNING:
+                    assert await _arm_metric(service, ARM_STARTED)  # the arm call is under way
                     call.cancel()
-        arm_cancelled = await _arm_saw_cancel(service)
+        arm_cancelled = await _arm_metric(service, ARM_CANCELLED)
     # The watch may begin at PENDING or already at RUNNING; it ends at FAILED.
     assert statuses[-2:] == [tasks_pb2.TASK_STATUS_RUNNING, tasks_pb2.TASK_STATUS_FAILED]
     assert _notes(service.db, task_id)[-1] == "the caller went away"
