@@ -74,6 +74,17 @@ UNLIMITED_METHODS = (
 )
 
 
+#: grpcio sets SO_REUSEPORT by default: a second server on a taken port would start and
+#: silently share the traffic (and the callers' tasks) with the first. Off: a taken port fails.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+def _cannot_listen(host: str, port: int, flag: str, hint: str = "") -> OSError:
+    """Why startup stops: the address, and the flag that chooses another port."""
+    return OSError(f"cannot listen on {host}:{port} (is the port taken?); choose another "
+                   f"port with {flag}{hint}")
+
+
 def _server_interceptors(settings: Settings, metrics: ServerMetrics,
                          store: BucketStore | None = None) -> list[Any]:
     """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag.
@@ -123,10 +134,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             arm_target = settings.arm_target  # primary,fallback,...
         else:
             arm = SimulatedArm(settings.arm_faults, rng=random.Random(settings.arm_seed))
-            arm_server, arm_port = await start_arm(
-                arm, "127.0.0.1", settings.arm_port,
-                server_interceptors(metrics=ServerMetrics(registry, component="arm"),
-                                    debug=settings.dev))
+            try:
+                arm_server, arm_port = await start_arm(
+                    arm, "127.0.0.1", settings.arm_port,
+                    server_interceptors(metrics=ServerMetrics(registry, component="arm"),
+                                        debug=settings.dev))
+            except OSError as error:
+                raise _cannot_listen("127.0.0.1", settings.arm_port, "--arm-port") from error
             cleanup.push_async_callback(arm_server.stop, 1.0)
             arm_target = f"127.0.0.1:{arm_port}"
         channels = [_arm_channel(settings, target, registry)
@@ -136,8 +150,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         servicer = TaskServicer(store, ArmClient(channels, current_request_id),
                                 arm_timeout=settings.arm_timeout,
-                                request_id=current_request_id, debug=settings.dev)
+                                request_id=current_request_id, debug=settings.dev,
+                                arm_retried=settings.arm_attempts > 1)
         cleanup.callback(servicer.close)
+        # After the server's grace: executions still running are stopped and their tasks
+        # committed FAILED ("server shutting down") while the database is still open.
+        cleanup.push_async_callback(servicer.stop_executions)
         bucket_store = None
         if settings.redis_url and settings.rate_limit:
             # Imported here: redis (the [redis] extra) is needed only with --redis-url.
@@ -149,20 +167,25 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             # Connected before serving; an unreachable Redis is logged, not fatal (local buckets).
             await bucket_store.connect_async()
         server = grpc.aio.server(interceptors=_server_interceptors(
-            settings, ServerMetrics(registry, component="task_service"), bucket_store))
+            settings, ServerMetrics(registry, component="task_service"), bucket_store),
+            options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            raise _cannot_listen(settings.host, settings.port, "--port")
         await server.start()
         # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
         cleanup.push_async_callback(server.stop, settings.grace)
         cleanup.callback(servicer.events.close)  # before the stop: watch streams end at once
+        cleanup.callback(servicer.begin_shutdown)  # handlers cut short now say why
         cleanup.push_async_callback(health_servicer.enter_graceful_shutdown)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -180,7 +203,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         metrics_url = None
         if settings.metrics_port >= 0:
-            metrics_server, _ = serve_metrics(settings.metrics_port, settings.host, registry)
+            try:
+                metrics_server, _ = serve_metrics(settings.metrics_port, settings.host,
+                                                  registry)
+            except OSError as error:
+                raise _cannot_listen(settings.host, settings.metrics_port, "--metrics-port",
+                                     "; -1 turns metrics off") from error
             cleanup.callback(metrics_server.shutdown)
             metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
 

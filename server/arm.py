@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import random
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,10 +83,15 @@ class SimulatedArm(arms_pb2_grpc.ArmServiceServicer):
 async def start_arm(arm: SimulatedArm, host: str, port: int,
                     interceptors: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
     """Serve ``arm`` on ``host:port`` (0 picks a free port); return the server and its port."""
-    server = grpc.aio.server(interceptors=list(interceptors))
+    # No SO_REUSEPORT (grpcio's default): a taken port must fail, not share the traffic.
+    server = grpc.aio.server(interceptors=list(interceptors),
+                             options=(("grpc.so_reuseport", 0),))
     # The generated *_pb2_grpc modules have no type stubs.
     arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
@@ -132,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     except ValueError as error:
         _parser().error(str(error))
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except OSError as error:
+        print(f"python -m server.arm: {error}; choose another port with --port",
+              file=sys.stderr)
+        return 1
     return 0
 
 
