@@ -90,7 +90,7 @@ class Walkthrough:
                 self.ids[doc_id] = unbound[-1]
             command = command.replace(doc_id, self.ids[doc_id])
         if _SERVER.search(command):
-            return re.sub(r"(--(?:metrics-)?port) ([1-9]\d*)", r"\1 0", command)
+            return re.sub(r"(--(?:metrics-|http-)?port) ([1-9]\d*)", r"\1 0", command)
         return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{self.ports[m[1]]}",
                       command)
 
@@ -116,6 +116,8 @@ class Walkthrough:
         wanted = {"task service listening on", "arm listening on"}
         if "--metrics-port -1" not in written:
             wanted.add("metrics on")
+        if "--http-port -1" not in written:
+            wanted.add("http gateway on")
         written_ports = dict(re.findall(r"--((?:metrics-)?port) (\d+)", written))
         seen: list[str] = []
         while wanted:
