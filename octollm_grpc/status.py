@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import traceback
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,8 @@ __all__ = [
     "DEFAULT_DOMAIN",
     "DETAILS_KEY",
     "GENERIC_MESSAGE",
+    "MAX_DETAILS_BYTES",
+    "MAX_DETAILS_DEPTH",
     "PUSHBACK_KEY",
     "RichStatus",
     "from_rpc_error",
@@ -53,6 +56,11 @@ GENERIC_MESSAGE = "An internal error occurred"
 TIMEOUT_MESSAGE = "The operation timed out"
 #: Longest status message sent, in UTF-8 bytes; longer ones are cut (with "...").
 MAX_MESSAGE_BYTES = 1024
+#: Deepest nesting of lists and maps decoded from a status's details; deeper details are left
+#: out (the error keeps its class, code and message).
+MAX_DETAILS_DEPTH = 64
+#: Longest JSON text of details decoded (far over what fits in a trailer).
+MAX_DETAILS_BYTES = 64 * 1024
 #: Room for grpc-message plus grpc-status-details-bin, under gRPC's default 8 KiB metadata limit.
 TRAILER_BUDGET = 7 * 1024
 
@@ -649,6 +657,62 @@ def _integral_to_int(value: Any) -> Any:
     return value
 
 
+_STRUCTURE = re.compile(r'["\[\]{}]')
+
+
+def _depth_within(text: str, limit: int) -> bool:
+    """True unless the JSON ``text`` nests lists and maps deeper than ``limit``.
+
+    One linear scan (strings skipped), so ``json.loads`` never recurses past ``limit``.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return True
+    depth, index = 0, 0
+    while True:
+        found = _STRUCTURE.search(text, index)
+        if found is None:
+            return True
+        char, index = found.group(), found.end()
+        if char == '"':  # skip to the closing quote: one not escaped by a backslash
+            while True:
+                end = text.find('"', index)
+                if end < 0:
+                    return True  # unterminated: json.loads rejects it
+                back = end - 1
+                while back >= index and text[back] == "\\":
+                    back -= 1
+                index = end + 1
+                if (end - 1 - back) % 2 == 0:
+                    break
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        else:
+            depth -= 1
+
+
+def _json_details(text: str) -> dict[str, Any] | None:
+    """The details an envelope's JSON text holds, or ``None`` (over the bounds, or not a map)."""
+    if len(text) > MAX_DETAILS_BYTES or len(text.encode("utf-8", "replace")) > MAX_DETAILS_BYTES:
+        return None
+    if not _depth_within(text, MAX_DETAILS_DEPTH):
+        return None
+    try:
+        loaded = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _depth_of(value: Any, limit: int) -> int:
+    """Nesting depth of lists and maps in ``value``, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth_of(v, limit - 1) for v in items), default=0)
+
+
 def _call(method: Any) -> Any:
     try:
         return method()
@@ -687,7 +751,17 @@ def from_status_proto(
 ) -> e.OctoLLMError:
     """Rebuild the typed error a ``google.rpc.Status`` describes (batch items use this)."""
     wire_code = code or _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
-    return _build(wire_code, status.message, status)
+    return _build_safely(wire_code, status.message, status)
+
+
+def _build_safely(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> e.OctoLLMError:
+    """:func:`_build`, falling back to the code and message alone if the details break it."""
+    try:
+        return _build(code, message, status)
+    except Exception:  # noqa: BLE001 - decoding never raises, whatever the trailer holds
+        return _build(code, message, None)
 
 
 def _build(
@@ -727,13 +801,12 @@ def _build(
         error_code = envelope.error_code or reason
         message = envelope.message or message
         if envelope.details_json:
-            try:
-                loaded = json.loads(envelope.details_json)
-                details = loaded if isinstance(loaded, dict) else None
-            except ValueError:
-                details = None
-        if details is None:
+            details = _json_details(envelope.details_json)
+        else:
+            # protobuf's parser already bounds a Struct's depth (about 100 messages).
             details = _integral_to_int(json_format.MessageToDict(envelope.details))
+            if _depth_of(details, MAX_DETAILS_DEPTH) > MAX_DETAILS_DEPTH:
+                details = None
         if envelope.HasField("retry_after"):
             retry_after = _duration_seconds(envelope.retry_after)
     if details is None:
@@ -771,7 +844,7 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     # grpcio-status's rule: details whose code differs from the call's are not this call's.
     if status is not None and status.code != code.value[0]:
         status = None
-    error = _build(code, message, status)
+    error = _build_safely(code, message, status)
     error._trailing_metadata = trailers
     error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
     debug_string = _call(getattr(err, "debug_error_string", lambda: None))
