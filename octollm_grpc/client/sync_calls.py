@@ -14,7 +14,13 @@ from typing import Any
 import grpc
 
 from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, CallRetry, MethodPlan, Resilience
+from octollm_grpc.client.retry import (
+    ATTEMPTS_HEADER,
+    CallRetry,
+    MethodPlan,
+    Resilience,
+    ended_by_callers_deadline,
+)
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
@@ -82,8 +88,14 @@ class Attempts:
         """Report a failed attempt to the breaker; return its code."""
         code: grpc.StatusCode = error.code()
         if self.plan.breaker is not None:
-            self.plan.breaker.record(self.token, code)
+            self.plan.record(self.token, code, self.callers_deadline(code))
         return code
+
+    def callers_deadline(self, code: grpc.StatusCode) -> bool:
+        """Whether an attempt ending with ``code`` ran out of the caller's own time."""
+        timeout = self.details.timeout
+        deadline = None if timeout is None else self.start + timeout
+        return ended_by_callers_deadline(code, self.retry, deadline, self.core.clock())
 
     def delay(self, error: grpc.RpcError, code: grpc.StatusCode) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up."""
