@@ -56,6 +56,12 @@ GENERIC_MESSAGE = "An internal error occurred"
 TIMEOUT_MESSAGE = "The operation timed out"
 #: Longest status message sent, in UTF-8 bytes; longer ones are cut (with "...").
 MAX_MESSAGE_BYTES = 1024
+#: Longest error code, domain and request id written to a status, in UTF-8 bytes.
+MAX_IDENTIFIER_BYTES = 256
+#: Longest retry advice encoded (google.protobuf.Duration's maximum); more is sent as this.
+MAX_RETRY_AFTER = 315_576_000_000
+#: The message's length when even the shortest details do not fit with the full one.
+_LAST_RESORT_MESSAGE_BYTES = 128
 #: Deepest nesting of lists and maps decoded from a status's details; deeper details are left
 #: out (the error keeps its class, code and message).
 MAX_DETAILS_DEPTH = 64
@@ -222,7 +228,8 @@ def _valid_retry_after(value: Any) -> float | None:
         return None
     if not math.isfinite(value) or value < 0:
         return None
-    return value
+    # google.protobuf.Duration's range: beyond it the advice cannot be encoded at all.
+    return min(value, MAX_RETRY_AFTER)
 
 
 def _safe_text(text: str) -> str:
@@ -236,13 +243,21 @@ def _safe_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _truncate_message(message: str) -> str:
-    if message.isascii() and len(message) <= MAX_MESSAGE_BYTES:
+def _truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    if message.isascii() and len(message) <= limit:
         return message  # one byte per character: no need to encode to measure it
     data = message.encode("utf-8")
-    if len(data) <= MAX_MESSAGE_BYTES:
+    if len(data) <= limit:
         return message
-    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    if len(text) <= limit // 4:
+        return text  # four bytes per character at most
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 def _wire_length(message: str) -> int:
@@ -335,11 +350,15 @@ def _encode(
         message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
         details = {}
         retry_after = None
-    if request_id and not request_id.isascii():
-        request_id = _safe_text(request_id)
+    # Identifiers are short by nature; absurd ones are cut so the status still fits.
+    error_code = _cut(_safe_text(str(error_code)), MAX_IDENTIFIER_BYTES)
+    domain = _cut(_safe_text(domain), MAX_IDENTIFIER_BYTES)
+    if request_id:
+        request_id = _cut(_safe_text(request_id), MAX_IDENTIFIER_BYTES)
 
-    def build(data: Mapping[str, Any], with_debug: bool, flat: bool) -> status_pb2.Status:
-        return _build_status(exc, kind, mapping.grpc_code, error_code, message, data,
+    def build(data: Mapping[str, Any], with_debug: bool, flat: bool,
+              text: str = message) -> status_pb2.Status:
+        return _build_status(exc, kind, mapping.grpc_code, error_code, text, data,
                              retry_after, request_id, domain, with_debug, flat)
 
     flat = isinstance(details, dict) and _all_str(details)
@@ -353,7 +372,14 @@ def _encode(
         status = build(shortened, False, False)
         if status.ByteSize() <= room:
             return _Encoding(status, mapping, retry_after)
-    return _Encoding(build({"_truncated": True}, False, False), mapping, retry_after)
+    status = build({"_truncated": True}, False, False)
+    if status.ByteSize() <= room:
+        return _Encoding(status, mapping, retry_after)
+    # The message itself is repeated in several details: a short one always fits, as every
+    # other field is bounded by now.
+    return _Encoding(build({"_truncated": True}, False, False,
+                           _truncate_message(message, _LAST_RESORT_MESSAGE_BYTES)),
+                     mapping, retry_after)
 
 
 def to_status_proto(
@@ -595,6 +621,10 @@ def _encode_fast(
     else:  # the generic message, no details (debug, with its DebugInfo, goes slow)
         details, error_code, retry_after = {}, mapping.error_code, None
         raw_message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
+    if len(domain) > MAX_IDENTIFIER_BYTES // 4 or (
+            request_id and len(request_id) > MAX_IDENTIFIER_BYTES // 4) or (
+            isinstance(error_code, str) and len(error_code) > MAX_IDENTIFIER_BYTES // 4):
+        return None  # maybe too long: the slow path cuts them
     plan = _fast_plan(type(exc), error_code, mapping, domain)
     if plan is None:
         return None
