@@ -856,6 +856,22 @@ def _build(
     return error
 
 
+def _pushback_seconds(trailers: Any) -> float | None:
+    """``grpc-retry-pushback-ms`` in seconds when it is a plain non-negative integer."""
+    try:
+        for key, value in trailers or ():
+            if key == PUSHBACK_KEY:
+                text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+                text = text.strip()
+                if text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 15:
+                    ms = int(text)
+                    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+                return None
+    except Exception:  # noqa: BLE001 - unreadable trailers: no advice
+        return None
+    return None
+
+
 def from_rpc_error(err: object) -> e.OctoLLMError:
     """The typed error for a failed call (``grpc.RpcError`` or ``grpc.aio.AioRpcError``).
 
@@ -875,6 +891,9 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     if status is not None and status.code != code.value[0]:
         status = None
     error = _build_safely(code, message, status)
+    if error.retry_after is None:
+        # Retry advice sent only as grpc-retry-pushback-ms (not as RetryInfo) is kept too.
+        error.retry_after = _pushback_seconds(trailers)
     error._trailing_metadata = trailers
     error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
     debug_string = _call(getattr(err, "debug_error_string", lambda: None))

@@ -189,6 +189,10 @@ class CallRetry:
             _log.info("rpc_retry_stopped_by_server", method=method, attempt=self.attempts,
                       code=code.name)
             return None
+        if pushback is not None and pushback > policy.max_pushback:
+            _log.info("rpc_retry_pushback_too_long", method=method, attempt=self.attempts,
+                      code=code.name, delay=pushback, max_pushback=policy.max_pushback)
+            return None
         if self.attempts >= policy.max_attempts:
             return None
         if not allowed:
