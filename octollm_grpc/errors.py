@@ -177,7 +177,10 @@ class OctoLLMError(grpc.RpcError):
             and _same_number(self.retry_after, other.retry_after)
         )
 
-    __hash__ = Exception.__hash__
+    def __hash__(self) -> int:
+        # Consistent with __eq__: equal errors hash equal. The details (a dict) are left out;
+        # equal errors still have equal hashes, and numbers hash alike (2 and 2.0).
+        return hash((type(self), self.message, self.error_code))
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "details"}
@@ -267,7 +270,8 @@ class ValidationErrors(ValidationError):
     def __init__(self, errors: Sequence[Mapping[str, str]]) -> None:
         items = [dict(e) for e in errors]
         super().__init__(
-            f"Validation failed with {len(items)} errors", details={"errors": items}
+            f"Validation failed with {len(items)} error{'' if len(items) == 1 else 's'}",
+            details={"errors": items},
         )
 
     @property

@@ -820,8 +820,10 @@ def _build(
                     request_id = error_details_pb2.RequestInfo.FromString(detail.value).request_id
                 elif type_url == _BAD_REQUEST:
                     bad = error_details_pb2.BadRequest.FromString(detail.value)
-                    violations = [{"field": v.field, "message": v.description}
-                                  for v in bad.field_violations]
+                    violations = [
+                        {"field": v.field, "message": v.description,
+                         **({"reason": v.reason} if v.reason else {})}
+                        for v in bad.field_violations]
             except Exception:  # noqa: BLE001, S112 - an undecodable detail is skipped, not fatal
                 continue
 
