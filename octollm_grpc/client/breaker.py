@@ -34,6 +34,7 @@ from octollm_grpc.errors import CircuitOpenError
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
+    "HALF_OPEN_RETRY_AFTER",
     "BreakerListener",
     "BreakerSettings",
     "CircuitBreaker",
@@ -47,6 +48,10 @@ _log = structlog.get_logger("octollm_grpc.client.breaker")
 #: Codes that count as a failure by default; client errors such as INVALID_ARGUMENT never do.
 DEFAULT_FAILURE_CODES = frozenset(
     {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS})
+
+
+#: What a call rejected in half-open (all probe permits taken) is told to wait, at most.
+HALF_OPEN_RETRY_AFTER = 1.0
 
 
 class CircuitState(enum.Enum):
@@ -212,7 +217,8 @@ class CircuitBreaker:
                     token = -probe
                 else:
                     rejected = True
-                    retry_after = min(self._probes.values()) - now
+                    # The probe in flight usually reports well before its permit expires.
+                    retry_after = min(min(self._probes.values()) - now, HALF_OPEN_RETRY_AFTER)
             else:
                 rejected = True
                 retry_after = self._open_until - now

@@ -71,7 +71,14 @@ def server_interceptors(
     order: request id, started counter, rate limit, auth, handler; then the status is
     decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds
     the traceback of unexpected exceptions as ``DebugInfo`` (never in production).
+
+    Raises ``TypeError`` for an ``auth`` whose verifier is a coroutine function: a sync server
+    cannot await it, so it is refused here rather than failing every call.
     """
+    if auth is not None and auth.is_async:
+        raise TypeError(
+            "BearerAuth with a coroutine verifier needs the grpc.aio stack "
+            "(octollm_grpc.server.aio.server_interceptors); pass a plain function here")
     return [ServerInterceptor(Pipeline.from_options(
         request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
         auth=auth, domain=domain, debug=debug,
