@@ -38,8 +38,15 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-test: $(STAMP) ## run the whole test suite (newest pinned set)
+test: $(STAMP) redis-server ## run the whole test suite (newest pinned set)
 	$(BIN)/python -m pytest
+
+# The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
 
 lint: $(STAMP) $(BUF) ## ruff, mypy --strict, buf lint + breaking, generated-code drift, dists, docs
 	$(BIN)/ruff check .
@@ -96,6 +103,11 @@ run: $(STAMP) ## start the sample task service on 127.0.0.1:50051 (or PORT)
 
 bench: $(STAMP) ## run the benchmarks (a few minutes)
 	$(BIN)/python -m benchmarks
+
+# The shared (Redis) rate limit's added latency per call next to the local one (docs/redis.md).
+.PHONY: bench-redis
+bench-redis: $(STAMP) redis-server ## the shared (Redis) rate limit's latency next to the local one
+	$(BIN)/python -m benchmarks.ratelimit_redis
 
 # Also what `make run` leaves: the sample's SQLite database (octollm-tasks.db, its WAL files).
 clean: ## remove venvs, tools, caches, build output and the sample's database files

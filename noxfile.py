@@ -1,9 +1,10 @@
 """CI sessions for the two ends of the supported range (`.ci/run` calls them).
 
-- ``oldest``: the library's own suite (tests/errors, tests/server, tests/client; not the
-  sample service) on the oldest supported set, requirements-oldest.txt: pyproject.toml's
-  floors (protobuf aside, see that file). The package is installed with those pins as
-  constraints, so a floor above a pin fails to resolve here.
+- ``oldest``: the library's own suite (tests/errors, tests/server, tests/client,
+  tests/resilience, tests/testing; not the sample service's suites) on the oldest supported
+  set, requirements-oldest.txt: pyproject.toml's floors (protobuf aside, see that file). The
+  package is installed with those pins as constraints, so a floor above a pin fails to
+  resolve here.
 - ``newest``: the whole suite on the newest pinned set, requirements-dev.txt (what
   ``make test`` runs in .venv; this session is the same run in a venv of its own).
 """
@@ -19,9 +20,12 @@ nox.options.sessions = ["oldest"]
 nox.options.reuse_venv = "yes"  # locally; CI passes --reuse-venv=no
 
 ROOT = Path(__file__).resolve().parent
-LIBRARY_TESTS = ["tests/errors", "tests/server", "tests/client"]
-# The wheel test builds with `python -m build --no-isolation`: build and setuptools too.
-TEST_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "build", "setuptools")
+LIBRARY_TESTS = [
+    "tests/errors", "tests/server", "tests/client", "tests/resilience", "tests/testing",
+]
+# The wheel test builds with `python -m build --no-isolation` (build, setuptools); the
+# resilience tests retry real HTTP calls made with httpx.
+TEST_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "build", "setuptools", "httpx")
 
 
 def pins(requirements: str, *names: str) -> list[str]:

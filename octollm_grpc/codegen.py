@@ -2,7 +2,8 @@
 
 protoc writes absolute imports that mirror the proto paths (``from acme.v1 import x_pb2``),
 which only work when the output folder itself is on ``sys.path``. This command rewrites them
-so the generated code lives inside a package of yours (``--package acme_gen``), adds the
+so the generated code lives inside a package of yours (``--package acme_gen``), names the
+message classes' module accordingly (so they pickle), adds the
 ``__init__.py`` files, and points imports of OctoLLM's error protos at the copies shipped in
 ``octollm_grpc._proto``; ``google/rpc/*`` and the well-known types resolve to the installed
 ``googleapis-common-protos`` and ``protobuf``.
@@ -29,6 +30,8 @@ _SHIPPED_PROTO_PREFIX = "octollm.errors."
 
 _FROM_IMPORT = re.compile(r"^(\s*)from ([\w.]+) import (\w+_pb2(?:_grpc)?)\b", re.MULTILINE)
 _BARE_IMPORT = re.compile(r"^(\s*)import (\w+_pb2(?:_grpc)?)\b", re.MULTILINE)
+# The module name the message classes get (their __module__, which pickle imports).
+_MODULE_NAME = re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'([\w.]+)'")
 
 
 class CodegenError(Exception):
@@ -88,7 +91,14 @@ def _rewrite(source: str, local_packages: set[str], local_root_modules: set[str]
             return f"{indent}from {prefix} import {module}"
         return match.group(0)
 
-    return _BARE_IMPORT.sub(fix_bare, _FROM_IMPORT.sub(fix_from, source))
+    def fix_module_name(match: re.Match[str]) -> str:
+        return f"{match.group(1)}'{prefix}.{match.group(2)}'"
+
+    source = _BARE_IMPORT.sub(fix_bare, _FROM_IMPORT.sub(fix_from, source))
+    if prefix:
+        # protoc names the module after the proto path; inside the package it is prefixed.
+        source = _MODULE_NAME.sub(fix_module_name, source)
+    return source
 
 
 def generate(

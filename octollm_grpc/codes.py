@@ -125,17 +125,19 @@ def registered() -> list[tuple[type[e.OctoLLMError], ErrorMapping]]:
         return [(cls, m) for cls, m in _by_class.items() if issubclass(cls, e.OctoLLMError)]
 
 
-# What a status with no (or unknown) OctoLLM details decodes to: a sensible class for its code.
+# What a status with no (or an unknown) reason decodes to: the class its code names.
 _FALLBACK: dict[grpc.StatusCode, type[e.OctoLLMError]] = {
+    _C.CANCELLED: e.CancelledCallError,
     _C.INVALID_ARGUMENT: e.ValidationError,
-    _C.OUT_OF_RANGE: e.ValidationError,
-    _C.NOT_FOUND: e.ValidationError,
-    _C.ALREADY_EXISTS: e.InvalidStateError,
+    _C.OUT_OF_RANGE: e.OutOfRangeError,
+    _C.NOT_FOUND: e.NotFoundError,
+    _C.ALREADY_EXISTS: e.AlreadyExistsError,
     _C.FAILED_PRECONDITION: e.InvalidStateError,
-    _C.ABORTED: e.InvalidStateError,
+    _C.ABORTED: e.AbortedError,
     _C.UNAUTHENTICATED: e.AuthenticationError,
     _C.PERMISSION_DENIED: e.AuthorizationError,
-    _C.RESOURCE_EXHAUSTED: e.ResourceError,
+    _C.RESOURCE_EXHAUSTED: e.ResourceExhaustedError,
+    _C.UNIMPLEMENTED: e.UnimplementedError,
     _C.UNAVAILABLE: e.NetworkError,
     _C.DEADLINE_EXCEEDED: e.TimeoutError,
 }
@@ -173,6 +175,13 @@ def _register_builtin() -> None:
         (e.LLMAPIError, _C.UNAVAILABLE, 502, True),
         (e.VectorDBError, _C.UNAVAILABLE, 502, True),
         (e.ThirdPartyAPIError, _C.UNAVAILABLE, 502, True),
+        (e.NotFoundError, _C.NOT_FOUND, 404, False),
+        (e.AlreadyExistsError, _C.ALREADY_EXISTS, 409, False),
+        (e.AbortedError, _C.ABORTED, 409, True),
+        (e.OutOfRangeError, _C.OUT_OF_RANGE, 400, False),
+        (e.ResourceExhaustedError, _C.RESOURCE_EXHAUSTED, 429, True),
+        (e.UnimplementedError, _C.UNIMPLEMENTED, 501, False),
+        (e.CancelledCallError, _C.CANCELLED, 499, False),
     ]
     for cls, code, http, retryable in table:
         register(cls, code, http, retryable=retryable)

@@ -20,10 +20,13 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
     "ArmUnavailableError",
     "AuthenticationError",
     "AuthorizationError",
     "CacheError",
+    "CancelledCallError",
     "CapacityExceededError",
     "CircuitOpenError",
     "DatabaseError",
@@ -34,15 +37,19 @@ __all__ = [
     "InvalidStateError",
     "LLMAPIError",
     "NetworkError",
+    "NotFoundError",
     "OctoLLMError",
+    "OutOfRangeError",
     "PiiDetectedError",
     "RateLimitError",
     "ResourceError",
+    "ResourceExhaustedError",
     "SerializationError",
     "SystemError",
     "TaskNotFoundError",
     "ThirdPartyAPIError",
     "TimeoutError",
+    "UnimplementedError",
     "ValidationError",
     "ValidationErrors",
     "VectorDBError",
@@ -170,7 +177,10 @@ class OctoLLMError(grpc.RpcError):
             and _same_number(self.retry_after, other.retry_after)
         )
 
-    __hash__ = Exception.__hash__
+    def __hash__(self) -> int:
+        # Consistent with __eq__: equal errors hash equal. The details (a dict) are left out;
+        # equal errors still have equal hashes, and numbers hash alike (2 and 2.0).
+        return hash((type(self), self.message, self.error_code))
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "details"}
@@ -260,7 +270,8 @@ class ValidationErrors(ValidationError):
     def __init__(self, errors: Sequence[Mapping[str, str]]) -> None:
         items = [dict(e) for e in errors]
         super().__init__(
-            f"Validation failed with {len(items)} errors", details={"errors": items}
+            f"Validation failed with {len(items)} error{'' if len(items) == 1 else 's'}",
+            details={"errors": items},
         )
 
     @property
@@ -476,6 +487,55 @@ class ThirdPartyAPIError(ExternalError):
     """A third-party API call failed."""
 
     error_code = "THIRD_PARTY_API_ERROR"
+
+
+# -- Status errors: what a bare gRPC code says ---------------------------------------------
+#
+# Not in the seed. A status with no reason we know (a plain ``context.abort``, another
+# service's ErrorInfo) decodes to the class its code names, so ``except ValidationError`` no
+# longer catches "not found". Handlers may raise them too.
+
+
+class NotFoundError(OctoLLMError):
+    """A resource does not exist (``NOT_FOUND``); ``TaskNotFoundError`` is the seed's for tasks."""
+
+    error_code = "NOT_FOUND"
+
+
+class AlreadyExistsError(OctoLLMError):
+    """The resource to create already exists (``ALREADY_EXISTS``)."""
+
+    error_code = "ALREADY_EXISTS"
+
+
+class AbortedError(OctoLLMError):
+    """The operation lost a race with another (``ABORTED``): retry the whole transaction."""
+
+    error_code = "ABORTED"
+
+
+class OutOfRangeError(ValidationError):
+    """A value is past the valid range (``OUT_OF_RANGE``), e.g. reading past the end."""
+
+    error_code = "OUT_OF_RANGE"
+
+
+class ResourceExhaustedError(ResourceError):
+    """A quota or limit ran out (``RESOURCE_EXHAUSTED``); ``RateLimitError`` is the seed's."""
+
+    error_code = "RESOURCE_EXHAUSTED"
+
+
+class UnimplementedError(OctoLLMError):
+    """The method is not implemented or not supported by the server (``UNIMPLEMENTED``)."""
+
+    error_code = "UNIMPLEMENTED"
+
+
+class CancelledCallError(OctoLLMError):
+    """The call was cancelled (``CANCELLED``), usually by its caller."""
+
+    error_code = "CANCELLED"
 
 
 #: Python's own TimeoutError (``asyncio.TimeoutError`` is the same class since 3.11).

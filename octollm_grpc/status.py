@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import traceback
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,8 @@ __all__ = [
     "DEFAULT_DOMAIN",
     "DETAILS_KEY",
     "GENERIC_MESSAGE",
+    "MAX_DETAILS_BYTES",
+    "MAX_DETAILS_DEPTH",
     "PUSHBACK_KEY",
     "RichStatus",
     "from_rpc_error",
@@ -53,6 +56,17 @@ GENERIC_MESSAGE = "An internal error occurred"
 TIMEOUT_MESSAGE = "The operation timed out"
 #: Longest status message sent, in UTF-8 bytes; longer ones are cut (with "...").
 MAX_MESSAGE_BYTES = 1024
+#: Longest error code, domain and request id written to a status, in UTF-8 bytes.
+MAX_IDENTIFIER_BYTES = 256
+#: Longest retry advice encoded (google.protobuf.Duration's maximum); more is sent as this.
+MAX_RETRY_AFTER = 315_576_000_000
+#: The message's length when even the shortest details do not fit with the full one.
+_LAST_RESORT_MESSAGE_BYTES = 128
+#: Deepest nesting of lists and maps decoded from a status's details; deeper details are left
+#: out (the error keeps its class, code and message).
+MAX_DETAILS_DEPTH = 64
+#: Longest JSON text of details decoded (far over what fits in a trailer).
+MAX_DETAILS_BYTES = 64 * 1024
 #: Room for grpc-message plus grpc-status-details-bin, under gRPC's default 8 KiB metadata limit.
 TRAILER_BUDGET = 7 * 1024
 
@@ -214,7 +228,8 @@ def _valid_retry_after(value: Any) -> float | None:
         return None
     if not math.isfinite(value) or value < 0:
         return None
-    return value
+    # google.protobuf.Duration's range: beyond it the advice cannot be encoded at all.
+    return min(value, MAX_RETRY_AFTER)
 
 
 def _safe_text(text: str) -> str:
@@ -228,13 +243,21 @@ def _safe_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _truncate_message(message: str) -> str:
-    if message.isascii() and len(message) <= MAX_MESSAGE_BYTES:
+def _truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    if message.isascii() and len(message) <= limit:
         return message  # one byte per character: no need to encode to measure it
     data = message.encode("utf-8")
-    if len(data) <= MAX_MESSAGE_BYTES:
+    if len(data) <= limit:
         return message
-    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    if len(text) <= limit // 4:
+        return text  # four bytes per character at most
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 def _wire_length(message: str) -> int:
@@ -327,11 +350,15 @@ def _encode(
         message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
         details = {}
         retry_after = None
-    if request_id and not request_id.isascii():
-        request_id = _safe_text(request_id)
+    # Identifiers are short by nature; absurd ones are cut so the status still fits.
+    error_code = _cut(_safe_text(str(error_code)), MAX_IDENTIFIER_BYTES)
+    domain = _cut(_safe_text(domain), MAX_IDENTIFIER_BYTES)
+    if request_id:
+        request_id = _cut(_safe_text(request_id), MAX_IDENTIFIER_BYTES)
 
-    def build(data: Mapping[str, Any], with_debug: bool, flat: bool) -> status_pb2.Status:
-        return _build_status(exc, kind, mapping.grpc_code, error_code, message, data,
+    def build(data: Mapping[str, Any], with_debug: bool, flat: bool,
+              text: str = message) -> status_pb2.Status:
+        return _build_status(exc, kind, mapping.grpc_code, error_code, text, data,
                              retry_after, request_id, domain, with_debug, flat)
 
     flat = isinstance(details, dict) and _all_str(details)
@@ -345,7 +372,14 @@ def _encode(
         status = build(shortened, False, False)
         if status.ByteSize() <= room:
             return _Encoding(status, mapping, retry_after)
-    return _Encoding(build({"_truncated": True}, False, False), mapping, retry_after)
+    status = build({"_truncated": True}, False, False)
+    if status.ByteSize() <= room:
+        return _Encoding(status, mapping, retry_after)
+    # The message itself is repeated in several details: a short one always fits, as every
+    # other field is bounded by now.
+    return _Encoding(build({"_truncated": True}, False, False,
+                           _truncate_message(message, _LAST_RESORT_MESSAGE_BYTES)),
+                     mapping, retry_after)
 
 
 def to_status_proto(
@@ -587,6 +621,10 @@ def _encode_fast(
     else:  # the generic message, no details (debug, with its DebugInfo, goes slow)
         details, error_code, retry_after = {}, mapping.error_code, None
         raw_message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
+    if len(domain) > MAX_IDENTIFIER_BYTES // 4 or (
+            request_id and len(request_id) > MAX_IDENTIFIER_BYTES // 4) or (
+            isinstance(error_code, str) and len(error_code) > MAX_IDENTIFIER_BYTES // 4):
+        return None  # maybe too long: the slow path cuts them
     plan = _fast_plan(type(exc), error_code, mapping, domain)
     if plan is None:
         return None
@@ -649,6 +687,62 @@ def _integral_to_int(value: Any) -> Any:
     return value
 
 
+_STRUCTURE = re.compile(r'["\[\]{}]')
+
+
+def _depth_within(text: str, limit: int) -> bool:
+    """True unless the JSON ``text`` nests lists and maps deeper than ``limit``.
+
+    One linear scan (strings skipped), so ``json.loads`` never recurses past ``limit``.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return True
+    depth, index = 0, 0
+    while True:
+        found = _STRUCTURE.search(text, index)
+        if found is None:
+            return True
+        char, index = found.group(), found.end()
+        if char == '"':  # skip to the closing quote: one not escaped by a backslash
+            while True:
+                end = text.find('"', index)
+                if end < 0:
+                    return True  # unterminated: json.loads rejects it
+                back = end - 1
+                while back >= index and text[back] == "\\":
+                    back -= 1
+                index = end + 1
+                if (end - 1 - back) % 2 == 0:
+                    break
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        else:
+            depth -= 1
+
+
+def _json_details(text: str) -> dict[str, Any] | None:
+    """The details an envelope's JSON text holds, or ``None`` (over the bounds, or not a map)."""
+    if len(text) > MAX_DETAILS_BYTES or len(text.encode("utf-8", "replace")) > MAX_DETAILS_BYTES:
+        return None
+    if not _depth_within(text, MAX_DETAILS_DEPTH):
+        return None
+    try:
+        loaded = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _depth_of(value: Any, limit: int) -> int:
+    """Nesting depth of lists and maps in ``value``, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth_of(v, limit - 1) for v in items), default=0)
+
+
 def _call(method: Any) -> Any:
     try:
         return method()
@@ -687,7 +781,17 @@ def from_status_proto(
 ) -> e.OctoLLMError:
     """Rebuild the typed error a ``google.rpc.Status`` describes (batch items use this)."""
     wire_code = code or _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
-    return _build(wire_code, status.message, status)
+    return _build_safely(wire_code, status.message, status)
+
+
+def _build_safely(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> e.OctoLLMError:
+    """:func:`_build`, falling back to the code and message alone if the details break it."""
+    try:
+        return _build(code, message, status)
+    except Exception:  # noqa: BLE001 - decoding never raises, whatever the trailer holds
+        return _build(code, message, None)
 
 
 def _build(
@@ -716,8 +820,10 @@ def _build(
                     request_id = error_details_pb2.RequestInfo.FromString(detail.value).request_id
                 elif type_url == _BAD_REQUEST:
                     bad = error_details_pb2.BadRequest.FromString(detail.value)
-                    violations = [{"field": v.field, "message": v.description}
-                                  for v in bad.field_violations]
+                    violations = [
+                        {"field": v.field, "message": v.description,
+                         **({"reason": v.reason} if v.reason else {})}
+                        for v in bad.field_violations]
             except Exception:  # noqa: BLE001, S112 - an undecodable detail is skipped, not fatal
                 continue
 
@@ -727,13 +833,12 @@ def _build(
         error_code = envelope.error_code or reason
         message = envelope.message or message
         if envelope.details_json:
-            try:
-                loaded = json.loads(envelope.details_json)
-                details = loaded if isinstance(loaded, dict) else None
-            except ValueError:
-                details = None
-        if details is None:
+            details = _json_details(envelope.details_json)
+        else:
+            # protobuf's parser already bounds a Struct's depth (about 100 messages).
             details = _integral_to_int(json_format.MessageToDict(envelope.details))
+            if _depth_of(details, MAX_DETAILS_DEPTH) > MAX_DETAILS_DEPTH:
+                details = None
         if envelope.HasField("retry_after"):
             retry_after = _duration_seconds(envelope.retry_after)
     if details is None:
@@ -751,6 +856,22 @@ def _build(
         error.request_id = request_id
     error.rich_status = status
     return error
+
+
+def _pushback_seconds(trailers: Any) -> float | None:
+    """``grpc-retry-pushback-ms`` in seconds when it is a plain non-negative integer."""
+    try:
+        for key, value in trailers or ():
+            if key == PUSHBACK_KEY:
+                text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+                text = text.strip()
+                if text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 15:
+                    ms = int(text)
+                    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+                return None
+    except Exception:  # noqa: BLE001 - unreadable trailers: no advice
+        return None
+    return None
 
 
 def from_rpc_error(err: object) -> e.OctoLLMError:
@@ -771,7 +892,10 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     # grpcio-status's rule: details whose code differs from the call's are not this call's.
     if status is not None and status.code != code.value[0]:
         status = None
-    error = _build(code, message, status)
+    error = _build_safely(code, message, status)
+    if error.retry_after is None:
+        # Retry advice sent only as grpc-retry-pushback-ms (not as RetryInfo) is kept too.
+        error.retry_after = _pushback_seconds(trailers)
     error._trailing_metadata = trailers
     error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
     debug_string = _call(getattr(err, "debug_error_string", lambda: None))

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import random
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,10 +83,15 @@ class SimulatedArm(arms_pb2_grpc.ArmServiceServicer):
 async def start_arm(arm: SimulatedArm, host: str, port: int,
                     interceptors: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
     """Serve ``arm`` on ``host:port`` (0 picks a free port); return the server and its port."""
-    server = grpc.aio.server(interceptors=list(interceptors))
+    # No SO_REUSEPORT (grpcio's default): a taken port must fail, not share the traffic.
+    server = grpc.aio.server(interceptors=list(interceptors),
+                             options=(("grpc.so_reuseport", 0),))
     # The generated *_pb2_grpc modules have no type stubs.
     arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
@@ -105,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--down", action="store_true",
                         help="fail every call with a bare UNAVAILABLE")
     parser.add_argument("--seed", type=int, default=None, help="random seed for --failure-rate")
+    parser.add_argument("--arm-id", default="arm-1",
+                        help="the arm_id this arm answers with (tells fallback arms apart)")
     return parser
 
 
@@ -112,7 +120,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from octollm_grpc.server.aio import server_interceptors
 
     faults = ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
-    arm = SimulatedArm(faults, rng=random.Random(args.seed))
+    arm = SimulatedArm(faults, arm_id=args.arm_id, rng=random.Random(args.seed))
     server, port = await start_arm(arm, args.host, args.port, server_interceptors())
     print(f"arm listening on {args.host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -130,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     except ValueError as error:
         _parser().error(str(error))
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except OSError as error:
+        print(f"python -m server.arm: {error}; choose another port with --port",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,16 +9,24 @@ reaches here the retries are spent. What the task's caller then sees:
 - the arm took too long: our ``TimeoutError`` (``DEADLINE_EXCEEDED``) naming the bound;
 - the arm could not be reached or said nothing useful: ``ArmUnavailableError``, with the
   cause's error code in its details (never its text, which names internal addresses).
+
+With several arms (``--arm-target primary,fallback,...``) a call that ends in
+``ArmUnavailableError`` or ``CircuitOpenError`` moves on to the next arm
+(:func:`octollm_grpc.resilience.with_fallback`): an arm whose breaker is open fails fast, so
+it is skipped without waiting. All arms share the call's timeout; the error of the last one
+tried is raised. The answer's ``arm_id`` says which arm served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
 from octollm_grpc import errors
+from octollm_grpc.resilience import with_fallback
 from octollm_grpc.status import from_rpc_error
 from server.gen.octollm.arms.v1 import arms_pb2, arms_pb2_grpc
 
@@ -47,27 +55,69 @@ def classify_arm_error(error: BaseException, timeout: float) -> BaseException:
     return error
 
 
-class ArmClient:
-    """Calls ``ArmService.Complete`` over ``channel`` (a resilient ``grpc.aio`` channel).
+#: One arm's call: (request, seconds left, metadata) -> the answer, or the classified error.
+_ArmCall = Callable[[arms_pb2.CompleteRequest, float, tuple[tuple[str, str], ...] | None],
+                    Awaitable[arms_pb2.CompleteResponse]]
 
+
+def _arm_call(channel: grpc.aio.Channel, position: int, count: int) -> _ArmCall:
+    # The generated *_pb2_grpc modules have no type stubs.
+    stub = arms_pb2_grpc.ArmServiceStub(channel)  # type: ignore[no-untyped-call]
+
+    async def complete(request: arms_pb2.CompleteRequest, timeout: float,
+                       metadata: tuple[tuple[str, str], ...] | None,
+                       ) -> arms_pb2.CompleteResponse:
+        if timeout <= 0:  # an earlier arm used up the call's time
+            raise builtins.TimeoutError("no time left for this arm")
+        response: arms_pb2.CompleteResponse = await stub.Complete(
+            request, timeout=timeout, metadata=metadata)
+        return response
+
+    # What with_fallback's log lines call this arm (its position, not its address).
+    complete.__qualname__ = f"arm {position} of {count}"
+    return complete
+
+
+class ArmClient:
+    """Calls ``ArmService.Complete`` over ``channels`` (resilient ``grpc.aio`` channels).
+
+    ``channels`` is one channel, or several in order of preference: the first is the primary,
+    the others are tried in turn when it is unavailable (see the module docstring).
     ``request_id`` gives the id of the call being served; it is sent on as ``x-request-id``
     so the arm's log lines carry the same id as the task service's.
     """
 
-    def __init__(self, channel: grpc.aio.Channel,
+    def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel],
                  request_id: Callable[[], str | None] = lambda: None) -> None:
         self._request_id = request_id
-        # The generated *_pb2_grpc modules have no type stubs.
-        self._stub = arms_pb2_grpc.ArmServiceStub(channel)  # type: ignore[no-untyped-call]
+        chain = list(channels) if isinstance(channels, Sequence) else [channels]
+        if not chain:
+            raise ValueError("ArmClient needs at least one channel")
+        self._calls = [_arm_call(channel, i + 1, len(chain)) for i, channel in enumerate(chain)]
 
     async def complete(self, task_id: str, prompt: str, priority: int,
                        timeout: float) -> arms_pb2.CompleteResponse:
-        """The arm's answer; on failure raises what :func:`classify_arm_error` says."""
+        """The first available arm's answer; on failure raises what
+        :func:`classify_arm_error` says of the last arm's error."""
         request = arms_pb2.CompleteRequest(task_id=task_id, prompt=prompt, priority=priority)
-        try:
-            rid = self._request_id()
-            response: arms_pb2.CompleteResponse = await self._stub.Complete(
-                request, timeout=timeout, metadata=(("x-request-id", rid),) if rid else None)
-        except (grpc.RpcError, builtins.TimeoutError) as error:
-            raise classify_arm_error(error, timeout) from error
+        rid = self._request_id()
+        metadata = (("x-request-id", rid),) if rid else None
+        deadline = asyncio.get_running_loop().time() + timeout
+
+        def classified(call: _ArmCall) -> Callable[[], Awaitable[arms_pb2.CompleteResponse]]:
+            async def attempt() -> arms_pb2.CompleteResponse:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    return await call(request, left, metadata)
+                except (grpc.RpcError, builtins.TimeoutError) as error:
+                    raise classify_arm_error(error, timeout) from error
+
+            attempt.__qualname__ = call.__qualname__
+            return attempt
+
+        attempts = [classified(call) for call in self._calls]
+        if len(attempts) == 1:
+            return await attempts[0]()
+        first_available = with_fallback(*attempts, on=(errors.ArmUnavailableError,))
+        response: arms_pb2.CompleteResponse = await first_available()
         return response

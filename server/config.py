@@ -21,6 +21,7 @@ class Settings:
     db: str
     grace: float
     metrics_port: int
+    http_port: int
     rate_limit: int
     rate_window: int
     burst: int | None
@@ -35,6 +36,17 @@ class Settings:
     arm_attempts: int
     arm_breaker_failures: int
     arm_breaker_reset: float
+    redis_url: str | None = None
+    redis_timeout: float = 0.05
+
+    @property
+    def arm_targets(self) -> tuple[str, ...]:
+        """``--arm-target`` as a list: the primary arm first, then its fallbacks in order."""
+        return _targets(self.arm_target) if self.arm_target else ()
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(","))
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -57,6 +69,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     net.add_argument("--metrics-port", type=int, default=9464,
                      help="port of the Prometheus /metrics endpoint; 0 picks a free one, "
                           "-1 turns it off (default: %(default)s)")
+    net.add_argument("--http-port", type=int, default=8080,
+                     help="port of the HTTP/JSON gateway (on --host); 0 picks a free one, "
+                          "-1 turns it off (default: %(default)s)")
     net.add_argument("--rate-limit", type=int, default=100,
                      help="requests per --rate-window allowed per caller (health checks and "
                           "reflection are exempt); 0 turns rate limiting off "
@@ -65,6 +80,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                      help="seconds the --rate-limit counts over (default: %(default)s)")
     net.add_argument("--burst", type=int, default=None,
                      help="requests a caller may make at once (default: --rate-limit)")
+    net.add_argument("--redis-url", default=env.get("OCTOLLM_REDIS_URL") or None,
+                     help="redis://HOST:PORT/DB: keep the rate-limit buckets in this Redis, so "
+                          "every replica started with it shares one limit (falls back to this "
+                          "process's own buckets while Redis is unreachable) "
+                          "(default: env OCTOLLM_REDIS_URL, else per process)")
+    net.add_argument("--redis-timeout", type=float, default=0.05,
+                     help="seconds a rate-limit decision may wait for Redis before this "
+                          "process's own buckets decide it (default: %(default)s)")
     net.add_argument("--auth-token", default=env.get("OCTOLLM_AUTH_TOKEN") or None,
                      help="require 'authorization: Bearer TOKEN' on every call "
                           "(default: env OCTOLLM_AUTH_TOKEN, else no auth)")
@@ -77,8 +100,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     arm = parser.add_argument_group("arm (the downstream LLM the service calls)")
     arm.add_argument("--arm-target", default=None,
-                     help="HOST:PORT of an arm already running (python -m server.arm); "
-                          "by default the built-in arm starts in-process")
+                     help="HOST:PORT of an arm already running (python -m server.arm), or "
+                          "a comma-separated list: the primary, then fallbacks tried in order "
+                          "when it is unavailable or its breaker is open; by default the "
+                          "built-in arm starts in-process")
     arm.add_argument("--arm-port", type=int, default=0,
                      help="port of the built-in arm; 0 picks a free one (default: %(default)s)")
     arm.add_argument("--arm-failure-rate", type=float, default=0.0,
@@ -115,11 +140,16 @@ def parse_args(argv: Sequence[str] | None = None,
     checks = [
         (0 <= args.port <= 65535, "--port must be within 0..65535"),
         (-1 <= args.metrics_port <= 65535, "--metrics-port must be within -1..65535"),
+        (-1 <= args.http_port <= 65535, "--http-port must be within -1..65535"),
         (0 <= args.arm_port <= 65535, "--arm-port must be within 0..65535"),
         (args.grace >= 0, "--grace must not be negative"),
         (args.rate_limit >= 0, "--rate-limit must not be negative"),
         (args.rate_window >= 1, "--rate-window must be at least 1"),
         (args.burst is None or args.burst >= 1, "--burst must be at least 1"),
+        (args.redis_url is None or args.redis_url.startswith(("redis://", "rediss://", "unix://")),
+         "--redis-url must be redis://HOST:PORT/DB (or rediss://, unix://)"),
+        (args.redis_url is None or args.rate_limit > 0, "--redis-url needs --rate-limit above 0"),
+        (args.redis_timeout > 0, "--redis-timeout must be positive"),
         (args.arm_timeout > 0, "--arm-timeout must be positive"),
         (args.arm_attempts >= 1, "--arm-attempts must be at least 1"),
         (args.arm_breaker_failures >= 1, "--arm-breaker-failures must be at least 1"),
@@ -127,17 +157,26 @@ def parse_args(argv: Sequence[str] | None = None,
         (0 <= args.arm_failure_rate <= 1, "--arm-failure-rate must be within 0..1"),
         (args.arm_latency_ms >= 0, "--arm-latency-ms must not be negative"),
     ]
+    if args.arm_target:
+        targets = _targets(args.arm_target)
+        checks += [
+            (all(targets), "--arm-target: empty entry in the list"),
+            (len(set(targets)) == len(targets), "--arm-target: an arm is listed twice"),
+        ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
     faults = ArmFaults(args.arm_failure_rate, args.arm_latency_ms / 1000.0, args.arm_down)
     return Settings(
         host=args.host, port=args.port, db=args.db, grace=args.grace,
-        metrics_port=args.metrics_port, rate_limit=args.rate_limit,
+        metrics_port=args.metrics_port, http_port=args.http_port,
+        rate_limit=args.rate_limit,
         rate_window=args.rate_window, burst=args.burst,
         auth_token=args.auth_token, dev=args.dev, log_level=args.log_level,
-        arm_target=args.arm_target, arm_port=args.arm_port, arm_faults=faults,
+        arm_target=(",".join(_targets(args.arm_target)) if args.arm_target else None),
+        arm_port=args.arm_port, arm_faults=faults,
         arm_seed=args.arm_seed, arm_timeout=args.arm_timeout, arm_attempts=args.arm_attempts,
         arm_breaker_failures=args.arm_breaker_failures,
         arm_breaker_reset=args.arm_breaker_reset,
+        redis_url=args.redis_url, redis_timeout=args.redis_timeout,
     )

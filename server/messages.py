@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
@@ -12,10 +13,15 @@ from octollm_grpc.errors import InvalidInputError
 from server.gen.octollm.tasks.v1 import tasks_pb2
 from server.store import HistoryEntry, Status, TaskRecord
 
-__all__ = ["decode_page_token", "encode_page_token", "history_message", "status_enum",
+__all__ = ["MAX_SEQ", "decode_page_token", "encode_page_token", "history_message", "status_enum",
            "task_message"]
 
 _PREFIX = "after:"
+#: The largest position a token can name: SQLite's largest INTEGER.
+MAX_SEQ = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_SEQ))
+#: The longest token :func:`encode_page_token` gives; longer ones are not even decoded.
+_MAX_TOKEN = len(base64.urlsafe_b64encode(f"{_PREFIX}{MAX_SEQ}".encode()))
 
 
 _STATUS = {
@@ -64,20 +70,26 @@ def history_message(entry: HistoryEntry) -> tasks_pb2.TaskHistoryEntry:
 
 
 def encode_page_token(after_seq: int) -> str:
-    """An opaque token for "the tasks after this one"."""
+    """An opaque token for "the tasks after this one" (``0 <= after_seq <= MAX_SEQ``)."""
     return base64.urlsafe_b64encode(f"{_PREFIX}{after_seq}".encode()).decode().rstrip("=")
 
 
 def decode_page_token(token: str) -> int:
-    """The position a token stands for (0 for ""); :class:`InvalidInputError` if it is not ours."""
+    """The position a token stands for (0 for ""); :class:`InvalidInputError` if it is not ours.
+
+    Strict: a token is ours only if it is exactly what :func:`encode_page_token` gives for a
+    position within SQLite's integer range, so a forged one (signs, spaces, other digits,
+    non-canonical base64, a 400-digit number) never reaches the query.
+    """
     if not token:
         return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if text.startswith(_PREFIX):
-            value = int(text.removeprefix(_PREFIX))
-            if value >= 0:
-                return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
+    if len(token) <= _MAX_TOKEN:
+        with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+            digits = text.removeprefix(_PREFIX)
+            if text.startswith(_PREFIX) and digits.isascii() and digits.isdigit() \
+                    and len(digits) <= _MAX_DIGITS:
+                value = int(digits)
+                if value <= MAX_SEQ and encode_page_token(value) == token:
+                    return value
     raise InvalidInputError("page_token is not a token this service issued", field="page_token")

@@ -274,8 +274,33 @@ class TaskStore:
         return [HistoryEntry(Status(str(s)), float(t), str(n))
                 for s, t, n in rows]
 
-    def page(self, after_seq: int, limit: int) -> tuple[list[TaskRecord], bool]:
-        """Up to ``limit`` tasks after ``after_seq``, oldest first, and whether more follow."""
-        rows = self._read("query", "SELECT * FROM tasks WHERE seq > ? ORDER BY seq "
-                                   "LIMIT ?", (after_seq, limit + 1))
-        return [_record(r) for r in rows[:limit]], len(rows) > limit
+    def page(self, after_seq: int, limit: int, max_bytes: int | None = None,
+             size: Callable[[TaskRecord], int] = lambda record: 0,
+             ) -> tuple[list[TaskRecord], bool]:
+        """Up to ``limit`` tasks after ``after_seq``, oldest first, and whether more follow.
+
+        With ``max_bytes``, the page also ends before the task that would take the sum of
+        ``size(task)`` past it (the first task is always included, so a page is never empty
+        while tasks remain). Rows are read one batch at a time: a page's memory is bounded by
+        ``max_bytes``, not by ``limit`` times the largest task.
+        """
+        try:
+            cursor = self._conn.execute("SELECT * FROM tasks WHERE seq > ? ORDER BY seq "
+                                        "LIMIT ?", (after_seq, limit + 1))
+            try:
+                records: list[TaskRecord] = []
+                used = 0
+                while rows := cursor.fetchmany(32):
+                    for row in rows:
+                        record = _record(row)
+                        if len(records) == limit:
+                            return records, True
+                        used += size(record)
+                        if records and max_bytes is not None and used > max_bytes:
+                            return records, True
+                        records.append(record)
+                return records, False
+            finally:
+                cursor.close()  # a half-read statement would hold its read snapshot open
+        except sqlite3.Error as error:
+            raise _database_error("query", error) from error

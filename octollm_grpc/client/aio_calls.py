@@ -16,7 +16,13 @@ import grpc
 from grpc import aio
 
 from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, CallRetry, MethodPlan, Resilience
+from octollm_grpc.client.retry import (
+    ATTEMPTS_HEADER,
+    CallRetry,
+    MethodPlan,
+    Resilience,
+    ended_by_callers_deadline,
+)
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
@@ -79,7 +85,10 @@ class Attempts:
         plan = self.plan
         code = error.code()
         if plan.breaker is not None:
-            plan.breaker.record(self.token, code)
+            timeout = self.details.timeout
+            deadline = None if timeout is None else self.start + timeout
+            plan.record(self.token, code, ended_by_callers_deadline(
+                code, self.retry, deadline, self.core.clock()))
         if cancelled or not self.retryable:
             raise from_rpc_error(error) from error
         if self.retry is None:

@@ -34,6 +34,7 @@ from octollm_grpc.errors import CircuitOpenError
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
+    "HALF_OPEN_RETRY_AFTER",
     "BreakerListener",
     "BreakerSettings",
     "CircuitBreaker",
@@ -49,12 +50,27 @@ DEFAULT_FAILURE_CODES = frozenset(
     {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS})
 
 
-class CircuitState(enum.Enum):
-    """A breaker's state; ``value`` is the number the state gauge reports."""
+#: What a call rejected in half-open (all probe permits taken) is told to wait, at most.
+HALF_OPEN_RETRY_AFTER = 1.0
 
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
+
+class CircuitState(enum.Enum):
+    """A breaker's state; ``value`` is the seed's name for it, :attr:`gauge` its metric number.
+
+    One enum for the gRPC client's breakers and :mod:`octollm_grpc.resilience`'s.
+    """
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge(self) -> int:
+        """The number ``octollm_client_circuit_state`` reports: 0 closed, 1 half-open, 2 open."""
+        return _GAUGE[self]
+
+
+_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 def _check(name: str, value: float, *, low: float = 0.0, integer: bool = False) -> None:
@@ -157,7 +173,7 @@ class CircuitBreaker:
         self._state_gauge = metrics.state.labels(target, method)
         self._rejected = metrics.rejected.labels(target, method)
         self._transitions = metrics.transitions
-        self._state_gauge.set(CircuitState.CLOSED.value)
+        self._state_gauge.set(CircuitState.CLOSED.gauge)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -201,7 +217,8 @@ class CircuitBreaker:
                     token = -probe
                 else:
                     rejected = True
-                    retry_after = min(self._probes.values()) - now
+                    # The probe in flight usually reports well before its permit expires.
+                    retry_after = min(min(self._probes.values()) - now, HALF_OPEN_RETRY_AFTER)
             else:
                 rejected = True
                 retry_after = self._open_until - now
@@ -312,7 +329,7 @@ class CircuitBreaker:
         if change is None:
             return
         old, new, open_for = change
-        self._state_gauge.set(new.value)
+        self._state_gauge.set(new.gauge)
         self._transitions.labels(self.target, self.method, old.name.lower(),
                                  new.name.lower()).inc()
         log = _log.warning if new is CircuitState.OPEN else _log.info

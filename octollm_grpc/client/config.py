@@ -17,8 +17,11 @@
 ``replayableRequests``; a ``methodConfig`` entry without one means "never retry" (as in
 gRPC). A name ``{}`` (or ``{"service": ""}``) sets the default; methods matched by no entry
 keep the product default (3 attempts). ``retryThrottling: null`` turns the budget off,
-``circuitBreaker: null`` the breaker. Everything else (``loadBalancingConfig``, a method's
-``timeout``, ``waitForReady``...) is handed to gRPC unchanged, without the retry parts.
+``circuitBreaker: null`` the breaker. The fields gRPC itself acts on (``loadBalancingConfig``,
+``loadBalancingPolicy``, ``healthCheckConfig``; a method's ``timeout``, ``waitForReady``,
+``maxRequestMessageBytes``, ``maxResponseMessageBytes``) are handed to it unchanged. Any other
+field, ``hedgingPolicy`` included (not implemented: our retry layer replaces gRPC's), is a
+``ValueError`` naming it: a config that is accepted takes effect.
 """
 
 from __future__ import annotations
@@ -109,6 +112,24 @@ def _kwargs(section: Any, fields: dict[str, _Field], what: str) -> dict[str, Any
     return kwargs
 
 
+#: Top-level fields: ours, and those gRPC acts on (given to it as ``grpc.service_config``).
+_TOP_FIELDS = frozenset({"methodConfig", "retryThrottling", "circuitBreaker",
+                         "loadBalancingConfig", "loadBalancingPolicy", "healthCheckConfig"})
+#: A methodConfig entry's fields: ours (``retryPolicy``), and those gRPC acts on.
+_METHOD_FIELDS = frozenset({"name", "retryPolicy", "timeout", "waitForReady",
+                            "maxRequestMessageBytes", "maxResponseMessageBytes"})
+_NAME_FIELDS = frozenset({"service", "method"})
+
+
+def _refuse_unknown(section: Mapping[str, Any], known: frozenset[str], what: str) -> None:
+    unknown = sorted(str(k) for k in set(section) - known)
+    if "hedgingPolicy" in unknown:
+        raise ValueError(f"{what}.hedgingPolicy is not supported (hedging is not implemented; "
+                         "use retryPolicy)")
+    if unknown:
+        raise ValueError(f"{what}: unsupported field(s) {unknown}; supported: {sorted(known)}")
+
+
 def _names(entry: Mapping[str, Any], index: int) -> list[str]:
     names = entry.get("name")
     if not isinstance(names, list) or not names:
@@ -117,6 +138,7 @@ def _names(entry: Mapping[str, Any], index: int) -> list[str]:
     for name in names:
         if not isinstance(name, Mapping):
             raise ValueError(f"methodConfig[{index}].name entries must be objects")
+        _refuse_unknown(name, _NAME_FIELDS, f"methodConfig[{index}].name")
         service = name.get("service") or ""
         method = name.get("method") or ""
         if method and not service:
@@ -134,6 +156,7 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
             raise ValueError(f"config is not valid JSON: {error}") from None
     if not isinstance(config, Mapping):
         raise ValueError(f"config must be an object, not {type(config).__name__}")
+    _refuse_unknown(config, _TOP_FIELDS, "config")
 
     default: RetryPolicy | None = RetryPolicy()
     methods: dict[str, RetryPolicy | None] = {}
@@ -144,6 +167,7 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             raise ValueError(f"methodConfig[{index}] must be an object")
+        _refuse_unknown(entry, _METHOD_FIELDS, f"methodConfig[{index}]")
         section = entry.get("retryPolicy")
         policy = None if section is None else RetryPolicy(
             **_kwargs(section, _RETRY_FIELDS, f"methodConfig[{index}].retryPolicy"))
@@ -153,7 +177,7 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
             if key == "":
                 default = policy
             methods[key] = policy
-        rest = {k: v for k, v in entry.items() if k not in ("retryPolicy", "hedgingPolicy")}
+        rest = {k: v for k, v in entry.items() if k != "retryPolicy"}
         if set(rest) - {"name"}:
             passthrough_methods.append(rest)
     methods.pop("", None)

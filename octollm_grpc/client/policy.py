@@ -56,7 +56,8 @@ class RetryPolicy:
     Times are seconds. Attempt ``n`` (the first retry is ``n = 1``) waits a delay drawn
     uniformly from ``[0, min(initial_backoff * backoff_multiplier ** (n - 1), max_backoff)]``
     unless the server said how long to wait. ``retryable_codes`` are retried always;
-    ``pushback_codes`` only when the server sent ``grpc-retry-pushback-ms`` or ``RetryInfo``.
+    ``pushback_codes`` only when the server sent ``grpc-retry-pushback-ms`` or ``RetryInfo``
+    (a server wait over ``max_pushback`` is not retried).
     Client- and bidi-streaming calls are retried only when ``replayable_requests`` is true
     (their request stream is then buffered and replayed).
     """
@@ -71,6 +72,10 @@ class RetryPolicy:
     per_attempt_timeout: float | None = None
     """Cap on each attempt's time (the caller's deadline still covers all attempts)."""
     replayable_requests: bool = False
+    max_pushback: float = 30.0
+    """Longest server-requested wait honoured; a longer one ends the call at once with the
+    typed error, its ``retry_after`` the server's advice (a call without a deadline never
+    sleeps for a day)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
@@ -85,6 +90,7 @@ class RetryPolicy:
             raise ValueError("max_backoff must be >= initial_backoff")
         if self.per_attempt_timeout is not None:
             _positive("per_attempt_timeout", self.per_attempt_timeout)
+        _positive("max_pushback", self.max_pushback)
         for name in ("retryable_codes", "pushback_codes"):
             codes = status_codes(getattr(self, name), name)
             bad = codes & NEVER_RETRIED

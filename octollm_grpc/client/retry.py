@@ -20,7 +20,13 @@ from octollm_grpc.client.breaker import CircuitBreaker, CircuitBreakers
 from octollm_grpc.client.budget import RetryBudget
 from octollm_grpc.client.policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
 
-__all__ = ["ATTEMPTS_HEADER", "CallRetry", "MethodPlan", "Resilience"]
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "CallRetry",
+    "MethodPlan",
+    "Resilience",
+    "ended_by_callers_deadline",
+]
 
 #: Sent on every attempt after the first, with the number of attempts before it (A6).
 ATTEMPTS_HEADER = "grpc-previous-rpc-attempts"
@@ -50,12 +56,47 @@ class MethodPlan:
         """A breaker token for one attempt (raises ``CircuitOpenError`` when open)."""
         return self.breaker.acquire() if self.breaker is not None else 0
 
+    def record(self, token: int, code: grpc.StatusCode, callers_deadline: bool) -> None:
+        """Report a failed attempt to the breaker.
+
+        ``callers_deadline``: the attempt ran out of the caller's own time (see
+        :func:`ended_by_callers_deadline`), no verdict on the target, so its permit is freed.
+        """
+        breaker = self.breaker
+        if breaker is not None:
+            if callers_deadline:
+                breaker.release(token)
+            else:
+                breaker.record(token, code)
+
     def succeeded(self, token: int) -> None:
         """Record a successful attempt with the breaker and the budget."""
         if self.breaker is not None:
             self.breaker.on_success(token)
         if self.budget is not None:
             self.budget.on_success()
+
+
+#: grpc core and our clock time the caller's deadline separately: readings this close count
+#: as "the deadline had passed".
+_DEADLINE_SLACK = 0.01
+
+
+def ended_by_callers_deadline(
+    code: grpc.StatusCode, retry: CallRetry | None, deadline: float | None, now: float
+) -> bool:
+    """True when an attempt's ``DEADLINE_EXCEEDED`` is the caller's deadline running out.
+
+    That says nothing about the target's health. It is the target's failure when the policy's
+    per-attempt timeout cut the attempt (``retry.capped``), or when the server answered
+    ``DEADLINE_EXCEEDED`` itself before the caller's deadline (``deadline`` is the caller's,
+    on the channel's clock; ``None`` when the caller set none).
+    """
+    if code is not _C.DEADLINE_EXCEEDED or deadline is None:
+        return False
+    if retry is not None and retry.capped:
+        return False
+    return now + _DEADLINE_SLACK >= deadline
 
 
 class Resilience:
@@ -147,6 +188,10 @@ class CallRetry:
         if pushback == STOP:
             _log.info("rpc_retry_stopped_by_server", method=method, attempt=self.attempts,
                       code=code.name)
+            return None
+        if pushback is not None and pushback > policy.max_pushback:
+            _log.info("rpc_retry_pushback_too_long", method=method, attempt=self.attempts,
+                      code=code.name, delay=pushback, max_pushback=policy.max_pushback)
             return None
         if self.attempts >= policy.max_attempts:
             return None

@@ -14,7 +14,14 @@ from typing import Any
 import grpc
 
 from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, CallRetry, MethodPlan, Resilience
+from octollm_grpc.client.retry import (
+    ATTEMPTS_HEADER,
+    CallRetry,
+    MethodPlan,
+    Resilience,
+    ended_by_callers_deadline,
+)
+from octollm_grpc.client.scheduler import shared_scheduler
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
@@ -82,8 +89,14 @@ class Attempts:
         """Report a failed attempt to the breaker; return its code."""
         code: grpc.StatusCode = error.code()
         if self.plan.breaker is not None:
-            self.plan.breaker.record(self.token, code)
+            self.plan.record(self.token, code, self.callers_deadline(code))
         return code
+
+    def callers_deadline(self, code: grpc.StatusCode) -> bool:
+        """Whether an attempt ending with ``code`` ran out of the caller's own time."""
+        timeout = self.details.timeout
+        deadline = None if timeout is None else self.start + timeout
+        return ended_by_callers_deadline(code, self.retry, deadline, self.core.clock())
 
     def delay(self, error: grpc.RpcError, code: grpc.StatusCode) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up."""
@@ -246,7 +259,7 @@ class FailedStream(grpc.Call, Iterator[Any]):
 
 
 class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
-    """What ``.future()`` returns: retries run on callbacks and a waiter thread, not the caller's.
+    """What ``.future()`` returns: retries run on callbacks and the shared retry scheduler.
 
     Resolves to the response, the typed error, or cancellation; ``code()`` and the metadata
     methods wait for the outcome and answer for the last attempt.
@@ -289,11 +302,11 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
         if delay is None:
             self._finish(error=from_rpc_error(error))
             return
-        threading.Thread(target=self._next_attempt, args=(delay, error), daemon=True,
-                         name="octollm-grpc-retry").start()
+        # One scheduler thread waits out every future's backoff (no thread per retry).
+        shared_scheduler().call_later(delay, lambda: self._next_attempt(error),
+                                      self._attempts.sleep)
 
-    def _next_attempt(self, delay: float, error: grpc.RpcError) -> None:
-        self._attempts.sleep(delay)
+    def _next_attempt(self, error: grpc.RpcError) -> None:
         if self._cancelled:
             return
         try:

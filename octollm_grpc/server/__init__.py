@@ -3,7 +3,8 @@
 ``server_interceptors()`` gives the recommended stack for ``grpc.server(...)``; its twin in
 :mod:`octollm_grpc.server.aio` is for ``grpc.aio.server(...)``. Each part is configured by
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
-:class:`RateLimiter` (with :class:`RateLimit`), :class:`BearerAuth` (with
+:class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
+shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
 :class:`StaticTokens`). Handlers validate with :class:`Violations` and read the call's id with
 :func:`current_request_id`.
 """
@@ -23,7 +24,7 @@ from octollm_grpc.server.logs import (
     flush_logs,
 )
 from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
-from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
+from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
 from octollm_grpc.server.validation import Violations
 from octollm_grpc.status import DEFAULT_DOMAIN
@@ -32,8 +33,10 @@ __all__ = [
     "DEFAULT_OPEN_METHODS",
     "FAILED_EVENT",
     "BearerAuth",
+    "BucketStore",
     "CallLogger",
     "LineWriter",
+    "MemoryStore",
     "RateLimit",
     "RateLimiter",
     "RequestIds",
@@ -68,7 +71,14 @@ def server_interceptors(
     order: request id, started counter, rate limit, auth, handler; then the status is
     decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds
     the traceback of unexpected exceptions as ``DebugInfo`` (never in production).
+
+    Raises ``TypeError`` for an ``auth`` whose verifier is a coroutine function: a sync server
+    cannot await it, so it is refused here rather than failing every call.
     """
+    if auth is not None and auth.is_async:
+        raise TypeError(
+            "BearerAuth with a coroutine verifier needs the grpc.aio stack "
+            "(octollm_grpc.server.aio.server_interceptors); pass a plain function here")
     return [ServerInterceptor(Pipeline.from_options(
         request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
         auth=auth, domain=domain, debug=debug,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
@@ -277,20 +277,30 @@ class Pipeline:
             plan.metrics.started.inc()
         return call
 
-    def admit(self, call: Call, context: Any) -> None:
-        """Rate limit, then auth (sync verifier); raises the error the call must end with."""
+    def admit(
+        self, call: Call, context: Any, wait: Callable[[Awaitable[Any]], Any] | None = None
+    ) -> None:
+        """Rate limit, then auth; raises the error the call must end with.
+
+        ``wait`` blocks for an awaitable verdict of a coroutine verifier (a ``def`` handler on
+        an aio server); without it only a sync verifier can run.
+        """
         plan = call.plan
         if plan.limit is not None:
             self._rate_limit(plan.limit, call, context)
         if plan.scopes is not None:
             assert self.auth is not None
-            self.auth.check(plan.scopes, call.metadata)
+            self.auth.check(plan.scopes, call.metadata, wait)
 
     async def admit_async(self, call: Call, context: Any) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
         plan = call.plan
         if plan.limit is not None:
-            self._rate_limit(plan.limit, call, context)
+            # A shared store (Redis) answers over the network: never block the event loop.
+            limiter = self.rate_limiter
+            assert limiter is not None
+            key = limiter.key_for(call.metadata, context.peer)
+            await limiter.check_async(plan.limit[0], plan.limit[1], key)
         if plan.scopes is not None:
             assert self.auth is not None
             await self.auth.check_async(plan.scopes, call.metadata)

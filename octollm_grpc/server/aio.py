@@ -3,7 +3,8 @@
 ``server_interceptors()`` here is the aio twin of :func:`octollm_grpc.server.server_interceptors`;
 both run the same core. Wrappers keep the handler's kind (coroutine function or async
 generator function), as grpc.aio dispatches on it. Handlers that are plain functions (run by
-grpc.aio in its migration thread pool) are passed through unwrapped.
+grpc.aio in its migration thread pool) get the same stack from :mod:`._threaded`, still as
+plain functions: auth, rate limit, mapping, logging, metrics and the request id, like the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from octollm_grpc.server._core import (
     rpc_type_of,
     undecodable_error,
 )
+from octollm_grpc.server._threaded import threaded_behavior
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.logs import CallLogger
 from octollm_grpc.server.metrics import ServerMetrics
@@ -108,12 +110,20 @@ def _async_generator(
     return handle
 
 
-def _wrap_behavior(pipeline: Pipeline, plan: MethodPlan, behavior: Any) -> Any:
+def _wrap_behavior(
+    pipeline: Pipeline, plan: MethodPlan, behavior: Any, response_streaming: bool
+) -> Any:
+    # The same dispatch as grpc.aio's: async generator function, coroutine function, and any
+    # other callable is a plain function it runs in its thread pool.
     if inspect.isasyncgenfunction(behavior):
         return _async_generator(pipeline, plan, behavior)
     if inspect.iscoroutinefunction(behavior):
         return _coroutine(pipeline, plan, behavior)
-    return None
+    if callable(behavior):
+        loop = asyncio.get_running_loop()  # wrapping happens on the server's loop
+        return threaded_behavior(pipeline, plan, behavior, response_streaming, loop)
+    # Never serve a handler the stack does not cover (fail closed, not open).
+    raise TypeError(f"{plan.method}: handler {behavior!r} is not callable")
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -144,9 +154,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         plan = self.pipeline.plan(method, rpc_type_of(handler))
         req = handler.request_streaming
         make, behavior = handler_shape(handler)
-        wrapped = _wrap_behavior(self.pipeline, plan, behavior)
-        if wrapped is None:
-            return handler
+        wrapped = _wrap_behavior(self.pipeline, plan, behavior, handler.response_streaming)
         # A single request message is parsed before the handler: failures come to us.
         parse = handler.request_deserializer if req else parse_safely(handler.request_deserializer)
         return make(wrapped, parse, handler.response_serializer)

@@ -116,9 +116,28 @@ class BearerAuth:
                 "Missing required scope", details={"required_scopes": sorted(missing)}
             )
 
-    def check(self, required: frozenset[str], metadata: Iterable[Any] | None) -> None:
-        """Raise unless ``metadata`` carries a valid token with every ``required`` scope."""
+    @property
+    def is_async(self) -> bool:
+        """True when the verifier is a coroutine function (only the aio stack can await it)."""
+        verifier = self._verifier
+        # A callable object counts by its __call__ method.
+        return inspect.iscoroutinefunction(verifier) or inspect.iscoroutinefunction(
+            type(verifier).__call__)
+
+    def check(
+        self,
+        required: frozenset[str],
+        metadata: Iterable[Any] | None,
+        wait: Callable[[Awaitable[Any]], Any] | None = None,
+    ) -> None:
+        """Raise unless ``metadata`` carries a valid token with every ``required`` scope.
+
+        ``wait`` blocks until an awaitable verdict is ready (a ``def`` handler on an aio
+        server hands it to the event loop); without it a coroutine verifier is a ``TypeError``.
+        """
         granted = self._verifier(self._token(metadata))
+        if inspect.isawaitable(granted) and wait is not None:
+            granted = wait(granted)
         if inspect.isawaitable(granted):
             # A coroutine verifier only works on an aio server; close it to avoid a warning.
             close = getattr(granted, "close", None)

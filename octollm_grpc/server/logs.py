@@ -1,9 +1,11 @@
 """Logging of failed calls with structlog, and a one-call structlog setup for services.
 
 Each failed call gives exactly one event, ``grpc.call.failed``, with ``grpc_method``,
-``grpc_code``, ``error_code``, ``request_id``, ``duration_ms`` and ``peer``. Levels follow the
-seed: errors the caller caused at ``warning``, server-side errors at ``error``, unexpected
-exceptions at ``critical`` with the traceback (``exc_info``). Successful calls log nothing.
+``grpc_code``, ``error_code``, ``request_id``, ``duration_ms``, ``peer`` (unless the
+:class:`CallLogger` leaves it out) and, for errors of the hierarchy, their ``message``. Levels
+follow the seed: errors the caller caused at ``warning``, server-side errors at ``error``,
+unexpected exceptions at ``critical`` with the traceback (``exc_info``). Successful calls log
+nothing.
 
 While a call runs, ``request_id`` is bound in structlog's context variables, so every event
 the handler logs carries it too (with ``structlog.contextvars.merge_contextvars`` in the
@@ -169,9 +171,19 @@ class LineWriter:
         self.max_pending = max_pending
         #: Lines the stream refused (its write or flush raised).
         self.lost = 0
+        self._closed = False
         self._reset()
         with _writers_lock:
             _writers.append(self)
+
+    def close(self) -> None:
+        """Write what is queued and leave the background thread's list (the stream is not
+        closed: it is the caller's). Lines queued afterwards are written at once."""
+        self._closed = True
+        with _writers_lock:
+            if self in _writers:
+                _writers.remove(self)
+        self.flush()
 
     def _reset(self) -> None:
         self._lines: collections.deque[str | dict[str, Any]] = collections.deque()
@@ -184,7 +196,7 @@ class LineWriter:
             _start_background()
         lines = self._lines
         lines.append(message)
-        if len(lines) >= self.max_pending:
+        if len(lines) >= self.max_pending or self._closed:
             self.flush()
 
     log = debug = info = warn = warning = msg
@@ -328,7 +340,8 @@ def configure_logging(
     thread, as structlog's ``PrintLogger`` does.
 
     Loggers are cached on first use (structlog's production setting): a logger keeps the
-    output it first wrote to, so call this once at start-up, before serving.
+    output it first wrote to, so call this once at start-up, before serving. Calling it again
+    releases the previous writer (loggers cached under it write their lines at once).
     ``structlog.testing.capture_logs`` still captures their events.
     """
     out = stream if stream is not None else sys.stderr
@@ -358,9 +371,18 @@ def configure_logging(
     )
 
 
+#: The writer of the current configuration; the next configure_logging closes it.
+_configured: list[LineWriter] = []
+
+
 def _factory(out: TextIO, background: bool) -> Any:
+    flush_logs()  # what the previous configuration queued goes out first
+    # Release the previous configuration's writer (and with it its stream): loggers cached
+    # under it still work, writing each line at once.
+    while _configured:
+        _configured.pop().close()
     if not background:
         return structlog.PrintLoggerFactory(file=out)
-    flush_logs()  # what the previous configuration queued goes out first
     writer = LineWriter(out)
+    _configured.append(writer)
     return lambda *_args: writer

@@ -3,9 +3,12 @@
 A caller's key is its peer address without the port (so new connections do not get new
 buckets), or the value of a metadata key such as ``x-api-key`` when one is configured. Methods
 without their own limit share one bucket per caller; a method with its own limit has its own.
-Buckets live in an LRU map of at most ``max_keys`` entries: however many distinct callers
+Where the buckets live is the limiter's *store*. The default :class:`MemoryStore` keeps them
+in this process, in an LRU map of at most ``max_keys`` entries: however many distinct callers
 appear, memory stays bounded. An evicted caller comes back with a full bucket, so size
-``max_keys`` above the number of callers active within one refill period.
+``max_keys`` above the number of callers active within one refill period. Replicas that must
+share one limit use :class:`octollm_grpc.server.ratelimit_redis.RedisStore` instead (the
+``[redis]`` extra); any object with the :class:`BucketStore` methods will do.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from octollm_grpc.errors import RateLimitError
 
-__all__ = ["RateLimit", "RateLimiter", "peer_host"]
+__all__ = ["BucketStore", "MemoryStore", "RateLimit", "RateLimiter", "ceil_ms", "peer_host"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,30 +64,42 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class RateLimiter:
-    """Token buckets keyed by (limit scope, caller key).
+def ceil_ms(seconds: float) -> float:
+    """``seconds`` rounded up to whole milliseconds: a caller told to wait this long never
+    comes back before its token is there (the pushback trailer carries whole milliseconds)."""
+    return math.ceil(seconds * 1000.0) / 1000.0
 
-    ``default`` applies to every method not in ``methods`` (``None``: unlimited). ``methods``
-    maps full method names (``/pkg.Service/Method``) to their own :class:`RateLimit`, or to
-    ``None`` to exempt them. ``key_metadata`` names the metadata key identifying the caller
-    (the peer host is used when it is absent). ``clock`` is a monotonic clock in seconds.
-    Thread-safe; the lock is held only for the bucket arithmetic.
+
+@runtime_checkable
+class BucketStore(Protocol):
+    """Where a :class:`RateLimiter` keeps its token buckets.
+
+    ``take`` and ``take_async`` take one token from the bucket of ``(scope, key)`` under
+    ``limit``: ``0.0`` when the call may pass, else the seconds until a token is due (whole
+    milliseconds, rounded up). The sync stack calls ``take``, the aio stack ``take_async``;
+    neither may raise for a store outage (a store decides itself how to answer then).
+    ``len()`` is how many buckets the store holds in this process.
+    """
+
+    def take(self, scope: str, key: str, limit: RateLimit) -> float: ...
+
+    async def take_async(self, scope: str, key: str, limit: RateLimit) -> float: ...
+
+    def __len__(self) -> int: ...
+
+
+class MemoryStore:
+    """Token buckets in this process: an LRU map of at most ``max_keys`` buckets.
+
+    ``clock`` is a monotonic clock in seconds. Thread-safe; the lock is held only for the
+    bucket arithmetic. Each process (replica) has its own buckets.
     """
 
     def __init__(
-        self,
-        default: RateLimit | None,
-        *,
-        methods: Mapping[str, RateLimit | None] | None = None,
-        key_metadata: str | None = None,
-        max_keys: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
+        self, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be positive, not {max_keys!r}")
-        self._default = default
-        self._methods = dict(methods or {})
-        self._key_metadata = key_metadata.lower() if key_metadata else None
         self._max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
@@ -95,23 +110,7 @@ class RateLimiter:
         """How many buckets are held (never more than ``max_keys``)."""
         return len(self._buckets)
 
-    def limit_for(self, method: str) -> tuple[str, RateLimit] | None:
-        """The (scope, limit) governing ``method``, or ``None`` when it is not limited."""
-        if method in self._methods:
-            own = self._methods[method]
-            return None if own is None else (method, own)
-        return None if self._default is None else ("", self._default)
-
-    def key_for(self, metadata: Iterable[Any] | None, peer: Callable[[], str]) -> str:
-        """The caller key: the configured metadata value, else the peer host."""
-        wanted = self._key_metadata
-        if wanted is not None and metadata:
-            for key, value in metadata:
-                if key == wanted:
-                    return value if isinstance(value, str) else repr(value)
-        return peer_host(peer())
-
-    def acquire(self, scope: str, limit: RateLimit, key: str) -> float:
+    def take(self, scope: str, key: str, limit: RateLimit) -> float:
         """Take a token: ``0.0`` when the call may pass, else the seconds until one is due."""
         now = self._clock()
         bucket_key = (scope, key)
@@ -132,11 +131,83 @@ class RateLimiter:
                 bucket[0] -= 1.0
                 return 0.0
             missing = 1.0 - bucket[0]
-        # Whole milliseconds, rounded up: the caller never retries before a token is there.
-        return math.ceil(missing / limit.rate * 1000.0) / 1000.0
+        return ceil_ms(missing / limit.rate)
+
+    async def take_async(self, scope: str, key: str, limit: RateLimit) -> float:
+        """:meth:`take` (it never blocks, so the aio stack calls it directly)."""
+        return self.take(scope, key, limit)
+
+
+class RateLimiter:
+    """Token buckets keyed by (limit scope, caller key), kept in a :class:`BucketStore`.
+
+    ``default`` applies to every method not in ``methods`` (``None``: unlimited). ``methods``
+    maps full method names (``/pkg.Service/Method``) to their own :class:`RateLimit`, or to
+    ``None`` to exempt them. ``key_metadata`` names the metadata key identifying the caller
+    (the peer host is used when it is absent). ``store`` holds the buckets; by default a
+    :class:`MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
+    which may then not be given with ``store``. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        default: RateLimit | None,
+        *,
+        methods: Mapping[str, RateLimit | None] | None = None,
+        key_metadata: str | None = None,
+        max_keys: int | None = None,
+        clock: Callable[[], float] | None = None,
+        store: BucketStore | None = None,
+    ) -> None:
+        if store is None:
+            store = MemoryStore(
+                max_keys=10_000 if max_keys is None else max_keys,
+                clock=time.monotonic if clock is None else clock,
+            )
+        elif max_keys is not None or clock is not None:
+            raise ValueError("max_keys and clock configure the default store: "
+                             "give them to the store instead")
+        self._default = default
+        self._methods = dict(methods or {})
+        self._key_metadata = key_metadata.lower() if key_metadata else None
+        self.store = store
+
+    def __len__(self) -> int:
+        """How many buckets the store holds in this process."""
+        return len(self.store)
+
+    def limit_for(self, method: str) -> tuple[str, RateLimit] | None:
+        """The (scope, limit) governing ``method``, or ``None`` when it is not limited."""
+        if method in self._methods:
+            own = self._methods[method]
+            return None if own is None else (method, own)
+        return None if self._default is None else ("", self._default)
+
+    def key_for(self, metadata: Iterable[Any] | None, peer: Callable[[], str]) -> str:
+        """The caller key: the configured metadata value, else the peer host."""
+        wanted = self._key_metadata
+        if wanted is not None and metadata:
+            for key, value in metadata:
+                if key == wanted:
+                    return value if isinstance(value, str) else repr(value)
+        return peer_host(peer())
+
+    def acquire(self, scope: str, limit: RateLimit, key: str) -> float:
+        """Take a token: ``0.0`` when the call may pass, else the seconds until one is due."""
+        return self.store.take(scope, key, limit)
+
+    async def acquire_async(self, scope: str, limit: RateLimit, key: str) -> float:
+        """:meth:`acquire` for the aio stack (a shared store answers without blocking the loop)."""
+        return await self.store.take_async(scope, key, limit)
 
     def check(self, scope: str, limit: RateLimit, key: str) -> None:
         """Take a token or raise :class:`RateLimitError` with the wait in ``retry_after``."""
-        wait = self.acquire(scope, limit, key)
+        wait = self.store.take(scope, key, limit)
+        if wait > 0.0:
+            raise RateLimitError(limit=limit.limit, window=limit.window, retry_after=wait)
+
+    async def check_async(self, scope: str, limit: RateLimit, key: str) -> None:
+        """:meth:`check` for the aio stack."""
+        wait = await self.store.take_async(scope, key, limit)
         if wait > 0.0:
             raise RateLimitError(limit=limit.limit, window=limit.window, retry_after=wait)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -21,10 +22,12 @@ from octollm_grpc.client import (
 from octollm_grpc.client import aio as client_aio
 from octollm_grpc.client.channel import channel_options
 from octollm_grpc.client.config import ClientConfig
-from octollm_grpc.testing import FakeClock
-from tests.client.backend import FAIL, OTHER, UNARY, Backend, Reply
+from octollm_grpc.testing import FakeClock, FaultInjector, serve
+from tests.client.backend import OTHER, SUCCEED, UNARY, Backend
 from tests.client.channels import aio_channel, sync_channel
-from tests.servers import sync_server
+
+#: More attempts than any test here makes: "the server is down".
+EVERY_ATTEMPT = 10_000
 
 CONFIG = {
     "methodConfig": [
@@ -153,49 +156,66 @@ def test_resilient_channels_warn_on_stacked_retries() -> None:
 
 
 # -- config on real channels --------------------------------------------------------------------
+# The servers are the testing kit's: ``grpc_target`` serves a healthy backend with the octollm
+# stack, and the plugin's ``fault_injector`` fails and counts the attempts.
 
 
-def test_sync_config_sets_per_method_policies(clock: FakeClock) -> None:
+@pytest.fixture
+def grpc_handlers() -> Sequence[grpc.GenericRpcHandler]:
+    """A healthy backend: every failure comes from the fault injector."""
+    return [Backend([SUCCEED]).handler()]
+
+
+@pytest.fixture
+def down(fault_injector: FaultInjector) -> FaultInjector:
+    """The plugin's fault injector, failing every attempt with UNAVAILABLE."""
+    fault_injector.fail_next(EVERY_ATTEMPT, grpc.StatusCode.UNAVAILABLE)
+    return fault_injector
+
+
+def test_sync_config_sets_per_method_policies(grpc_target: str, down: FaultInjector,
+                                              clock: FakeClock) -> None:
     """Sync: with the JSON config, Unary gets 4 attempts and Other none, as configured."""
-    backend = Backend([FAIL], clock)
-    with sync_server([backend.handler()]) as target:
-        channel = sync_channel(target, clock, config=json.dumps(CONFIG), budget=None,
-                               breaker=BreakerSettings(failure_threshold=100))
-        with pytest.raises(errors.NetworkError):
-            channel.unary_unary(UNARY)(b"x")
-        with pytest.raises(errors.NetworkError):
-            channel.unary_unary(OTHER)(b"x")
-    assert backend.count(UNARY) == 4 and backend.count(OTHER) == 1
+    channel = sync_channel(grpc_target, clock, config=json.dumps(CONFIG), budget=None,
+                           breaker=BreakerSettings(failure_threshold=100))
+    with pytest.raises(errors.NetworkError):
+        channel.unary_unary(UNARY)(b"x")
+    with pytest.raises(errors.NetworkError):
+        channel.unary_unary(OTHER)(b"x")
+    assert down.count(UNARY) == 4 and down.count(OTHER) == 1
     assert all(d <= 0.5 for d in clock.sleeps)
 
 
-async def test_aio_config_sets_per_method_policies(clock: FakeClock) -> None:
+async def test_aio_config_sets_per_method_policies(grpc_target: str, down: FaultInjector,
+                                                   clock: FakeClock) -> None:
     """Aio: with the dict config, Unary gets 4 attempts and Other none, as configured."""
-    backend = Backend([FAIL], clock)
-    with sync_server([backend.handler()]) as target:
-        async with aio_channel(target, clock, config=CONFIG, budget=None,
-                               breaker=BreakerSettings(failure_threshold=100)) as channel:
-            with pytest.raises(errors.NetworkError):
-                await channel.unary_unary(UNARY)(b"x")
-            with pytest.raises(errors.NetworkError):
-                await channel.unary_unary(OTHER)(b"x")
-    assert backend.count(UNARY) == 4 and backend.count(OTHER) == 1
+    async with aio_channel(grpc_target, clock, config=CONFIG, budget=None,
+                           breaker=BreakerSettings(failure_threshold=100)) as channel:
+        with pytest.raises(errors.NetworkError):
+            await channel.unary_unary(UNARY)(b"x")
+        with pytest.raises(errors.NetworkError):
+            await channel.unary_unary(OTHER)(b"x")
+    assert down.count(UNARY) == 4 and down.count(OTHER) == 1
 
 
 def test_sync_config_passthrough_reaches_grpc(clock: FakeClock) -> None:
     """Sync: a methodConfig timeout in the config is applied by gRPC to the call."""
     stuck = threading.Event()
-    backend = Backend([Reply(wait=stuck)], clock)
+    # The injected delay waits on ``stuck``: the attempt hangs until the test lets it go.
+    hang = FaultInjector(sleep=lambda seconds: stuck.wait(seconds))
+    hang.delay_next(EVERY_ATTEMPT, 10)
     config = {"methodConfig": [{"name": [{"service": "test.Echo"}], "timeout": "0.05s",
                                 "retryPolicy": {"maxAttempts": 2}}]}
-    with sync_server([backend.handler()]) as target:
+    with serve(Backend([SUCCEED]).handler(), interceptors=[hang]) as target:
         try:
             with pytest.raises(errors.TimeoutError) as caught:
                 sync_channel(target, clock, config=config).unary_unary(UNARY)(b"x")
         finally:
             stuck.set()
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # no caller timeout given
-    assert backend.count() <= 1  # DEADLINE_EXCEEDED is not retried
+    assert hang.count() <= 1  # DEADLINE_EXCEEDED is not retried
+    # The server saw the 0.05 s deadline (its clock reads it a little late, hence the slack).
+    assert all(r.time_remaining is not None and r.time_remaining <= 0.1 for r in hang.records)
 
 
 # -- the defaults ---------------------------------------------------------------------------------
@@ -205,40 +225,38 @@ def _default_sync(target: str, clock: FakeClock, registry: CollectorRegistry) ->
     return resilient_channel(target, clock=clock.now, sleep=clock.sleep, registry=registry)
 
 
-def test_sync_defaults_retry_budget_and_shared_breaker(clock: FakeClock,
+def test_sync_defaults_retry_budget_and_shared_breaker(grpc_target: str, down: FaultInjector,
+                                                       clock: FakeClock,
                                                        registry: CollectorRegistry) -> None:
     """Sync, no settings: 3 attempts; the target's budget and breaker are shared by channels."""
-    backend = Backend([FAIL], clock)
-    with sync_server([backend.handler()]) as target:
-        with pytest.raises(errors.NetworkError):
-            _default_sync(target, clock, registry).unary_unary(UNARY)(b"x")
-        assert backend.count() == 3
-        other_channel = _default_sync(target, clock, registry)
-        with pytest.raises(errors.NetworkError):
-            other_channel.unary_unary(UNARY)(b"x")  # budget at half: one retry, then stop
-        assert backend.count() == 5  # the 5th consecutive failure opened the breaker
-        with pytest.raises(errors.CircuitOpenError):
-            _default_sync(target, clock, registry).unary_unary(UNARY)(b"x")
-    assert backend.count() == 5
+    with pytest.raises(errors.NetworkError):
+        _default_sync(grpc_target, clock, registry).unary_unary(UNARY)(b"x")
+    assert down.count() == 3
+    other_channel = _default_sync(grpc_target, clock, registry)
+    with pytest.raises(errors.NetworkError):
+        other_channel.unary_unary(UNARY)(b"x")  # budget at half: one retry, then stop
+    assert down.count() == 5  # the 5th consecutive failure opened the breaker
+    with pytest.raises(errors.CircuitOpenError):
+        _default_sync(grpc_target, clock, registry).unary_unary(UNARY)(b"x")
+    assert down.count() == 5
 
 
-async def test_aio_defaults_retry_budget_and_shared_breaker(clock: FakeClock,
+async def test_aio_defaults_retry_budget_and_shared_breaker(grpc_target: str, down: FaultInjector,
+                                                            clock: FakeClock,
                                                             registry: CollectorRegistry) -> None:
     """Aio, no settings: 3 attempts; the target's budget and breaker are shared by channels."""
-    backend = Backend([FAIL], clock)
 
     def make(target: str) -> grpc.aio.Channel:
         return client_aio.resilient_channel(target, clock=clock.now, sleep=clock.async_sleep,
                                             registry=registry)
 
-    with sync_server([backend.handler()]) as target:
-        async with make(target) as first, make(target) as second:
-            with pytest.raises(errors.NetworkError):
-                await first.unary_unary(UNARY)(b"x")
-            assert backend.count() == 3
-            with pytest.raises(errors.NetworkError):
-                await second.unary_unary(UNARY)(b"x")
-            assert backend.count() == 5
-            with pytest.raises(errors.CircuitOpenError):
-                await first.unary_unary(UNARY)(b"x")
-    assert backend.count() == 5
+    async with make(grpc_target) as first, make(grpc_target) as second:
+        with pytest.raises(errors.NetworkError):
+            await first.unary_unary(UNARY)(b"x")
+        assert down.count() == 3
+        with pytest.raises(errors.NetworkError):
+            await second.unary_unary(UNARY)(b"x")
+        assert down.count() == 5
+        with pytest.raises(errors.CircuitOpenError):
+            await first.unary_unary(UNARY)(b"x")
+    assert down.count() == 5

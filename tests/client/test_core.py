@@ -277,7 +277,7 @@ def test_probe_that_never_reports_expires(clock: FakeClock) -> None:
     lost = breaker.acquire()
     with pytest.raises(errors.CircuitOpenError) as caught:
         breaker.acquire()
-    assert caught.value.retry_after == pytest.approx(5)
+    assert caught.value.retry_after == pytest.approx(1)  # HALF_OPEN_RETRY_AFTER, not the 5 s
     clock.advance(5)
     probe = breaker.acquire()
     breaker.on_failure(lost)  # too late: no effect

@@ -33,4 +33,11 @@ SAMPLES: list[e.OctoLLMError] = [
     e.LLMAPIError("openai", 503, "overloaded"),
     e.VectorDBError("qdrant timeout"),
     e.ThirdPartyAPIError("github 502"),
+    e.NotFoundError("no such widget", details={"widget": "w-9"}),
+    e.AlreadyExistsError("widget w-9 exists"),
+    e.AbortedError("lost the race", retry_after=0.5),
+    e.OutOfRangeError("offset past the end", field="offset"),
+    e.ResourceExhaustedError("disk quota", retry_after=60),
+    e.UnimplementedError("no such feature"),
+    e.CancelledCallError("the caller went away"),
 ]

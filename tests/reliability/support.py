@@ -75,7 +75,8 @@ def launch(tmp_path: Path, *flags: str, module: str = "server", db: Path | None 
         argv = [sys.executable, "-m", module, *flags]
     else:
         argv = [sys.executable, "-m", module, "--port", "0", "--metrics-port", "0",
-                "--db", str(db), "--grace", "5", *flags]
+                "--db", str(db), "--grace", "5",
+                "--http-port", "-1", *flags]
     with log.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
                                    text=True, env={**os.environ, **(env or {})})

@@ -37,6 +37,9 @@ DEADLINE = 0.3
 #: Slack on top of a deadline for a loaded 2-core CI machine.
 SLACK = 0.7
 RESET = 5.0  # breaker reset timeout, on the fake clock
+#: The hang is cut by the policy's own per-attempt timeout: that counts against the server
+#: (the caller's own deadline running out would not, see tests/client/test_trust_deadlines.py).
+PER_ATTEMPT = RetryPolicy(max_attempts=1, per_attempt_timeout=DEADLINE)
 
 
 class Misbehaving:
@@ -102,16 +105,16 @@ CYCLE = [*OPENED, (CircuitState.OPEN, CircuitState.HALF_OPEN),
 
 def test_sync_hanging_server_hits_deadline_opens_and_closes_breaker(
         misbehaving: tuple[Misbehaving, str]) -> None:
-    """Hang: TimeoutError at the deadline, twice -> breaker open -> fail fast; back -> closed."""
+    """Hang: TimeoutError at the attempt timeout, twice -> open -> fail fast; back -> closed."""
     server, target = misbehaving
     _warm_up(target)
     settle = Settle()
     clock, changes = FakeClock(), []
     breakers = _breakers(target, clock, 2, changes)
-    with resilient_channel(target, breaker=breakers, budget=None,
+    with resilient_channel(target, retry=PER_ATTEMPT, breaker=breakers, budget=None,
                            registry=CollectorRegistry()) as channel:
         call = channel.unary_unary(METHOD)
-        hung = [_timed(lambda: call(b"x", timeout=DEADLINE)) for _ in range(2)]
+        hung = [_timed(lambda: call(b"x", timeout=5)) for _ in range(2)]
         rejected, rejected_in = _timed(lambda: call(b"x", timeout=DEADLINE))
         calls_while_open = server.calls
         server.mode = "answer"
@@ -140,14 +143,15 @@ async def test_aio_hanging_server_hits_deadline_opens_and_closes_breaker() -> No
         settle = Settle()
         clock, changes = FakeClock(), []
         breakers = _breakers(target, clock, 2, changes)
-        async with client_aio.resilient_channel(target, breaker=breakers, budget=None,
+        async with client_aio.resilient_channel(target, retry=PER_ATTEMPT, breaker=breakers,
+                                                budget=None,
                                                 registry=CollectorRegistry()) as channel:
             call = channel.unary_unary(METHOD)
             hung = []
             for _ in range(2):
                 start = time.monotonic()
                 with pytest.raises(errors.TimeoutError) as raised:
-                    await call(b"x", timeout=DEADLINE)
+                    await call(b"x", timeout=5)
                 hung.append((raised.value, time.monotonic() - start))
             start = time.monotonic()
             with pytest.raises(errors.CircuitOpenError):

@@ -7,6 +7,7 @@ count the call once.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,20 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import FAILED_EVENT, ServerMetrics, server_interceptors
+from octollm_grpc.server import (
+    FAILED_EVENT,
+    BearerAuth,
+    RateLimit,
+    RateLimiter,
+    ServerMetrics,
+    StaticTokens,
+    current_request_id,
+    server_interceptors,
+)
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server.metrics import go_code_name
 from octollm_grpc.status import GENERIC_MESSAGE, PUSHBACK_KEY, TIMEOUT_MESSAGE, from_rpc_error
+from octollm_grpc.testing import FakeClock
 from tests.server.harness import (
     METHODS,
     SERVICE,
@@ -192,3 +203,136 @@ async def test_aio_success(shape: str) -> None:
         async with aio_server(aio_handlers(Script(messages=2)), interceptors) as target:
             outcome = await call_aio(target, shape, [("x-request-id", RID)])
     _check_success(shape, outcome, logs, registry)
+
+
+# grpc.aio serves plain `def` handlers too (in its thread pool): they get the whole stack.
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_aio_def_handler_matrix(case: Case, shape: str) -> None:
+    """aio server, `def` handlers: mapped code, details, request id, no secret, one log, counts."""
+    registry = CollectorRegistry()
+    script = Script(error=case.make)
+    interceptors = server_aio.server_interceptors(metrics=ServerMetrics(registry))
+    with capture_logs() as logs:
+        async with aio_server(sync_handlers(script), interceptors) as target:
+            outcome = await call_aio(target, shape, [("x-request-id", RID)])
+    _check(case, shape, outcome, logs, registry)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_success(shape: str) -> None:
+    """aio server, `def` handlers: success is counted once, request id in the trailers."""
+    registry = CollectorRegistry()
+    interceptors = server_aio.server_interceptors(metrics=ServerMetrics(registry))
+    with capture_logs() as logs:
+        async with aio_server(sync_handlers(Script(messages=2)), interceptors) as target:
+            outcome = await call_aio(target, shape, [("x-request-id", RID)])
+    _check_success(shape, outcome, logs, registry)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_sees_the_request_id(shape: str) -> None:
+    """A `def` handler on aio reads the call's request id and logs with it bound."""
+    seen: list[str | None] = []
+    script = Script(before=lambda context: seen.append(current_request_id()))
+    interceptors = server_aio.server_interceptors(metrics=False)
+    async with aio_server(sync_handlers(script), interceptors) as target:
+        outcome = await call_aio(target, shape, [("x-request-id", RID)])
+    assert outcome.error is None
+    assert seen == [RID]
+
+
+async def _early_failure(target: str, shape: str) -> Outcome:
+    # A sync client (in a thread: the server runs on this loop). An aio client still writing
+    # requests when the call ends early may see INTERNAL instead of the status (a client-side
+    # race, see the harness).
+    return await asyncio.to_thread(call_sync, target, shape, [("x-request-id", RID)])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_abort_keeps_its_status(shape: str) -> None:
+    """A `def` handler's own context.abort ends the call with its code, message and request id."""
+
+    def abort(context: Any) -> None:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
+        raise AssertionError("abort returned")  # grpc.aio's own sync context returns here
+
+    registry = CollectorRegistry()
+    interceptors = server_aio.server_interceptors(metrics=ServerMetrics(registry))
+    with capture_logs() as logs:
+        async with aio_server(sync_handlers(Script(before=abort)), interceptors) as target:
+            outcome = await _early_failure(target, shape)
+    assert outcome.error is not None
+    assert outcome.error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert outcome.error.details() == "not now"
+    assert outcome.trailers["x-request-id"] == RID
+    assert [(x["grpc_code"], x["log_level"]) for x in logs] == [
+        ("FAILED_PRECONDITION", "warning")]
+    assert registry.get_sample_value(
+        "grpc_server_handled_total", _labels(shape, grpc_code="FailedPrecondition")) == 1
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_set_code_then_raise(shape: str) -> None:
+    """A `def` handler that sets a code and raises keeps its code; the text stays private."""
+
+    def fail(context: Any) -> None:
+        context.set_code(grpc.StatusCode.ABORTED)
+        context.set_details("try again")
+        raise RuntimeError(f"{SECRET} dsn=postgres://u:p@db")
+
+    interceptors = server_aio.server_interceptors(metrics=False)
+    async with aio_server(sync_handlers(Script(before=fail)), interceptors) as target:
+        outcome = await _early_failure(target, shape)
+    assert outcome.error is not None
+    assert outcome.error.code() is grpc.StatusCode.ABORTED
+    assert outcome.error.details() == "try again"
+    assert outcome.trailers["x-request-id"] == RID
+    assert SECRET not in repr((outcome.error.details(), outcome.trailers))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_is_authenticated(shape: str) -> None:
+    """`def` handlers on aio: no token is UNAUTHENTICATED, with sync and async verifiers."""
+    tokens = StaticTokens({"tok-81d07e": ["read"]})
+
+    async def verify(token: str) -> frozenset[str] | None:
+        return tokens(token)
+
+    script = Script()
+    for verifier in (tokens, verify):
+        auth = BearerAuth(verifier, default_scopes=["read"])
+        interceptors = server_aio.server_interceptors(metrics=False, auth=auth)
+        async with aio_server(sync_handlers(script), interceptors) as target:
+            denied = await _early_failure(target, shape)
+            allowed = await call_aio(target, shape, [("authorization", "Bearer tok-81d07e")])
+        assert denied.error is not None
+        assert denied.error.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert type(from_rpc_error(denied.error)) is e.AuthenticationError
+        assert allowed.error is None and allowed.messages[-1] == b"done"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_aio_def_handler_is_rate_limited(shape: str) -> None:
+    """`def` handlers on aio are rate limited like coroutine handlers."""
+    limiter = RateLimiter(RateLimit(limit=1, window=60, burst=1), clock=FakeClock().now)
+    interceptors = server_aio.server_interceptors(metrics=False, rate_limit=limiter)
+    async with aio_server(sync_handlers(Script()), interceptors) as target:
+        first = await call_aio(target, shape)
+        second = await _early_failure(target, shape)
+    assert first.error is None
+    assert second.error is not None
+    assert second.error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert from_rpc_error(second.error).retry_after == 60
+
+
+def test_sync_stack_refuses_an_async_verifier_at_start_up() -> None:
+    """The sync stack cannot await a coroutine verifier: it says so when built, not per call."""
+
+    async def verify(token: str) -> frozenset[str] | None:
+        return None
+
+    with pytest.raises(TypeError, match="aio"):
+        server_interceptors(auth=BearerAuth(verify))

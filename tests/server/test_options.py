@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent import futures
 from typing import Any
 
@@ -75,15 +76,17 @@ def test_broken_logger_does_not_change_the_status() -> None:
     assert from_rpc_error(outcome.error) == e.TaskNotFoundError("t")
 
 
-async def test_aio_plain_function_handlers_pass_through() -> None:
-    """aio: a plain-function handler (run in grpc's migration pool) is served unwrapped."""
+async def test_aio_plain_function_handlers_run_in_the_pool_with_the_stack() -> None:
+    """aio: a plain-function handler still runs in grpc's migration pool, inside our stack."""
+    threads: list[str] = []
 
     def plain(request: bytes, context: Any) -> bytes:
+        threads.append(threading.current_thread().name)
         return b"plain " + request
 
     handlers = [grpc.method_handlers_generic_handler("test.Shapes", {
         "Unary": grpc.unary_unary_rpc_method_handler(plain)})]
-    with futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="migration") as pool:
         server = grpc.aio.server(migration_thread_pool=pool,
                                  interceptors=server_aio.server_interceptors(metrics=False))
         server.add_generic_rpc_handlers(handlers)
@@ -94,4 +97,5 @@ async def test_aio_plain_function_handlers_pass_through() -> None:
         finally:
             await server.stop(None)
     assert outcome.messages == [b"plain req"]
-    assert "x-request-id" not in outcome.trailers  # unwrapped: our stack did not run
+    assert outcome.trailers["x-request-id"] == "r"  # our stack ran
+    assert [name.startswith("migration") for name in threads] == [True]

@@ -125,7 +125,8 @@ def running_service(tmp_path: Path, *flags: str, db: Path | None = None,
     db = db or tmp_path / "tasks.db"
     log = tmp_path / f"service-{os.getpid()}-{len(list(tmp_path.glob('service-*')))}.log"
     argv = [sys.executable, "-m", "server", "--port", "0", "--metrics-port", "0",
-            "--db", str(db), "--grace", "5", *flags]
+            "--db", str(db), "--grace", "5",
+            "--http-port", "-1", *flags]
     with log.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
                                    text=True, env={**os.environ, **(env or {})})

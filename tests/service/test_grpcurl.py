@@ -1,6 +1,7 @@
 """End to end through the real grpcurl binary against ``python -m server`` in a subprocess.
 
-Every error the README walkthrough shows is checked here: its gRPC code (grpcurl exits with
+``docs/walkthrough.md`` runs here as written (``test_walkthrough_runs_as_written``); every
+error it shows is also checked on its own here: its gRPC code (grpcurl exits with
 64 + code) and the details grpcurl decodes through the server's reflection.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.harness import GRPCURL, SERVICE, RunningService, running_service
+from tests.service.harness import GRPCURL, ROOT, SERVICE, RunningService, running_service
+from tests.service.walkthrough import steps, walkthrough
 
 # grpcurl's exit status for a failed call is 64 + the gRPC status code.
 INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION = 64 + 3, 64 + 5, 64 + 9
@@ -329,3 +331,17 @@ def test_sigterm_ends_open_watch_streams_at_once(tmp_path: Path) -> None:
     assert elapsed < 15  # far below the 30 s grace the watch would otherwise hold
     assert watch.returncode == UNAVAILABLE
     assert json.loads(error)["details"][0]["reason"] == "RESOURCE_ERROR"
+
+
+def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """docs/walkthrough.md: every command, in order, on fresh databases, prints what it shows."""
+    page = ROOT / "docs" / "walkthrough.md"
+    done = []
+    with walkthrough(ROOT, tmp_path) as reader:
+        for step in steps(page):
+            reader.check(step, reader.run(step))
+            done.append(step.command)
+    assert len(done) >= 20
+    for rpc in ("CreateTask", "GetTask", "ExecuteTask", "WatchTask", "ListTasks", "DeleteTask",
+                "CancelTask", "ExecuteBatch", "grpc.health.v1.Health/Check", "/metrics"):
+        assert any(rpc in command for command in done), rpc

@@ -7,6 +7,7 @@ SIGTERM that loses no acknowledged write.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sqlite3
@@ -187,3 +188,56 @@ def test_unreachable_arm_is_arm_unavailable(tmp_path: Path) -> None:
     assert f"{port}" not in raised.value.message
     assert after.task.status == tasks_pb2.TASK_STATUS_FAILED
     assert after.history[-1].note == "ARM_UNAVAILABLE"
+
+
+async def test_failing_arm_is_one_server_attempt_through_a_default_resilient_channel(
+        tmp_path: Path) -> None:
+    """The service retried its arm: it says "do not retry" (A6), so callers make one attempt."""
+    # A breaker threshold above the 6 arm attempts below keeps every attempt on the arm.
+    with running_service(tmp_path, "--arm-failure-rate", "1",
+                         "--arm-breaker-failures", "10") as service:
+        with resilient_channel(service.target) as channel:  # defaults: 3 attempts
+            stub = _stub(channel)
+            task = stub.CreateTask(tasks_pb2.CreateTaskRequest(description="sync"),
+                                   timeout=10).task
+            with pytest.raises(errors.LLMAPIError) as sync_raised:
+                stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task.task_id),
+                                 timeout=20)
+        async with aio_resilient_channel(service.target) as aio_channel:
+            aio_stub = _stub(aio_channel)
+            created = await aio_stub.CreateTask(
+                tasks_pb2.CreateTaskRequest(description="aio"), timeout=10)
+            with pytest.raises(errors.LLMAPIError) as aio_raised:
+                await aio_stub.ExecuteTask(
+                    tasks_pb2.ExecuteTaskRequest(task_id=created.task.task_id), timeout=20)
+        logs = service.logs()
+    failed = [json.loads(line) for line in logs.splitlines() if '"grpc.call.failed"' in line]
+    server_attempts = [f for f in failed if "TaskService/ExecuteTask" in json.dumps(f)]
+    arm_calls = [f for f in failed if "ArmService/Complete" in json.dumps(f)]
+    assert len(server_attempts) == 2  # one per ExecuteTask, on each stack
+    assert {a["error_code"] for a in server_attempts} == {"LLM_API_ERROR"}
+    # Each server attempt made the service's own attempts on the arm (at most --arm-attempts
+    # 3; its retry budget may allow fewer), under that attempt's request id.
+    per_call = {a["request_id"]: sum(c["request_id"] == a["request_id"] for c in arm_calls)
+                for a in server_attempts}
+    assert sum(per_call.values()) == len(arm_calls)
+    assert per_call[server_attempts[0]["request_id"]] == 3
+    assert all(1 <= n <= 3 for n in per_call.values()), per_call
+    for raised in (sync_raised, aio_raised):
+        assert ("grpc-retry-pushback-ms", "-1") in tuple(raised.value.trailing_metadata())
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert raised.value.details["provider"] == "simulated-arm"
+
+
+def test_arm_without_retries_leaves_caller_retries_alone(tmp_path: Path) -> None:
+    """--arm-attempts 1: the service did not retry, so it sends no "do not retry"."""
+    with running_service(tmp_path, "--arm-failure-rate", "1", "--arm-attempts", "1") as service:
+        with resilient_channel(service.target) as channel:
+            stub = _stub(channel)
+            task = stub.CreateTask(tasks_pb2.CreateTaskRequest(description="once"),
+                                   timeout=10).task
+            with pytest.raises(errors.LLMAPIError) as raised:
+                stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task.task_id),
+                                 timeout=20)
+    keys = [key for key, _ in raised.value.trailing_metadata()]
+    assert "grpc-retry-pushback-ms" not in keys

@@ -1,4 +1,4 @@
-"""Helpers for testing services and clients built on octollm-grpc, without real waiting.
+"""A fake monotonic clock, so tests of timing behaviour never wait for real.
 
 ``FakeClock`` is a monotonic clock whose ``sleep`` (sync) and ``async_sleep`` (asyncio) advance
 time instantly and record each wait, so retry, breaker and rate-limit behaviour is tested

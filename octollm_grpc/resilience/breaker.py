@@ -1,0 +1,153 @@
+"""The seed's ``CircuitBreaker`` for any callable, on the gRPC client's breaker core.
+
+``CircuitBreaker(failure_threshold=5, timeout=60, expected_exception=Exception)`` keeps the
+seed's constructor and ``await breaker.call(func, *args, **kwargs)``, and also decorates sync
+and async functions (``@breaker``). The state machine, the half-open permits and the metrics
+are :class:`octollm_grpc.client.breaker.CircuitBreaker`'s, so a breaker around an HTTP call
+behaves, logs and is graphed exactly like one around a gRPC channel:
+
+- only ``expected_exception`` failures count; any other exception passes through and gives no
+  verdict (a half-open probe that raises one frees its permit, it neither closes nor reopens);
+- open: :class:`~octollm_grpc.errors.CircuitOpenError` at once, with ``retry_after`` (seconds
+  until a probe is let through), and the function is not called;
+- half-open: exactly ``half_open_probes`` calls run at a time, the rest fail fast;
+- the clock is monotonic and injectable; no lock is held while the function runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from prometheus_client import CollectorRegistry
+
+from octollm_grpc.client import breaker as core
+
+__all__ = ["CircuitBreaker", "CircuitState", "breaker_of"]
+
+CircuitState = core.CircuitState
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_unnamed = itertools.count(1)
+_BREAKER_ATTR = "__octollm_circuit_breaker__"
+
+
+def breaker_of(func: Callable[..., Any]) -> CircuitBreaker | None:
+    """The breaker that guards ``func`` when it was decorated with ``@breaker``, else ``None``."""
+    found = getattr(func, _BREAKER_ATTR, None)
+    return found if isinstance(found, CircuitBreaker) else None
+
+
+class CircuitBreaker:
+    """A circuit breaker around any call (see the module docstring for the guarantees).
+
+    ``name`` labels the metrics (``octollm_client_circuit_state{target=name}``) and the
+    ``CircuitOpenError``; unnamed breakers get ``breaker-<n>``. ``timeout`` is the seconds the
+    breaker stays open before probing. ``clock`` must be monotonic (seconds); ``registry`` is
+    the Prometheus registry (default: the global one).
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        timeout: float = 60,
+        expected_exception: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        *,
+        name: str | None = None,
+        half_open_probes: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        registry: CollectorRegistry | None = None,
+        listeners: Iterable[core.BreakerListener] = (),
+    ) -> None:
+        # Checked here too so a mistake is reported in the seed's names, not the core's.
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) \
+                or failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be an int >= 1, not {failure_threshold!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+        self.failure_threshold = failure_threshold
+        self.timeout = timeout
+        self.expected_exception = expected_exception
+        self.name = name if name is not None else f"breaker-{next(_unnamed)}"
+        settings = core.BreakerSettings(
+            failure_threshold=failure_threshold,
+            reset_timeout=timeout,
+            max_reset_timeout=max(timeout, 300.0),  # fixed open time: the multiplier stays 1
+            half_open_probes=half_open_probes,
+        )
+        self.core = core.CircuitBreaker(self.name, settings, clock=clock, registry=registry,
+                                        listeners=listeners)
+        """The shared state machine (``acquire`` / ``on_success`` / ``on_failure``)."""
+
+    @property
+    def state(self) -> core.CircuitState:
+        """The state now: ``CircuitState.CLOSED``, ``OPEN`` or ``HALF_OPEN``."""
+        return self.core.state
+
+    def _settle(self, token: int, error: BaseException | None) -> None:
+        if error is None:
+            self.core.on_success(token)
+        elif isinstance(error, self.expected_exception):
+            self.core.on_failure(token)
+        else:
+            self.core.release(token)  # not ours to judge: no verdict, the permit is freed
+
+    async def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``await func(*args, **kwargs)`` guarded by the breaker (a sync ``func`` is called).
+
+        Raises :class:`~octollm_grpc.errors.CircuitOpenError` without calling ``func`` when
+        the breaker is open (or half-open with every probe permit taken).
+        """
+        token = self.core.acquire()
+        try:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException as error:
+            self._settle(token, error)
+            raise
+        self._settle(token, None)
+        return result
+
+    def call_sync(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``func(*args, **kwargs)`` guarded by the breaker, for blocking code."""
+        token = self.core.acquire()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            self._settle(token, error)
+            raise
+        self._settle(token, None)
+        return result
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, func: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``func`` (a ``def`` or an ``async def``) so every call goes through here."""
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.call(func, *args, **kwargs)
+
+            wrapper: Callable[P, Any] = guarded_async
+        else:
+            @functools.wraps(func)
+            def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return self.call_sync(func, *args, **kwargs)
+
+            wrapper = guarded
+        setattr(wrapper, _BREAKER_ATTR, self)
+        return wrapper
+
+    def __repr__(self) -> str:
+        return (f"CircuitBreaker(name={self.name!r}, failure_threshold={self.failure_threshold}, "
+                f"timeout={self.timeout!r}, state={self.state.value!r})")

@@ -1,0 +1,44 @@
+"""One caller must not open the shared arm breaker (issue 12 item 3, with issue 11 item 3).
+
+Against the real service (real ports, a real SQLite file, the real arm in the process): five
+tasks created with ``timeout_seconds=1`` against a 1.5 s arm each end ``DEADLINE_EXCEEDED``:
+that is each task's own time running out, not the arm failing. The arm breaker (5 failures
+open it) stays closed, and another caller's ExecuteTask still reaches the arm and completes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from tests.service.harness import running_service
+
+
+def test_tasks_own_timeouts_do_not_open_the_arm_breaker(tmp_path: Path) -> None:
+    """Five 1 s tasks time out on a 1.5 s arm; the next caller's task still completes."""
+    with running_service(tmp_path, "--arm-latency-ms", "1500", "--arm-breaker-failures", "5",
+                         "--arm-breaker-reset", "30") as service:
+        with grpc.insecure_channel(service.target) as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+            short = [stub.CreateTask(tasks_pb2.CreateTaskRequest(
+                description=f"short {i}", timeout_seconds=1), timeout=10).task
+                for i in range(5)]
+
+            def execute(task_id: str) -> grpc.StatusCode:
+                try:
+                    stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task_id), timeout=10)
+                except grpc.RpcError as error:
+                    return error.code()  # type: ignore[no-any-return, attr-defined]
+                return grpc.StatusCode.OK
+
+            with ThreadPoolExecutor(max_workers=5) as pool:
+                codes = list(pool.map(execute, [task.task_id for task in short]))
+            other = stub.CreateTask(tasks_pb2.CreateTaskRequest(
+                description="another caller's task", timeout_seconds=5), timeout=10).task
+            done = stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=other.task_id),
+                                    timeout=10)
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 5
+    assert done.task.status == tasks_pb2.TASK_STATUS_COMPLETED
