@@ -108,3 +108,12 @@ def test_every_python_block_is_run_by_a_test() -> None:
         blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
         covered = [b for s in tested.get(page.name, []) for b in section_examples(s, page)]
         assert sorted(blocks) == sorted(covered), page.name
+
+
+def test_configuration_page_shows_the_real_flags() -> None:
+    """docs/configuration.md's flag list is what `python -m server --help` prints today."""
+    (shown,) = section_blocks("server-help", "text", DOCS / "configuration.md")
+    run = subprocess.run([sys.executable, "-m", "server", "--help"], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=60,
+                         env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert shown == run.stdout
