@@ -102,10 +102,16 @@ def _server_interceptors(settings: Settings, metrics: ServerMetrics,
 
 
 def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> grpc.aio.Channel:
-    """The channel to the arm: retry (``--arm-attempts``), the retry budget, the breaker."""
+    """The channel to the arm: retry (``--arm-attempts``), the retry budget, the breaker.
+
+    ``--arm-timeout`` is the policy's per-attempt timeout: an attempt it cuts is the arm's
+    failure (it counts against the breaker), while a task's own ``timeout_seconds`` or the
+    caller's deadline running out says nothing about the arm (no verdict).
+    """
     return resilient_channel(
         target,
-        retry=RetryPolicy(max_attempts=settings.arm_attempts),
+        retry=RetryPolicy(max_attempts=settings.arm_attempts,
+                          per_attempt_timeout=settings.arm_timeout),
         breaker=BreakerSettings(
             failure_threshold=settings.arm_breaker_failures,
             reset_timeout=settings.arm_breaker_reset,
@@ -148,8 +154,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         for channel in channels:
             cleanup.push_async_callback(channel.close)
 
-        servicer = TaskServicer(store, ArmClient(channels, current_request_id),
-                                arm_timeout=settings.arm_timeout,
+        servicer = TaskServicer(store, ArmClient(channels, current_request_id,
+                                                 attempt_timeout=settings.arm_timeout),
                                 request_id=current_request_id, debug=settings.dev,
                                 arm_retried=settings.arm_attempts > 1)
         cleanup.callback(servicer.close)

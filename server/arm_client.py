@@ -6,7 +6,8 @@ reaches here the retries are spent. What the task's caller then sees:
 - the arm answered with an error of its own (``LLMAPIError`` ...): that error, details intact;
 - the breaker is open: ``CircuitOpenError``, with ``retry_after`` = time until it half-opens
   (naming the arm by its capability, not by its address);
-- the arm took too long: our ``TimeoutError`` (``DEADLINE_EXCEEDED``) naming the bound;
+- the arm took too long: our ``TimeoutError`` (``DEADLINE_EXCEEDED``) naming the bound (the
+  call's timeout, or the per-attempt timeout when the call has none);
 - the arm could not be reached or said nothing useful: ``ArmUnavailableError``, with the
   cause's error code in its details (never its text, which names internal addresses).
 
@@ -36,8 +37,11 @@ __all__ = ["CAPABILITY", "ArmClient", "classify_arm_error"]
 CAPABILITY = "llm.complete"
 
 
-def classify_arm_error(error: BaseException, timeout: float) -> BaseException:
-    """The error a task client should see for ``error``, raised by a call to the arm."""
+def classify_arm_error(error: BaseException, timeout: float | None) -> BaseException:
+    """The error a task client should see for ``error``, raised by a call to the arm.
+
+    ``timeout`` is the bound a timeout error names (``None``: unknown, named as 0).
+    """
     if isinstance(error, grpc.RpcError) and not isinstance(error, errors.OctoLLMError):
         error = from_rpc_error(error)
     if isinstance(error, errors.CircuitOpenError):
@@ -47,7 +51,8 @@ def classify_arm_error(error: BaseException, timeout: float) -> BaseException:
     if isinstance(error, (errors.TimeoutError, builtins.TimeoutError)) or (
             isinstance(error, errors.OctoLLMError)
             and error.code() is grpc.StatusCode.DEADLINE_EXCEEDED):
-        return errors.TimeoutError("arm call", int(timeout) if timeout.is_integer() else timeout)
+        bound = timeout or 0.0
+        return errors.TimeoutError("arm call", int(bound) if bound.is_integer() else bound)
     if isinstance(error, errors.OctoLLMError):
         unavailable = errors.ArmUnavailableError([CAPABILITY])
         unavailable.details["cause"] = error.error_code
@@ -55,8 +60,9 @@ def classify_arm_error(error: BaseException, timeout: float) -> BaseException:
     return error
 
 
-#: One arm's call: (request, seconds left, metadata) -> the answer, or the classified error.
-_ArmCall = Callable[[arms_pb2.CompleteRequest, float, tuple[tuple[str, str], ...] | None],
+#: One arm's call: (request, seconds left or None, metadata) -> the answer, or the error.
+_ArmCall = Callable[[arms_pb2.CompleteRequest, float | None,
+                     tuple[tuple[str, str], ...] | None],
                     Awaitable[arms_pb2.CompleteResponse]]
 
 
@@ -64,10 +70,10 @@ def _arm_call(channel: grpc.aio.Channel, position: int, count: int) -> _ArmCall:
     # The generated *_pb2_grpc modules have no type stubs.
     stub = arms_pb2_grpc.ArmServiceStub(channel)  # type: ignore[no-untyped-call]
 
-    async def complete(request: arms_pb2.CompleteRequest, timeout: float,
+    async def complete(request: arms_pb2.CompleteRequest, timeout: float | None,
                        metadata: tuple[tuple[str, str], ...] | None,
                        ) -> arms_pb2.CompleteResponse:
-        if timeout <= 0:  # an earlier arm used up the call's time
+        if timeout is not None and timeout <= 0:  # an earlier arm used up the call's time
             raise builtins.TimeoutError("no time left for this arm")
         response: arms_pb2.CompleteResponse = await stub.Complete(
             request, timeout=timeout, metadata=metadata)
@@ -84,33 +90,43 @@ class ArmClient:
     ``channels`` is one channel, or several in order of preference: the first is the primary,
     the others are tried in turn when it is unavailable (see the module docstring).
     ``request_id`` gives the id of the call being served; it is sent on as ``x-request-id``
-    so the arm's log lines carry the same id as the task service's.
+    so the arm's log lines carry the same id as the task service's. ``attempt_timeout`` is the
+    channels' per-attempt timeout: the bound a timeout error names when the call had none.
     """
 
     def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel],
-                 request_id: Callable[[], str | None] = lambda: None) -> None:
+                 request_id: Callable[[], str | None] = lambda: None, *,
+                 attempt_timeout: float | None = None) -> None:
         self._request_id = request_id
+        self._attempt_timeout = attempt_timeout
         chain = list(channels) if isinstance(channels, Sequence) else [channels]
         if not chain:
             raise ValueError("ArmClient needs at least one channel")
         self._calls = [_arm_call(channel, i + 1, len(chain)) for i, channel in enumerate(chain)]
 
     async def complete(self, task_id: str, prompt: str, priority: int,
-                       timeout: float) -> arms_pb2.CompleteResponse:
+                       timeout: float | None) -> arms_pb2.CompleteResponse:
         """The first available arm's answer; on failure raises what
-        :func:`classify_arm_error` says of the last arm's error."""
+        :func:`classify_arm_error` says of the last arm's error.
+
+        ``timeout`` (seconds, all arms together) is the caller's; ``None``: the channels'
+        per-attempt timeout alone bounds each attempt.
+        """
         request = arms_pb2.CompleteRequest(task_id=task_id, prompt=prompt, priority=priority)
         rid = self._request_id()
         metadata = (("x-request-id", rid),) if rid else None
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        # What a timeout error names: the shorter of the call's time and one attempt's.
+        bounds = [b for b in (timeout, self._attempt_timeout) if b is not None]
+        bound = round(min(bounds), 3) if bounds else None
 
         def classified(call: _ArmCall) -> Callable[[], Awaitable[arms_pb2.CompleteResponse]]:
             async def attempt() -> arms_pb2.CompleteResponse:
-                left = deadline - asyncio.get_running_loop().time()
+                left = None if deadline is None else deadline - asyncio.get_running_loop().time()
                 try:
                     return await call(request, left, metadata)
                 except (grpc.RpcError, builtins.TimeoutError) as error:
-                    raise classify_arm_error(error, timeout) from error
+                    raise classify_arm_error(error, bound) from error
 
             attempt.__qualname__ = call.__qualname__
             return attempt

@@ -118,8 +118,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     arm.add_argument("--arm-seed", type=int, default=None,
                      help="built-in arm: random seed for --arm-failure-rate")
     arm.add_argument("--arm-timeout", type=float, default=10.0,
-                     help="seconds an execution may take on the arm, for tasks without "
-                          "timeout_seconds, all attempts together (default: %(default)s)")
+                     help="seconds one attempt on the arm may take; an attempt cut by it "
+                          "counts against the arm's breaker (default: %(default)s)")
     arm.add_argument("--arm-attempts", type=int, default=3,
                      help="attempts per arm call, counting the first; 1 = no retries "
                           "(default: %(default)s)")

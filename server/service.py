@@ -50,25 +50,26 @@ class Arm(Protocol):
     """What the service needs of the arm (see :class:`server.arm_client.ArmClient`)."""
 
     async def complete(self, task_id: str, prompt: str, priority: int,
-                       timeout: float) -> arms_pb2.CompleteResponse: ...
+                       timeout: float | None) -> arms_pb2.CompleteResponse: ...
 
 
 class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     """The task service over a :class:`TaskStore` and an :class:`Arm`.
 
-    ``arm_timeout`` bounds an arm call for tasks without their own ``timeout_seconds``.
+    An arm call is bounded by the task's own ``timeout_seconds`` and the caller's deadline
+    (whichever ends first; neither counts against the arm), and each of its attempts by the arm
+    channel's per-attempt timeout (which does).
     ``request_id`` returns the current call's request id (batch item statuses carry it);
     ``debug`` adds ``DebugInfo`` to those statuses, as ``--dev`` does for whole calls.
     ``arm_retried``: the arm channel retries failed calls itself, so an ExecuteTask that
     failed on the arm tells its caller not to retry (gRFC A6's negative pushback).
     """
 
-    def __init__(self, store: TaskStore, arm: Arm, *, arm_timeout: float = 10.0,
+    def __init__(self, store: TaskStore, arm: Arm, *,
                  request_id: Callable[[], str | None] = lambda: None,
                  debug: bool = False, arm_retried: bool = False) -> None:
         self._store = store
         self._arm = arm
-        self._arm_timeout = arm_timeout
         self._request_id = request_id
         self._debug = debug
         self._arm_retried = arm_retried
@@ -310,9 +311,12 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
                                             note="execution started")
             if execution.stopped is not None:  # stopped while the RUNNING write was queued
                 return await self._stopped(execution)
-            timeout = float(record.timeout_seconds or self._arm_timeout)
+            # The task's own time and the caller's: when one runs out, that is no verdict on
+            # the arm. Without either, the arm channel's per-attempt timeout bounds each try.
+            timeout = float(record.timeout_seconds) if record.timeout_seconds else None
             if time_remaining is not None:
-                timeout = min(timeout, max(time_remaining, 0.001))
+                left = max(time_remaining, 0.001)
+                timeout = left if timeout is None else min(timeout, left)
             execution.arm_call = asyncio.ensure_future(self._arm.complete(
                 record.task_id, record.description, record.priority, timeout))
             try:

@@ -19,7 +19,7 @@ import grpc
 from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server.logs import Level
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, PUSHBACK_KEY
+from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE
 
 __all__ = [
     "HandlerStatus",
@@ -83,14 +83,16 @@ def merge_trailers(
 ) -> Trailers:
     """The handler's trailers, then the status's, then the request id; one value per our key.
 
-    The handler's own ``grpc-status-details-bin``/``grpc-retry-pushback-ms``/request-id
-    entries give way to ours when we send a status, so the client reads one consistent set.
+    The handler's own ``grpc-status-details-bin`` and request-id entries give way to ours when
+    we send a status, so the client reads one consistent set. Its ``grpc-retry-pushback-ms``
+    is kept unless the status brings retry advice of its own: a handler that already retried
+    its downstream can tell callers not to retry (gRFC A6's negative pushback).
     """
     ours = {k for k, _ in status}
     if request_id is not None:
         ours.add(request_id[0])
     if status:
-        ours |= {DETAILS_KEY, PUSHBACK_KEY}
+        ours.add(DETAILS_KEY)
     merged: list[tuple[str, Any]] = _pairs(handler, frozenset(ours))
     merged.extend(status)
     if request_id is not None:

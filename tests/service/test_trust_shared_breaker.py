@@ -42,3 +42,32 @@ def test_tasks_own_timeouts_do_not_open_the_arm_breaker(tmp_path: Path) -> None:
                                     timeout=10)
     assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 5
     assert done.task.status == tasks_pb2.TASK_STATUS_COMPLETED
+
+
+def test_hanging_arm_still_opens_the_breaker_for_tasks_without_their_own_timeout(
+    tmp_path: Path,
+) -> None:
+    """Tasks without timeout_seconds: each attempt cut by --arm-timeout (the arm channel's
+    per-attempt timeout) is the arm's failure, so a hanging arm opens the breaker, and the
+    next execution fails fast with CIRCUIT_OPEN instead of waiting on the arm again."""
+    with running_service(tmp_path, "--arm-latency-ms", "5000", "--arm-timeout", "0.3",
+                         "--arm-attempts", "1", "--arm-breaker-failures", "2",
+                         "--arm-breaker-reset", "30") as service:
+        with grpc.insecure_channel(service.target) as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+            outcomes = []
+            for i in range(3):
+                task = stub.CreateTask(tasks_pb2.CreateTaskRequest(
+                    description=f"no own timeout {i}"), timeout=10).task
+                try:
+                    stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task.task_id),
+                                     timeout=10)
+                except grpc.RpcError as error:
+                    reason = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+                    outcomes.append((error.code(), error.details(),  # type: ignore[attr-defined]
+                                     "grpc-status-details-bin" in reason))
+    assert [code for code, _, _ in outcomes] == [
+        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE]
+    assert outcomes[0][1] == "arm call timed out after 0.3s"
+    assert "Circuit breaker" in outcomes[2][1] and "arm (llm.complete)" in outcomes[2][1]
