@@ -17,7 +17,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import grpc
 
 from octollm_grpc import codes
-from octollm_grpc.errors import InvalidInputError, OctoLLMError
+from octollm_grpc.errors import InvalidInputError, OctoLLMError, RateLimitError
 from octollm_grpc.server import requestid
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.errors import (
@@ -31,6 +31,7 @@ from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
 from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
 from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
 
 __all__ = [
@@ -139,11 +140,14 @@ class MethodPlan:
 class Call:
     """The state of one call in progress."""
 
-    __slots__ = ("log_tokens", "metadata", "plan", "request_id", "rid_token", "start", "trailers")
+    __slots__ = ("log_tokens", "metadata", "plan", "rejection", "request_id", "rid_token",
+                 "start", "trailers")
 
     def __init__(self, plan: MethodPlan, start: float) -> None:
         self.plan = plan
         self.start = start
+        #: Set when the rate limiter refused the call (its status and log are the shed path).
+        self.rejection: Rejection | None = None
         self.metadata: Any = None
         self.request_id: str | None = None
         self.trailers: tuple[tuple[str, str], ...] | None = None
@@ -218,6 +222,11 @@ class Pipeline:
         self.auth = auth
         self.domain = domain
         self.debug = debug
+        # Refusals are shed cheaply: one status per limit and wait, one log event per caller
+        # and second (see octollm_grpc.server.shedding).
+        self.rejection_statuses = RejectionStatuses(domain=domain)
+        self.rejection_log = None if logger is None or rate_limiter is None else RejectionLog(
+            logger, secret_keys=rate_limiter.key_metadata is not None)
 
     @classmethod
     def from_options(
@@ -300,7 +309,9 @@ class Pipeline:
             limiter = self.rate_limiter
             assert limiter is not None
             key = limiter.key_for(call.metadata, context.peer)
-            await limiter.check_async(plan.limit[0], plan.limit[1], key)
+            wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
+            if wait > 0.0:
+                raise _refuse(call, plan.limit[1], key, wait)
         if plan.scopes is not None:
             assert self.auth is not None
             await self.auth.check_async(plan.scopes, call.metadata)
@@ -310,7 +321,9 @@ class Pipeline:
         limiter = self.rate_limiter
         assert limiter is not None
         key = limiter.key_for(call.metadata, context.peer)
-        limiter.check(limit[0], limit[1], key)
+        wait = limiter.acquire(limit[0], limit[1], key)
+        if wait > 0.0:
+            raise _refuse(call, limit[1], key, wait)
 
     def succeed(self, call: Call, context: Any) -> None:
         """The handler returned: keep its trailers plus the request id; count (or log) it."""
@@ -364,6 +377,8 @@ class Pipeline:
                          level_for_exception(exc, mapping), log_exc, None)
             return Failure(HandlerStatus(code, message_of(context.details()), trailers), None)
 
+        if call.rejection is not None:
+            return self._shed(call, context, call.rejection)
         mapping = codes.mapping_for(exc)
         try:
             status = to_status(exc, request_id=call.request_id, domain=self.domain,
@@ -384,6 +399,30 @@ class Pipeline:
             error_code, log_exc, message = mapping.error_code, exc, None
         self._record(call, context, status.code, error_code,
                      level_for_exception(exc, mapping), log_exc, message)
+        return Failure(status._replace(trailing_metadata=trailers), None)
+
+    def _shed(self, call: Call, context: Any, rejection: Rejection) -> Failure:
+        """A refused call: the cached status, counted per call, logged per caller and second."""
+        status = self.rejection_statuses.status(rejection, call.request_id)
+        current = context.trailing_metadata()
+        if call.trailers is not None and current is call.trailers:
+            trailers = status.trailing_metadata + call.trailers
+        else:  # e.g. trailers set by an earlier interceptor
+            trailers = merge_trailers(current, status.trailing_metadata,
+                                      call.trailers[0] if call.trailers is not None else None)
+        duration = _perf_counter() - call.start
+        metrics = call.plan.metrics
+        if metrics is not None:
+            metrics.handled(status.code).inc()
+            metrics.handling.observe(duration)
+        if self.metrics is not None:
+            self.metrics.error("RATE_LIMIT_EXCEEDED", duration)
+        if self.rejection_log is not None and self.logger is not None \
+                and self.logger.enabled_for("warning"):
+            try:
+                self.rejection_log.note(call.plan.method, rejection.key, call.request_id)
+            except Exception:  # noqa: BLE001 - a broken log setup must not change the status
+                _fallback_log.exception("octollm_grpc could not log a refused call")
         return Failure(status._replace(trailing_metadata=trailers), None)
 
     def _record(
@@ -425,6 +464,12 @@ class Pipeline:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:
+    """Mark ``call`` as refused by the rate limiter; the error it ends with."""
+    call.rejection = Rejection(limit, key, wait)
+    return call.rejection.error()
 
 
 class _Unencodable(Exception):

@@ -30,6 +30,7 @@ import structlog
 __all__ = [
     "FAILED_EVENT",
     "FLUSH_INTERVAL",
+    "RATE_LIMITED_EVENT",
     "CallLogger",
     "LineWriter",
     "configure_logging",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 FAILED_EVENT = "grpc.call.failed"
+#: The aggregated event of rate-limit refusals (one per caller and interval, with the count).
+RATE_LIMITED_EVENT = "grpc.call.rate_limited"
 
 Level = Literal["warning", "error", "critical"]
 
@@ -92,6 +95,17 @@ class CallLogger:
         if exc is not None:
             fields["exc_info"] = exc
         getattr(self._target(), level)(self._event, **fields)
+
+    def rate_limited(
+        self, *, method: str, caller: str, count: int, interval: float,
+        request_id: str | None,
+    ) -> None:
+        """Log ``count`` rate-limit refusals of ``caller`` (one event per interval), at
+        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server.shedding`)."""
+        self._target().warning(
+            RATE_LIMITED_EVENT, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
+            error_code="RATE_LIMIT_EXCEEDED", caller=caller, count=count,
+            interval_s=interval, request_id=request_id)
 
     def _target(self) -> Any:
         # structlog's lazy proxy re-dispatches every call through __getattr__ and bind(); once
