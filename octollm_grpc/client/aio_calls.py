@@ -80,6 +80,7 @@ class Attempts:
         code = error.code()
         if plan.breaker is not None:
             plan.breaker.record(self.token, code)
+        plan.failed(code)
         if cancelled or not self.retryable:
             raise from_rpc_error(error) from error
         if self.retry is None:

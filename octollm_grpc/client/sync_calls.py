@@ -83,6 +83,7 @@ class Attempts:
         code: grpc.StatusCode = error.code()
         if self.plan.breaker is not None:
             self.plan.breaker.record(self.token, code)
+        self.plan.failed(code)
         return code
 
     def delay(self, error: grpc.RpcError, code: grpc.StatusCode) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
-from octollm_grpc import codes
+from octollm_grpc import codes, propagation
 from octollm_grpc.errors import InvalidInputError, OctoLLMError
 from octollm_grpc.server import requestid
 from octollm_grpc.server.auth import BearerAuth
@@ -30,7 +30,7 @@ from octollm_grpc.server.errors import (
 from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request_id
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
 from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
-from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
 
 __all__ = [
@@ -139,7 +139,8 @@ class MethodPlan:
 class Call:
     """The state of one call in progress."""
 
-    __slots__ = ("log_tokens", "metadata", "plan", "request_id", "rid_token", "start", "trailers")
+    __slots__ = ("inbound_token", "log_tokens", "metadata", "plan", "request_id", "rid_token",
+                 "start", "trailers")
 
     def __init__(self, plan: MethodPlan, start: float) -> None:
         self.plan = plan
@@ -149,6 +150,7 @@ class Call:
         self.trailers: tuple[tuple[str, str], ...] | None = None
         self.rid_token: contextvars.Token[str | None] | None = None
         self.log_tokens: contextvars.Token[Any] | None = None
+        self.inbound_token: contextvars.Token[Any] | None = None
 
 
 class Failure(NamedTuple):
@@ -273,6 +275,10 @@ class Pipeline:
             # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
             call.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(call.trailers)
+        # What outbound calls on resilient channels inherit: deadline and request id.
+        call.inbound_token = propagation.enter(
+            context, call.request_id,
+            request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:
             plan.metrics.started.inc()
         return call
@@ -411,6 +417,8 @@ class Pipeline:
 
     def end(self, call: Call) -> None:
         """Unbind the call's context variables (always, after success or failure)."""
+        if call.inbound_token is not None:
+            propagation.leave(call.inbound_token)
         if call.rid_token is not None:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
