@@ -41,6 +41,9 @@ class Inbound:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
+#: More seconds left than this is "no deadline" (about 31 years).
+_NO_DEADLINE = 1e9
+
 _inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar(
     "octollm_inbound", default=None)
 
@@ -56,7 +59,9 @@ def enter(context: Any, request_id: str | None, header: str = "x-request-id",
     # A context without time_remaining (a test double) is a call without a deadline.
     time_remaining = getattr(context, "time_remaining", None)
     remaining = time_remaining() if time_remaining is not None else None
-    deadline = None if remaining is None else time.monotonic() + remaining
+    # A sync call without a deadline reports ~9.2e18 s left (grpc core's infinite future).
+    deadline = (None if remaining is None or remaining > _NO_DEADLINE
+                else time.monotonic() + remaining)
     return _inbound.set(Inbound(deadline, request_id, header))
 
 

@@ -126,7 +126,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         for channel in channels:
             cleanup.push_async_callback(channel.close)
 
-        servicer = TaskServicer(store, ArmClient(channels, current_request_id),
+        servicer = TaskServicer(store, ArmClient(channels),
                                 arm_timeout=settings.arm_timeout,
                                 request_id=current_request_id, debug=settings.dev)
         cleanup.callback(servicer.close)

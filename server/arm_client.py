@@ -83,13 +83,11 @@ class ArmClient:
 
     ``channels`` is one channel, or several in order of preference: the first is the primary,
     the others are tried in turn when it is unavailable (see the module docstring).
-    ``request_id`` gives the id of the call being served; it is sent on as ``x-request-id``
-    so the arm's log lines carry the same id as the task service's.
+    The id of the call being served travels on as ``x-request-id`` by itself (a resilient
+    channel does that inside a served call), so the arm's log lines carry the task service's id.
     """
 
-    def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel],
-                 request_id: Callable[[], str | None] = lambda: None) -> None:
-        self._request_id = request_id
+    def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel]) -> None:
         chain = list(channels) if isinstance(channels, Sequence) else [channels]
         if not chain:
             raise ValueError("ArmClient needs at least one channel")
@@ -100,8 +98,7 @@ class ArmClient:
         """The first available arm's answer; on failure raises what
         :func:`classify_arm_error` says of the last arm's error."""
         request = arms_pb2.CompleteRequest(task_id=task_id, prompt=prompt, priority=priority)
-        rid = self._request_id()
-        metadata = (("x-request-id", rid),) if rid else None
+        metadata = None  # the request id is propagated by the channel
         deadline = asyncio.get_running_loop().time() + timeout
 
         def classified(call: _ArmCall) -> Callable[[], Awaitable[arms_pb2.CompleteResponse]]:
