@@ -16,7 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
-from octollm_grpc import codes, propagation
+from octollm_grpc import codes, otel, propagation
 from octollm_grpc.errors import InvalidInputError, OctoLLMError
 from octollm_grpc.server import requestid
 from octollm_grpc.server.auth import BearerAuth
@@ -380,6 +380,7 @@ class Pipeline:
             error_code, log_exc, message = mapping.error_code, exc, None
         self._record(call, context, status.code, error_code,
                      level_for_exception(exc, mapping), log_exc, message)
+        otel.call_failed(status.code, error_code, status.details, call.request_id)
         return Failure(status._replace(trailing_metadata=trailers), None)
 
     def _record(

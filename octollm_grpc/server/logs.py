@@ -25,6 +25,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from octollm_grpc import otel
+
 __all__ = [
     "FAILED_EVENT",
     "FLUSH_INTERVAL",
@@ -339,6 +341,7 @@ def configure_logging(
         fmt="iso", utc=True)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        otel.add_trace_ids,  # a no-op without opentelemetry or outside a span
         structlog.processors.add_log_level,
         stamp,
         structlog.processors.StackInfoRenderer(),

@@ -1,0 +1,151 @@
+"""OpenTelemetry: a failed call marks the current span; retries are span events; no otel ok.
+
+opentelemetry-instrumentation-grpc is not installable here, so a tiny server interceptor of
+the test's own plays its part: it starts a span around the call, outside our stack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from octollm_grpc import errors, otel
+from octollm_grpc.client import RetryPolicy
+from octollm_grpc.server import server_interceptors
+from octollm_grpc.testing import FakeClock
+from tests.client.backend import FAIL, SUCCEED, UNARY, Backend
+from tests.client.channels import sync_channel
+from tests.servers import sync_server
+
+SECRET = "db password is hunter2"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
+    """A tracer of its own provider (the global one is left alone) and its exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("test"), exporter
+    provider.shutdown()
+
+
+class _SpanAround(grpc.ServerInterceptor):
+    """What opentelemetry-instrumentation-grpc's server interceptor does: a current span."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        behavior = handler.unary_unary
+
+        def traced(request: Any, context: Any) -> Any:
+            with self._tracer.start_as_current_span(details.method, record_exception=False,
+                                                    set_status_on_exception=False):
+                return behavior(request, context)
+
+        return handler._replace(unary_unary=traced)
+
+
+def _service(kind: str) -> grpc.GenericRpcHandler:
+    def get(request: bytes, context: Any) -> bytes:
+        if kind == "not_found":
+            raise errors.TaskNotFoundError("task-9")
+        raise RuntimeError(SECRET)
+
+    return grpc.method_handlers_generic_handler("test.Tasks", {
+        "Get": grpc.unary_unary_rpc_method_handler(get)})
+
+
+def _failed_span(tracer: trace.Tracer, exporter: InMemorySpanExporter, kind: str) -> Any:
+    stack = [_SpanAround(tracer), *server_interceptors(metrics=False)]
+    with capture_logs() as logs, sync_server([_service(kind)], stack) as target, \
+            grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError):
+            channel.unary_unary("/test.Tasks/Get")(b"x", metadata=(("x-request-id", "r-1"),))
+    (span,) = exporter.get_finished_spans()
+    return span, logs
+
+
+def test_failed_call_sets_span_status_and_attributes(spans: Any) -> None:
+    """TaskNotFoundError: span ERROR with the safe message, code 5, error.type, request id."""
+    tracer, exporter = spans
+    span, _logs = _failed_span(tracer, exporter, "not_found")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "Task task-9 not found"
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert span.attributes["error.type"] == "TASK_NOT_FOUND"
+    assert span.attributes["octollm.request_id"] == "r-1"
+
+
+def test_unexpected_error_text_never_reaches_the_span(spans: Any) -> None:
+    """An unexpected exception: generic message and INTERNAL_ERROR; its text nowhere in the span."""
+    tracer, exporter = spans
+    span, _logs = _failed_span(tracer, exporter, "bug")
+    assert span.status.description == "An internal error occurred"
+    assert span.attributes["error.type"] == "INTERNAL_ERROR"
+    assert SECRET not in repr(dict(span.attributes)) + repr(span.events)
+
+
+def test_log_events_carry_trace_and_span_ids(spans: Any) -> None:
+    """The processor adds the current span's trace_id and span_id to an event."""
+    tracer, _exporter = spans
+    with tracer.start_as_current_span("outer") as span:
+        event = otel.add_trace_ids(None, "info", {"event": "x"})
+        context = span.get_span_context()
+    assert event["trace_id"] == format(context.trace_id, "032x")
+    assert event["span_id"] == format(context.span_id, "016x")
+    assert "trace_id" not in otel.add_trace_ids(None, "info", {"event": "y"})
+
+
+def test_retries_are_span_events(spans: Any, clock: FakeClock) -> None:
+    """Sync: two retries inside a client span become two rpc.retry events with their delays."""
+    tracer, exporter = spans
+    backend = Backend([FAIL, FAIL, SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        channel = sync_channel(target, clock, retry=RetryPolicy(max_attempts=4),
+                               registry=CollectorRegistry())
+        with tracer.start_as_current_span("client"):
+            assert channel.unary_unary(UNARY)(b"x") == b"ok"
+    (span,) = exporter.get_finished_spans()
+    events = [e for e in span.events if e.name == "rpc.retry"]
+    assert [e.attributes["octollm.attempt"] for e in events] == [2, 3]
+    assert [e.attributes["octollm.retry.code"] for e in events] == ["UNAVAILABLE"] * 2
+    assert [e.attributes["octollm.retry.delay_s"] for e in events] == clock.sleeps
+
+
+def test_library_works_without_opentelemetry() -> None:
+    """With opentelemetry unimportable, the library imports and its hooks are no-ops."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'opentelemetry' or name.startswith('opentelemetry.'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import grpc\n"
+        "from octollm_grpc import otel\n"
+        "import octollm_grpc.client, octollm_grpc.server\n"
+        "assert not otel.AVAILABLE\n"
+        "otel.retry_event(2, grpc.StatusCode.UNAVAILABLE, 0.1)\n"
+        "otel.call_failed(grpc.StatusCode.NOT_FOUND, 'TASK_NOT_FOUND', 'm', 'r')\n"
+        "assert otel.add_trace_ids(None, 'info', {}) == {}\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
