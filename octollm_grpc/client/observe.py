@@ -1,7 +1,8 @@
 """The outermost layer of a resilient channel: propagation and per-call metrics, both stacks.
 
 Per call, before the retry layer sees it: the timeout and request id the served call passes on
-(:mod:`octollm_grpc.propagation`), so retries stay within the incoming deadline; then
+(:mod:`octollm_grpc.propagation`), so retries stay within the incoming deadline, and the
+current trace context (:func:`octollm_grpc.otel.inject`); then
 ``grpc_client_started_total``, and when the call is over (after every retry) one
 ``grpc_client_handled_total`` with its final code and one ``grpc_client_handling_seconds``.
 A response stream is over when it ends or fails while being read.
@@ -17,6 +18,7 @@ import grpc
 from grpc import aio
 
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
+from octollm_grpc.otel import inject
 from octollm_grpc.propagation import outbound_metadata, outbound_timeout
 
 __all__ = ["CallObserver", "aio_observers"]
@@ -70,7 +72,7 @@ class _SyncDetails(grpc.ClientCallDetails):
 
 def _sync_details(details: Any) -> Any:
     timeout = outbound_timeout(details.timeout)
-    metadata = outbound_metadata(details.metadata)
+    metadata = inject(outbound_metadata(details.metadata))
     if timeout is details.timeout and metadata is details.metadata:
         return details
     return _SyncDetails(details, timeout, tuple(metadata) if metadata is not None else None)
@@ -188,7 +190,7 @@ def _future_code(future: Any) -> grpc.StatusCode:
 
 def _aio_details(details: Any) -> Any:
     timeout = outbound_timeout(details.timeout)
-    metadata = outbound_metadata(details.metadata)
+    metadata = inject(outbound_metadata(details.metadata))
     if timeout is details.timeout and metadata is details.metadata:
         return details
     return aio.ClientCallDetails(details.method, timeout,

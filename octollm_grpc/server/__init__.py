@@ -10,6 +10,8 @@ its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from octollm_grpc.server._core import Pipeline
@@ -58,6 +60,7 @@ def server_interceptors(
     auth: BearerAuth | None = None,
     domain: str = DEFAULT_DOMAIN,
     debug: bool = False,
+    tracer_provider: Any = None,
 ) -> list[grpc.ServerInterceptor]:
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
@@ -68,8 +71,10 @@ def server_interceptors(
     order: request id, started counter, rate limit, auth, handler; then the status is
     decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds
     the traceback of unexpected exceptions as ``DebugInfo`` (never in production).
+    ``tracer_provider`` (OpenTelemetry; default: the global one) starts a server span for a
+    call no instrumentation traces already (see :mod:`octollm_grpc.otel`).
     """
     return [ServerInterceptor(Pipeline.from_options(
         request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
-        auth=auth, domain=domain, debug=debug,
+        auth=auth, domain=domain, debug=debug, tracer_provider=tracer_provider,
     ))]

@@ -140,7 +140,7 @@ class Call:
     """The state of one call in progress."""
 
     __slots__ = ("inbound_token", "log_tokens", "metadata", "plan", "request_id", "rid_token",
-                 "start", "trailers")
+                 "span", "start", "trailers")
 
     def __init__(self, plan: MethodPlan, start: float) -> None:
         self.plan = plan
@@ -151,6 +151,7 @@ class Call:
         self.rid_token: contextvars.Token[str | None] | None = None
         self.log_tokens: contextvars.Token[Any] | None = None
         self.inbound_token: contextvars.Token[Any] | None = None
+        self.span: otel.ServerSpan | None = None
 
 
 class Failure(NamedTuple):
@@ -212,7 +213,11 @@ class Pipeline:
         auth: BearerAuth | None = None,
         domain: str = DEFAULT_DOMAIN,
         debug: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
+        # Our own server span when no instrumentation started one (see octollm_grpc.otel).
+        self.tracing = otel.AVAILABLE
+        self.tracer_provider = tracer_provider
         self.request_ids = request_ids
         self.logger = logger
         self.metrics = metrics
@@ -232,6 +237,7 @@ class Pipeline:
         auth: BearerAuth | None = None,
         domain: str = DEFAULT_DOMAIN,
         debug: bool = False,
+        tracer_provider: Any = None,
     ) -> Pipeline:
         """``True`` gives a part with its defaults, ``False`` leaves it out."""
         return cls(
@@ -242,6 +248,7 @@ class Pipeline:
             auth=auth,
             domain=domain,
             debug=debug,
+            tracer_provider=tracer_provider,
         )
 
     # -- per method ---------------------------------------------------------------------
@@ -267,6 +274,12 @@ class Pipeline:
         if request_ids is not None or plan.guarded:
             # Read once per call: on aio each invocation_metadata() builds a new tuple.
             call.metadata = context.invocation_metadata()
+        if self.tracing:
+            tracer = otel.active_tracer(self.tracer_provider)
+            if tracer is not None:
+                if call.metadata is None:
+                    call.metadata = context.invocation_metadata()
+                call.span = otel.start_server_span(tracer, plan.method, call.metadata)
         if request_ids is not None:
             rid = request_ids.from_metadata(call.metadata)
             call.request_id = rid
@@ -350,6 +363,7 @@ class Pipeline:
             trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
             if aborted:
                 self._record(call, context, code, None, level_for_code(code), None, None)
+                otel.call_failed(code, None, message_of(context.details()), call.request_id)
                 return Failure(None, trailers)
             mapping = codes.mapping_for(exc)
             if isinstance(exc, OctoLLMError):
@@ -358,7 +372,9 @@ class Pipeline:
                 error_code, log_exc = mapping.error_code, exc
             self._record(call, context, code, error_code,
                          level_for_exception(exc, mapping), log_exc, None)
-            return Failure(HandlerStatus(code, message_of(context.details()), trailers), None)
+            handler_message = message_of(context.details())
+            otel.call_failed(code, error_code, handler_message, call.request_id)
+            return Failure(HandlerStatus(code, handler_message, trailers), None)
 
         mapping = codes.mapping_for(exc)
         try:
@@ -420,6 +436,8 @@ class Pipeline:
         """Unbind the call's context variables (always, after success or failure)."""
         if call.inbound_token is not None:
             propagation.leave(call.inbound_token)
+        if call.span is not None:
+            otel.end_server_span(call.span)
         if call.rid_token is not None:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
