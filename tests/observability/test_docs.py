@@ -33,6 +33,13 @@ def test_client_metrics_example_runs() -> None:
     assert printed == ["1.0"]
 
 
+def test_otel_example_runs() -> None:
+    """The OpenTelemetry example prints the failed span's name, status and attributes."""
+    printed, _logs = run_examples(section_examples("otel", DOCS / "observability.md"))
+    assert printed == ["demo.Tasks/Get ERROR Task task-1 not found",
+                       "5 TASK_NOT_FOUND req-1"]
+
+
 def test_dashboard_queries_only_metrics_the_library_exposes() -> None:
     """Every metric name in the dashboard's queries is one our registries expose."""
     dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text(encoding="utf-8"))
