@@ -7,10 +7,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import RetryBudget, RetryPolicy
+from octollm_grpc.client import BreakerSettings, CircuitBreaker, RetryBudget, RetryPolicy
 from octollm_grpc.client.metrics import UNKNOWN, ClientMetrics
 from octollm_grpc.testing import FakeClock
-from tests.client.backend import FAIL, SERVER_STREAM, SERVICE, SUCCEED, UNARY, Backend
+from tests.client.backend import (
+    BIDI,
+    CLIENT_STREAM,
+    FAIL,
+    SERVER_STREAM,
+    SERVICE,
+    SUCCEED,
+    UNARY,
+    Backend,
+)
 from tests.client.channels import aio_channel, sync_channel
 from tests.servers import sync_server
 
@@ -172,3 +181,56 @@ def test_method_labels_are_bounded(registry: CollectorRegistry) -> None:
                   grpc_service=UNKNOWN, grpc_method=UNKNOWN) == 2
     assert _value(registry, "grpc_client_started_total", grpc_type="unary",
                   grpc_service="a.S", grpc_method="Three") == 0
+
+
+def test_sync_breaker_refusal_is_handled_unavailable_without_an_attempt(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Sync: after the breaker opens, a refused call is handled Unavailable; no attempt sent."""
+    backend = Backend([FAIL], clock)
+    with sync_server([backend.handler()]) as target:
+        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1), clock=clock.now,
+                                 registry=registry)
+        channel = sync_channel(target, clock, retry=None, breaker=breaker, registry=registry)
+        call = channel.unary_unary(UNARY)
+        with pytest.raises(errors.NetworkError):
+            call(b"x")  # opens the breaker
+        with pytest.raises(errors.CircuitOpenError):
+            call(b"x")  # refused, never sent
+    unary = _labels("Unary")
+    assert backend.count() == 1
+    assert _value(registry, "grpc_client_started_total", **unary) == 2
+    assert _value(registry, "grpc_client_handled_total", **unary, grpc_code="Unavailable") == 2
+    assert _value(registry, "octollm_client_attempts_total", **unary,
+                  grpc_code="Unavailable") == 1
+
+
+def test_sync_bidi_and_client_stream_are_labelled_by_shape(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Sync: a client stream and a bidi stream count under their own grpc_type."""
+    backend = Backend([SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        channel = sync_channel(target, clock, registry=registry)
+        assert channel.stream_unary(CLIENT_STREAM)(iter([b"a", b"b"])) == b"2"
+        assert list(channel.stream_stream(BIDI)(iter([b"a", b"b"]))) == [b"a", b"b"]
+    for method, grpc_type in (("ClientStream", "client_stream"), ("Bidi", "bidi_stream")):
+        labels = _labels(method, grpc_type)
+        assert _value(registry, "grpc_client_started_total", **labels) == 1
+        assert _value(registry, "grpc_client_handled_total", **labels, grpc_code="OK") == 1
+
+
+async def test_aio_client_stream_and_bidi_are_counted_when_they_end(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Aio: a client stream (write style) and a bidi stream are handled OK once each."""
+    backend = Backend([SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        async with aio_channel(target, clock, registry=registry) as channel:
+            call = channel.stream_unary(CLIENT_STREAM)()
+            await call.write(b"a")
+            await call.done_writing()
+            assert await call == b"1"
+            bidi = channel.stream_stream(BIDI)(iter([b"a", b"b"]))
+            assert [m async for m in bidi] == [b"a", b"b"]
+    for method, grpc_type in (("ClientStream", "client_stream"), ("Bidi", "bidi_stream")):
+        labels = _labels(method, grpc_type)
+        assert _value(registry, "grpc_client_started_total", **labels) == 1
+        assert _value(registry, "grpc_client_handled_total", **labels, grpc_code="OK") == 1

@@ -62,8 +62,8 @@ def _check(answers: list[bytes]) -> None:
         rid, remaining = _parse(answer)
         assert rid == f"rid-{i}"
         assert remaining is not None
-        # About the caller's timeout (grpc core rounds a timeout up on the wire, by up to
-        # ~10%, so it compresses), and above the next smaller one: it is this caller's.
+        # About the caller's timeout (grpc core may round a timeout up on the wire: 11 s
+        # arrived as 11.1 s), and above the next smaller one (2 s less): it is this caller's.
         assert _timeout(i) - 2.0 < remaining <= _timeout(i) * 1.1
 
 
