@@ -32,11 +32,13 @@ class Downstream:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str | None, float | None]] = []
+        self.raw: list[float | None] = []  # time_remaining() as grpc reported it
         self._lock = threading.Lock()
 
     def record(self, request: bytes, context: Any) -> bytes:
         rid = dict(context.invocation_metadata()).get("x-request-id")
         remaining = context.time_remaining()
+        self.raw.append(remaining)
         if remaining is not None and remaining > 1e9:
             remaining = None  # sync servers report ~9.2e18 s left for "no deadline"
         with self._lock:
@@ -181,3 +183,19 @@ async def test_aio_explicit_shorter_timeout_wins() -> None:
     rid, remaining = _parse(answer)
     assert rid == "rid-a"
     assert remaining is not None and remaining <= 0.55  # 0.5 s, as rounded up on the wire
+
+
+def test_sync_call_without_deadline_passes_on_none() -> None:
+    """Sync: a served call without a deadline (grpc reports ~9.2e18 s left) passes none on."""
+    downstream = Downstream()
+    with sync_server([downstream.handler()]) as down_target:
+        down = resilient_channel(down_target, registry=CollectorRegistry())
+        with sync_server([_middle_sync(down, None)], _interceptors()) as target:
+            with grpc.insecure_channel(target) as channel:
+                answer = channel.unary_unary(MIDDLE)(b"x", metadata=(("x-request-id", "r"),))
+        down.close()
+    assert _parse(answer) == ("r", None)
+    # No deadline on the wire either: the sync server reports its "infinite" time left again.
+    # (Before the fix the 9.2e18 s went on as a timeout and the outbound call failed.)
+    (raw,) = downstream.raw
+    assert raw is not None and raw > 1e9
