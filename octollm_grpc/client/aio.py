@@ -42,8 +42,8 @@ def resilient_interceptors(
     rng: random.Random | None = None,
     registry: CollectorRegistry | None = None,
 ) -> list[aio.ClientInterceptor]:
-    """The interceptors :func:`resilient_channel` installs (one per call shape, sharing one
-    core), for a channel built elsewhere.
+    """The interceptors :func:`resilient_channel` installs, for a channel built elsewhere: the
+    observers (propagation, call metrics), then the retry layer, each one per call shape.
 
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see the README).
     """

@@ -226,8 +226,12 @@ def _assert_one_trace(exporter: InMemorySpanExporter, clock: FakeClock) -> None:
     assert retry.attributes["octollm.retry.delay_s"] == clock.sleeps[0]
 
 
-def test_sync_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock) -> None:
-    """Sync: client -> middle -> downstream (retried once): one trace, linked spans, codes."""
+def test_sync_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock,
+                                      restore_structlog: None) -> None:
+    """Sync: client -> middle -> downstream (retried once): one trace, linked spans, codes;
+    each hop's failure log line carries the trace id and its own server span's id."""
+    out = io.StringIO()
+    configure_logging(json=True, stream=out, background=False)
     exporter = _exporter(provider)
     tracer = provider.get_tracer("test")
     stack = server_interceptors(metrics=False, tracer_provider=provider)
@@ -251,6 +255,16 @@ def test_sync_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock
             channel.close()
         down.close()
     _assert_one_trace(exporter, clock)
+    failed = [line for line in map(json.loads, out.getvalue().splitlines())
+              if line["event"] == "grpc.call.failed"]
+    server_spans = {format(span.context.span_id, "016x"): span.name
+                    for span in exporter.get_finished_spans() if span.name != "client"}
+    assert len(failed) == 3  # two downstream attempts, then the middle call
+    (trace_id,) = {format(span.context.trace_id, "032x")
+                   for span in exporter.get_finished_spans()}
+    assert {line["trace_id"] for line in failed} == {trace_id}
+    assert sorted(server_spans[line["span_id"]] for line in failed) == [
+        "test.Down/Get", "test.Down/Get", "test.Middle/Call"]
 
 
 async def test_aio_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock) -> None:
