@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from octollm_grpc import errors, otel
 from octollm_grpc.client import RetryPolicy
@@ -229,9 +229,11 @@ def _assert_one_trace(exporter: InMemorySpanExporter, clock: FakeClock) -> None:
 def test_sync_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock,
                                       restore_structlog: None) -> None:
     """Sync: client -> middle -> downstream (retried once): one trace, linked spans, codes;
-    each hop's failure log line carries the trace id and its own server span's id."""
-    out = io.StringIO()
-    configure_logging(json=True, stream=out, background=False)
+    each hop's failure log event carries the trace id and its own server span's id."""
+    # Our processor in front of a capture; no logger caching, so module loggers stay unbound.
+    capture = LogCapture()
+    structlog.configure(processors=[otel.add_trace_ids, capture],
+                        cache_logger_on_first_use=False)
     exporter = _exporter(provider)
     tracer = provider.get_tracer("test")
     stack = server_interceptors(metrics=False, tracer_provider=provider)
@@ -255,8 +257,7 @@ def test_sync_two_hops_make_one_trace(provider: TracerProvider, clock: FakeClock
             channel.close()
         down.close()
     _assert_one_trace(exporter, clock)
-    failed = [line for line in map(json.loads, out.getvalue().splitlines())
-              if line["event"] == "grpc.call.failed"]
+    failed = [event for event in capture.entries if event["event"] == "grpc.call.failed"]
     server_spans = {format(span.context.span_id, "016x"): span.name
                     for span in exporter.get_finished_spans() if span.name != "client"}
     assert len(failed) == 3  # two downstream attempts, then the middle call
