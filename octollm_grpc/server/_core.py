@@ -216,8 +216,10 @@ class Pipeline:
         tracer_provider: Any = None,
     ) -> None:
         # Our own server span when no instrumentation started one (see octollm_grpc.otel).
+        # A given provider's tracer is made once; the global one is looked up per call, as an
+        # application may set it after building its server.
         self.tracing = otel.AVAILABLE
-        self.tracer_provider = tracer_provider
+        self.tracer = otel.active_tracer(tracer_provider) if tracer_provider is not None else None
         self.request_ids = request_ids
         self.logger = logger
         self.metrics = metrics
@@ -275,7 +277,7 @@ class Pipeline:
             # Read once per call: on aio each invocation_metadata() builds a new tuple.
             call.metadata = context.invocation_metadata()
         if self.tracing:
-            tracer = otel.active_tracer(self.tracer_provider)
+            tracer = self.tracer if self.tracer is not None else otel.active_tracer()
             if tracer is not None:
                 if call.metadata is None:
                     call.metadata = context.invocation_metadata()
