@@ -27,6 +27,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from octollm_grpc import otel
+
 __all__ = [
     "FAILED_EVENT",
     "FLUSH_INTERVAL",
@@ -366,6 +368,7 @@ def configure_logging(
         fmt="iso", utc=True)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        otel.add_trace_ids,  # a no-op without opentelemetry or outside a span
         structlog.processors.add_log_level,
         stamp,
         structlog.processors.StackInfoRenderer(),
