@@ -1,7 +1,7 @@
 """OpenTelemetry: a failed call marks the current span; retries are span events; no otel ok.
 
-opentelemetry-instrumentation-grpc is not installable here, so a tiny server interceptor of
-the test's own plays its part: it starts a span around the call, outside our stack.
+A tiny server interceptor of the test's own starts a span around the call, outside our stack
+(test_otel_instrumentation.py does the same with the real opentelemetry-instrumentation-grpc).
 """
 
 from __future__ import annotations
