@@ -106,7 +106,9 @@ def test_register_accepts_the_status_range_edges(http: int) -> None:
         error_code = "TEST_EDGE"
 
     codes.register(Edge, _C.ABORTED, http)
-    assert codes.mapping_for_class(Edge).http_status == http
+    mapping = codes.mapping_for_class(Edge)
+    assert mapping.http_status == http
+    assert mapping.retryable is False  # the default
 
 
 @pytest.mark.parametrize(("args", "error", "message"), [

@@ -73,9 +73,14 @@ def test_check_keeps_scopes_apart(clock: FakeClock) -> None:
     assert caught.value.retry_after == 5.0
     assert caught.value.details == {"limit": 2, "window": 10}
     assert caught.value.message == "Rate limit exceeded: 2 requests per 10s"
+    fast = RateLimit(limit=4, burst=1)
+    limiter.check("", fast, "k")
+    with pytest.raises(e.RateLimitError) as caught:
+        limiter.check("", fast, "k")  # a wait under a second is a rejection too
+    assert caught.value.retry_after == 0.25
     limiter.check("/a.B/Two", rate, "k")  # its own bucket: passes
     limiter.check("/a.B/One", rate, "other")  # another caller: passes
-    assert len(limiter) == 3
+    assert len(limiter) == 4
 
 
 def test_binary_metadata_keys_get_a_bucket_each(clock: FakeClock) -> None:
@@ -85,6 +90,7 @@ def test_binary_metadata_keys_get_a_bucket_each(clock: FakeClock) -> None:
     first = limiter.key_for([("x-tenant-bin", b"\x01")], _peer)
     second = limiter.key_for([("x-tenant-bin", b"\x02")], _peer)
     assert first != second
+    assert first == repr(b"\x01")  # bucket keys are text
     assert first == limiter.key_for((("other", "v"), ("x-tenant-bin", b"\x01")), _peer)
     assert limiter.acquire("", rate, first) == 0.0
     assert limiter.acquire("", rate, second) == 0.0
@@ -107,6 +113,7 @@ def test_key_metadata_name_is_case_insensitive_and_falls_back_to_the_peer() -> N
     ("ipv6:[::1]", "ipv6:[::1]"),  # no port: unchanged
     ("ipv4:10.0.0.1:http", "ipv4:10.0.0.1:http"),  # not a port number
     ("ipv4:5555", "ipv4:5555"),  # nothing but a port: keep it whole
+    ("ipv6:5555", "ipv6:5555"),
     ("unix:/tmp/sock:1", "unix:/tmp/sock:1"),
     ("", ""),
 ])
@@ -168,6 +175,19 @@ def test_invalid_limits_are_refused_with_a_message(kwargs: dict[str, object],
     """Each invalid field is named in the error."""
     with pytest.raises(ValueError, match=message):
         RateLimit(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ten_thousand_callers_are_held_by_default(clock: FakeClock) -> None:
+    """max_keys defaults to 10 000: the 10 001st caller evicts the first."""
+    rate = RateLimit(limit=1, burst=1)
+    limiter = RateLimiter(rate, clock=clock.now)
+    for i in range(10_000):
+        limiter.acquire("", rate, str(i))
+    assert len(limiter) == 10_000
+    assert limiter.acquire("", rate, "0") == 1.0  # still held (and now the most recent)
+    limiter.acquire("", rate, "new")
+    assert len(limiter) == 10_000
+    assert limiter.acquire("", rate, "1") == 0.0  # the least recent was evicted
 
 
 def test_max_keys_must_be_positive() -> None:
