@@ -19,7 +19,7 @@ from tests.client.channels import aio_channel, sync_channel
 from tests.servers import sync_server
 
 SLACK = 3.0  # real seconds a loaded machine may take between sending and the server's reading
-OVER = 0.25  # grpc-timeout rounds a deadline up (to 100 ms steps for timeouts of seconds)
+OVER = 1.05  # grpc-timeout rounds a deadline up (whole seconds for timeouts of minutes)
 
 
 def _pushback(seconds: float) -> Reply:
