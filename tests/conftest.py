@@ -13,12 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import Phase, settings
 
 from octollm_grpc import codes
 from octollm_grpc.client.breaker import CircuitBreakers
 from octollm_grpc.client.budget import RetryBudget
 
 pytest_plugins = ["pytester"]  # tests/test_async_hook.py checks the hook below in a sandbox
+
+# `make mutation` (--hypothesis-profile=mutation): the same examples on every run, so a mutant's
+# verdict never depends on luck, and no shrinking (a failure is all a mutation run needs).
+settings.register_profile("mutation", derandomize=True, database=None,
+                          phases=[Phase.explicit, Phase.generate])
 
 
 @pytest.hookimpl(tryfirst=True)
