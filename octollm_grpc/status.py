@@ -104,16 +104,19 @@ grpc.Status.register(RichStatus)
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings."""
-    if value is None or isinstance(value, (str, bool, int)):
+    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings, and
+    lone surrogates in any string become ``?`` (protobuf cannot serialize them)."""
+    if isinstance(value, str):
+        return _safe_text(value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_safe_text(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
-    return str(value)
+    return _safe_text(str(value))
 
 
 def _struct_is_exact(value: Any) -> bool:
@@ -168,6 +171,9 @@ def _all_str(details: Mapping[str, Any]) -> bool:
     for key, value in details.items():
         if type(key) is not str or type(value) is not str:
             return False
+        if not (key.isascii() and value.isascii()) and (
+                _safe_text(key) is not key or _safe_text(value) is not value):
+            return False  # a lone surrogate: _jsonable replaces it
     return True
 
 
