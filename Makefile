@@ -48,6 +48,17 @@ redis-server:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
 
+# Mutation testing of the modules with the most decision logic ([tool.mutmut] in pyproject.toml):
+# one line per module, `mutation: PATH KILLED/TRIED`; fails below 90% killed. Not part of
+# `make test` (minutes, not seconds). See docs/contributing-tests.md.
+MUTATION_MIN ?= 90
+.PHONY: mutation
+mutation: $(STAMP) ## mutation testing of the decision logic (minutes; fails below 90% killed)
+	rm -rf mutants
+	mkdir -p .build
+	$(BIN)/mutmut run --max-children 2 >.build/mutmut.log 2>&1 || { tail -c 2000 .build/mutmut.log; exit 1; }
+	$(BIN)/mutmut results --all true | $(BIN)/python .ci/mutation-summary --min $(MUTATION_MIN)
+
 lint: $(STAMP) $(BUF) ## ruff, mypy --strict, buf lint + breaking, generated-code drift, dists, docs
 	$(BIN)/ruff check .
 	$(BIN)/mypy octollm_grpc
@@ -112,5 +123,5 @@ bench-redis: $(STAMP) redis-server ## the shared (Redis) rate limit's latency ne
 # Also what `make run` leaves: the sample's SQLite database (octollm-tasks.db, its WAL files).
 clean: ## remove venvs, tools, caches, build output and the sample's database files
 	rm -rf $(VENV) $(TOOLS) .build .nox dist build *.egg-info .pytest_cache .mypy_cache \
-	  .ruff_cache .hypothesis
+	  .ruff_cache .hypothesis mutants
 	rm -f *.db *.db-journal *.db-wal *.db-shm

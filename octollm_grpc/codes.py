@@ -148,43 +148,42 @@ def class_for_status_code(code: grpc.StatusCode) -> type[e.OctoLLMError]:
     return _FALLBACK.get(code, e.SystemError)
 
 
-def _register_builtin() -> None:
-    table: list[tuple[type[e.OctoLLMError], grpc.StatusCode, int, bool]] = [
-        (e.OctoLLMError, _C.UNKNOWN, 500, False),
-        (e.ValidationError, _C.INVALID_ARGUMENT, 400, False),
-        (e.InvalidInputError, _C.INVALID_ARGUMENT, 400, False),
-        (e.ValidationErrors, _C.INVALID_ARGUMENT, 400, False),
-        (e.TaskNotFoundError, _C.NOT_FOUND, 404, False),
-        (e.AuthenticationError, _C.UNAUTHENTICATED, 401, False),
-        (e.AuthorizationError, _C.PERMISSION_DENIED, 403, False),
-        (e.PiiDetectedError, _C.INVALID_ARGUMENT, 400, False),
-        (e.InvalidStateError, _C.FAILED_PRECONDITION, 400, False),
-        (e.ResourceError, _C.UNAVAILABLE, 503, True),
-        (e.ArmUnavailableError, _C.UNAVAILABLE, 503, True),
-        (e.CapacityExceededError, _C.UNAVAILABLE, 503, True),
-        (e.RateLimitError, _C.RESOURCE_EXHAUSTED, 429, True),
-        (e.CircuitOpenError, _C.UNAVAILABLE, 503, True),
-        (e.SystemError, _C.INTERNAL, 500, False),
-        (e.InternalError, _C.INTERNAL, 500, False),
-        (e.DatabaseError, _C.INTERNAL, 500, False),
-        (e.CacheError, _C.INTERNAL, 500, False),
-        (e.SerializationError, _C.INTERNAL, 500, False),
-        (e.NetworkError, _C.UNAVAILABLE, 502, True),
-        (e.TimeoutError, _C.DEADLINE_EXCEEDED, 504, False),
-        (e.ExternalError, _C.UNAVAILABLE, 502, True),
-        (e.LLMAPIError, _C.UNAVAILABLE, 502, True),
-        (e.VectorDBError, _C.UNAVAILABLE, 502, True),
-        (e.ThirdPartyAPIError, _C.UNAVAILABLE, 502, True),
-        (e.NotFoundError, _C.NOT_FOUND, 404, False),
-        (e.AlreadyExistsError, _C.ALREADY_EXISTS, 409, False),
-        (e.AbortedError, _C.ABORTED, 409, True),
-        (e.OutOfRangeError, _C.OUT_OF_RANGE, 400, False),
-        (e.ResourceExhaustedError, _C.RESOURCE_EXHAUSTED, 429, True),
-        (e.UnimplementedError, _C.UNIMPLEMENTED, 501, False),
-        (e.CancelledCallError, _C.CANCELLED, 499, False),
-    ]
-    for cls, code, http, retryable in table:
-        register(cls, code, http, retryable=retryable)
-
-
-_register_builtin()
+# The built-in rows (class, gRPC code, HTTP status, retryable), registered at import. Data, not
+# a function body: `make mutation` cannot exercise code run at import; test_codes.py pins rows.
+_BUILTIN: tuple[tuple[type[e.OctoLLMError], grpc.StatusCode, int, bool], ...] = (
+    (e.OctoLLMError, _C.UNKNOWN, 500, False),
+    (e.ValidationError, _C.INVALID_ARGUMENT, 400, False),
+    (e.InvalidInputError, _C.INVALID_ARGUMENT, 400, False),
+    (e.ValidationErrors, _C.INVALID_ARGUMENT, 400, False),
+    (e.TaskNotFoundError, _C.NOT_FOUND, 404, False),
+    (e.AuthenticationError, _C.UNAUTHENTICATED, 401, False),
+    (e.AuthorizationError, _C.PERMISSION_DENIED, 403, False),
+    (e.PiiDetectedError, _C.INVALID_ARGUMENT, 400, False),
+    (e.InvalidStateError, _C.FAILED_PRECONDITION, 400, False),
+    (e.ResourceError, _C.UNAVAILABLE, 503, True),
+    (e.ArmUnavailableError, _C.UNAVAILABLE, 503, True),
+    (e.CapacityExceededError, _C.UNAVAILABLE, 503, True),
+    (e.RateLimitError, _C.RESOURCE_EXHAUSTED, 429, True),
+    (e.CircuitOpenError, _C.UNAVAILABLE, 503, True),
+    (e.SystemError, _C.INTERNAL, 500, False),
+    (e.InternalError, _C.INTERNAL, 500, False),
+    (e.DatabaseError, _C.INTERNAL, 500, False),
+    (e.CacheError, _C.INTERNAL, 500, False),
+    (e.SerializationError, _C.INTERNAL, 500, False),
+    (e.NetworkError, _C.UNAVAILABLE, 502, True),
+    (e.TimeoutError, _C.DEADLINE_EXCEEDED, 504, False),
+    (e.ExternalError, _C.UNAVAILABLE, 502, True),
+    (e.LLMAPIError, _C.UNAVAILABLE, 502, True),
+    (e.VectorDBError, _C.UNAVAILABLE, 502, True),
+    (e.ThirdPartyAPIError, _C.UNAVAILABLE, 502, True),
+    (e.NotFoundError, _C.NOT_FOUND, 404, False),
+    (e.AlreadyExistsError, _C.ALREADY_EXISTS, 409, False),
+    (e.AbortedError, _C.ABORTED, 409, True),
+    (e.OutOfRangeError, _C.OUT_OF_RANGE, 400, False),
+    (e.ResourceExhaustedError, _C.RESOURCE_EXHAUSTED, 429, True),
+    (e.UnimplementedError, _C.UNIMPLEMENTED, 501, False),
+    (e.CancelledCallError, _C.CANCELLED, 499, False),
+)
+for _row in _BUILTIN:
+    register(*_row[:3], retryable=_row[3])
+del _row

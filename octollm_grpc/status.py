@@ -42,6 +42,7 @@ __all__ = [
     "MAX_DETAILS_DEPTH",
     "PUSHBACK_KEY",
     "RichStatus",
+    "StatusTemplate",
     "from_rpc_error",
     "from_status_proto",
     "to_status",
@@ -103,16 +104,19 @@ grpc.Status.register(RichStatus)
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings."""
-    if value is None or isinstance(value, (str, bool, int)):
+    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings, and
+    lone surrogates in any string become ``?`` (protobuf cannot serialize them)."""
+    if isinstance(value, str):
+        return _safe_text(value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_safe_text(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
-    return str(value)
+    return _safe_text(str(value))
 
 
 def _struct_is_exact(value: Any) -> bool:
@@ -167,6 +171,9 @@ def _all_str(details: Mapping[str, Any]) -> bool:
     for key, value in details.items():
         if type(key) is not str or type(value) is not str:
             return False
+        if not (key.isascii() and value.isascii()) and (
+                _safe_text(key) is not key or _safe_text(value) is not value):
+            return False  # a lone surrogate: _jsonable replaces it
     return True
 
 
@@ -481,6 +488,41 @@ def to_status(
         if fast is not None:
             return fast
     return _to_status_slow(exc, request_id, domain, debug)
+
+
+class StatusTemplate:
+    """A status built once without a request id, sent many times with each call's own.
+
+    For a status whose content does not depend on the call (a rate-limit refusal): only
+    ``RequestInfo`` differs. :meth:`with_request_id` gives exactly what :func:`to_status`
+    gives for the same error and request id, details in the same order, without encoding the
+    error again: two serialized messages concatenated parse as one, repeated fields appended
+    in order, so the bytes before and after ``RequestInfo`` are kept and the id goes between.
+    """
+
+    __slots__ = ("_head", "_status", "_tail")
+
+    def __init__(self, status: RichStatus) -> None:
+        """``status``: built by :func:`to_status` without a request id."""
+        self._status = status
+        proto = status.proto
+        # Our envelope is always the last detail, and RequestInfo comes right before it.
+        self._head = status_pb2.Status(code=proto.code, message=proto.message,
+                                       details=proto.details[:-1]).SerializeToString()
+        self._tail = status_pb2.Status(details=proto.details[-1:]).SerializeToString()
+
+    def with_request_id(self, request_id: str | None) -> RichStatus:
+        """The status, with ``RequestInfo(request_id)`` when an id is given (cut to
+        :data:`MAX_IDENTIFIER_BYTES`, as :func:`to_status` cuts it)."""
+        if not request_id:
+            return self._status
+        info = _pack(_RequestInfo(request_id=_cut(_safe_text(request_id), MAX_IDENTIFIER_BYTES)),
+                     _REQUEST_INFO)
+        data = (self._head + status_pb2.Status(details=[info]).SerializeToString()
+                + self._tail)
+        return self._status._replace(trailing_metadata=tuple(
+            (key, data) if key == DETAILS_KEY else (key, value)
+            for key, value in self._status.trailing_metadata))
 
 
 def _to_status_slow(

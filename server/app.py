@@ -154,8 +154,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         for channel in channels:
             cleanup.push_async_callback(channel.close)
 
-        servicer = TaskServicer(store, ArmClient(channels, current_request_id,
-                                                 attempt_timeout=settings.arm_timeout),
+        servicer = TaskServicer(store, ArmClient(channels, attempt_timeout=settings.arm_timeout),
                                 request_id=current_request_id, debug=settings.dev,
                                 arm_retried=settings.arm_attempts > 1)
         cleanup.callback(servicer.close)

@@ -89,15 +89,14 @@ class ArmClient:
 
     ``channels`` is one channel, or several in order of preference: the first is the primary,
     the others are tried in turn when it is unavailable (see the module docstring).
-    ``request_id`` gives the id of the call being served; it is sent on as ``x-request-id``
-    so the arm's log lines carry the same id as the task service's. ``attempt_timeout`` is the
-    channels' per-attempt timeout: the bound a timeout error names when the call had none.
+    The id of the call being served travels on as ``x-request-id`` by itself (a resilient
+    channel does that inside a served call), so the arm's log lines carry the task service's id.
+    ``attempt_timeout`` is the channels' per-attempt timeout: the bound a timeout error names
+    when the call had none.
     """
 
-    def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel],
-                 request_id: Callable[[], str | None] = lambda: None, *,
+    def __init__(self, channels: grpc.aio.Channel | Sequence[grpc.aio.Channel], *,
                  attempt_timeout: float | None = None) -> None:
-        self._request_id = request_id
         self._attempt_timeout = attempt_timeout
         chain = list(channels) if isinstance(channels, Sequence) else [channels]
         if not chain:
@@ -113,8 +112,7 @@ class ArmClient:
         per-attempt timeout alone bounds each attempt.
         """
         request = arms_pb2.CompleteRequest(task_id=task_id, prompt=prompt, priority=priority)
-        rid = self._request_id()
-        metadata = (("x-request-id", rid),) if rid else None
+        metadata = None  # the request id is propagated by the channel
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         # What a timeout error names: the shorter of the call's time and one attempt's.
         bounds = [b for b in (timeout, self._attempt_timeout) if b is not None]

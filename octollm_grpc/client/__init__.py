@@ -36,6 +36,7 @@ from octollm_grpc.client.channel import (
 )
 from octollm_grpc.client.config import ClientConfig, parse_config
 from octollm_grpc.client.interceptors import ResilientInterceptor
+from octollm_grpc.client.observe import CallObserver
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
 
@@ -108,7 +109,12 @@ def resilient_channel(
       (:func:`parse_config`); explicit arguments win over it.
     - ``credentials``: a secure channel with them; otherwise an insecure one.
     - ``clock`` (monotonic seconds), ``sleep`` and ``rng``: injectable for tests.
-    - ``registry``: the Prometheus registry for breaker metrics (default: the global one).
+    - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
+      global one); see :mod:`octollm_grpc.client.metrics`.
+
+    Called while a handler served by our server stack runs, a call gets that call's remaining
+    time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
+    (:mod:`octollm_grpc.propagation`).
     """
     core, parsed = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
                                     config=config, clock=clock, rng=rng, registry=registry)
@@ -117,4 +123,6 @@ def resilient_channel(
         channel = grpc.secure_channel(target, credentials, channel_opts, compression)
     else:
         channel = grpc.insecure_channel(target, channel_opts, compression)
-    return grpc.intercept_channel(channel, ResilientInterceptor(core, sleep))
+    # The observer is outermost: it sees each call once, and the retries see its deadline.
+    return grpc.intercept_channel(channel, CallObserver(core.metrics, clock),
+                                  ResilientInterceptor(core, sleep))

@@ -25,6 +25,7 @@ from octollm_grpc.client.channel import (
     build_resilience,
     channel_options,
 )
+from octollm_grpc.client.observe import aio_observers
 
 __all__ = ["resilient_channel", "resilient_interceptors"]
 
@@ -41,14 +42,14 @@ def resilient_interceptors(
     rng: random.Random | None = None,
     registry: CollectorRegistry | None = None,
 ) -> list[aio.ClientInterceptor]:
-    """The interceptors :func:`resilient_channel` installs (one per call shape, sharing one
-    core), for a channel built elsewhere.
+    """The interceptors :func:`resilient_channel` installs, for a channel built elsewhere: the
+    observers (propagation, call metrics), then the retry layer, each one per call shape.
 
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
     """
     core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
                                config=config, clock=clock, rng=rng, registry=registry)
-    return aio_interceptors(core, sleep)
+    return [*aio_observers(core.metrics, clock), *aio_interceptors(core, sleep)]
 
 
 def resilient_channel(
@@ -72,7 +73,8 @@ def resilient_channel(
     core, parsed = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
                                     config=config, clock=clock, rng=rng, registry=registry)
     channel_opts = channel_options(options, parsed)
-    interceptors = aio_interceptors(core, sleep)
+    # The observers come first (outermost): each call is seen once, and retries see its deadline.
+    interceptors = [*aio_observers(core.metrics, clock), *aio_interceptors(core, sleep)]
     if credentials is not None:
         return aio.secure_channel(target, credentials, channel_opts, compression, interceptors)
     return aio.insecure_channel(target, channel_opts, compression, interceptors)

@@ -89,6 +89,7 @@ class Attempts:
             deadline = None if timeout is None else self.start + timeout
             plan.record(self.token, code, ended_by_callers_deadline(
                 code, self.retry, deadline, self.core.clock()))
+        plan.failed(code)
         if cancelled or not self.retryable:
             raise from_rpc_error(error) from error
         if self.retry is None:

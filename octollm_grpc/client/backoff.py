@@ -50,7 +50,7 @@ def _pushback_ms(value: Any) -> float:
 
 
 def _retry_info(value: Any) -> float | None:
-    if not isinstance(value, bytes):
+    if not isinstance(value, bytes):  # absent (None) or not a binary value
         return None
     try:
         status = status_pb2.Status.FromString(value)
@@ -77,4 +77,4 @@ def server_delay(trailing_metadata: Iterable[tuple[str, Any]] | None) -> float |
                 details = value
     except (TypeError, ValueError):
         return None
-    return _retry_info(details) if details is not None else None
+    return _retry_info(details)  # None when there were none

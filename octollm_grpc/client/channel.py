@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc.client.breaker import BreakerSettings, CircuitBreaker, CircuitBreakers
 from octollm_grpc.client.budget import RetryBudget
 from octollm_grpc.client.config import ClientConfig, parse_config
+from octollm_grpc.client.metrics import ClientMetrics
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client.retry import Resilience
 
@@ -81,7 +82,7 @@ def build_resilience(
     if isinstance(breaker, BreakerSettings):
         breaker = CircuitBreakers.for_target(target, breaker, clock=clock, registry=registry)
     core = Resilience(retry=retry, budget=budget, breakers=breaker, clock=clock,
-                      rng=rng)
+                      rng=rng, metrics=ClientMetrics(registry))
     return core, parsed
 
 

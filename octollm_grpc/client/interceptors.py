@@ -83,10 +83,7 @@ class ResilientInterceptor(
         if outcome.done():
             error = outcome.exception()
             if error is None:  # the common case: no allocation beyond grpc's own
-                if breaker is not None:
-                    breaker.on_success(token)
-                if plan.budget is not None:
-                    plan.budget.on_success()
+                plan.succeeded(token)
                 return outcome
         else:
             error = None

@@ -18,7 +18,9 @@ import structlog
 from octollm_grpc.client.backoff import STOP, full_jitter, server_delay
 from octollm_grpc.client.breaker import CircuitBreaker, CircuitBreakers
 from octollm_grpc.client.budget import RetryBudget
+from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.client.policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
+from octollm_grpc.otel import retry_event
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -36,9 +38,12 @@ _log = structlog.get_logger("octollm_grpc.client.retry")
 
 
 class MethodPlan:
-    """What guards one method: its retry policy, breaker and the target's budget."""
+    """What guards one method: its retry policy, breaker and the target's budget.
 
-    __slots__ = ("breaker", "budget", "method", "policy")
+    ``metrics``, when set, counts the method's attempts, retries and throttled retries.
+    """
+
+    __slots__ = ("breaker", "budget", "method", "metrics", "policy")
 
     def __init__(
         self,
@@ -46,11 +51,13 @@ class MethodPlan:
         policy: RetryPolicy | None,
         breaker: CircuitBreaker | None,
         budget: RetryBudget | None,
+        metrics: ClientMethodMetrics | None = None,
     ) -> None:
         self.method = method
         self.policy = policy
         self.breaker = breaker
         self.budget = budget
+        self.metrics = metrics
 
     def acquire(self) -> int:
         """A breaker token for one attempt (raises ``CircuitOpenError`` when open)."""
@@ -70,11 +77,18 @@ class MethodPlan:
                 breaker.record(token, code)
 
     def succeeded(self, token: int) -> None:
-        """Record a successful attempt with the breaker and the budget."""
+        """Record a successful attempt with the breaker, the budget and the metrics."""
         if self.breaker is not None:
             self.breaker.on_success(token)
         if self.budget is not None:
             self.budget.on_success()
+        if self.metrics is not None:
+            self.metrics.attempt(_C.OK)
+
+    def failed(self, code: grpc.StatusCode) -> None:
+        """Count a failed attempt (the breaker's verdict is recorded by the caller)."""
+        if self.metrics is not None:
+            self.metrics.attempt(code)
 
 
 #: grpc core and our clock time the caller's deadline separately: readings this close count
@@ -113,7 +127,9 @@ class Resilience:
         breakers: CircuitBreakers | CircuitBreaker | None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.retry = retry
         self.budget = budget
         self.breakers = breakers
@@ -131,7 +147,9 @@ class Resilience:
                 breaker: CircuitBreaker | None = self.breakers.for_method(name)
             else:
                 breaker = self.breakers
-            plan = self._plans[method] = MethodPlan(name, policy, breaker, self.budget)
+            plan = self._plans[method] = MethodPlan(
+                name, policy, breaker, self.budget,
+                self.metrics.method(name) if self.metrics is not None else None)
         return plan
 
 
@@ -198,6 +216,8 @@ class CallRetry:
         if not allowed:
             _log.warning("rpc_retry_throttled", method=method, attempt=self.attempts,
                          code=code.name)
+            if self.plan.metrics is not None:
+                self.plan.metrics.throttled.inc()
             return None
         if pushback is None:
             self.retries_backoff += 1
@@ -212,4 +232,7 @@ class CallRetry:
         self.attempts += 1
         _log.info("rpc_retry", method=method, attempt=self.attempts, code=code.name,
                   delay=delay, server_pushback=pushback is not None)
+        if self.plan.metrics is not None:
+            self.plan.metrics.retries.inc()
+        retry_event(self.attempts, code, delay)
         return delay

@@ -90,6 +90,7 @@ class Attempts:
         code: grpc.StatusCode = error.code()
         if self.plan.breaker is not None:
             self.plan.record(self.token, code, self.callers_deadline(code))
+        self.plan.failed(code)
         return code
 
     def callers_deadline(self, code: grpc.StatusCode) -> bool:

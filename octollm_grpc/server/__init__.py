@@ -11,6 +11,8 @@ shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from octollm_grpc.server._core import Pipeline
@@ -61,6 +63,7 @@ def server_interceptors(
     auth: BearerAuth | None = None,
     domain: str = DEFAULT_DOMAIN,
     debug: bool = False,
+    tracer_provider: Any = None,
 ) -> list[grpc.ServerInterceptor]:
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
@@ -74,6 +77,8 @@ def server_interceptors(
 
     Raises ``TypeError`` for an ``auth`` whose verifier is a coroutine function: a sync server
     cannot await it, so it is refused here rather than failing every call.
+    ``tracer_provider`` (OpenTelemetry; default: the global one) starts a server span for a
+    call no instrumentation traces already (see :mod:`octollm_grpc.otel`).
     """
     if auth is not None and auth.is_async:
         raise TypeError(
@@ -81,5 +86,5 @@ def server_interceptors(
             "(octollm_grpc.server.aio.server_interceptors); pass a plain function here")
     return [ServerInterceptor(Pipeline.from_options(
         request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
-        auth=auth, domain=domain, debug=debug,
+        auth=auth, domain=domain, debug=debug, tracer_provider=tracer_provider,
     ))]

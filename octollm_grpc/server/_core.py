@@ -16,8 +16,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
-from octollm_grpc import codes
-from octollm_grpc.errors import InvalidInputError, OctoLLMError
+from octollm_grpc import codes, otel, propagation
+from octollm_grpc.errors import InvalidInputError, OctoLLMError, RateLimitError
 from octollm_grpc.server import requestid
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.errors import (
@@ -30,7 +30,8 @@ from octollm_grpc.server.errors import (
 from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request_id
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
 from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
-from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
+from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
 from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
 
 __all__ = [
@@ -139,16 +140,21 @@ class MethodPlan:
 class Call:
     """The state of one call in progress."""
 
-    __slots__ = ("log_tokens", "metadata", "plan", "request_id", "rid_token", "start", "trailers")
+    __slots__ = ("inbound_token", "log_tokens", "metadata", "plan", "rejection", "request_id",
+                 "rid_token", "span", "start", "trailers")
 
     def __init__(self, plan: MethodPlan, start: float) -> None:
         self.plan = plan
         self.start = start
+        #: Set when the rate limiter refused the call (its status and log are the shed path).
+        self.rejection: Rejection | None = None
         self.metadata: Any = None
         self.request_id: str | None = None
         self.trailers: tuple[tuple[str, str], ...] | None = None
         self.rid_token: contextvars.Token[str | None] | None = None
         self.log_tokens: contextvars.Token[Any] | None = None
+        self.inbound_token: contextvars.Token[Any] | None = None
+        self.span: otel.ServerSpan | None = None
 
 
 class Failure(NamedTuple):
@@ -210,7 +216,13 @@ class Pipeline:
         auth: BearerAuth | None = None,
         domain: str = DEFAULT_DOMAIN,
         debug: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
+        # Our own server span when no instrumentation started one (see octollm_grpc.otel).
+        # A given provider's tracer is made once; the global one is looked up per call, as an
+        # application may set it after building its server.
+        self.tracing = otel.AVAILABLE
+        self.tracer = otel.active_tracer(tracer_provider) if tracer_provider is not None else None
         self.request_ids = request_ids
         self.logger = logger
         self.metrics = metrics
@@ -218,6 +230,11 @@ class Pipeline:
         self.auth = auth
         self.domain = domain
         self.debug = debug
+        # Refusals are shed cheaply: one status per limit and wait, one log event per caller
+        # and second (see octollm_grpc.server.shedding).
+        self.rejection_statuses = RejectionStatuses(domain=domain)
+        self.rejection_log = None if logger is None or rate_limiter is None else RejectionLog(
+            logger, secret_keys=rate_limiter.key_metadata is not None)
 
     @classmethod
     def from_options(
@@ -230,6 +247,7 @@ class Pipeline:
         auth: BearerAuth | None = None,
         domain: str = DEFAULT_DOMAIN,
         debug: bool = False,
+        tracer_provider: Any = None,
     ) -> Pipeline:
         """``True`` gives a part with its defaults, ``False`` leaves it out."""
         return cls(
@@ -240,6 +258,7 @@ class Pipeline:
             auth=auth,
             domain=domain,
             debug=debug,
+            tracer_provider=tracer_provider,
         )
 
     # -- per method ---------------------------------------------------------------------
@@ -265,6 +284,12 @@ class Pipeline:
         if request_ids is not None or plan.guarded:
             # Read once per call: on aio each invocation_metadata() builds a new tuple.
             call.metadata = context.invocation_metadata()
+        if self.tracing:
+            tracer = self.tracer if self.tracer is not None else otel.active_tracer()
+            if tracer is not None:
+                if call.metadata is None:
+                    call.metadata = context.invocation_metadata()
+                call.span = otel.start_server_span(tracer, plan.method, call.metadata)
         if request_ids is not None:
             rid = request_ids.from_metadata(call.metadata)
             call.request_id = rid
@@ -273,6 +298,10 @@ class Pipeline:
             # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
             call.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(call.trailers)
+        # What outbound calls on resilient channels inherit: deadline and request id.
+        call.inbound_token = propagation.enter(
+            context, call.request_id,
+            request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:
             plan.metrics.started.inc()
         return call
@@ -300,7 +329,9 @@ class Pipeline:
             limiter = self.rate_limiter
             assert limiter is not None
             key = limiter.key_for(call.metadata, context.peer)
-            await limiter.check_async(plan.limit[0], plan.limit[1], key)
+            wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
+            if wait > 0.0:
+                raise _refuse(call, plan.limit[1], key, wait)
         if plan.scopes is not None:
             assert self.auth is not None
             await self.auth.check_async(plan.scopes, call.metadata)
@@ -310,7 +341,9 @@ class Pipeline:
         limiter = self.rate_limiter
         assert limiter is not None
         key = limiter.key_for(call.metadata, context.peer)
-        limiter.check(limit[0], limit[1], key)
+        wait = limiter.acquire(limit[0], limit[1], key)
+        if wait > 0.0:
+            raise _refuse(call, limit[1], key, wait)
 
     def succeed(self, call: Call, context: Any) -> None:
         """The handler returned: keep its trailers plus the request id; count (or log) it."""
@@ -354,6 +387,7 @@ class Pipeline:
             trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
             if aborted:
                 self._record(call, context, code, None, level_for_code(code), None, None)
+                otel.call_failed(code, None, message_of(context.details()), call.request_id)
                 return Failure(None, trailers)
             mapping = codes.mapping_for(exc)
             if isinstance(exc, OctoLLMError):
@@ -362,8 +396,12 @@ class Pipeline:
                 error_code, log_exc = mapping.error_code, exc
             self._record(call, context, code, error_code,
                          level_for_exception(exc, mapping), log_exc, None)
-            return Failure(HandlerStatus(code, message_of(context.details()), trailers), None)
+            handler_message = message_of(context.details())
+            otel.call_failed(code, error_code, handler_message, call.request_id)
+            return Failure(HandlerStatus(code, handler_message, trailers), None)
 
+        if call.rejection is not None:
+            return self._shed(call, context, call.rejection)
         mapping = codes.mapping_for(exc)
         try:
             status = to_status(exc, request_id=call.request_id, domain=self.domain,
@@ -384,6 +422,32 @@ class Pipeline:
             error_code, log_exc, message = mapping.error_code, exc, None
         self._record(call, context, status.code, error_code,
                      level_for_exception(exc, mapping), log_exc, message)
+        otel.call_failed(status.code, error_code, status.details, call.request_id)
+        return Failure(status._replace(trailing_metadata=trailers), None)
+
+    def _shed(self, call: Call, context: Any, rejection: Rejection) -> Failure:
+        """A refused call: the cached status, counted per call, logged per caller and second."""
+        status = self.rejection_statuses.status(rejection, call.request_id)
+        current = context.trailing_metadata()
+        if call.trailers is not None and current is call.trailers:
+            trailers = status.trailing_metadata + call.trailers
+        else:  # e.g. trailers set by an earlier interceptor
+            trailers = merge_trailers(current, status.trailing_metadata,
+                                      call.trailers[0] if call.trailers is not None else None)
+        duration = _perf_counter() - call.start
+        metrics = call.plan.metrics
+        if metrics is not None:
+            metrics.handled(status.code).inc()
+            metrics.handling.observe(duration)
+        if self.metrics is not None:
+            self.metrics.error("RATE_LIMIT_EXCEEDED", duration)
+        otel.call_failed(status.code, "RATE_LIMIT_EXCEEDED", status.details, call.request_id)
+        if self.rejection_log is not None and self.logger is not None \
+                and self.logger.enabled_for("warning"):
+            try:
+                self.rejection_log.note(call.plan.method, rejection.key, call.request_id)
+            except Exception:  # noqa: BLE001 - a broken log setup must not change the status
+                _fallback_log.exception("octollm_grpc could not log a refused call")
         return Failure(status._replace(trailing_metadata=trailers), None)
 
     def _record(
@@ -421,10 +485,20 @@ class Pipeline:
 
     def end(self, call: Call) -> None:
         """Unbind the call's context variables (always, after success or failure)."""
+        if call.inbound_token is not None:
+            propagation.leave(call.inbound_token)
+        if call.span is not None:
+            otel.end_server_span(call.span)
         if call.rid_token is not None:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:
+    """Mark ``call`` as refused by the rate limiter; the error it ends with."""
+    call.rejection = Rejection(limit, key, wait)
+    return call.rejection.error()
 
 
 class _Unencodable(Exception):

@@ -169,6 +169,7 @@ def server_interceptors(
     auth: BearerAuth | None = None,
     domain: str = DEFAULT_DOMAIN,
     debug: bool = False,
+    tracer_provider: Any = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The recommended stack for ``grpc.aio.server(interceptors=...)``.
 
@@ -177,5 +178,5 @@ def server_interceptors(
     """
     return [ServerInterceptor(Pipeline.from_options(
         request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
-        auth=auth, domain=domain, debug=debug,
+        auth=auth, domain=domain, debug=debug, tracer_provider=tracer_provider,
     ))]

@@ -192,6 +192,11 @@ class RateLimiter:
                     return value if isinstance(value, str) else repr(value)
         return peer_host(peer())
 
+    @property
+    def key_metadata(self) -> str | None:
+        """The metadata key naming callers (lower case), or ``None`` (peer addresses)."""
+        return self._key_metadata
+
     def acquire(self, scope: str, limit: RateLimit, key: str) -> float:
         """Take a token: ``0.0`` when the call may pass, else the seconds until one is due."""
         return self.store.take(scope, key, limit)

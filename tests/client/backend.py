@@ -1,8 +1,8 @@
 """A scripted test server for the client tests: each attempt gets the next scripted reply.
 
 One sync ``grpc.server`` (real, port 0) serves both client stacks; it records every attempt
-it sees (method, the ``grpc-previous-rpc-attempts`` header, the fake clock's time) so tests
-assert what reached the network.
+it sees (method, the ``grpc-previous-rpc-attempts`` header, the fake clock's time, the real
+seconds left before the attempt's deadline) so tests assert what reached the network.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Attempt:
     previous_attempts: str | None
     time: float
     requests: list[bytes] = field(default_factory=list)
+    time_remaining: float | None = None
+    """Real seconds left before the attempt's deadline when it arrived (``None``: no deadline)."""
 
 
 class _Status(grpc.Status):
@@ -55,6 +57,12 @@ class _Status(grpc.Status):
         self.code = code
         self.details = details
         self.trailing_metadata = trailers
+
+
+def _remaining(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    # grpcio reports "no deadline" as the int64 maximum in nanoseconds (~9.2e9 s).
+    return None if remaining is None or remaining > 1e9 else float(remaining)
 
 
 class Backend:
@@ -72,7 +80,7 @@ class Backend:
             index = len(self.attempts)
             self.attempts.append(Attempt(method, header,
                                          self.clock.now() if self.clock else 0.0,
-                                         requests or []))
+                                         requests or [], _remaining(context)))
             reply = self.script[min(index, len(self.script) - 1)]
         if reply.wait is not None:
             reply.wait.wait(10)
@@ -122,6 +130,10 @@ class Backend:
 
     def headers(self) -> list[str | None]:
         return [attempt.previous_attempts for attempt in self.attempts]
+
+    def deadlines(self) -> list[float | None]:
+        """Each attempt's seconds left before its deadline, as the server saw it."""
+        return [attempt.time_remaining for attempt in self.attempts]
 
     def count(self, method: str | None = None) -> int:
         return sum(1 for a in self.attempts if method is None or a.method == method)

@@ -13,9 +13,15 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors
-from octollm_grpc.client import BreakerSettings, CircuitBreakers, CircuitState, RetryPolicy
+from octollm_grpc.client import (
+    BreakerSettings,
+    CircuitBreaker,
+    CircuitBreakers,
+    CircuitState,
+    RetryPolicy,
+)
 from octollm_grpc.testing import FakeClock
-from tests.client.backend import FAIL, SERVER_STREAM, SUCCEED, UNARY, Backend, Reply
+from tests.client.backend import FAIL, OTHER, SERVER_STREAM, SUCCEED, UNARY, Backend, Reply
 from tests.client.channels import aio_channel, sync_channel
 from tests.servers import sync_server
 
@@ -245,3 +251,79 @@ def test_sync_client_errors_never_trip_the_breaker(clock: FakeClock,
                 channel.unary_unary(UNARY)(b"x")
     assert backend.count() == 5
     assert breakers.for_method(UNARY).state is CircuitState.CLOSED
+
+
+# -- wiring: which breaker guards which call --------------------------------------------------
+
+
+def test_sync_plain_breaker_guards_every_method(clock: FakeClock,
+                                               registry: CollectorRegistry) -> None:
+    """Sync: a CircuitBreaker passed as breaker= is used (for all methods), not dropped."""
+    backend = Backend([FAIL], clock)
+    with sync_server([backend.handler()]) as target:
+        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
+                                 clock=clock.now, registry=registry)
+        channel = sync_channel(target, clock, breaker=breaker, retry=None)
+        with pytest.raises(errors.NetworkError):
+            channel.unary_unary(UNARY)(b"x")
+        with pytest.raises(errors.CircuitOpenError) as caught:
+            channel.unary_unary(OTHER)(b"x")
+    assert backend.count() == 1
+    assert breaker.state is CircuitState.OPEN
+    assert caught.value.details == {"target": target}
+    assert caught.value.retry_after == 5
+
+
+async def test_aio_plain_breaker_guards_every_method(clock: FakeClock,
+                                                    registry: CollectorRegistry) -> None:
+    """Aio: a CircuitBreaker passed as breaker= is used (for all methods), not dropped."""
+    backend = Backend([FAIL], clock)
+    with sync_server([backend.handler()]) as target:
+        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
+                                 clock=clock.now, registry=registry)
+        async with aio_channel(target, clock, breaker=breaker, retry=None) as channel:
+            with pytest.raises(errors.NetworkError):
+                await channel.unary_unary(UNARY)(b"x")
+            with pytest.raises(errors.CircuitOpenError) as caught:
+                await channel.unary_unary(OTHER)(b"x")
+    assert backend.count() == 1
+    assert caught.value.details == {"target": target}
+
+
+def test_sync_per_method_breakers_open_alone(clock: FakeClock,
+                                            registry: CollectorRegistry) -> None:
+    """Sync: per_method: a failing method's breaker opens; another method still reaches the
+    server; the rejection names the target and the method."""
+    backend = Backend([FAIL, SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
+                                   clock=clock.now, registry=registry)
+        channel = sync_channel(target, clock, breaker=breakers, retry=None)
+        with pytest.raises(errors.NetworkError):
+            channel.unary_unary(UNARY)(b"x")
+        assert channel.unary_unary(OTHER)(b"x") == b"other"
+        with pytest.raises(errors.CircuitOpenError) as caught:
+            channel.unary_unary(UNARY)(b"x")
+    assert backend.count() == 2
+    assert caught.value.details == {"target": target, "method": UNARY}
+    assert caught.value.message.startswith(f"Circuit breaker for {target} is open")
+    assert _metric(registry, "octollm_client_circuit_rejected_total",
+                   target=target, method=UNARY) == 1
+
+
+async def test_aio_per_method_breakers_open_alone(clock: FakeClock,
+                                                 registry: CollectorRegistry) -> None:
+    """Aio: per_method: a failing method's breaker opens; another method still reaches the
+    server; the rejection names the target and the method."""
+    backend = Backend([FAIL, SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
+                                   clock=clock.now, registry=registry)
+        async with aio_channel(target, clock, breaker=breakers, retry=None) as channel:
+            with pytest.raises(errors.NetworkError):
+                await channel.unary_unary(UNARY)(b"x")
+            assert await channel.unary_unary(OTHER)(b"x") == b"other"
+            with pytest.raises(errors.CircuitOpenError) as caught:
+                await channel.unary_unary(UNARY)(b"x")
+    assert backend.count() == 2
+    assert caught.value.details == {"target": target, "method": UNARY}

@@ -180,10 +180,10 @@ def test_request_id_is_echoed_forwarded_logged_and_counted(
     assert client.get("/v1/tasks").headers["x-request-id"]  # successes carry one too
 
     events = [line for line in service.logs().splitlines() if "curl-rid-7" in line]
-    assert any('"grpc_method": "GET /v1/tasks/{task_id}"' in line for line in events)
-    assert any('"grpc_method": "/octollm.tasks.v1.TaskService/GetTask"' in line
+    assert any('"grpc_method":"GET /v1/tasks/{task_id}"' in line for line in events)
+    assert any('"grpc_method":"/octollm.tasks.v1.TaskService/GetTask"' in line
                for line in events)
-    assert all('"event": "grpc.call.failed"' in line for line in events)
+    assert all('"event":"grpc.call.failed"' in line for line in events)
 
     assert service.metrics_url is not None
     metrics = httpx.get(service.metrics_url).text

@@ -90,7 +90,7 @@ def test_sample_service_python_example_runs(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # The pages of this change; pages other changes add bring their own example tests.
-PAGES = ["index.md", "errors.md", "server.md", "client.md", "observability.md",
+PAGES = ["index.md", "errors.md", "server.md", "client.md", "logging.md",
          "architecture.md", "configuration.md", "service.md", "performance.md", "security.md",
          "api.md", "release.md"]
 

@@ -144,7 +144,7 @@ def _needs(rpc: str) -> set[str]:
 async def test_scopes_per_method_and_expired_tokens() -> None:
     """Each RPC needs its scope (PERMISSION_DENIED without); an expired token is UNAUTHENTICATED."""
     clock = FakeClock()
-    tokens = {f"tok-{who}-0b3f": (scopes, clock.now() + 60) for who, scopes in GRANTS.items()}
+    tokens = {f"tok-{who}-Zq9secret": (scopes, clock.now() + 60) for who, scopes in GRANTS.items()}
     auth = BearerAuth(ExpiringTokens(tokens, clock), scopes=SCOPES)
     store = TaskStore(":memory:")
     servicer = TaskServicer(store, _Arm())
@@ -161,10 +161,10 @@ async def test_scopes_per_method_and_expired_tokens() -> None:
                     for rpc in RPCS:
                         outcomes[(who, rpc)] = await loop.run_in_executor(
                             None, _call, channel, rpc,
-                            [("authorization", f"Bearer tok-{who}-0b3f")])
+                            [("authorization", f"Bearer tok-{who}-Zq9secret")])
                 clock.advance(60)  # every token expires now
                 expired = {rpc: await loop.run_in_executor(
-                    None, _call, channel, rpc, [("authorization", "Bearer tok-admin-0b3f")])
+                    None, _call, channel, rpc, [("authorization", "Bearer tok-admin-Zq9secret")])
                     for rpc in RPCS}
     finally:
         await server.stop(None)
@@ -179,5 +179,5 @@ async def test_scopes_per_method_and_expired_tokens() -> None:
     assert set(expired.values()) == {grpc.StatusCode.UNAUTHENTICATED}
     text = repr(logs)
     assert "AUTHORIZATION_ERROR" in text and "AUTHENTICATION_ERROR" in text
-    assert "0b3f" not in text  # no token in any log event
+    assert "Zq9secret" not in text  # no token in any log event (not hex: request ids are)
 

@@ -29,7 +29,7 @@ def test_reconfiguring_releases_the_previous_stream() -> None:
     configure_logging(json=True, stream=first)
     structlog.get_logger("t").info("to first")
     flush_logs()
-    assert '"event": "to first"' in first.getvalue()
+    assert '"event":"to first"' in first.getvalue()
     released = weakref.ref(first)
     del first
     for _ in range(20):
@@ -47,5 +47,5 @@ def test_a_logger_cached_before_reconfiguring_still_writes() -> None:
     logger.info("before")
     configure_logging(json=True, stream=io.StringIO())
     logger.info("after")
-    assert '"event": "after"' in old.getvalue()
-    assert '"event": "before"' in old.getvalue()
+    assert '"event":"after"' in old.getvalue()
+    assert '"event":"before"' in old.getvalue()
