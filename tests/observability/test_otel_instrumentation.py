@@ -3,8 +3,8 @@
 The instrumentation starts the call's span (outermost); our stack, inside it, marks that span
 when the call fails: status ERROR with the message that went on the wire, the gRPC code, the
 error code and the request id (on aio the instrumentation then writes its own
-"StatusCode.X:message" description over ours, from the same safe message). The text of an unexpected exception reaches neither the span's
-attributes, its events nor its status.
+"StatusCode.X:message" description over ours, from the same safe message). The text of an
+unexpected exception reaches neither the span's attributes, its events nor its status.
 """
 
 from __future__ import annotations
