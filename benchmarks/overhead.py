@@ -10,7 +10,10 @@ Scenarios, at each concurrency (calls in flight):
 - ``success``: bare client -> bare / ours / ours_all / peer / floor server; our client -> bare
   server (``client``); a do-nothing client interceptor -> bare server (``client_floor``: what
   any Python client interceptor costs, the floor under ``client``);
-- ``error``: bare client -> a handler failing with NOT_FOUND through bare / ours / peer.
+- ``error``: bare client -> a handler failing with NOT_FOUND through bare / ours / peer /
+  peer_full (the same work as ours, assembled from peers);
+- ``reject``: bare client -> a call refused with RESOURCE_EXHAUSTED: by a bare handler's
+  ``context.abort`` (bare) or by our rate limiter before any handler runs (ours).
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ from benchmarks import load, payload, procs, stats, variants
 from benchmarks.config import BenchConfig
 
 SUCCESS_VARIANTS = ("bare", "ours", "ours_all", "peer", "floor", "client", "client_floor")
-ERROR_VARIANTS = ("bare", "ours", "peer")
+ERROR_VARIANTS = ("bare", "ours", "peer", "peer_full")
+REJECT_VARIANTS = ("bare", "ours")
+#: Per scenario kind: the method called and the code every call must end with.
+KINDS: dict[str, tuple[str, grpc.StatusCode | None]] = {
+    "success": (payload.GET_TASK_PATH, None),
+    "error": (payload.GET_MISSING_TASK_PATH, grpc.StatusCode.NOT_FOUND),
+    "reject": (payload.GET_THROTTLED_TASK_PATH, grpc.StatusCode.RESOURCE_EXHAUSTED),
+}
 _CALL_TIMEOUT_S = 30.0
 
 
 def scenarios(config: BenchConfig) -> list[tuple[str, str, int, tuple[str, ...]]]:
     """``(key, kind, concurrency, variants)`` for every scenario of a phase."""
     result: list[tuple[str, str, int, tuple[str, ...]]] = []
-    for kind, names in (("success", SUCCESS_VARIANTS), ("error", ERROR_VARIANTS)):
+    for kind, names in (("success", SUCCESS_VARIANTS), ("error", ERROR_VARIANTS),
+                        ("reject", REJECT_VARIANTS)):
         for concurrency in config.concurrencies:
             result.append((f"{kind}_c{concurrency}", kind, concurrency, names))
     return result
@@ -65,13 +76,16 @@ def run_phase(stack: str, config: BenchConfig) -> Raw:
     """Measure every scenario for ``stack`` ("sync" or "aio"); runs in its own process."""
     # Our client logs retries and breaker changes: as in production, JSON lines (to /dev/null).
     variants.configure_production_logging()
-    names = list(dict.fromkeys(_server_name(v) for v in SUCCESS_VARIANTS + ERROR_VARIANTS))
+    names = list(dict.fromkeys(_server_name(v) for v in _ALL_VARIANTS))
     arg_sets = [(name, stack) for name in names]
     with procs.server_processes(procs.overhead_server_main, arg_sets) as handles:
         servers = dict(zip(names, handles, strict=True))
         if stack == "sync":
             return _sync_phase(servers, config)
         return asyncio.run(_aio_phase(servers, config))
+
+
+_ALL_VARIANTS = tuple(dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS + REJECT_VARIANTS))
 
 
 def _server_name(variant: str) -> str:
@@ -121,15 +135,15 @@ def _channels_and_calls(
     servers: dict[str, procs.ServerHandle], make_channel: Callable[[str, str], Any]
 ) -> tuple[list[Any], dict[tuple[str, str], Callable[[], Any]]]:
     """One channel per variant (``make_channel(variant, target)``, sync or aio) and a ready
-    call per (kind, variant): ``success`` gets a task, ``error`` asks for a missing one."""
+    call per (kind, variant): ``success`` gets a task, ``error`` asks for a missing one,
+    ``reject`` calls the throttled method."""
     request = payload.task_message()
     channels: list[Any] = []
     calls: dict[tuple[str, str], Callable[[], Any]] = {}
-    for variant in dict.fromkeys(SUCCESS_VARIANTS + ERROR_VARIANTS):
+    for variant in _ALL_VARIANTS:
         channel = make_channel(variant, _server_for(variant, servers).target)
         channels.append(channel)
-        for kind, path in (("success", payload.GET_TASK_PATH),
-                           ("error", payload.GET_MISSING_TASK_PATH)):
+        for kind, (path, _code) in KINDS.items():
             method = channel.unary_unary(
                 path, request_serializer=payload.serialize,
                 response_deserializer=payload.deserialize)
@@ -145,7 +159,7 @@ def _sync_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig) -> 
     pool = futures.ThreadPoolExecutor(max_workers=max(config.concurrencies))
     try:
         def measure(kind: str, variant: str, concurrency: int, seconds: float) -> dict[str, float]:
-            expect = None if kind == "success" else grpc.StatusCode.NOT_FOUND
+            expect = KINDS[kind][1]
             server = _server_for(variant, servers)
             cpu_before, own_before = server.cpu_seconds(), time.process_time()
             window = load.sync_window(calls[(kind, variant)], concurrency, seconds, pool, expect)
@@ -180,7 +194,7 @@ async def _aio_phase(servers: dict[str, procs.ServerHandle], config: BenchConfig
     async def measure(
         kind: str, variant: str, concurrency: int, seconds: float
     ) -> dict[str, float]:
-        expect = None if kind == "success" else grpc.StatusCode.NOT_FOUND
+        expect = KINDS[kind][1]
         server = _server_for(variant, servers)
         cpu_before, own_before = await cpu(server), time.process_time()
         window = await load.aio_window(calls[(kind, variant)], concurrency, seconds, expect)
@@ -212,7 +226,9 @@ def summarise(raw: Raw) -> dict[str, Any]:
     ``throughput_ratio`` is variant / bare throughput (1.0 = free); ``cpu_ratio`` is bare /
     variant CPU per call on the side whose stack differs (the share of bare throughput that
     side keeps when it is the bottleneck);
-    ``p50_ratio`` / ``p99_ratio`` are variant / bare latency (1.0 = free).
+    ``p50_ratio`` / ``p99_ratio`` are variant / bare latency (1.0 = free). Where the
+    scenario has ``peer_full``, ``ours`` also gets ``vs_peer_full_cpu_ratio`` (peer / ours
+    server CPU per call: above 1.0, ours is cheaper) and ``vs_peer_full_throughput_ratio``.
     """
     out: dict[str, Any] = {}
     for key, by_variant in raw.items():
@@ -235,6 +251,14 @@ def summarise(raw: Raw) -> dict[str, Any]:
                     [_ratio(b[cpu_field], r[cpu_field]) for r, b in pairs])
                 entry["p50_ratio"] = stats.summary([r["p50_us"] / b["p50_us"] for r, b in pairs])
                 entry["p99_ratio"] = stats.summary([r["p99_us"] / b["p99_us"] for r, b in pairs])
+            if variant == "ours" and "peer_full" in by_variant:
+                # Against the same work assembled from peers, paired by repetition too.
+                peer = list(zip(records, by_variant["peer_full"], strict=True))
+                entry["vs_peer_full_cpu_ratio"] = stats.summary(
+                    [_ratio(p["server_cpu_us_per_call"], r["server_cpu_us_per_call"])
+                     for r, p in peer])
+                entry["vs_peer_full_throughput_ratio"] = stats.summary(
+                    [r["throughput"] / p["throughput"] for r, p in peer])
             scenario[variant] = entry
         out[key] = scenario
     return out

@@ -15,6 +15,9 @@ GET_TASK = "GetTask"
 GET_MISSING_TASK = "GetMissingTask"
 GET_TASK_PATH = f"/{SERVICE}/{GET_TASK}"
 GET_MISSING_TASK_PATH = f"/{SERVICE}/{GET_MISSING_TASK}"
+#: A method the caller is always over its rate limit for (the load-shedding path).
+GET_THROTTLED_TASK = "GetThrottledTask"
+GET_THROTTLED_TASK_PATH = f"/{SERVICE}/{GET_THROTTLED_TASK}"
 
 STORM_SERVICE = "octollm.bench.v1.Storm"
 WORK = "Work"

@@ -31,13 +31,21 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   (the floor any Python client interceptor pays). Each repetition runs every variant back to
   back in a rotating order (A B C, B C A, ...) and each ratio is taken against the bare run of
   the same repetition; tables give the median and [min-max] over repetitions. The headline
-  keys (`server_success_ratio`, `server_error_ratio`, `peer_error_ratio`,
-  `client_success_ratio`, per stack) are throughput ratios at 32 calls in flight; the JSON also
-  has the 1-in-flight ratios, p50/p99 latencies and the CPU time per call of the side whose
-  stack differs (a steadier measure on a busy machine).
+  keys, per stack at 32 calls in flight, are CPU ratios (server or client CPU per call, steadier
+  than throughput on a busy machine): `server_error_cpu_ratio`, `server_error_vs_peer_cpu_ratio`,
+  `server_rejection_cpu_ratio`, `server_success_cpu_ratio`, `client_success_cpu_ratio`; the
+  throughput ratios (`server_success_ratio`, `server_error_ratio`, ...), the 1-in-flight twins
+  and p50/p99 latencies stay in the JSON and the tables.
 - **Error path.** A handler raising `TaskNotFoundError` through our stack (rich details, one log
-  line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`, and against
-  grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics).
+  line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`; against
+  grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics); and
+  against **the same work assembled from peers** (`benchmarks/peer_stack.py`: grpc-interceptor,
+  a grpcio-status rich status with `ErrorInfo`, `ResourceInfo` and `RequestInfo`, one structlog
+  JSON line, a prometheus counter and histogram, a request id), which is what a team would
+  write by hand instead of using this framework.
+- **Load shedding.** A call our rate limiter refuses (`RESOURCE_EXHAUSTED` with `RetryInfo`,
+  `QuotaFailure` and the pushback trailer, before any handler runs) against a bare handler
+  calling `context.abort(RESOURCE_EXHAUSTED, ...)`.
 - **Codec and stack cost.** `to_status` and `from_rpc_error` per error, and the Python time our
   sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
   `--profile error` shows where it goes), in CPU microseconds.

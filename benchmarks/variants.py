@@ -1,12 +1,18 @@
-"""The servers compared by the overhead benchmark: one handler, three ways to fail.
+"""The servers compared by the overhead benchmark: one handler, four ways to fail.
 
-- ``bare``: no interceptors; the error handler calls ``context.abort(NOT_FOUND, ...)``.
-- ``ours``: ``server_interceptors()`` with no arguments (error mapping, request ids, logging,
-  metrics); the error handler raises ``TaskNotFoundError``.
+- ``bare``: no interceptors; the error handler calls ``context.abort(NOT_FOUND, ...)``, the
+  throttled one ``context.abort(RESOURCE_EXHAUSTED, ...)``.
+- ``ours``: ``server_interceptors()`` with its defaults (error mapping, request ids, logging,
+  metrics) and a rate limit on the throttled method only (every other method is unguarded, so
+  it costs them nothing); the error handler raises ``TaskNotFoundError``, and calls to the
+  throttled method are refused by the rate limiter before its handler runs.
 - ``ours_all``: the same plus the opt-in parts, a rate limit (never reached) and bearer-token
   auth with a scope check (every variant's client sends the token, so only the server differs).
 - ``peer``: grpc-interceptor's ``ExceptionToStatusInterceptor``; the error handler raises its
-  ``NotFound``.
+  ``NotFound`` (less work than ours: a plain status, no log line, no metrics).
+- ``peer_full``: the same work as ``ours`` assembled from peers (:mod:`benchmarks.peer_stack`:
+  grpc-interceptor, grpcio-status rich details, a structlog JSON line, prometheus metrics, a
+  request id); the error handler raises its ``PeerTaskNotFound``.
 - ``floor``: one do-nothing server interceptor: what gRPC's interception machinery alone costs,
   the floor under every interceptor stack.
 
@@ -24,7 +30,7 @@ from google.protobuf import struct_pb2
 
 from benchmarks import payload
 
-SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer", "floor")
+SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer", "peer_full", "floor")
 TOKEN = "bench-token-5d1f0c"
 #: Sent by every client of the overhead benchmark (only ``ours_all`` checks it).
 AUTH_METADATA = (("authorization", f"Bearer {TOKEN}"),)
@@ -34,6 +40,20 @@ _RESPONSE = payload.task_message()
 
 def _not_found_message(request: struct_pb2.Value) -> str:
     return f"Task {payload.task_id_of(request)} not found"
+
+
+#: The limit ``ours`` puts on the throttled method: after the first call, every call is refused.
+THROTTLE_LIMIT = 1
+THROTTLE_WINDOW_S = 3600
+#: What the bare server's throttled handler aborts with (our rate limiter's message).
+THROTTLED_MESSAGE = f"Rate limit exceeded: {THROTTLE_LIMIT} requests per {THROTTLE_WINDOW_S}s"
+
+
+def _throttled_error() -> Exception:
+    from octollm_grpc.errors import RateLimitError
+
+    return RateLimitError(limit=THROTTLE_LIMIT, window=THROTTLE_WINDOW_S,
+                          retry_after=THROTTLE_WINDOW_S)
 
 
 def configure_production_logging() -> None:
@@ -75,6 +95,12 @@ def _sync_raiser(variant: str) -> Callable[[struct_pb2.Value, grpc.ServicerConte
         def raise_peer(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
             raise NotFound(_not_found_message(request))
         return raise_peer
+    if variant == "peer_full":
+        from benchmarks.peer_stack import PeerTaskNotFound
+
+        def raise_peer_full(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
+            raise PeerTaskNotFound(payload.task_id_of(request))
+        return raise_peer_full
     raise ValueError(f"unknown server variant {variant!r}")
 
 
@@ -95,6 +121,12 @@ def _aio_raiser(variant: str) -> Callable[..., Any]:
         async def raise_peer(request: struct_pb2.Value, context: Any) -> Any:
             raise NotFound(_not_found_message(request))
         return raise_peer
+    if variant == "peer_full":
+        from benchmarks.peer_stack import PeerTaskNotFound
+
+        async def raise_peer_full(request: struct_pb2.Value, context: Any) -> Any:
+            raise PeerTaskNotFound(payload.task_id_of(request))
+        return raise_peer_full
     raise ValueError(f"unknown server variant {variant!r}")
 
 
@@ -103,11 +135,24 @@ def handlers(variant: str, stack: str) -> grpc.GenericRpcHandler:
     if stack == "sync":
         def get_task(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
             return _RESPONSE
+
+        def throttled(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
+            if variant == "ours":
+                # Reached by the first call only (the limiter refuses the rest): it fails
+                # the same way, so every call of the scenario ends RESOURCE_EXHAUSTED.
+                raise _throttled_error()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED_MESSAGE)
         missing: Callable[..., Any] = _sync_raiser(variant)
     else:
         async def get_task_aio(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
             return _RESPONSE
+
+        async def throttled_aio(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
+            if variant == "ours":
+                raise _throttled_error()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED_MESSAGE)
         get_task = get_task_aio  # type: ignore[assignment]
+        throttled = throttled_aio  # type: ignore[assignment]
         missing = _aio_raiser(variant)
     methods = {
         payload.GET_TASK: grpc.unary_unary_rpc_method_handler(
@@ -115,6 +160,9 @@ def handlers(variant: str, stack: str) -> grpc.GenericRpcHandler:
             response_serializer=payload.serialize),
         payload.GET_MISSING_TASK: grpc.unary_unary_rpc_method_handler(
             missing, request_deserializer=payload.deserialize,
+            response_serializer=payload.serialize),
+        payload.GET_THROTTLED_TASK: grpc.unary_unary_rpc_method_handler(
+            throttled, request_deserializer=payload.deserialize,
             response_serializer=payload.serialize),
     }
     return grpc.method_handlers_generic_handler(payload.SERVICE, methods)
@@ -132,6 +180,10 @@ def interceptors(variant: str, stack: str) -> Sequence[Any]:
         if stack == "sync":
             return (grpc_interceptor.ExceptionToStatusInterceptor(),)
         return (grpc_interceptor.AsyncExceptionToStatusInterceptor(),)
+    if variant == "peer_full":
+        from benchmarks.peer_stack import AioPeerStack, PeerStack
+
+        return (PeerStack(),) if stack == "sync" else (AioPeerStack(),)
     if variant in ("ours", "ours_all"):
         from octollm_grpc.server import BearerAuth, RateLimit, RateLimiter, StaticTokens
         from octollm_grpc.server import server_interceptors as sync_stack
@@ -140,7 +192,9 @@ def interceptors(variant: str, stack: str) -> Sequence[Any]:
         configure_production_logging()
         stack_of: Callable[..., Sequence[Any]] = sync_stack if stack == "sync" else aio_stack
         if variant == "ours":
-            return tuple(stack_of())
+            return tuple(stack_of(rate_limit=RateLimiter(None, methods={
+                payload.GET_THROTTLED_TASK_PATH: RateLimit(
+                    limit=THROTTLE_LIMIT, window=THROTTLE_WINDOW_S)})))
         return tuple(stack_of(
             rate_limit=RateLimiter(RateLimit(limit=1_000_000_000)),
             auth=BearerAuth(StaticTokens({TOKEN: ["tasks.read"]}), default_scopes=["tasks.read"]),

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
 from octollm_grpc.client import BreakerSettings, CircuitBreaker, CircuitState
+from octollm_grpc.client.breaker import HALF_OPEN_RETRY_AFTER
 from octollm_grpc.testing import FakeClock
 
 CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
@@ -78,7 +79,7 @@ class Model:
             return self.open_until - now
         self.probes = {p: expiry for p, expiry in self.probes.items() if expiry > now}
         if len(self.probes) >= self.s.half_open_probes:
-            return min(self.probes.values()) - now
+            return min(min(self.probes.values()) - now, HALF_OPEN_RETRY_AFTER)
         probe = self.next_probe
         self.next_probe += 1
         self.probes[probe] = now + self.s.probe_timeout
@@ -179,7 +180,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
         assert self.breaker.state is self.model.view(self.clock.now())
         gauge = self.registry.get_sample_value(
             "octollm_client_circuit_state", {"target": "model:1", "method": ""})
-        assert gauge == self.model.state.value
+        assert gauge == self.model.state.gauge
 
 
 TestBreakerAgainstModel = BreakerAgainstModel.TestCase

@@ -28,7 +28,7 @@ from octollm_grpc.client import (
     RetryPolicy,
 )
 from octollm_grpc.client.backoff import MAX_PUSHBACK, STOP, full_jitter, server_delay
-from octollm_grpc.client.breaker import DEFAULT_FAILURE_CODES
+from octollm_grpc.client.breaker import DEFAULT_FAILURE_CODES, HALF_OPEN_RETRY_AFTER
 from octollm_grpc.client.retry import CallRetry
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
@@ -253,17 +253,22 @@ def test_release_of_a_finished_probe_is_harmless(clock: FakeClock) -> None:
 
 
 def test_rejection_in_half_open_says_when_a_permit_frees(clock: FakeClock) -> None:
-    """A rejected caller is told the time until the oldest probe expires."""
+    """A rejected caller is told the time until the oldest probe expires, at most
+    HALF_OPEN_RETRY_AFTER (a probe usually reports well before its permit expires)."""
     breaker = _breaker(clock, failure_threshold=1, reset_timeout=1, probe_timeout=4,
                        half_open_probes=2)
     _fail(breaker)
     clock.advance(1)
-    breaker.acquire()
+    breaker.acquire()  # expires at t+5
     clock.advance(1)
     breaker.acquire()
     with pytest.raises(errors.CircuitOpenError) as caught:
         breaker.acquire()
-    assert caught.value.retry_after == pytest.approx(3)
+    assert caught.value.retry_after == pytest.approx(HALF_OPEN_RETRY_AFTER)  # 3 s left, capped
+    clock.advance(2.5)
+    with pytest.raises(errors.CircuitOpenError) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after == pytest.approx(0.5)  # less than the cap: the time left
 
 
 def test_open_time_grows_and_is_capped(clock: FakeClock) -> None:
@@ -343,7 +348,7 @@ def test_transition_events_and_metrics_are_exact(clock: FakeClock) -> None:
          "method": "/s/M", "from_state": "half_open", "to_state": "open", "open_for": 4.0},
     ]
     labels = {"target": "edge:1", "method": "/s/M"}
-    assert registry.get_sample_value("octollm_client_circuit_state", labels) == OPEN.value
+    assert registry.get_sample_value("octollm_client_circuit_state", labels) == OPEN.gauge
     assert registry.get_sample_value("octollm_client_circuit_rejected_total", labels) == 1
     for old, new, count in (("closed", "open", 1), ("open", "half_open", 1),
                             ("half_open", "open", 1), ("half_open", "closed", None)):
@@ -397,7 +402,7 @@ def test_for_target_shares_a_group_per_target_and_settings(clock: FakeClock) -> 
     breaker.on_failure(breaker.acquire())
     assert breaker.state is OPEN  # the group's own settings, clock and registry are used
     assert registry.get_sample_value("octollm_client_circuit_state",
-                                     {"target": "share:1", "method": ""}) == OPEN.value
+                                     {"target": "share:1", "method": ""}) == OPEN.gauge
     clock.advance(30)
     assert breaker.state is HALF_OPEN  # on the group's (fake) clock
 

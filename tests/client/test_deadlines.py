@@ -45,8 +45,9 @@ CASES = {
 
 
 def _policy(cap: float | None) -> RetryPolicy:
+    # max_pushback above the cases' 80 s pushback (the default, 30 s, would stop the retry).
     return RetryPolicy(max_attempts=5, per_attempt_timeout=cap, initial_backoff=0.1,
-                       max_backoff=0.1)
+                       max_backoff=0.1, max_pushback=120.0)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -154,11 +154,13 @@ def test_duplicate_error_code_names_both_classes() -> None:
 
 
 @pytest.mark.parametrize(("code", "cls"), [
-    (_C.INVALID_ARGUMENT, e.ValidationError), (_C.OUT_OF_RANGE, e.ValidationError),
-    (_C.NOT_FOUND, e.ValidationError), (_C.ALREADY_EXISTS, e.InvalidStateError),
-    (_C.FAILED_PRECONDITION, e.InvalidStateError), (_C.ABORTED, e.InvalidStateError),
+    (_C.CANCELLED, e.CancelledCallError),
+    (_C.INVALID_ARGUMENT, e.ValidationError), (_C.OUT_OF_RANGE, e.OutOfRangeError),
+    (_C.NOT_FOUND, e.NotFoundError), (_C.ALREADY_EXISTS, e.AlreadyExistsError),
+    (_C.FAILED_PRECONDITION, e.InvalidStateError), (_C.ABORTED, e.AbortedError),
     (_C.UNAUTHENTICATED, e.AuthenticationError), (_C.PERMISSION_DENIED, e.AuthorizationError),
-    (_C.RESOURCE_EXHAUSTED, e.ResourceError), (_C.UNAVAILABLE, e.NetworkError),
+    (_C.RESOURCE_EXHAUSTED, e.ResourceExhaustedError), (_C.UNIMPLEMENTED, e.UnimplementedError),
+    (_C.UNAVAILABLE, e.NetworkError),
     (_C.DEADLINE_EXCEEDED, e.TimeoutError), (_C.INTERNAL, e.SystemError),
     (_C.UNKNOWN, e.SystemError), (_C.DATA_LOSS, e.SystemError),
 ])

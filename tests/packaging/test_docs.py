@@ -117,3 +117,12 @@ def test_configuration_page_shows_the_real_flags() -> None:
                          capture_output=True, text=True, timeout=60,
                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
     assert shown == run.stdout
+
+
+def test_performance_page_is_what_the_benchmarks_write() -> None:
+    """docs/performance.md holds benchmarks/readme.py's intro and results/latest.md, unedited."""
+    from benchmarks import readme
+
+    page = (DOCS / "performance.md").read_text(encoding="utf-8")
+    latest = (ROOT / "benchmarks" / "results" / "latest.md").read_text(encoding="utf-8")
+    assert readme.section(latest) in page, "run: python -m benchmarks --update-readme"
