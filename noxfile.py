@@ -24,8 +24,10 @@ LIBRARY_TESTS = [
     "tests/errors", "tests/server", "tests/client", "tests/resilience", "tests/testing",
 ]
 # The wheel test builds with `python -m build --no-isolation` (build, setuptools); the
-# resilience tests retry real HTTP calls made with httpx.
-TEST_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "build", "setuptools", "httpx")
+# resilience tests retry real HTTP calls made with httpx; the log tests compare the [orjson]
+# extra's lines with the standard library's.
+TEST_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "build", "setuptools", "httpx",
+              "orjson")
 
 
 def pins(requirements: str, *names: str) -> list[str]:
