@@ -2,7 +2,7 @@
 
 ``--smoke`` runs every part for a fraction of a second (no targets asserted) and writes to a
 temporary directory unless ``--out`` is given, so it never replaces the committed results.
-``--update-readme`` copies ``latest.md`` into the README's benchmark section.
+``--update-readme`` copies ``latest.md`` into docs/performance.md (once the README's section).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="output directory (default: benchmarks/results, or a temporary "
                              "directory with --smoke)")
     parser.add_argument("--update-readme", action="store_true",
-                        help="only copy results/latest.md into the README's benchmark section")
+                        help="only copy results/latest.md into docs/performance.md")
     args = parser.parse_args(argv)
     if args.update_readme:
         readme.update(RESULTS / "latest.md")

@@ -1,4 +1,4 @@
-"""The README's benchmark section, rebuilt from ``latest.md`` between its markers."""
+"""The performance page (docs/performance.md), rebuilt from ``latest.md`` between its markers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+# The page the README's performance section moved to (the name README is kept for callers).
+README = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 
-INTRO = """## Performance
+INTRO = """# Performance
 
 What the framework costs, measured against bare grpcio and its peers in the same run, and what
 it does in a retry storm (`benchmarks/`; every figure in `benchmarks/results/latest.json`).
@@ -16,7 +17,7 @@ it does in a retry storm (`benchmarks/`; every figure in `benchmarks/results/lat
 ```sh
 make bench                            # full run, a few minutes on 2 cores
 python -m benchmarks --smoke          # seconds; part of make test; no targets asserted
-python -m benchmarks --update-readme  # copy results/latest.md into this section
+python -m benchmarks --update-readme  # copy results/latest.md into this page
 ```
 
 The full run writes `benchmarks/results/latest.json` and `latest.md`. What is measured:
@@ -114,11 +115,11 @@ log line or the rich details that the error standard asks for.
 
 def section(table: str) -> str:
     """The full text between the markers for ``table`` (the contents of ``latest.md``)."""
-    return f"{BEGIN}\n{INTRO}### Latest results\n\n{table.rstrip()}\n{END}"
+    return f"{BEGIN}\n{INTRO}## Latest results\n\n{table.rstrip()}\n{END}"
 
 
 def update(latest_md: Path, readme: Path = README) -> None:
-    """Replace the README's benchmark section with the intro and ``latest_md``."""
+    """Replace the performance page's generated section with the intro and ``latest_md``."""
     text = readme.read_text()
     head, sep, rest = text.partition(BEGIN)
     _, sep_end, tail = rest.partition(END)

@@ -24,7 +24,7 @@ def catalog_rows() -> list[tuple[str, str, str, str, str]]:
 
 
 def render_markdown() -> str:
-    """The catalog as a Markdown table (the README's error table is exactly this)."""
+    """The catalog as a Markdown table (docs/errors.md's error catalog is exactly this)."""
     lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in catalog_rows()]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 __all__ = ["CodegenError", "generate", "include_paths"]
 
@@ -37,13 +38,28 @@ class CodegenError(Exception):
     """protoc failed, or the input is not usable; the message says what to fix."""
 
 
+#: protoc comes from grpcio-tools, which the lean runtime install leaves out.
+_INSTALL_CODEGEN = "pip install 'octollm-grpc[codegen]'"
+
+
+def _grpc_tools() -> ModuleType:
+    """``grpc_tools`` with its ``protoc``; a :class:`CodegenError` naming the extra if absent."""
+    try:
+        import grpc_tools.protoc
+    except ImportError as error:
+        raise CodegenError(
+            f"generating code needs grpcio-tools, which is not installed: run {_INSTALL_CODEGEN}"
+        ) from error
+    tools: ModuleType = grpc_tools
+    return tools
+
+
 def include_paths() -> list[Path]:
     """Import roots every generation gets: OctoLLM's protos, googleapis and the WKTs."""
     import google.rpc.status_pb2  # googleapis-common-protos ships the .proto files beside
-    import grpc_tools
 
     googleapis = Path(google.rpc.status_pb2.__file__).resolve().parents[2]
-    well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    well_known = Path(_grpc_tools().__path__[0]).resolve() / "_proto"
     return [_SHIPPED, googleapis, well_known]
 
 
@@ -102,9 +118,10 @@ def generate(
     it, in ``out_dir/acme/v1/`` for an ``out_dir`` that is on ``sys.path``. ``files`` limits
     the run to those protos (paths relative to ``proto_dir``); ``copy_protos`` also copies the
     .proto files next to their code, so others can import them. Returns the files written.
-    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr).
+    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr) or if
+    grpcio-tools (the ``[codegen]`` extra) is not installed.
     """
-    from grpc_tools import protoc
+    protoc = _grpc_tools().protoc
 
     proto_root = Path(proto_dir).resolve()
     if not proto_root.is_dir():

@@ -75,7 +75,7 @@ def resilient_interceptor(
 ) -> ResilientInterceptor:
     """The interceptor :func:`resilient_channel` installs, for a channel built elsewhere.
 
-    That channel must have ``("grpc.enable_retries", 0)`` in its options (see the README).
+    That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
     """
     core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
                                config=config, clock=clock, rng=rng, registry=registry)

@@ -45,7 +45,7 @@ def resilient_interceptors(
     """The interceptors :func:`resilient_channel` installs, for a channel built elsewhere: the
     observers (propagation, call metrics), then the retry layer, each one per call shape.
 
-    That channel must have ``("grpc.enable_retries", 0)`` in its options (see the README).
+    That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
     """
     core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
                                config=config, clock=clock, rng=rng, registry=registry)

@@ -1,13 +1,13 @@
-"""The README's client section: its Python examples run as written and print what they say."""
+"""The client page (docs/client.md): its Python examples run as written and print what they say."""
 
 from __future__ import annotations
 
-from tests.readme import run_examples, section_examples
+from tests.readme import DOCS, run_examples, section_examples
 
 
 def test_readme_client_examples_run() -> None:
     """Both examples (sync and aio) run: retry, typed errors, the breaker opening, as printed."""
-    examples = section_examples("client")
+    examples = section_examples("client", DOCS / "client.md")
     assert len(examples) == 2
     lines, logs = run_examples(examples)
     assert lines == [

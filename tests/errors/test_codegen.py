@@ -108,13 +108,13 @@ def test_generate_reports_bad_input(tmp_path: Path) -> None:
     assert "protoc failed" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_catalog_command_prints_the_readme_table() -> None:
-    """`octollm-grpc catalog` prints the table, and the README's error table is that output."""
+def test_catalog_command_prints_the_docs_table() -> None:
+    """`octollm-grpc catalog` prints the table, and the error page's table is that output."""
     result = subprocess.run([sys.executable, "-m", "octollm_grpc", "catalog"],
                             capture_output=True, text=True, check=True)
     assert result.stdout == catalog.render_markdown()
     assert "| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | no |" in result.stdout
-    assert result.stdout in (ROOT / "README.md").read_text()
+    assert result.stdout in (ROOT / "docs" / "errors.md").read_text()
 
 
 def test_committed_generated_code_imports_from_an_installed_wheel(tmp_path: Path) -> None:

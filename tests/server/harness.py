@@ -196,6 +196,7 @@ async def call_aio(
             else:
                 async for message in call:
                     messages.append(message)
+        # tuple() first: on grpcio 1.66, dict(aio.Metadata) fails (its keys() yields pairs).
         except grpc.aio.AioRpcError as err:
-            return Outcome(messages, err, dict(err.trailing_metadata() or ()))
-        return Outcome(messages, None, dict(await call.trailing_metadata() or ()))
+            return Outcome(messages, err, dict(tuple(err.trailing_metadata() or ())))
+        return Outcome(messages, None, dict(tuple(await call.trailing_metadata() or ())))

@@ -1,13 +1,13 @@
-"""The README's server section: its Python examples run as written and print what they say."""
+"""The server page (docs/server.md): its Python examples run as written and print what they say."""
 
 from __future__ import annotations
 
-from tests.readme import run_examples, section_examples
+from tests.readme import DOCS, run_examples, section_examples
 
 
 def test_readme_server_examples_run() -> None:
-    """Both README examples (sync and aio) run and show the mapped errors they promise."""
-    examples = section_examples("server")
+    """Both examples (sync and aio) run and show the mapped errors they promise."""
+    examples = section_examples("server", DOCS / "server.md")
     assert len(examples) == 2
     lines, logs = run_examples(examples)
     assert lines == [

@@ -5,7 +5,7 @@ import warnings
 
 from server.gen.octollm.arms.v1 import arms_pb2 as octollm_dot_arms_dot_v1_dot_arms__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in octollm/arms/v1/arms_pb2_grpc.py depends on'
+        + f' but the generated code in octollm/arms/v1/arms_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ArmServiceStub:
+class ArmServiceStub(object):
     """ArmService is a simulated LLM "arm", the downstream the task service calls. Its faults
     are injected by flags (failure rate, latency, down), so retries, the retry budget and
     the circuit breaker can be seen end to end.
@@ -44,7 +44,7 @@ class ArmServiceStub:
                 _registered_method=True)
 
 
-class ArmServiceServicer:
+class ArmServiceServicer(object):
     """ArmService is a simulated LLM "arm", the downstream the task service calls. Its faults
     are injected by flags (failure rate, latency, down), so retries, the retry budget and
     the circuit breaker can be seen end to end.
@@ -73,7 +73,7 @@ def add_ArmServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ArmService:
+class ArmService(object):
     """ArmService is a simulated LLM "arm", the downstream the task service calls. Its faults
     are injected by flags (failure rate, latency, down), so retries, the retry budget and
     the circuit breaker can be seen end to end.

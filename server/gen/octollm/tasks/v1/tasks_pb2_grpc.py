@@ -5,7 +5,7 @@ import warnings
 
 from server.gen.octollm.tasks.v1 import tasks_pb2 as octollm_dot_tasks_dot_v1_dot_tasks__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in octollm/tasks/v1/tasks_pb2_grpc.py depends on'
+        + f' but the generated code in octollm/tasks/v1/tasks_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class TaskServiceStub:
+class TaskServiceStub(object):
     """TaskService is the sample service of octollm-grpc: tasks stored in SQLite and
     executed by a downstream (simulated) LLM arm. Every failure is a google.rpc.Status
     with rich details (ErrorInfo, BadRequest, ResourceInfo, RetryInfo, ...) and an
@@ -80,7 +80,7 @@ class TaskServiceStub:
                 _registered_method=True)
 
 
-class TaskServiceServicer:
+class TaskServiceServicer(object):
     """TaskService is the sample service of octollm-grpc: tasks stored in SQLite and
     executed by a downstream (simulated) LLM arm. Every failure is a google.rpc.Status
     with rich details (ErrorInfo, BadRequest, ResourceInfo, RetryInfo, ...) and an
@@ -199,7 +199,7 @@ def add_TaskServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class TaskService:
+class TaskService(object):
     """TaskService is the sample service of octollm-grpc: tasks stored in SQLite and
     executed by a downstream (simulated) LLM arm. Every failure is a google.rpc.Status
     with rich details (ErrorInfo, BadRequest, ResourceInfo, RetryInfo, ...) and an
