@@ -26,7 +26,7 @@ import time
 from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.contextvars import bind_contextvars, reset_contextvars, unbind_contextvars
+from structlog.contextvars import bind_contextvars, unbind_contextvars
 
 from octollm_grpc import otel
 
@@ -148,9 +148,8 @@ _LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": loggi
 def bind_request_id(request_id: str) -> contextvars.Token[Any]:
     """Bind ``request_id`` for structlog's ``merge_contextvars``; returns the reset token.
 
-    Through structlog's public ``bind_contextvars``/``reset_contextvars`` pair: about 0.65 us
-    a call more than setting structlog's context variable directly, which would depend on
-    how structlog stores its context.
+    Through structlog's public ``bind_contextvars``: about 0.4 us a call more than setting
+    structlog's context variable directly, which would depend on how structlog stores it.
     """
     return bind_contextvars(request_id=request_id)["request_id"]
 
@@ -158,7 +157,9 @@ def bind_request_id(request_id: str) -> contextvars.Token[Any]:
 def unbind_request_id(token: contextvars.Token[Any]) -> None:
     """Undo :func:`bind_request_id` (tolerates being called from another context)."""
     try:
-        reset_contextvars(request_id=token)
+        # The stdlib's reset through the token's own variable: what reset_contextvars does,
+        # without its key formatting and lookup, and right however structlog keeps its vars.
+        token.var.reset(token)
     except (ValueError, RuntimeError):
         # The token belongs to another context (or was used): clear the key here instead.
         unbind_contextvars("request_id")
