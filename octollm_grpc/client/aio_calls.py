@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.half_close import WatchedRequests
 from octollm_grpc.client.replay import AsyncReplay
 from octollm_grpc.client.retry import (
     ATTEMPTS_HEADER,
@@ -47,12 +48,13 @@ class Attempts:
     """One call's attempts: the plan, the caller's details, and the retry state."""
 
     __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token")
+                 "retryable", "sleep", "start", "token", "watcher")
 
     def __init__(self, core: Resilience, sleep: AsyncSleep, plan: MethodPlan,
                  continuation: Any, details: Any, request: Any, replay: AsyncReplay | None,
                  retryable: bool, start: float | None = None,
-                 retry: CallRetry | None = None, token: int = 0) -> None:
+                 retry: CallRetry | None = None, token: int = 0,
+                 watcher: WatchedRequests | None = None) -> None:
         self.core = core
         self.sleep = sleep
         self.plan = plan
@@ -66,6 +68,8 @@ class Attempts:
         self.start = start
         self.retry = retry
         self.token = token
+        #: Says when the caller's request stream has ended (``None``: no request stream).
+        self.watcher = watcher
 
     async def first(self) -> Any:
         """Start the first attempt (raises ``CircuitOpenError`` when the breaker is open)."""
@@ -236,8 +240,9 @@ class _Delegating:
 
     @property
     def _done_writing_flag(self) -> bool:
-        # grpc.aio's intercepted call reads this private flag on the call we return.
-        return bool(getattr(self._call, "_done_writing_flag", False))
+        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
+        watcher = self._attempts.watcher
+        return watcher is not None and watcher.ended
 
 
 class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]

@@ -22,6 +22,7 @@ from octollm_grpc.client.aio_calls import (
     StreamUnary,
     details_for,
 )
+from octollm_grpc.client.half_close import watch
 from octollm_grpc.client.replay import AsyncReplay
 from octollm_grpc.client.retry import CallRetry, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
@@ -46,12 +47,15 @@ class _AioInterceptor:
     def _attempts(self, continuation: Any, details: Any, requests: Any,
                   streaming_requests: bool) -> Attempts:
         plan = self._core.plan(details.method)
-        replay = None
-        if (streaming_requests and plan.policy is not None
-                and plan.policy.replayable_requests and requests is not None):
-            replay = AsyncReplay(requests)
+        replay = watcher = None
+        if streaming_requests:
+            requests, watcher = watch(requests)
+            if (plan.policy is not None and plan.policy.replayable_requests
+                    and requests is not None):
+                replay = AsyncReplay(requests)
         return Attempts(self._core, self._sleep, plan, continuation, details, requests, replay,
-                        retryable=replay is not None or not streaming_requests)
+                        retryable=replay is not None or not streaming_requests,
+                        watcher=watcher)
 
 
 class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor):

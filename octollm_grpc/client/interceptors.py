@@ -30,11 +30,18 @@ from octollm_grpc.errors import CircuitOpenError
 __all__ = ["ResilientInterceptor"]
 
 
-def _is_future_path(continuation: Any) -> bool:
-    # grpc's interceptor runs .future() through a continuation that returns a pending future;
-    # __call__ and with_call get a finished outcome. The name tells them apart even when the
-    # future has already finished.
-    return ".future." in getattr(continuation, "__qualname__", "")
+def _raised_by_blocking_call(error: BaseException) -> bool:
+    """Whether a failed first attempt came from a blocking call (``__call__``/``with_call``).
+
+    grpc's interceptor API gives every path the same continuation and a Call-Future, and does
+    not say which one the caller used. A blocking continuation gets its error by catching
+    what the blocking call raised, so the error carries a traceback; ``.future()`` hands over
+    the failed future itself, never raised, even when it has already finished. Should this
+    ever guess wrong, a blocking call still gets the right outcome (it waits on the future
+    its retries resolve); only a ``.future()`` whose error someone raised before us would
+    wait for its retries in the caller's thread.
+    """
+    return error.__traceback__ is not None
 
 
 class ResilientInterceptor(
@@ -89,7 +96,7 @@ class ResilientInterceptor(
             error = None
         attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
                             not streaming or replay is not None, start, retry, token)
-        if error is None or _is_future_path(continuation):
+        if error is None or not _raised_by_blocking_call(error):
             return UnaryFuture(attempts, outcome)  # .future(): retries go on in the background
         if not isinstance(error, grpc.RpcError):
             attempts.release()

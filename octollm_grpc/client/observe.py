@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.half_close import WatchedRequests, watch
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.otel import inject
 from octollm_grpc.propagation import outbound_metadata, outbound_timeout
@@ -205,9 +206,11 @@ class _ObservedAioCall(
 ):
     """An aio streaming call that counts its outcome when awaiting or reading it ends."""
 
-    def __init__(self, call: Any, ending: _Ending) -> None:
+    def __init__(self, call: Any, ending: _Ending,
+                 watcher: WatchedRequests | None = None) -> None:
         self._call = call
         self._ending = ending
+        self._watcher = watcher
         self._iterator: AsyncIterator[Any] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -287,8 +290,8 @@ class _ObservedAioCall(
 
     @property
     def _done_writing_flag(self) -> bool:
-        # grpc.aio's write() style reads this off whatever call an interceptor returned.
-        return bool(getattr(self._call, "_done_writing_flag", False))
+        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
+        return self._watcher is not None and self._watcher.ended
 
 
 class _AioObserver:
@@ -313,8 +316,11 @@ class _AioObserver:
     async def _streaming(self, continuation: Any, details: Any, request: Any,
                          grpc_type: str) -> Any:
         ending = self._begin(details, grpc_type)
+        watcher = None
+        if ending is not None and grpc_type != "server_stream":
+            request, watcher = watch(request)  # our call answers grpc's half-close check
         call = await self._start(continuation, details, request, ending)
-        return call if ending is None else _ObservedAioCall(call, ending)
+        return call if ending is None else _ObservedAioCall(call, ending, watcher)
 
 
 class _AioUnaryUnary(_AioObserver, aio.UnaryUnaryClientInterceptor):
