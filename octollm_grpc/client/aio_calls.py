@@ -9,8 +9,8 @@ still answers a code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -119,6 +119,14 @@ class Attempts:
             self.plan.breaker.release(self.token)
 
 
+_T = TypeVar("_T")
+
+
+async def settled(value: _T) -> _T:
+    """A coroutine that returns ``value`` (no ``self`` in its frame: see ``_Delegating.code``)."""
+    return value
+
+
 class FailedCall(
     aio.UnaryUnaryCall,  # type: ignore[type-arg]
     aio.StreamUnaryCall,  # type: ignore[type-arg]
@@ -172,8 +180,9 @@ class FailedCall(
     async def trailing_metadata(self) -> Any:
         return self._error.trailing_metadata()
 
-    async def code(self) -> grpc.StatusCode:
-        return self._error.code()
+    def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
+        # Not a coroutine function: see _Delegating.code.
+        return settled(self._error.code())
 
     async def details(self) -> str:
         return self._error.details()
@@ -216,10 +225,13 @@ class _Delegating:
     async def trailing_metadata(self) -> Any:
         return await self._call.trailing_metadata()
 
-    async def code(self) -> grpc.StatusCode:
+    def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
+        # Not a coroutine function: grpc.aio runs ``code()`` of the call we return as a task,
+        # and grpcio's channel close (1.66 at least) raises "Unrecognized call object" for a
+        # pending task whose frame is a method of ours; grpc's own coroutine runs instead.
         if self._error is not None:
-            return self._error.code()
-        return await self._call.code()  # type: ignore[no-any-return]
+            return settled(self._error.code())
+        return self._call.code()  # type: ignore[no-any-return]
 
     async def details(self) -> str:
         if self._error is not None:

@@ -11,7 +11,7 @@ A response stream is over when it ends or fails while being read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from typing import Any
 
 import grpc
@@ -276,8 +276,9 @@ class _ObservedAioCall(
     async def trailing_metadata(self) -> Any:
         return await self._call.trailing_metadata()
 
-    async def code(self) -> grpc.StatusCode:
-        return await self._call.code()  # type: ignore[no-any-return]
+    def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
+        # Not a coroutine function: grpc.aio runs it as a task (see aio_calls._Delegating.code).
+        return self._call.code()  # type: ignore[no-any-return]
 
     async def details(self) -> str:
         return await self._call.details()  # type: ignore[no-any-return]
