@@ -111,19 +111,23 @@ def run(repeat: int = 5, number: int = 2000) -> dict[str, float]:
         for variant in ("bare", "ours", "ours_all"):
             out[f"{variant}_{kind}_us"] = _per_call_us(
                 wrapped_call(variant, path), repeat, number)
+    # A call the rate limiter refuses (ours) vs a bare abort with RESOURCE_EXHAUSTED.
+    for variant in ("bare", "ours"):
+        out[f"{variant}_reject_us"] = _per_call_us(
+            wrapped_call(variant, payload.GET_THROTTLED_TASK_PATH), repeat, number)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the per-call figures; with ``--profile``, where the error path's time goes."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pathcost", description=__doc__)
-    parser.add_argument("--profile", choices=("success", "error"), default=None)
+    parser.add_argument("--profile", choices=("success", "error", "reject"), default=None)
     args = parser.parse_args(argv)
     for key, value in run().items():
         print(f"{key}: {value:.1f}")
     if args.profile:
-        path = payload.GET_TASK_PATH if args.profile == "success" else \
-            payload.GET_MISSING_TASK_PATH
+        path = {"success": payload.GET_TASK_PATH, "error": payload.GET_MISSING_TASK_PATH,
+                "reject": payload.GET_THROTTLED_TASK_PATH}[args.profile]
         call = wrapped_call("ours", path)
         profile = cProfile.Profile(time.thread_time)
         profile.enable()

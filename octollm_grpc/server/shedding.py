@@ -28,15 +28,28 @@ from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, StatusTemplate, to_s
 __all__ = ["RATE_LIMITED_EVENT", "Rejection", "RejectionLog", "RejectionStatuses"]
 
 
+def advertised_wait(wait: float) -> float:
+    """``wait`` rounded up to three significant digits of milliseconds (at least 1 ms).
+
+    What a refused caller is told to wait: never less than the limiter's wait (no retry comes
+    before a token is due) and at most 1 % more, while refusals of one limit share a handful
+    of statuses instead of one per millisecond (a 1 h wait moves in steps of 10 s).
+    """
+    ms = wait * 1000.0
+    step = max(1.0, 10.0 ** (math.floor(math.log10(ms)) - 2)) if ms > 0 else 1.0
+    return math.ceil(ms / step - 1e-9) * step / 1000.0
+
+
 class Rejection:
-    """What the limiter decided for a refused call: its limit, caller key and wait."""
+    """What the limiter decided for a refused call: its limit, caller key and the wait it is
+    told (:func:`advertised_wait` of the limiter's)."""
 
     __slots__ = ("key", "limit", "wait")
 
     def __init__(self, limit: RateLimit, key: str, wait: float) -> None:
         self.limit = limit
         self.key = key
-        self.wait = wait
+        self.wait = advertised_wait(wait)
 
     def error(self) -> RateLimitError:
         """The error the call ends with (the same one the limiter's ``check`` raises)."""
@@ -45,7 +58,7 @@ class Rejection:
 
 
 class RejectionStatuses:
-    """The rich status of a refusal, built once per (limit, wait in ms) and reused.
+    """The rich status of a refusal, built once per (limit, advertised wait) and reused.
 
     Only the request id differs between two refusals with the same limit and wait: it is
     added to the cached status per call (:class:`octollm_grpc.status.StatusTemplate`). The
@@ -62,7 +75,7 @@ class RejectionStatuses:
     def status(self, rejection: Rejection, request_id: str | None) -> RichStatus:
         """The status that ends the refused call, with ``request_id`` in ``RequestInfo``."""
         limit = rejection.limit
-        key = (limit.limit, limit.window, limit.burst, math.ceil(rejection.wait * 1000.0))
+        key = (limit.limit, limit.window, limit.burst, round(rejection.wait * 1000.0))
         with self._lock:
             template = self._cache.get(key)
             if template is not None:

@@ -9,6 +9,8 @@ import textwrap
 from typing import Any
 
 import grpc
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -22,7 +24,12 @@ from octollm_grpc.server import (
 )
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server.logs import FAILED_EVENT, RATE_LIMITED_EVENT
-from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
+from octollm_grpc.server.shedding import (
+    Rejection,
+    RejectionLog,
+    RejectionStatuses,
+    advertised_wait,
+)
 from octollm_grpc.status import from_rpc_error, to_status
 from octollm_grpc.testing import FakeClock
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
@@ -179,3 +186,21 @@ def test_pending_counts_are_written_at_exit() -> None:
     lines = [line for line in done.stdout.splitlines() if RATE_LIMITED_EVENT in line]
     assert len(lines) == 2, done.stdout + done.stderr
     assert [json.loads(line)["count"] for line in lines] == [1, 6]
+
+
+@given(st.floats(min_value=1e-6, max_value=400_000.0, allow_nan=False))
+def test_advertised_wait_is_never_early_and_at_most_one_percent_late(wait: float) -> None:
+    """Refused callers never retry before a token is due, and wait at most 1 % (or 1 ms) more."""
+    told = advertised_wait(wait)
+    assert told >= wait - 1e-9
+    assert told <= max(wait * 1.01, wait + 0.001) + 1e-9
+
+
+def test_refusals_of_one_limit_share_a_few_statuses() -> None:
+    """A long wait counting down by a millisecond per refusal reuses its status: one status
+    per 10 s of a one-hour wait, not one per millisecond."""
+    statuses = RejectionStatuses()
+    limit = RateLimit(limit=1, window=3600)
+    for ms in range(3_599_999, 3_590_000, -1):  # 10,000 refusals over 10 s of waiting
+        statuses.status(Rejection(limit, "k", ms / 1000.0), "rid")
+    assert len(statuses._cache) == 1
