@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.delegation import DelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests, watch
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.otel import inject
@@ -79,7 +80,7 @@ def _sync_details(details: Any) -> Any:
     return _SyncDetails(details, timeout, tuple(metadata) if metadata is not None else None)
 
 
-class _ObservedStream(grpc.Call, Iterator[Any]):
+class _ObservedStream(DelegatingCall, Iterator[Any]):
     """A sync response stream that counts its outcome when reading it ends."""
 
     def __init__(self, call: Any, ending: _Ending) -> None:
@@ -99,38 +100,9 @@ class _ObservedStream(grpc.Call, Iterator[Any]):
             self._ending.end(_code_of(error))
             raise
 
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
 
-    def is_active(self) -> bool:
-        return bool(self._call.is_active())
-
-    def time_remaining(self) -> float:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Any) -> bool:
-        return bool(self._call.add_callback(callback))
-
-    def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return self._call.code()  # type: ignore[no-any-return]
-
-    def details(self) -> str:
-        return self._call.details()  # type: ignore[no-any-return]
-
-
-class CallObserver(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """The sync outer interceptor; ``metrics`` ``None`` leaves only the propagation."""
+class _Observing:
+    """What both stacks' outer interceptors share: the metrics and where a call's ending goes."""
 
     def __init__(self, metrics: ClientMetrics | None, clock: Callable[[], float]) -> None:
         self._metrics = metrics
@@ -140,6 +112,16 @@ class CallObserver(
         if self._metrics is None:
             return None
         return _Ending(self._metrics.method(details.method, grpc_type), self._clock)
+
+
+class CallObserver(
+    _Observing,
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """The sync outer interceptor; ``metrics`` ``None`` leaves only the propagation."""
 
     def _unary(self, continuation: Any, details: Any, request: Any, grpc_type: str) -> Any:
         ending = self._begin(details, grpc_type)
@@ -295,15 +277,8 @@ class _ObservedAioCall(
         return self._watcher is not None and self._watcher.ended
 
 
-class _AioObserver:
-    def __init__(self, metrics: ClientMetrics | None, clock: Callable[[], float]) -> None:
-        self._metrics = metrics
-        self._clock = clock
-
-    def _begin(self, details: Any, grpc_type: str) -> _Ending | None:
-        if self._metrics is None:
-            return None
-        return _Ending(self._metrics.method(details.method, grpc_type), self._clock)
+class _AioObserver(_Observing):
+    """The aio outer interceptors' shared part (one class per call shape below)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
                      ending: _Ending | None) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from octollm_grpc.client.delegation import DelegatingCall
 from octollm_grpc.client.replay import Replay
 from octollm_grpc.client.retry import (
     ATTEMPTS_HEADER,
@@ -137,7 +138,7 @@ class Attempts:
             self.plan.breaker.release(self.token)
 
 
-class ResponseStream(grpc.Call, Iterator[Any]):
+class ResponseStream(DelegatingCall, Iterator[Any]):
     """A response stream that retries its call until the first message arrives.
 
     After the first message (or a clean end) the breaker and budget have their verdict and
@@ -192,34 +193,13 @@ class ResponseStream(grpc.Call, Iterator[Any]):
             self._settled = True
             raise
 
-    # -- grpc.Call, answered by the current attempt ------------------------------------------
+    # -- grpc.Call, answered by the current attempt (DelegatingCall) -------------------------
 
     def cancel(self) -> bool:
         self._cancelled = True
         if not self._settled:
             self._attempts.release()  # a cancelled probe frees its permit now
-        return bool(self._call.cancel())
-
-    def is_active(self) -> bool:
-        return bool(self._call.is_active())
-
-    def time_remaining(self) -> float:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Any) -> bool:
-        return bool(self._call.add_callback(callback))
-
-    def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        return self._call.code()  # type: ignore[no-any-return]
-
-    def details(self) -> str:
-        return self._call.details()  # type: ignore[no-any-return]
+        return super().cancel()
 
 
 class FailedStream(grpc.Call, Iterator[Any]):

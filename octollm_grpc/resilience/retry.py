@@ -234,40 +234,28 @@ def retry(
     an ``async`` sleep for an ``async def``, a blocking one for a ``def`` (defaults:
     ``asyncio.sleep`` and ``time.sleep``). Bad settings raise here, not on the first failure.
     """
-    return RetryDecorator(
-        max_retries=max_retries, base_delay=base_delay, max_delay=max_delay,
-        exponential_base=exponential_base, jitter=jitter, retry_on=retry_on, deadline=deadline,
-        budget=budget, sleep=sleep, rng=rng, clock=clock)
+    # Fail at decoration time, not on the first failure, for bad settings.
+    _Attempts("", max_retries, base_delay, max_delay, exponential_base, jitter, retry_on,
+              deadline, None, rng, clock)
+    options: dict[str, Any] = {
+        "max_retries": max_retries, "base_delay": base_delay, "max_delay": max_delay,
+        "exponential_base": exponential_base, "jitter": jitter, "retry_on": retry_on,
+        "deadline": deadline, "budget": budget, "rng": rng, "clock": clock,
+    }
+    if sleep is not None:
+        options["sleep"] = sleep
+    return RetryDecorator(options)
 
 
 class RetryDecorator:
-    """What :func:`retry` returns: apply it to a ``def`` or an ``async def``."""
+    """What :func:`retry` returns: apply it to a ``def`` or an ``async def``.
 
-    def __init__(
-        self,
-        *,
-        max_retries: int = 3,
-        base_delay: float = 1.0,
-        max_delay: float = 60.0,
-        exponential_base: float = 2.0,
-        jitter: bool = True,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        deadline: float | None = None,
-        budget: RetryBudget | None = None,
-        sleep: Callable[[float], Any] | None = None,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._options: dict[str, Any] = {
-            "max_retries": max_retries, "base_delay": base_delay, "max_delay": max_delay,
-            "exponential_base": exponential_base, "jitter": jitter, "retry_on": retry_on,
-            "deadline": deadline, "budget": budget, "rng": rng, "clock": clock,
-        }
-        if sleep is not None:
-            self._options["sleep"] = sleep
-        # Fail at decoration time, not on the first failure, for bad settings.
-        _Attempts("", max_retries, base_delay, max_delay, exponential_base, jitter, retry_on,
-                  deadline, None, rng, clock)
+    ``options`` are :func:`retry_with_backoff`'s keyword arguments (build it with :func:`retry`,
+    which checks them).
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
 
     @overload
     def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
