@@ -13,11 +13,14 @@ reads a detail and ``e.details()`` returns the message, as gRPC code expects.
 from __future__ import annotations
 
 import builtins
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 __all__ = [
     "AbortedError",
@@ -98,6 +101,15 @@ class OctoLLMError(grpc.RpcError):
     rich_status: Any = None
 
     details: ErrorDetails  # a dict and a method at once, see the module docstring
+    #: The class's own details a decoded error arrived with (see :meth:`status_details`).
+    _received_details: tuple[Message, ...] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hook = cls.__dict__.get("status_details")
+        if hook is not None:
+            # A decoded error answers with what arrived, whatever the class computes.
+            setattr(cls, "status_details", _received_first(hook))  # noqa: B010
 
     def __init__(
         self,
@@ -111,6 +123,26 @@ class OctoLLMError(grpc.RpcError):
         self.error_code = error_code or type(self).error_code
         self.details = ErrorDetails(details, message)
         self.retry_after = retry_after
+
+    def status_details(self) -> Sequence[Message]:
+        """The standard detail messages this error adds to its ``google.rpc.Status``.
+
+        Override it in a subclass to send ``ResourceInfo``, ``QuotaFailure``,
+        ``PreconditionFailure``, ``BadRequest``, ``Help``, ``LocalizedMessage`` or any generated
+        message (an ``Any`` is sent as it is). Build them from ``self.message`` and
+        ``self.details``: when the status would be too big for the trailer, the encoder calls
+        the hook on a copy whose details are shortened (and leaves its details out if even
+        that does not fit). The framework always adds ``ErrorInfo``, ``RetryInfo``,
+        ``RequestInfo``, ``DebugInfo`` (debug only) and its envelope itself; the class's
+        details go right after ``ErrorInfo``. A hook that raises, or gives something that is
+        not a message, costs only its own details (a warning is logged).
+
+        A decoded error (from :func:`octollm_grpc.status.from_rpc_error`) answers with the
+        details that arrived other than those five, unpacked to their generated classes when
+        the default descriptor pool knows the type, else as the ``Any``, even when its class
+        overrides this method; so re-raising it sends the same details on.
+        """
+        return self._received_details or ()
 
     # -- the seed's API ------------------------------------------------------------------
 
@@ -197,6 +229,17 @@ class OctoLLMError(grpc.RpcError):
         return self.message
 
 
+def _received_first(
+    hook: Callable[[OctoLLMError], Sequence[Message]],
+) -> Callable[[OctoLLMError], Sequence[Message]]:
+    @functools.wraps(hook)
+    def status_details(self: OctoLLMError) -> Sequence[Message]:
+        received = self._received_details
+        return received if received is not None else hook(self)
+
+    return status_details
+
+
 def _unpickle(
     cls: type[OctoLLMError],
     message: str,
@@ -221,6 +264,28 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str
     if extra:
         merged.update(extra)
     return merged
+
+
+_BadRequest = error_details_pb2.BadRequest
+
+
+def _field_violations(
+    details: Mapping[str, Any], message: str
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    items = details.get("errors")
+    violations = []
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, Mapping):
+                violations.append(_BadRequest.FieldViolation(
+                    field=str(item.get("field", "")),
+                    description=str(item.get("message", "")),
+                    reason=str(item.get("reason", "")),
+                ))
+    elif details.get("field"):
+        violations.append(_BadRequest.FieldViolation(
+            field=str(details["field"]), description=message))
+    return violations
 
 
 # -- Validation errors (4xx) -------------------------------------------------------------------
@@ -250,6 +315,12 @@ class ValidationError(OctoLLMError):
             details=_merge({"field": field} if field else {}, details),
             retry_after=retry_after,
         )
+
+    def status_details(self) -> Sequence[Message]:
+        """``BadRequest``: one field violation per item of ``details["errors"]``, or the one
+        ``details["field"]`` with the message; nothing without either."""
+        violations = _field_violations(self.details, self.message)
+        return [_BadRequest(field_violations=violations)] if violations else []
 
 
 class InvalidInputError(ValidationError):
@@ -289,6 +360,13 @@ class TaskNotFoundError(ValidationError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"Task {task_id} not found", details={"task_id": task_id})
 
+    def status_details(self) -> Sequence[Message]:
+        """``ResourceInfo`` naming the missing task (after ``BadRequest``, if any)."""
+        return [*super().status_details(), error_details_pb2.ResourceInfo(
+            resource_type="octollm.tasks.v1.Task",
+            resource_name=str(self.details.get("task_id", "")),
+            description=self.message)]
+
 
 class AuthenticationError(ValidationError):
     """The caller is not authenticated: no credentials, or bad ones."""
@@ -324,6 +402,14 @@ class InvalidStateError(ValidationError):
     """
 
     error_code = "FAILED_PRECONDITION"
+
+    def status_details(self) -> Sequence[Message]:
+        """``PreconditionFailure`` of type ``STATE`` on ``details["subject"]`` (after
+        ``BadRequest``, if any)."""
+        _Violation = error_details_pb2.PreconditionFailure.Violation
+        return [*super().status_details(), error_details_pb2.PreconditionFailure(violations=[
+            _Violation(type="STATE", subject=str(self.details.get("subject", "")),
+                       description=self.message)])]
 
 
 # -- Resource errors ---------------------------------------------------------------------------
@@ -365,6 +451,12 @@ class RateLimitError(ResourceError):
             details={"limit": limit, "window": window},
             retry_after=retry_after,
         )
+
+    def status_details(self) -> Sequence[Message]:
+        """``QuotaFailure`` on ``details["key"]`` (``"caller"`` without one)."""
+        return [error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=str(self.details.get("key", "caller")), description=self.message)])]
 
 
 class CircuitOpenError(ResourceError):
