@@ -7,17 +7,10 @@
 
 from __future__ import annotations
 
+from octollm_grpc.status import limits
 from octollm_grpc.status.decode import from_rpc_error, from_status_proto
 from octollm_grpc.status.encode import StatusTemplate, to_status, to_status_proto
-from octollm_grpc.status.limits import (
-    DEFAULT_DOMAIN,
-    DETAILS_KEY,
-    GENERIC_MESSAGE,
-    MAX_DETAILS_BYTES,
-    MAX_DETAILS_DEPTH,
-    PUSHBACK_KEY,
-    RichStatus,
-)
+from octollm_grpc.status.limits import *  # noqa: F403 - the public bounds and RichStatus
 
 # Importable from here as before (outside __all__); ``X as X`` re-exports them explicitly.
 from octollm_grpc.status.limits import MAX_IDENTIFIER_BYTES as MAX_IDENTIFIER_BYTES
@@ -27,16 +20,10 @@ from octollm_grpc.status.limits import TIMEOUT_MESSAGE as TIMEOUT_MESSAGE
 from octollm_grpc.status.limits import TRAILER_BUDGET as TRAILER_BUDGET
 
 __all__ = [
-    "DEFAULT_DOMAIN",
-    "DETAILS_KEY",
-    "GENERIC_MESSAGE",
-    "MAX_DETAILS_BYTES",
-    "MAX_DETAILS_DEPTH",
-    "PUSHBACK_KEY",
-    "RichStatus",
     "StatusTemplate",
     "from_rpc_error",
     "from_status_proto",
     "to_status",
     "to_status_proto",
 ]
+__all__ += limits.__all__

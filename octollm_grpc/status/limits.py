@@ -12,18 +12,14 @@ from typing import NamedTuple
 import grpc
 from google.rpc import status_pb2
 
+# What octollm_grpc.status exports; the other bounds are importable from there by name.
 __all__ = [
     "DEFAULT_DOMAIN",
     "DETAILS_KEY",
     "GENERIC_MESSAGE",
     "MAX_DETAILS_BYTES",
     "MAX_DETAILS_DEPTH",
-    "MAX_IDENTIFIER_BYTES",
-    "MAX_MESSAGE_BYTES",
-    "MAX_RETRY_AFTER",
     "PUSHBACK_KEY",
-    "TIMEOUT_MESSAGE",
-    "TRAILER_BUDGET",
     "RichStatus",
 ]
 
