@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 __all__ = ["ErrorDetails", "OctoLLMError"]
 
@@ -52,7 +53,7 @@ class OctoLLMError(grpc.RpcError):
     #: The request id the server reported (``RequestInfo``), for errors that came over the wire.
     request_id: str | None = None
     #: The decoded ``google.rpc.Status`` of an error that came over the wire, else ``None``.
-    rich_status: Any = None
+    rich_status: status_pb2.Status | None = None
 
     details: ErrorDetails  # a dict and a method at once, see the module docstring
     #: The class's own details a decoded error arrived with (see :meth:`status_details`).

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, descriptor_pool, duration_pb2, json_format, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -161,7 +161,7 @@ def _as_code(value: Any) -> grpc.StatusCode:
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _duration_seconds(duration: Any) -> float:
+def _duration_seconds(duration: duration_pb2.Duration) -> float:
     seconds = duration.seconds + duration.nanos / 1e9
     return int(seconds) if duration.nanos == 0 else seconds
 
