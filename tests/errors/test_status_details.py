@@ -8,8 +8,12 @@ with the details when over the trailer budget, and a broken hook costs only its 
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -287,3 +291,44 @@ def test_builtin_classes_use_the_same_hook() -> None:
     assert [type(m) for m in errors.ValidationError("x", field="f").status_details()] == [
         ed.BadRequest]
     assert list(errors.ValidationError("x").status_details()) == []
+
+
+ORDERS_PROTO = """syntax = "proto3";
+package acme.orders.v1;
+service Orders { rpc GetOrder(GetOrderRequest) returns (Order); }
+message GetOrderRequest { string order_id = 1; }
+message Order { string order_id = 1; }
+"""
+
+
+@pytest.mark.usefixtures("registered")
+def test_grpcurl_decodes_a_user_class_details(tmp_path: Path) -> None:
+    """The real grpcurl (another language's client) prints every standard detail the class
+    chose, with the user's own resource type."""
+    grpcurl = Path(sys.executable).with_name("grpcurl")  # `make install` puts it there
+    if not grpcurl.exists():
+        pytest.skip("grpcurl is not installed (make install installs it)")
+    (tmp_path / "orders.proto").write_text(ORDERS_PROTO)
+    googleapis = Path(ed.__file__).resolve().parents[2]  # holds google/rpc/*.proto
+
+    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        raise ShipmentBlockedError("o-7")
+
+    orders = grpc.method_handlers_generic_handler(
+        "acme.orders.v1.Orders", {"GetOrder": grpc.unary_unary_rpc_method_handler(handler)})
+    with sync_server([orders], server_interceptors()) as target:
+        done = subprocess.run(
+            [str(grpcurl), "-plaintext", "-import-path", str(tmp_path), "-import-path",
+             str(googleapis), "-proto", "orders.proto", "-proto",
+             "google/rpc/error_details.proto", "-format-error", "-d", '{"order_id": "o-7"}',
+             target, "acme.orders.v1.Orders/GetOrder"],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 64 + grpc.StatusCode.FAILED_PRECONDITION.value[0], done.stderr
+    printed = json.loads(done.stderr)  # grpcurl prints a failed call's status on stderr
+    by_type = {d["@type"].rsplit("/", 1)[1]: d for d in printed["details"]}
+    assert by_type["google.rpc.ResourceInfo"]["resourceType"] == "acme.orders.v1.Order"
+    assert by_type["google.rpc.ErrorInfo"]["reason"] == "SHIPMENT_BLOCKED"
+    assert by_type["google.rpc.Help"]["links"][0]["url"] == "https://acme.example/help/blocked"
+    assert by_type["google.rpc.LocalizedMessage"]["locale"] == "fr-FR"
+    assert by_type["google.rpc.QuotaFailure"]["violations"][0]["subject"] == "orders/o-7"
+    assert by_type["google.rpc.PreconditionFailure"]["violations"][0]["type"] == "PAYMENT"
