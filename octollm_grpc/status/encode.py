@@ -32,11 +32,11 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm_grpc import codes
 from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
+from octollm_grpc.status import details as _details
 from octollm_grpc.status.limits import (
     DEFAULT_DOMAIN,
     DETAILS_KEY,
     LAST_RESORT_MESSAGE_BYTES,
-    MAX_RETRY_AFTER,
     PUSHBACK_KEY,
     TIMEOUT_MESSAGE,
     TRAILER_BUDGET,
@@ -71,111 +71,6 @@ _RETRY_INFO = type_url(_RetryInfo)
 _REQUEST_INFO = type_url(_RequestInfo)
 _DEBUG_INFO = type_url(error_details_pb2.DebugInfo)
 _ENVELOPE = type_url(_Envelope)
-
-
-# -- details made JSON-safe -------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` made JSON-safe: unknown objects become their ``str``, keys become strings, and
-    lone surrogates in any string become ``?`` (protobuf cannot serialize them)."""
-    if isinstance(value, str):
-        return safe_text(value)
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Mapping):
-        return {safe_text(str(k)): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    return safe_text(str(value))
-
-
-_MAX_EXACT_INT = 2**53
-
-
-def _struct_is_exact(value: Any) -> bool:
-    """True when a ``Struct`` carries ``value`` exactly, given that integral numbers decode as
-    ``int``: no integral floats (``2.0``) and no integers a double cannot hold."""
-    if value is None or isinstance(value, (str, bool)):
-        return True
-    if isinstance(value, int):
-        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
-    if isinstance(value, float):
-        return not value.is_integer()
-    if isinstance(value, dict):
-        return all(_struct_is_exact(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_struct_is_exact(v) for v in value)
-    return False
-
-
-def _metadata(details: Mapping[str, Any]) -> dict[str, str]:
-    """ErrorInfo's string map: the scalar details only (lists and maps are in the envelope)."""
-    out: dict[str, str] = {}
-    for key, value in details.items():
-        if isinstance(value, str):
-            out[key] = value
-        elif isinstance(value, bool):
-            out[key] = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            out[key] = str(value)
-        elif value is None:
-            out[key] = "null"
-    return out
-
-
-def _scalar_metadata(details: Mapping[Any, Any]) -> dict[str, str] | None:
-    """ErrorInfo's metadata for the common shape of details, or ``None`` for the rest.
-
-    The common shape: string keys; values that are valid UTF-8 strings, bools, ``None``,
-    integers a double holds and non-integral finite floats. For those :func:`_jsonable` is a
-    plain copy and the ``Struct`` is exact, so the encoder skips the general walk.
-    """
-    out: dict[str, str] = {}
-    for key, value in details.items():
-        if type(key) is not str or (not key.isascii() and safe_text(key) is not key):
-            return None
-        kind = type(value)
-        if kind is str:
-            if not value.isascii() and safe_text(value) is not value:
-                return None  # a lone surrogate: _jsonable replaces it
-            out[key] = value
-        elif kind is bool:
-            out[key] = "true" if value else "false"
-        elif kind is int:
-            if not -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
-                return None
-            out[key] = str(value)
-        elif kind is float:
-            if value.is_integer() or not math.isfinite(value):
-                return None
-            out[key] = str(value)
-        elif value is None:
-            out[key] = "null"
-        else:
-            return None
-    return out
-
-
-def _valid_retry_after(value: Any) -> float | None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if not math.isfinite(value) or value < 0:
-        return None
-    # google.protobuf.Duration's range: beyond it the advice cannot be encoded at all.
-    return min(value, MAX_RETRY_AFTER)
-
-
-def _shortened(value: Any, items: int) -> Any:
-    if isinstance(value, str):
-        return value[: items * 16]
-    if isinstance(value, Mapping):
-        return {k: _shortened(v, items) for k, v in list(value.items())[: max(items, 1) * 4]}
-    if isinstance(value, list):
-        return [_shortened(v, items) for v in value[:items]]
-    return value
 
 
 # -- the class's own details -------------------------------------------------------------------
@@ -293,10 +188,11 @@ def _build(
     request_id: str | None,
     debug_info: error_details_pb2.DebugInfo | None,
 ) -> bytes:
-    """The serialised status; ``scalars``: what :func:`_scalar_metadata` gave for ``details``."""
+    """The serialised status; ``scalars``: what ``details.scalar_metadata`` gave for
+    ``details`` (``None``: take the general walk)."""
     status = _Status(message=message)
     add = status.details.add
-    metadata = _metadata(details) if scalars is None else scalars
+    metadata = _details.metadata(details) if scalars is None else scalars
     info = _ErrorInfo()
     if metadata:
         entries = info.metadata
@@ -327,7 +223,7 @@ def _build(
                 fields[key].bool_value = value
             else:
                 fields[key].number_value = value
-    elif not _struct_is_exact(details) or not _struct_update(envelope, details):
+    elif not _details.struct_is_exact(details) or not _struct_update(envelope, details):
         # details_json is field 5: it goes after retry_after (4), in a piece of its own.
         retry_field += _Envelope(details_json=json.dumps(
             details, ensure_ascii=False, separators=(",", ":"))).SerializeToString()
@@ -398,11 +294,11 @@ def _encode_error(
     """The status of an error of the hierarchy: its message, details and class details."""
     error_code, raw, details = exc.error_code, exc.message, exc.details
     message = truncate_message(safe_text(str(raw)))
-    retry_after = _valid_retry_after(exc.retry_after)
+    retry_after = _details.valid_retry_after(exc.retry_after)
     plan = _plan(type(exc), error_code if type(error_code) is str else str(error_code),
                  mapping, domain)
-    scalars = _scalar_metadata(details) if isinstance(details, dict) else None
-    safe = details if scalars is not None else _jsonable(details)
+    scalars = _details.scalar_metadata(details) if isinstance(details, dict) else None
+    safe = details if scalars is not None else _details.jsonable(details)
 
     def extra(data: Mapping[str, Any], text: str) -> list[tuple[str, bytes]]:
         # The hook sees what the status carries: its message and details as sent.
@@ -416,7 +312,7 @@ def _encode_error(
     if len(data) <= room:
         return _Encoding(data, message, mapping, retry_after)
     for items in (32, 8, 2, 0):
-        shortened = {**_shortened(safe, items), "_truncated": True}
+        shortened = {**_details.shortened(safe, items), "_truncated": True}
         data = _build(plan, message, shortened, None, extra(shortened, message), retry_after,
                       request_id, None)
         if len(data) <= room:
