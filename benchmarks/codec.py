@@ -2,7 +2,7 @@
 
 Encode is ``to_status(exc, request_id=...)`` (what the server interceptor does per failed
 call); decode is ``from_rpc_error`` on an ``RpcError`` carrying that status's code, message and
-trailers (what the client does per failed call).
+trailers (what the client does per failed call). ``python -m benchmarks.codec`` prints them.
 """
 
 from __future__ import annotations
@@ -83,3 +83,16 @@ def run(repeat: int, number: int) -> dict[str, dict[str, Any]]:
             "status_bytes": len(status.proto.SerializeToString()),
         }
     return out
+
+
+def main() -> None:
+    """Print the median encode and decode CPU time per error, with the run-to-run spread."""
+    for name, row in run(repeat=7, number=2000).items():
+        encode, decode = row["encode_us"], row["decode_us"]
+        print(f"{name:24s} encode {encode['median']:6.2f} us (spread {encode['spread']:.0%})"
+              f"  decode {decode['median']:6.2f} us (spread {decode['spread']:.0%})"
+              f"  {row['status_bytes']} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,78 +9,18 @@ from __future__ import annotations
 
 from octollm_grpc import errors
 from octollm_grpc.codes import ErrorMapping, mapping_for, register
-from octollm_grpc.errors import (
-    AbortedError,
-    AlreadyExistsError,
-    ArmUnavailableError,
-    AuthenticationError,
-    AuthorizationError,
-    CacheError,
-    CancelledCallError,
-    CapacityExceededError,
-    CircuitOpenError,
-    DatabaseError,
-    ErrorDetails,
-    ExternalError,
-    InternalError,
-    InvalidInputError,
-    InvalidStateError,
-    LLMAPIError,
-    NetworkError,
-    NotFoundError,
-    OctoLLMError,
-    OutOfRangeError,
-    PiiDetectedError,
-    RateLimitError,
-    ResourceError,
-    ResourceExhaustedError,
-    SerializationError,
-    TaskNotFoundError,
-    ThirdPartyAPIError,
-    UnimplementedError,
-    ValidationError,
-    ValidationErrors,
-    VectorDBError,
-)
+from octollm_grpc.errors import base as _base
+from octollm_grpc.errors import catalog as _catalog
+from octollm_grpc.errors.base import *  # noqa: F403 - ErrorDetails, OctoLLMError
+from octollm_grpc.errors.catalog import *  # noqa: F403 - the hierarchy's classes
 from octollm_grpc.http import HttpError, to_http
 from octollm_grpc.status import from_rpc_error, from_status_proto, to_status, to_status_proto
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbortedError",
-    "AlreadyExistsError",
-    "ArmUnavailableError",
-    "AuthenticationError",
-    "AuthorizationError",
-    "CacheError",
-    "CancelledCallError",
-    "CapacityExceededError",
-    "CircuitOpenError",
-    "DatabaseError",
-    "ErrorDetails",
     "ErrorMapping",
-    "ExternalError",
     "HttpError",
-    "InternalError",
-    "InvalidInputError",
-    "InvalidStateError",
-    "LLMAPIError",
-    "NetworkError",
-    "NotFoundError",
-    "OctoLLMError",
-    "OutOfRangeError",
-    "PiiDetectedError",
-    "RateLimitError",
-    "ResourceError",
-    "ResourceExhaustedError",
-    "SerializationError",
-    "TaskNotFoundError",
-    "ThirdPartyAPIError",
-    "UnimplementedError",
-    "ValidationError",
-    "ValidationErrors",
-    "VectorDBError",
     "__version__",
     "errors",
     "from_rpc_error",
@@ -91,5 +31,8 @@ __all__ = [
     "to_status",
     "to_status_proto",
 ]
-# errors.SystemError and errors.TimeoutError are reached through `errors`: re-exporting them
-# here would shadow Python's builtins in `from octollm_grpc import *`.
+# The error classes, named once where they are defined. errors.SystemError and
+# errors.TimeoutError are reached through `errors`: re-exporting them here would shadow
+# Python's builtins in `from octollm_grpc import *` (the catalog's __all__ leaves them out).
+__all__ += _base.__all__
+__all__ += _catalog.__all__

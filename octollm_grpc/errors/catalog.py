@@ -1,24 +1,18 @@
-"""The OctoLLM exception hierarchy, with the seed standard's names and signatures.
-
-Every class has a unique ``error_code`` (it travels as ``google.rpc.ErrorInfo.reason``, so a
-client rebuilds the exact class). Every instance is also a :class:`grpc.RpcError`: it answers
-``code()``, ``details()``, ``trailing_metadata()``, so ``except grpc.RpcError`` handlers keep
-working when a resilient channel raises the typed exception.
-
-The one name clash, ``details``: the seed makes it a dict, gRPC makes it a method returning the
-message. Here it is an :class:`ErrorDetails`, a ``dict`` that is also callable: ``e.details["x"]``
-reads a detail and ``e.details()`` returns the message, as gRPC code expects.
-"""
+"""The classes of the hierarchy, with the seed standard's names, codes and signatures."""
 
 from __future__ import annotations
 
 import builtins
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
+from octollm_grpc.errors.base import OctoLLMError, _merge
+
+# SystemError and TimeoutError are left out: star-importing them would shadow Python's
+# builtins (the errors package exports them, by name).
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
@@ -30,7 +24,6 @@ __all__ = [
     "CapacityExceededError",
     "CircuitOpenError",
     "DatabaseError",
-    "ErrorDetails",
     "ExternalError",
     "InternalError",
     "InvalidInputError",
@@ -38,17 +31,14 @@ __all__ = [
     "LLMAPIError",
     "NetworkError",
     "NotFoundError",
-    "OctoLLMError",
     "OutOfRangeError",
     "PiiDetectedError",
     "RateLimitError",
     "ResourceError",
     "ResourceExhaustedError",
     "SerializationError",
-    "SystemError",
     "TaskNotFoundError",
     "ThirdPartyAPIError",
-    "TimeoutError",
     "UnimplementedError",
     "ValidationError",
     "ValidationErrors",
@@ -56,171 +46,26 @@ __all__ = [
 ]
 
 
-class ErrorDetails(dict[str, Any]):
-    """The error's details: a plain ``dict`` that, called, returns the error message.
-
-    ``grpc.RpcError`` handlers call ``e.details()`` for the message; seed-style code reads
-    ``e.details["task_id"]``. Both work on the same attribute.
-    """
-
-    __slots__ = ("_message",)
-
-    def __init__(self, data: Mapping[str, Any] | None = None, message: str = "") -> None:
-        super().__init__(data or {})
-        self._message = message
-
-    def __call__(self) -> str:
-        return self._message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ErrorDetails, (dict(self), self._message))
+_BadRequest = error_details_pb2.BadRequest
 
 
-class OctoLLMError(grpc.RpcError):
-    """Base exception for all OctoLLM errors.
-
-    ``error_code`` defaults to the class's own code, so a subclass that only sets the class
-    attribute needs no ``__init__``.
-    """
-
-    error_code: str = "UNKNOWN_ERROR"
-    """The class's stable machine-readable code; instances may carry another."""
-
-    #: Filled in by :func:`octollm_grpc.status.from_rpc_error` for an error that came over the
-    #: wire; ``None`` for one raised locally (then ``code()`` comes from the mapping table).
-    _wire_code: grpc.StatusCode | None = None
-    _trailing_metadata: Any = None
-    _initial_metadata: Any = None
-    _debug_error_string: str = ""
-    #: The request id the server reported (``RequestInfo``), for errors that came over the wire.
-    request_id: str | None = None
-    #: The decoded ``google.rpc.Status`` of an error that came over the wire, else ``None``.
-    rich_status: Any = None
-
-    details: ErrorDetails  # a dict and a method at once, see the module docstring
-
-    def __init__(
-        self,
-        message: str,
-        error_code: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.error_code = error_code or type(self).error_code
-        self.details = ErrorDetails(details, message)
-        self.retry_after = retry_after
-
-    # -- the seed's API ------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """The seed's JSON envelope: ``error``, ``message``, ``details`` and ``retry_after``."""
-        result: dict[str, Any] = {
-            "error": self.error_code,
-            "message": self.message,
-            "details": dict(self.details),
-        }
-        if self.retry_after:
-            result["retry_after"] = self.retry_after
-        return result
-
-    # -- grpc.Call's API, so the error is a drop-in grpc.RpcError ---------------------------
-
-    def code(self) -> grpc.StatusCode:
-        """The gRPC status code: the one received, or the mapped one for a local error."""
-        if self._wire_code is not None:
-            return self._wire_code
-        from octollm_grpc.codes import mapping_for
-
-        return mapping_for(self).grpc_code
-
-    def trailing_metadata(self) -> Any:
-        """The call's trailing metadata when the error came over the wire, else ``None``."""
-        return self._trailing_metadata
-
-    def initial_metadata(self) -> Any:
-        """The call's initial metadata when the error came over the wire, else ``None``."""
-        return self._initial_metadata
-
-    def debug_error_string(self) -> str:
-        """gRPC core's debug string when the error came over the wire, else ``""``."""
-        return self._debug_error_string
-
-    # -- rebuilding without the subclass's own constructor ------------------------------------
-
-    @classmethod
-    def restore(
-        cls,
-        message: str,
-        error_code: str | None = None,
-        details: Mapping[str, Any] | None = None,
-        retry_after: float | None = None,
-    ) -> OctoLLMError:
-        """Build an instance from its parts, bypassing the subclass's ``__init__``.
-
-        Subclasses such as ``TaskNotFoundError(task_id)`` compose their message from
-        arguments; a decoder has the finished parts, so it uses this instead.
-        """
-        error = cls.__new__(cls)
-        OctoLLMError.__init__(error, message, error_code, details, retry_after)
-        return error
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, OctoLLMError)
-        return (
-            self.message == other.message
-            and self.error_code == other.error_code
-            and dict(self.details) == dict(other.details)
-            and _same_number(self.retry_after, other.retry_after)
-        )
-
-    def __hash__(self) -> int:
-        # Consistent with __eq__: equal errors hash equal. The details (a dict) are left out;
-        # equal errors still have equal hashes, and numbers hash alike (2 and 2.0).
-        return hash((type(self), self.message, self.error_code))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        state = {k: v for k, v in self.__dict__.items() if k != "details"}
-        return (_unpickle, (type(self), self.message, self.error_code, dict(self.details),
-                            self.retry_after, state))
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(message={self.message!r}, "
-                f"error_code={self.error_code!r}, details={dict(self.details)!r}"
-                + (f", retry_after={self.retry_after!r}" if self.retry_after is not None else "")
-                + ")")
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _unpickle(
-    cls: type[OctoLLMError],
-    message: str,
-    error_code: str,
-    details: dict[str, Any],
-    retry_after: float | None,
-    state: dict[str, Any],
-) -> OctoLLMError:
-    error = cls.restore(message, error_code, details, retry_after)
-    error.__dict__.update(state)
-    return error
-
-
-def _same_number(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return math.isclose(a, b, rel_tol=0, abs_tol=1e-9)
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    merged = dict(base)
-    if extra:
-        merged.update(extra)
-    return merged
+def _field_violations(
+    details: Mapping[str, Any], message: str
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    items = details.get("errors")
+    violations = []
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, Mapping):
+                violations.append(_BadRequest.FieldViolation(
+                    field=str(item.get("field", "")),
+                    description=str(item.get("message", "")),
+                    reason=str(item.get("reason", "")),
+                ))
+    elif details.get("field"):
+        violations.append(_BadRequest.FieldViolation(
+            field=str(details["field"]), description=message))
+    return violations
 
 
 # -- Validation errors (4xx) -------------------------------------------------------------------
@@ -250,6 +95,12 @@ class ValidationError(OctoLLMError):
             details=_merge({"field": field} if field else {}, details),
             retry_after=retry_after,
         )
+
+    def status_details(self) -> Sequence[Message]:
+        """``BadRequest``: one field violation per item of ``details["errors"]``, or the one
+        ``details["field"]`` with the message; nothing without either."""
+        violations = _field_violations(self.details, self.message)
+        return [_BadRequest(field_violations=violations)] if violations else []
 
 
 class InvalidInputError(ValidationError):
@@ -289,6 +140,13 @@ class TaskNotFoundError(ValidationError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"Task {task_id} not found", details={"task_id": task_id})
 
+    def status_details(self) -> Sequence[Message]:
+        """``ResourceInfo`` naming the missing task (after ``BadRequest``, if any)."""
+        return [*super().status_details(), error_details_pb2.ResourceInfo(
+            resource_type="octollm.tasks.v1.Task",
+            resource_name=str(self.details.get("task_id", "")),
+            description=self.message)]
+
 
 class AuthenticationError(ValidationError):
     """The caller is not authenticated: no credentials, or bad ones."""
@@ -324,6 +182,14 @@ class InvalidStateError(ValidationError):
     """
 
     error_code = "FAILED_PRECONDITION"
+
+    def status_details(self) -> Sequence[Message]:
+        """``PreconditionFailure`` of type ``STATE`` on ``details["subject"]`` (after
+        ``BadRequest``, if any)."""
+        _Violation = error_details_pb2.PreconditionFailure.Violation
+        return [*super().status_details(), error_details_pb2.PreconditionFailure(violations=[
+            _Violation(type="STATE", subject=str(self.details.get("subject", "")),
+                       description=self.message)])]
 
 
 # -- Resource errors ---------------------------------------------------------------------------
@@ -365,6 +231,12 @@ class RateLimitError(ResourceError):
             details={"limit": limit, "window": window},
             retry_after=retry_after,
         )
+
+    def status_details(self) -> Sequence[Message]:
+        """``QuotaFailure`` on ``details["key"]`` (``"caller"`` without one)."""
+        return [error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=str(self.details.get("key", "caller")), description=self.message)])]
 
 
 class CircuitOpenError(ResourceError):
