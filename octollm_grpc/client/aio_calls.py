@@ -9,12 +9,13 @@ still answers a code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.channel import AsyncSleep
 from octollm_grpc.client.half_close import WatchedRequests
 from octollm_grpc.client.replay import AsyncReplay
 from octollm_grpc.client.retry import (
@@ -29,7 +30,6 @@ from octollm_grpc.status import from_rpc_error
 
 __all__ = ["AsyncSleep", "Attempts", "FailedCall", "ResponseStream", "StreamUnary", "details_for"]
 
-AsyncSleep = Callable[[float], Awaitable[None]]
 
 
 def details_for(base: Any, timeout: float | None, previous: int) -> aio.ClientCallDetails:
