@@ -1,7 +1,7 @@
 """The call objects of the aio interceptors: attempt loop state, failed calls, retrying calls.
 
-:class:`Attempts` holds one call's retry state and starts the next attempt after a failure
-(or raises the typed error). The call objects are ``grpc.aio`` calls of our own, so the
+:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client.attempts`) with the
+aio way to call and to wait. The call objects are ``grpc.aio`` calls of our own, so the
 typed error is raised by ``await call`` or by reading the stream, while ``await call.code()``
 still answers a code.
 """
@@ -15,16 +15,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.attempts import CallAttempts
 from octollm_grpc.client.channel import AsyncSleep
 from octollm_grpc.client.half_close import WatchedRequests
 from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import (
-    ATTEMPTS_HEADER,
-    CallRetry,
-    MethodPlan,
-    Resilience,
-    ended_by_callers_deadline,
-)
+from octollm_grpc.client.retry import ATTEMPTS_HEADER, MethodPlan, Resilience
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
@@ -32,7 +27,8 @@ __all__ = ["AsyncSleep", "Attempts", "FailedCall", "ResponseStream", "StreamUnar
 
 
 
-def details_for(base: Any, timeout: float | None, previous: int) -> aio.ClientCallDetails:
+def details_for(base: aio.ClientCallDetails, timeout: float | None,
+                previous: int) -> aio.ClientCallDetails:
     """The details of one attempt: the caller's, with its timeout and attempt header."""
     metadata = aio.Metadata(*tuple(base.metadata or ()))
     if previous:
@@ -44,79 +40,35 @@ def details_for(base: Any, timeout: float | None, previous: int) -> aio.ClientCa
                                  base.wait_for_ready)
 
 
-class Attempts:
-    """One call's attempts: the plan, the caller's details, and the retry state."""
+class Attempts(CallAttempts[aio.ClientCallDetails, AsyncSleep]):
+    """One aio call's attempts (:class:`CallAttempts`): calls and waits are awaited.
 
-    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token", "watcher")
+    ``watcher`` says when the caller's request stream has ended (``None``: no request stream).
+    """
 
-    def __init__(self, core: Resilience, sleep: AsyncSleep, plan: MethodPlan,
-                 continuation: Any, details: Any, request: Any, replay: AsyncReplay | None,
-                 retryable: bool, start: float | None = None,
-                 retry: CallRetry | None = None, token: int = 0,
+    __slots__ = ("watcher",)
+
+    def __init__(self, core: Resilience, plan: MethodPlan, details: aio.ClientCallDetails, *,
+                 continuation: Any, request: Any, replay: AsyncReplay | None, retryable: bool,
+                 sleep: AsyncSleep, start: float | None = None, token: int = 0,
                  watcher: WatchedRequests | None = None) -> None:
-        self.core = core
-        self.sleep = sleep
-        self.plan = plan
-        self.continuation = continuation
-        self.details = details
-        self.request = request
-        self.replay = replay
-        self.retryable = retryable
-        if start is None:
-            start = self.core.clock() if details.timeout is not None else 0.0
-        self.start = start
-        self.retry = retry
-        self.token = token
-        #: Says when the caller's request stream has ended (``None``: no request stream).
+        super().__init__(core, plan, details, continuation=continuation, request=request,
+                         replay=replay, retryable=retryable, sleep=sleep,
+                         with_timeout=details_for, start=start, token=token)
         self.watcher = watcher
 
-    async def first(self) -> Any:
-        """Start the first attempt (raises ``CircuitOpenError`` when the breaker is open)."""
-        details = self.details
-        policy = self.plan.policy
-        if self.retryable and policy is not None and policy.per_attempt_timeout is not None:
-            self.retry = CallRetry(self.core, self.plan, details.timeout, self.start)
-            details = details_for(details, self.retry.attempt_timeout(), 0)
-        self.token = self.plan.acquire()
-        return await self.continuation(details, self._requests())
-
-    def _requests(self) -> Any:
-        return self.replay.fresh() if self.replay is not None else self.request
+    async def call(self, details: aio.ClientCallDetails) -> Any:
+        """Start an attempt with ``details`` (its permit taken); free the permit if it cannot."""
+        try:
+            return await self.continuation(details, self.requests())
+        except BaseException:
+            self.release()  # the attempt never started
+            raise
 
     async def after_failure(self, error: aio.AioRpcError, cancelled: bool = False) -> Any:
         """Record a failed attempt; start and return the next one, or raise the typed error."""
-        plan = self.plan
-        code = error.code()
-        if plan.breaker is not None:
-            timeout = self.details.timeout
-            deadline = None if timeout is None else self.start + timeout
-            plan.record(self.token, code, ended_by_callers_deadline(
-                code, self.retry, deadline, self.core.clock()))
-        plan.failed(code)
-        if cancelled or not self.retryable:
-            raise from_rpc_error(error) from error
-        if self.retry is None:
-            self.retry = CallRetry(self.core, plan, self.details.timeout, self.start)
-        retry = self.retry
-        delay = retry.next_delay(code, error.trailing_metadata())
-        if delay is None:
-            raise from_rpc_error(error) from error
-        await self.sleep(delay)
-        timeout = retry.attempt_timeout()
-        if timeout is not None and timeout <= 0:
-            raise from_rpc_error(error) from error
-        self.token = plan.acquire()
-        try:
-            return await self.continuation(details_for(self.details, timeout, retry.attempts - 1),
-                                           self._requests())
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        if self.plan.breaker is not None:
-            self.plan.breaker.release(self.token)
+        await self.sleep(self.delay(error, cancelled))
+        return await self.call(self.next(error))
 
 
 _T = TypeVar("_T")
@@ -289,7 +241,7 @@ class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
                 self._call.cancel()
                 attempts.release()
                 raise
-            attempts.plan.succeeded(attempts.token)
+            attempts.succeeded()
             self._finished, self._response = True, response
             return response
 
@@ -329,7 +281,7 @@ class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  #
                 self._call.cancel()
                 attempts.release()
                 raise
-            attempts.plan.succeeded(attempts.token)
+            attempts.succeeded()
             if message is aio.EOF:
                 return
             yield message

@@ -20,11 +20,11 @@ from octollm_grpc.client.aio_calls import (
     FailedCall,
     ResponseStream,
     StreamUnary,
-    details_for,
 )
+from octollm_grpc.client.attempts import capped_from_start
 from octollm_grpc.client.half_close import watch
 from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import CallRetry, Resilience
+from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 
 __all__ = [
@@ -44,8 +44,16 @@ class _AioInterceptor:
         self._core = core
         self._sleep = sleep
 
-    def _attempts(self, continuation: Any, details: Any, requests: Any,
-                  streaming_requests: bool) -> Attempts:
+    def _attempts(self, plan: MethodPlan, continuation: Any, details: aio.ClientCallDetails,
+                  request: Any, start: float | None = None, token: int = 0) -> Attempts:
+        return Attempts(self._core, plan, details, continuation=continuation, request=request,
+                        replay=None, retryable=True, sleep=self._sleep, start=start,
+                        token=token)
+
+    async def _streaming(self, continuation: Any, details: aio.ClientCallDetails,
+                         requests: Any, streaming_requests: bool,
+                         wrap: type[StreamUnary | ResponseStream]) -> Any:
+        """``wrap``'s call object for a streaming call, its first attempt started."""
         plan = self._core.plan(details.method)
         replay = watcher = None
         if streaming_requests:
@@ -53,9 +61,15 @@ class _AioInterceptor:
             if (plan.policy is not None and plan.policy.replayable_requests
                     and requests is not None):
                 replay = AsyncReplay(requests)
-        return Attempts(self._core, self._sleep, plan, continuation, details, requests, replay,
-                        retryable=replay is not None or not streaming_requests,
-                        watcher=watcher)
+        attempts = Attempts(self._core, plan, details, continuation=continuation,
+                            request=requests, replay=replay,
+                            retryable=replay is not None or not streaming_requests,
+                            sleep=self._sleep, watcher=watcher)
+        try:
+            first = attempts.first()
+        except CircuitOpenError as error:
+            return FailedCall(error)
+        return wrap(attempts, await attempts.call(first))
 
 
 class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor):
@@ -63,33 +77,35 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
                                     request: Any) -> Any:
-        core = self._core
-        plan = core.plan(client_call_details.method)
-        start = core.clock() if client_call_details.timeout is not None else 0.0
-        retry: CallRetry | None = None
-        details = client_call_details
-        if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            retry = CallRetry(core, plan, details.timeout, start)
-            details = details_for(details, retry.attempt_timeout(), 0)
-        try:
-            token = plan.acquire()
-        except CircuitOpenError as error:
-            return FailedCall(error)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            if plan.breaker is not None:
-                plan.breaker.release(token)
-            raise
-        attempts: Attempts | None = None  # made on the first failure only
+        plan = self._core.plan(client_call_details.method)
+        attempts: Attempts | None = None  # made on the first failure only, unless capped
+        if capped_from_start(plan):
+            attempts = self._attempts(plan, continuation, client_call_details, request)
+            try:
+                first = attempts.first()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            call = await attempts.call(first)
+            token = attempts.token
+        else:
+            start = self._core.clock() if client_call_details.timeout is not None else 0.0
+            try:
+                token = plan.acquire()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            try:
+                call = await continuation(client_call_details, request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)
+                raise
         while True:
             try:
                 await call
             except aio.AioRpcError as error:
                 if attempts is None:
-                    attempts = Attempts(core, self._sleep, plan, continuation,
-                                        client_call_details, request, None, True, start, retry,
-                                        token)
+                    attempts = self._attempts(plan, continuation, client_call_details, request,
+                                              start, token)
                 try:
                     call = await attempts.after_failure(error)
                 except OctoLLMError as typed:
@@ -111,11 +127,8 @@ class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientIntercepto
 
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
                                      request_iterator: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request_iterator, True)
-        try:
-            return StreamUnary(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
+        return await self._streaming(continuation, client_call_details, request_iterator, True,
+                                     StreamUnary)
 
 
 class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientInterceptor):
@@ -123,11 +136,8 @@ class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientIntercepto
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
                                      request: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request, False)
-        try:
-            return ResponseStream(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
+        return await self._streaming(continuation, client_call_details, request, False,
+                                     ResponseStream)
 
 
 class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientInterceptor):
@@ -135,11 +145,8 @@ class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientIntercep
 
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
                                       request_iterator: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request_iterator, True)
-        try:
-            return ResponseStream(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
+        return await self._streaming(continuation, client_call_details, request_iterator, True,
+                                     ResponseStream)
 
 
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:

@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 
+from octollm_grpc.client.attempts import capped_from_start
 from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import CallRetry, Resilience
+from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.client.sync_calls import (
     Attempts,
     CallDetails,
@@ -69,24 +70,33 @@ class ResilientInterceptor(
                   if plan.policy is not None and plan.policy.replayable_requests else None)
         return self._unary(continuation, client_call_details, request_iterator, replay, True)
 
+    def _attempts(self, plan: MethodPlan, continuation: Any, details: Any, request: Any,
+                  replay: Replay | None, retryable: bool, start: float | None = None,
+                  token: int = 0) -> Attempts:
+        return Attempts(self._core, plan, details, continuation=continuation, request=request,
+                        replay=replay, retryable=retryable, sleep=self._sleep,
+                        with_timeout=CallDetails, start=start, token=token)
+
     def _unary(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
                streaming: bool) -> Any:
         core = self._core
         plan = core.plan(details.method)
-        start = core.clock() if details.timeout is not None else 0.0
-        retry: CallRetry | None = None
-        first = details
-        if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            retry = CallRetry(core, plan, details.timeout, start)
-            first = CallDetails(details, retry.attempt_timeout(), 0)
-        breaker = plan.breaker
-        token = breaker.acquire() if breaker is not None else 0
-        try:
-            outcome = continuation(first, replay.fresh() if replay is not None else request)
-        except BaseException:
-            if breaker is not None:
-                breaker.release(token)  # the attempt never started: free its permit
-            raise
+        retryable = not streaming or replay is not None
+        attempts: Attempts | None = None
+        if capped_from_start(plan):
+            attempts = self._attempts(plan, continuation, details, request, replay, retryable)
+            outcome = attempts.call(attempts.first())
+            token = attempts.token
+        else:
+            # The common case stays lean: no retry state until the first failure.
+            start = core.clock() if details.timeout is not None else 0.0
+            token = plan.acquire()
+            try:
+                outcome = continuation(details, replay.fresh() if replay is not None else request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)  # the attempt never started: free its permit
+                raise
         if outcome.done():
             error = outcome.exception()
             if error is None:  # the common case: no allocation beyond grpc's own
@@ -94,22 +104,19 @@ class ResilientInterceptor(
                 return outcome
         else:
             error = None
-        attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
-                            not streaming or replay is not None, start, retry, token)
+        if attempts is None:
+            attempts = self._attempts(plan, continuation, details, request, replay, retryable,
+                                      start, token)
         if error is None or not _raised_by_blocking_call(error):
             return UnaryFuture(attempts, outcome)  # .future(): retries go on in the background
-        if not isinstance(error, grpc.RpcError):
-            attempts.release()
-            return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
-        while True:
+        while isinstance(error, grpc.RpcError):
             outcome = attempts.after_failure(error)
             error = outcome.exception()
             if error is None:
-                plan.succeeded(attempts.token)
+                attempts.succeeded()
                 return outcome
-            if not isinstance(error, grpc.RpcError):
-                attempts.release()
-                return outcome
+        attempts.release()
+        return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
 
     # -- streamed responses -------------------------------------------------------------------
 
@@ -127,22 +134,10 @@ class ResilientInterceptor(
 
     def _stream(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
                 retryable: bool) -> ResponseStream | FailedStream:
-        core = self._core
-        plan = core.plan(details.method)
-        start = core.clock() if details.timeout is not None else 0.0
-        attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
-                            retryable, start)
-        first = details
-        if retryable and plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            attempts.retry = CallRetry(core, plan, details.timeout, start)
-            first = CallDetails(details, attempts.retry.attempt_timeout(), 0)
+        attempts = self._attempts(self._core.plan(details.method), continuation, details,
+                                  request, replay, retryable)
         try:
-            attempts.token = plan.acquire()
+            first = attempts.first()
         except CircuitOpenError as error:
             return FailedStream(error)
-        try:
-            return ResponseStream(attempts, continuation(first, attempts.requests()))
-        except BaseException:
-            attempts.release()  # the attempt never started: free its permit
-            raise
-
+        return ResponseStream(attempts, attempts.call(first))
