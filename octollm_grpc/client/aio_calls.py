@@ -9,7 +9,7 @@ still answers a code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +17,7 @@ from grpc import aio
 
 from octollm_grpc.client.attempts import CallAttempts
 from octollm_grpc.client.channel import AsyncSleep
+from octollm_grpc.client.delegation import AioDelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests
 from octollm_grpc.client.replay import AsyncReplay
 from octollm_grpc.client.retry import ATTEMPTS_HEADER, MethodPlan, Resilience
@@ -75,7 +76,8 @@ _T = TypeVar("_T")
 
 
 async def settled(value: _T) -> _T:
-    """A coroutine that returns ``value`` (no ``self`` in its frame: see ``_Delegating.code``)."""
+    """A coroutine that returns ``value`` (no ``self`` in its frame: see
+    ``AioDelegatingCall.code``)."""
     return value
 
 
@@ -133,7 +135,7 @@ class FailedCall(
         return self._error.trailing_metadata()
 
     def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: see _Delegating.code.
+        # Not a coroutine function: see AioDelegatingCall.code.
         return settled(self._error.code())
 
     async def details(self) -> str:
@@ -146,95 +148,50 @@ class FailedCall(
         return None
 
 
-class _Delegating:
-    """``grpc.aio.Call`` methods answered by the current attempt."""
+class _Delegating(AioDelegatingCall):
+    """The current attempt answers, but a call that failed for good answers with its error."""
 
-    _call: Any
     _attempts: Attempts
     _error: OctoLLMError | None = None
     _cancelled = False
+
+    def __init__(self, attempts: Attempts, call: Any) -> None:
+        self._attempts = attempts
+        self._call = call
+        self._watcher = attempts.watcher
 
     def cancel(self) -> bool:
         self._cancelled = True
         self._attempts.release()
         return bool(self._call.cancel())
 
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.add_done_callback(lambda _call: callback(self))
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
     def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: grpc.aio runs ``code()`` of the call we return as a task,
-        # and grpcio's channel close (1.66 at least) raises "Unrecognized call object" for a
-        # pending task whose frame is a method of ours; grpc's own coroutine runs instead.
+        # Not a coroutine function: see AioDelegatingCall.code.
         if self._error is not None:
             return settled(self._error.code())
-        return self._call.code()  # type: ignore[no-any-return]
+        return super().code()
 
     async def details(self) -> str:
         if self._error is not None:
             return self._error.details()
-        return await self._call.details()  # type: ignore[no-any-return]
+        return await super().details()
 
-    async def debug_error_string(self) -> str:
-        return await self._call.debug_error_string()  # type: ignore[no-any-return]
+    async def _settle(self, step: Callable[[Any], Awaitable[_T]]) -> _T:
+        """``await step(attempt)`` until an attempt gets through it; the attempt's verdict.
 
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
-
-    async def write(self, request: Any) -> None:
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        await self._call.done_writing()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
-        watcher = self._attempts.watcher
-        return watcher is not None and watcher.ended
-
-
-class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
-    """A client-streaming call: its ``await`` retries (when replayable) and raises typed."""
-
-    def __init__(self, attempts: Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
-        self._response: Any = None
-        self._finished = False
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
-
-    async def _result(self) -> Any:
-        if self._finished:
-            if self._error is not None:
-                raise self._error
-            return self._response
+        A failure starts the next attempt when the core says so; the final one raises the
+        typed error (kept in ``_error``). The caller's cancellation cancels the attempt and
+        frees its permit.
+        """
         attempts = self._attempts
         while True:
             try:
-                response = await self._call
+                outcome = await step(self._call)
             except aio.AioRpcError as error:
                 try:
                     self._call = await attempts.after_failure(error, self._cancelled)
                 except OctoLLMError as typed:
-                    self._finished, self._error = True, typed
+                    self._error = typed
                     raise
                 continue
             except asyncio.CancelledError:
@@ -242,16 +199,42 @@ class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
                 attempts.release()
                 raise
             attempts.succeeded()
-            self._finished, self._response = True, response
-            return response
+            return outcome
+
+
+async def _response(call: Any) -> Any:
+    return await call
+
+
+def _read(call: Any) -> Awaitable[Any]:
+    return call.read()  # type: ignore[no-any-return]
+
+
+class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
+    """A client-streaming call: its ``await`` retries (when replayable) and raises typed."""
+
+    def __init__(self, attempts: Attempts, call: Any) -> None:
+        super().__init__(attempts, call)
+        self._response: Any = None
+        self._finished = False
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    async def _result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._response = await self._settle(_response)
+            self._finished = True
+        return self._response
 
 
 class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
     """A response stream retried until its first message; typed errors afterwards."""
 
     def __init__(self, attempts: Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
+        super().__init__(attempts, call)
         self._iterator: AsyncIterator[Any] | None = None
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -266,34 +249,11 @@ class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  #
             return aio.EOF
 
     async def _messages(self) -> AsyncIterator[Any]:
-        attempts = self._attempts
-        while True:
-            try:
-                message = await self._call.read()
-            except aio.AioRpcError as error:
-                try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
-                except OctoLLMError as typed:
-                    self._error = typed
-                    raise
-                continue
-            except asyncio.CancelledError:
-                self._call.cancel()
-                attempts.release()
-                raise
-            attempts.succeeded()
-            if message is aio.EOF:
-                return
+        message = await self._settle(_read)
+        while message is not aio.EOF:
             yield message
-            break
-        while True:
             try:
                 message = await self._call.read()
             except aio.AioRpcError as error:
                 self._error = from_rpc_error(error)
                 raise self._error from error
-            if message is aio.EOF:
-                return
-            yield message
-
-

@@ -11,13 +11,13 @@ A response stream is over when it ends or fails while being read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from octollm_grpc.client.delegation import DelegatingCall
+from octollm_grpc.client.delegation import AioDelegatingCall, DelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests, watch
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.otel import inject
@@ -182,6 +182,7 @@ def _aio_details(details: Any) -> Any:
 
 
 class _ObservedAioCall(
+    AioDelegatingCall,
     aio.UnaryStreamCall,  # type: ignore[type-arg]
     aio.StreamUnaryCall,  # type: ignore[type-arg]
     aio.StreamStreamCall,  # type: ignore[type-arg]
@@ -230,51 +231,6 @@ class _ObservedAioCall(
         if message is aio.EOF:
             self._ending.end(_OK)
         return message
-
-    async def write(self, request: Any) -> None:
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        await self._call.done_writing()
-
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.add_done_callback(callback)
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
-    def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: grpc.aio runs it as a task (see aio_calls._Delegating.code).
-        return self._call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        return await self._call.details()  # type: ignore[no-any-return]
-
-    async def debug_error_string(self) -> str:
-        return await self._call.debug_error_string()  # type: ignore[no-any-return]
-
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
-        return self._watcher is not None and self._watcher.ended
 
 
 class _AioObserver(_Observing):
