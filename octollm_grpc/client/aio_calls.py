@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
 
-from octollm_grpc.client.attempts import CallAttempts
+from octollm_grpc.client.attempts import CallAttempts, WithTimeout
 from octollm_grpc.client.channel import AsyncSleep
 from octollm_grpc.client.delegation import AioDelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests
-from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, MethodPlan, Resilience
+from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
@@ -41,22 +41,15 @@ def details_for(base: aio.ClientCallDetails, timeout: float | None,
                                  base.wait_for_ready)
 
 
+@dataclass(eq=False, kw_only=True, slots=True)
 class Attempts(CallAttempts[aio.ClientCallDetails, AsyncSleep]):
     """One aio call's attempts (:class:`CallAttempts`): calls and waits are awaited.
 
     ``watcher`` says when the caller's request stream has ended (``None``: no request stream).
     """
 
-    __slots__ = ("watcher",)
-
-    def __init__(self, core: Resilience, plan: MethodPlan, details: aio.ClientCallDetails, *,
-                 continuation: Any, request: Any, replay: AsyncReplay | None, retryable: bool,
-                 sleep: AsyncSleep, start: float | None = None, token: int = 0,
-                 watcher: WatchedRequests | None = None) -> None:
-        super().__init__(core, plan, details, continuation=continuation, request=request,
-                         replay=replay, retryable=retryable, sleep=sleep,
-                         with_timeout=details_for, start=start, token=token)
-        self.watcher = watcher
+    with_timeout: WithTimeout = details_for
+    watcher: WatchedRequests | None = None
 
     async def call(self, details: aio.ClientCallDetails) -> Any:
         """Start an attempt with ``details`` (its permit taken); free the permit if it cannot."""

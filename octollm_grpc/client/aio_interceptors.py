@@ -46,8 +46,8 @@ class _AioInterceptor:
 
     def _attempts(self, plan: MethodPlan, continuation: Any, details: aio.ClientCallDetails,
                   request: Any, start: float | None = None, token: int = 0) -> Attempts:
-        return Attempts(self._core, plan, details, continuation=continuation, request=request,
-                        replay=None, retryable=True, sleep=self._sleep, start=start,
+        return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
+                        request=request, retryable=True, sleep=self._sleep, started=start,
                         token=token)
 
     async def _streaming(self, continuation: Any, details: aio.ClientCallDetails,
@@ -61,8 +61,8 @@ class _AioInterceptor:
             if (plan.policy is not None and plan.policy.replayable_requests
                     and requests is not None):
                 replay = AsyncReplay(requests)
-        attempts = Attempts(self._core, plan, details, continuation=continuation,
-                            request=requests, replay=replay,
+        attempts = Attempts(core=self._core, plan=plan, details=details,
+                            continuation=continuation, request=requests, replay=replay,
                             retryable=replay is not None or not streaming_requests,
                             sleep=self._sleep, watcher=watcher)
         try:

@@ -10,6 +10,7 @@ they wait: :mod:`octollm_grpc.client.sync_calls` blocks or schedules,
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -53,34 +54,34 @@ def capped_from_start(plan: MethodPlan) -> bool:
     return policy is not None and policy.per_attempt_timeout is not None
 
 
+@dataclass(eq=False, kw_only=True, slots=True)
 class CallAttempts(Generic[DetailsT, SleepT]):
     """One call's attempts: the caller's details and request, the plan, the retry state.
 
     ``retryable``: whether a failed attempt may be sent again (a request stream only when it
-    is replayable). ``token`` is the current attempt's breaker permit.
+    is replayable). ``started``: the call's start on ``core.clock`` when the caller has it
+    (read now otherwise, when the call has a timeout). ``token`` is the current attempt's
+    breaker permit.
     """
 
-    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token", "with_timeout")
+    core: Resilience
+    plan: MethodPlan
+    details: DetailsT
+    continuation: Any
+    request: Any
+    replay: Replay | AsyncReplay | None = None
+    retryable: bool
+    sleep: SleepT
+    with_timeout: WithTimeout
+    started: InitVar[float | None] = None
+    token: int = 0
+    start: float = field(init=False)
+    retry: CallRetry | None = field(default=None, init=False)
 
-    def __init__(self, core: Resilience, plan: MethodPlan, details: DetailsT, *,
-                 continuation: Any, request: Any, replay: Replay | AsyncReplay | None,
-                 retryable: bool, sleep: SleepT, with_timeout: WithTimeout,
-                 start: float | None = None, token: int = 0) -> None:
-        self.core = core
-        self.plan = plan
-        self.details = details
-        self.continuation = continuation
-        self.request = request
-        self.replay = replay
-        self.retryable = retryable
-        self.sleep = sleep
-        self.with_timeout = with_timeout
-        if start is None:
-            start = core.clock() if details.timeout is not None else 0.0
-        self.start = start
-        self.retry: CallRetry | None = None
-        self.token = token
+    def __post_init__(self, started: float | None) -> None:
+        if started is None:
+            started = self.core.clock() if self.details.timeout is not None else 0.0
+        self.start = started
 
     def requests(self) -> Any:
         """What to send on an attempt: the replayed stream from its start, or the request."""

@@ -21,7 +21,6 @@ from octollm_grpc.client.replay import Replay
 from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.client.sync_calls import (
     Attempts,
-    CallDetails,
     FailedStream,
     ResponseStream,
     UnaryFuture,
@@ -73,9 +72,9 @@ class ResilientInterceptor(
     def _attempts(self, plan: MethodPlan, continuation: Any, details: Any, request: Any,
                   replay: Replay | None, retryable: bool, start: float | None = None,
                   token: int = 0) -> Attempts:
-        return Attempts(self._core, plan, details, continuation=continuation, request=request,
-                        replay=replay, retryable=retryable, sleep=self._sleep,
-                        with_timeout=CallDetails, start=start, token=token)
+        return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
+                        request=request, replay=replay, retryable=retryable, sleep=self._sleep,
+                        started=start, token=token)
 
     def _unary(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
                streaming: bool) -> Any:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
 
-from octollm_grpc.client.attempts import CallAttempts
+from octollm_grpc.client.attempts import CallAttempts, WithTimeout
 from octollm_grpc.client.delegation import DelegatingCall
 from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.client.scheduler import shared_scheduler
@@ -54,10 +55,11 @@ class _LocalStatus:
         return "Locally cancelled by caller"
 
 
+@dataclass(eq=False, kw_only=True, slots=True)
 class Attempts(CallAttempts[grpc.ClientCallDetails, Callable[[float], None]]):
     """One sync call's attempts (:class:`CallAttempts`): calls block, waits sleep."""
 
-    __slots__ = ()
+    with_timeout: WithTimeout = CallDetails
 
     def call(self, details: grpc.ClientCallDetails) -> Any:
         """Start an attempt with ``details`` (its permit taken); free the permit if it cannot."""
