@@ -24,7 +24,16 @@ from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
-__all__ = ["AsyncSleep", "Attempts", "FailedCall", "ResponseStream", "StreamUnary", "details_for"]
+__all__ = [
+    "AsyncSleep",
+    "Attempts",
+    "FailedCall",
+    "ResponseStream",
+    "RetryingCall",
+    "StreamUnary",
+    "awaited",
+    "details_for",
+]
 
 
 
@@ -141,8 +150,9 @@ class FailedCall(
         return None
 
 
-class _Delegating(AioDelegatingCall):
-    """The current attempt answers, but a call that failed for good answers with its error."""
+class RetryingCall(AioDelegatingCall):
+    """A call retried by :meth:`settle`: the current attempt answers, but a call that failed
+    for good answers with its error."""
 
     _attempts: Attempts
     _error: OctoLLMError | None = None
@@ -152,6 +162,11 @@ class _Delegating(AioDelegatingCall):
         self._attempts = attempts
         self._call = call
         self._watcher = attempts.watcher
+
+    @property
+    def current(self) -> Any:
+        """The current (or last) attempt's grpc call."""
+        return self._call
 
     def cancel(self) -> bool:
         self._cancelled = True
@@ -169,25 +184,29 @@ class _Delegating(AioDelegatingCall):
             return self._error.details()
         return await super().details()
 
-    async def _settle(self, step: Callable[[Any], Awaitable[_T]]) -> _T:
-        """``await step(attempt)`` until an attempt gets through it; the attempt's verdict.
+    async def settle(self, step: Callable[[Any], Awaitable[_T]],
+                     failed: aio.AioRpcError | None = None) -> _T:
+        """``await step(attempt)`` until an attempt gets through it; what it returned.
 
-        A failure starts the next attempt when the core says so; the final one raises the
-        typed error (kept in ``_error``). The caller's cancellation cancels the attempt and
-        frees its permit.
+        ``failed``: the current attempt has already failed with it. A failure starts the next
+        attempt when the core says so; the final one raises the typed error (kept in
+        ``_error``). Anything else (the caller's cancellation, an error that is not a status)
+        cancels the attempt, frees its permit without a verdict, and propagates.
         """
         attempts = self._attempts
         while True:
-            try:
-                outcome = await step(self._call)
-            except aio.AioRpcError as error:
+            if failed is not None:
                 try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
+                    self._call = await attempts.after_failure(failed, self._cancelled)
                 except OctoLLMError as typed:
                     self._error = typed
                     raise
+            try:
+                outcome = await step(self._call)
+            except aio.AioRpcError as error:
+                failed = error
                 continue
-            except asyncio.CancelledError:
+            except BaseException:
                 self._call.cancel()
                 attempts.release()
                 raise
@@ -195,7 +214,8 @@ class _Delegating(AioDelegatingCall):
             return outcome
 
 
-async def _response(call: Any) -> Any:
+async def awaited(call: Any) -> Any:
+    """A settle step: the attempt's response."""
     return await call
 
 
@@ -203,7 +223,7 @@ def _read(call: Any) -> Awaitable[Any]:
     return call.read()  # type: ignore[no-any-return]
 
 
-class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
+class StreamUnary(RetryingCall, aio.StreamUnaryCall):  # type: ignore[type-arg]
     """A client-streaming call: its ``await`` retries (when replayable) and raises typed."""
 
     def __init__(self, attempts: Attempts, call: Any) -> None:
@@ -218,12 +238,12 @@ class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
         if self._error is not None:
             raise self._error
         if not self._finished:
-            self._response = await self._settle(_response)
+            self._response = await self.settle(awaited)
             self._finished = True
         return self._response
 
 
-class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
+class ResponseStream(RetryingCall, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
     """A response stream retried until its first message; typed errors afterwards."""
 
     def __init__(self, attempts: Attempts, call: Any) -> None:
@@ -242,7 +262,7 @@ class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  #
             return aio.EOF
 
     async def _messages(self) -> AsyncIterator[Any]:
-        message = await self._settle(_read)
+        message = await self.settle(_read)
         while message is not aio.EOF:
             yield message
             try:

@@ -19,7 +19,9 @@ from octollm_grpc.client.aio_calls import (
     Attempts,
     FailedCall,
     ResponseStream,
+    RetryingCall,
     StreamUnary,
+    awaited,
 )
 from octollm_grpc.client.attempts import capped_from_start
 from octollm_grpc.client.half_close import watch
@@ -99,27 +101,26 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
                 if plan.breaker is not None:
                     plan.breaker.release(token)
                 raise
-        while True:
+        try:
+            await call
+        except aio.AioRpcError as error:
+            if attempts is None:
+                attempts = self._attempts(plan, continuation, client_call_details, request,
+                                          start, token)
+            retrying = RetryingCall(attempts, call)
             try:
-                await call
-            except aio.AioRpcError as error:
-                if attempts is None:
-                    attempts = self._attempts(plan, continuation, client_call_details, request,
-                                              start, token)
-                try:
-                    call = await attempts.after_failure(error)
-                except OctoLLMError as typed:
-                    return FailedCall(typed, call)
-                token = attempts.token
-                continue
-            except BaseException:
-                # Cancelled by the caller, or not a status at all: no verdict on the server.
-                call.cancel()
-                if plan.breaker is not None:
-                    plan.breaker.release(token)
-                raise
-            plan.succeeded(token)
-            return call
+                await retrying.settle(awaited, error)
+            except OctoLLMError as typed:
+                return FailedCall(typed, retrying.current)
+            return retrying.current
+        except BaseException:
+            # Cancelled by the caller, or not a status at all: no verdict on the server.
+            call.cancel()
+            if plan.breaker is not None:
+                plan.breaker.release(token)
+            raise
+        plan.succeeded(token)
+        return call
 
 
 class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientInterceptor):
