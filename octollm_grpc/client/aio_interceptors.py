@@ -10,6 +10,7 @@ Response streams are retried until their first message.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from grpc import aio
@@ -23,24 +24,18 @@ from octollm_grpc.client.aio_calls import (
     StreamUnary,
     awaited,
 )
+from octollm_grpc.client.aio_shapes import per_shape
 from octollm_grpc.client.attempts import capped_from_start
 from octollm_grpc.client.half_close import watch
 from octollm_grpc.client.replay import AsyncReplay
 from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 
-__all__ = [
-    "AioStreamStreamInterceptor",
-    "AioStreamUnaryInterceptor",
-    "AioUnaryStreamInterceptor",
-    "AioUnaryUnaryInterceptor",
-    "AsyncSleep",
-    "aio_interceptors",
-]
+__all__ = ["AioRetryLayer", "AsyncSleep", "aio_interceptors"]
 
 
-class _AioInterceptor:
-    """What the four per-shape interceptors share: the channel's core and the sleep."""
+class AioRetryLayer:
+    """The aio retry layer of one channel: its core and its sleep, for every call shape."""
 
     def __init__(self, core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> None:
         self._core = core
@@ -52,7 +47,7 @@ class _AioInterceptor:
                         request=request, retryable=True, sleep=self._sleep, started=start,
                         token=token)
 
-    async def _streaming(self, continuation: Any, details: aio.ClientCallDetails,
+    async def streaming(self, continuation: Any, details: aio.ClientCallDetails,
                          requests: Any, streaming_requests: bool,
                          wrap: type[StreamUnary | ResponseStream]) -> Any:
         """``wrap``'s call object for a streaming call, its first attempt started."""
@@ -74,11 +69,9 @@ class _AioInterceptor:
         return wrap(attempts, await attempts.call(first))
 
 
-class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor):
-    """Retries a unary call whole; a final failure awaits as the typed error."""
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                                    request: Any) -> Any:
+    async def unary_unary(self, continuation: Any, client_call_details: Any,
+                          request: Any) -> Any:
+        """Retries a unary call whole; a final failure awaits as the typed error."""
         plan = self._core.plan(client_call_details.method)
         attempts: Attempts | None = None  # made on the first failure only, unless capped
         if capped_from_start(plan):
@@ -123,38 +116,17 @@ class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor)
         return call
 
 
-class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientInterceptor):
-    """Returns the call at once; awaiting it retries when requests are replayable."""
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                                     request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator, True,
-                                     StreamUnary)
-
-
-class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientInterceptor):
-    """Retries a response stream until its first message."""
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                                     request: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request, False,
-                                     ResponseStream)
-
-
-class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientInterceptor):
-    """Retries a bidi stream until its first message, only when requests are replayable."""
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                      request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator, True,
-                                     ResponseStream)
-
-
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
-    """The four interceptors of one resilient aio channel, sharing ``core``.
+    """The four interceptors of one resilient aio channel, sharing ``core``
+    (:func:`~octollm_grpc.client.aio_shapes.per_shape`).
 
-    Four objects, not one: ``grpc.aio`` files an interceptor under the first call shape it
-    implements only (an ``if``/``elif`` chain), so one object would guard unary calls alone.
+    A unary call is retried inside the interceptor. A client stream returns at once and
+    retries (when replayable) while the caller awaits the response; response streams (and
+    bidi streams, when replayable) are retried until their first message.
     """
-    return [AioUnaryUnaryInterceptor(core, sleep), AioUnaryStreamInterceptor(core, sleep),
-            AioStreamUnaryInterceptor(core, sleep), AioStreamStreamInterceptor(core, sleep)]
+    layer = AioRetryLayer(core, sleep)
+    return per_shape(
+        layer.unary_unary,
+        functools.partial(layer.streaming, streaming_requests=False, wrap=ResponseStream),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=StreamUnary),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=ResponseStream))

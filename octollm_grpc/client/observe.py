@@ -11,12 +11,14 @@ A response stream is over when it ends or fails while being read.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.aio_shapes import per_shape
 from octollm_grpc.client.delegation import AioDelegatingCall, DelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests, watch
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
@@ -234,7 +236,8 @@ class _ObservedAioCall(
 
 
 class _AioObserver(_Observing):
-    """The aio outer interceptors' shared part (one class per call shape below)."""
+    """The aio outer layer, for every call shape (:func:`aio_observers` makes its four
+    interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
                      ending: _Ending | None) -> Any:
@@ -245,8 +248,8 @@ class _AioObserver(_Observing):
                 ending.end(_code_of(error))
             raise
 
-    async def _streaming(self, continuation: Any, details: Any, request: Any,
-                         grpc_type: str) -> Any:
+    async def streaming(self, continuation: Any, details: Any, request: Any,
+                        grpc_type: str) -> Any:
         ending = self._begin(details, grpc_type)
         watcher = None
         if ending is not None and grpc_type != "server_stream":
@@ -254,10 +257,8 @@ class _AioObserver(_Observing):
         call = await self._start(continuation, details, request, ending)
         return call if ending is None else _ObservedAioCall(call, ending, watcher)
 
-
-class _AioUnaryUnary(_AioObserver, aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                                    request: Any) -> Any:
+    async def unary_unary(self, continuation: Any, client_call_details: Any,
+                          request: Any) -> Any:
         ending = self._begin(client_call_details, "unary")
         call = await self._start(continuation, client_call_details, request, ending)
         if ending is not None:
@@ -271,28 +272,10 @@ class _AioUnaryUnary(_AioObserver, aio.UnaryUnaryClientInterceptor):
         return call
 
 
-class _AioUnaryStream(_AioObserver, aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                                     request: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request,
-                                     "server_stream")
-
-
-class _AioStreamUnary(_AioObserver, aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                                     request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator,
-                                     "client_stream")
-
-
-class _AioStreamStream(_AioObserver, aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                      request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator,
-                                     "bidi_stream")
-
-
 def aio_observers(metrics: ClientMetrics | None, clock: Callable[[], float]) -> list[Any]:
     """The four aio outer interceptors (``grpc.aio`` files one per call shape)."""
-    return [cls(metrics, clock) for cls in
-            (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
+    layer = _AioObserver(metrics, clock)
+    return per_shape(layer.unary_unary,
+                     functools.partial(layer.streaming, grpc_type="server_stream"),
+                     functools.partial(layer.streaming, grpc_type="client_stream"),
+                     functools.partial(layer.streaming, grpc_type="bidi_stream"))
