@@ -11,12 +11,13 @@ replayable.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
 from octollm_grpc.client.attempts import capped_from_start
+from octollm_grpc.client.call_types import StreamContinuation, UnaryContinuation
 from octollm_grpc.client.replay import Replay
 from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.client.sync_calls import (
@@ -58,26 +59,29 @@ class ResilientInterceptor(
 
     # -- unary responses --------------------------------------------------------------------
 
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+    def intercept_unary_unary(self, continuation: UnaryContinuation,
+                              client_call_details: grpc.ClientCallDetails,
                               request: Any) -> Any:
         return self._unary(continuation, client_call_details, request, None, False)
 
-    def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                               request_iterator: Any) -> Any:
+    def intercept_stream_unary(self, continuation: UnaryContinuation,
+                               client_call_details: grpc.ClientCallDetails,
+                               request_iterator: Iterator[Any]) -> Any:
         plan = self._core.plan(client_call_details.method)
         replay = (Replay(request_iterator)
                   if plan.policy is not None and plan.policy.replayable_requests else None)
         return self._unary(continuation, client_call_details, request_iterator, replay, True)
 
-    def _attempts(self, plan: MethodPlan, continuation: Any, details: Any, request: Any,
+    def _attempts(self, plan: MethodPlan, continuation: UnaryContinuation | StreamContinuation,
+                  details: grpc.ClientCallDetails, request: Any,
                   replay: Replay | None, retryable: bool, start: float | None = None,
                   token: int = 0) -> Attempts:
         return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
                         request=request, replay=replay, retryable=retryable, sleep=self._sleep,
                         started=start, token=token)
 
-    def _unary(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
-               streaming: bool) -> Any:
+    def _unary(self, continuation: UnaryContinuation, details: grpc.ClientCallDetails,
+               request: Any, replay: Replay | None, streaming: bool) -> Any:
         core = self._core
         plan = core.plan(details.method)
         retryable = not streaming or replay is not None
@@ -119,19 +123,22 @@ class ResilientInterceptor(
 
     # -- streamed responses -------------------------------------------------------------------
 
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+    def intercept_unary_stream(self, continuation: StreamContinuation,
+                               client_call_details: grpc.ClientCallDetails,
                                request: Any) -> Any:
         return self._stream(continuation, client_call_details, request, None, True)
 
-    def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                request_iterator: Any) -> Any:
+    def intercept_stream_stream(self, continuation: StreamContinuation,
+                                client_call_details: grpc.ClientCallDetails,
+                                request_iterator: Iterator[Any]) -> Any:
         plan = self._core.plan(client_call_details.method)
         if plan.policy is not None and plan.policy.replayable_requests:
             return self._stream(continuation, client_call_details, request_iterator,
                                 Replay(request_iterator), True)
         return self._stream(continuation, client_call_details, request_iterator, None, False)
 
-    def _stream(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
+    def _stream(self, continuation: StreamContinuation, details: grpc.ClientCallDetails,
+                request: Any, replay: Replay | None,
                 retryable: bool) -> ResponseStream | FailedStream:
         attempts = self._attempts(self._core.plan(details.method), continuation, details,
                                   request, replay, retryable)

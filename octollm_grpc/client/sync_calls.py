@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from octollm_grpc.client.attempts import CallAttempts, WithTimeout
+from octollm_grpc.client.call_types import CallFuture, CallStream
 from octollm_grpc.client.delegation import DelegatingCall
 from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.client.scheduler import shared_scheduler
@@ -82,7 +83,7 @@ class ResponseStream(DelegatingCall, Iterator[Any]):
     later failures are raised, typed, without a retry. ``cancel()`` is never retried.
     """
 
-    def __init__(self, attempts: Attempts, call: Any) -> None:
+    def __init__(self, attempts: Attempts, call: CallStream) -> None:
         self._attempts = attempts
         self._call = call
         self._settled = False
@@ -154,7 +155,7 @@ class FailedStream(grpc.Call, Iterator[Any]):
     def time_remaining(self) -> float:
         return 0.0
 
-    def add_callback(self, callback: Any) -> bool:
+    def add_callback(self, callback: Callable[[], None]) -> bool:
         return False
 
     def initial_metadata(self) -> Any:
@@ -177,7 +178,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
     methods wait for the outcome and answer for the last attempt.
     """
 
-    def __init__(self, attempts: Attempts, first: Any) -> None:
+    def __init__(self, attempts: Attempts, first: CallFuture) -> None:
         self._attempts = attempts
         self._condition = threading.Condition()
         self._current = first
@@ -191,7 +192,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
 
     # -- driving the attempts ---------------------------------------------------------------
 
-    def _attempt_done(self, future: Any) -> None:
+    def _attempt_done(self, future: CallFuture) -> None:
         attempts = self._attempts
         if self._cancelled:
             return
@@ -298,7 +299,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
 
     # -- grpc.Call -------------------------------------------------------------------------------
 
-    def _outcome_call(self) -> Any:
+    def _outcome_call(self) -> CallFuture | CircuitOpenError:
         with self._condition:
             self._condition.wait_for(lambda: self._finished)
         if isinstance(self._error, CircuitOpenError):
@@ -312,17 +313,18 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
         return self._outcome_call().trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
-        return self._outcome_call().code()  # type: ignore[no-any-return]
+        return self._outcome_call().code()
 
     def details(self) -> str:
-        return self._outcome_call().details()  # type: ignore[no-any-return]
+        return self._outcome_call().details()
 
     def is_active(self) -> bool:
         return not self._finished
 
-    def time_remaining(self) -> float:
-        return self._current.time_remaining()  # type: ignore[no-any-return]
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        # grpc documents None (no deadline); its type stubs say float.
+        return self._current.time_remaining()
 
-    def add_callback(self, callback: Any) -> bool:
+    def add_callback(self, callback: Callable[[], None]) -> bool:
         self.add_done_callback(lambda _future: callback())
         return True
