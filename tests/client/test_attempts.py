@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
+import grpc
 import pytest
 from grpc import aio
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client import BreakerSettings, CircuitBreaker, CircuitState, Resilience
+from octollm_grpc import errors
+from octollm_grpc.client import (
+    BreakerSettings,
+    CircuitBreaker,
+    CircuitState,
+    Resilience,
+    RetryPolicies,
+    RetryPolicy,
+)
 from octollm_grpc.client.aio_interceptors import aio_interceptors
 from octollm_grpc.client.interceptors import ResilientInterceptor
+from octollm_grpc.client.sync_calls import Attempts
 from octollm_grpc.testing import FakeClock
 
 
@@ -68,3 +79,139 @@ def test_sync_attempt_that_never_started_frees_its_probe_permit(clock: FakeClock
     with pytest.raises(_StartFailed):
         getattr(interceptor, method)(_never_starts, _details("/s/M"), iter(()))
     breaker.release(breaker.acquire())
+
+
+# -- the core's verdicts, one attempt at a time ------------------------------------------------
+
+
+class _Failed(grpc.RpcError):
+    """A failed attempt as grpc reports it: a code and trailers."""
+
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._code = code
+        self._trailers = trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "failed"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+class _SyncDetails(grpc.ClientCallDetails):
+    def __init__(self, timeout: float | None) -> None:
+        self.method = "/s.S/M"
+        self.timeout = timeout
+        self.metadata = (("x-caller", "1"),)
+        self.credentials = None
+        self.wait_for_ready = None
+        self.compression = None
+
+
+def _attempts(clock: FakeClock, policy: RetryPolicy | None, *, timeout: float | None = None,
+              retryable: bool = True, breaker: CircuitBreaker | None = None) -> Attempts:
+    core = Resilience(retry=RetryPolicies(policy) if policy else None, budget=None,
+                      breakers=breaker, clock=clock.now, rng=random.Random(7))
+    return Attempts(core=core, plan=core.plan("/s.S/M"), details=_SyncDetails(timeout),
+                    continuation=None, request="req", retryable=retryable, sleep=clock.sleep)
+
+
+def _closed_breaker(clock: FakeClock, threshold: int = 1) -> CircuitBreaker:
+    return CircuitBreaker("attempts:2", BreakerSettings(failure_threshold=threshold),
+                          clock=clock.now, registry=CollectorRegistry())
+
+
+def test_first_attempt_runs_under_the_per_attempt_cap(clock: FakeClock) -> None:
+    """A retryable call whose policy caps attempts sends the first under the cap, no header."""
+    attempts = _attempts(clock, RetryPolicy(per_attempt_timeout=0.5), timeout=10.0)
+    details = attempts.first()
+    assert details.timeout == 0.5
+    assert details.metadata == (("x-caller", "1"),)
+    assert attempts.retry is not None and attempts.retry.capped
+
+
+def test_first_attempt_of_a_call_that_cannot_retry_keeps_the_callers_timeout(
+        clock: FakeClock) -> None:
+    """Without retries to come, a cap would only shorten the caller's time: none is applied."""
+    attempts = _attempts(clock, RetryPolicy(per_attempt_timeout=0.5), timeout=10.0,
+                         retryable=False)
+    details = attempts.first()
+    assert details.timeout == 10.0 and attempts.retry is None
+    uncapped = _attempts(clock, RetryPolicy(), timeout=10.0)
+    assert uncapped.first().timeout == 10.0 and uncapped.retry is None
+
+
+def test_retryable_failure_gives_a_delay_and_the_next_attempt_says_so(clock: FakeClock) -> None:
+    """UNAVAILABLE is retried: a backoff delay, then details with the attempts header."""
+    attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1), timeout=10.0)
+    attempts.first()
+    delay = attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE))
+    assert 0 <= delay <= 0.1
+    clock.advance(delay)
+    details = attempts.next(_Failed(grpc.StatusCode.UNAVAILABLE))
+    assert details.metadata == (("x-caller", "1"), ("grpc-previous-rpc-attempts", "1"))
+    assert details.timeout == pytest.approx(10.0 - delay)
+
+
+@pytest.mark.parametrize("case", ["not retryable", "cancelled", "no policy", "code"])
+def test_giving_up_raises_the_typed_error(clock: FakeClock, case: str) -> None:
+    """A call that may not go on raises the typed error for the last failure."""
+    code = grpc.StatusCode.INVALID_ARGUMENT if case == "code" else grpc.StatusCode.UNAVAILABLE
+    attempts = _attempts(clock, None if case == "no policy" else RetryPolicy(),
+                         retryable=case != "not retryable")
+    attempts.first()
+    with pytest.raises(errors.OctoLLMError) as raised:
+        attempts.delay(_Failed(code), cancelled=case == "cancelled")
+    assert raised.value.code() is code
+
+
+def test_next_attempt_after_the_deadline_raises_the_last_failure(clock: FakeClock) -> None:
+    """When the wait used up the caller's time, no attempt starts: the last error is raised."""
+    attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1), timeout=1.0)
+    attempts.first()
+    failure = _Failed(grpc.StatusCode.UNAVAILABLE)
+    attempts.delay(failure)
+    clock.advance(1.0)
+    with pytest.raises(errors.OctoLLMError) as raised:
+        attempts.next(failure)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_callers_own_deadline_is_no_verdict_on_the_target(clock: FakeClock) -> None:
+    """DEADLINE_EXCEEDED when the caller's time ran out frees the permit; it does not trip."""
+    breaker = _closed_breaker(clock)
+    attempts = _attempts(clock, None, timeout=1.0, breaker=breaker)
+    attempts.first()
+    clock.advance(1.0)
+    with pytest.raises(errors.OctoLLMError):
+        attempts.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert breaker.state is CircuitState.CLOSED
+    early = _attempts(clock, None, timeout=1.0, breaker=breaker)
+    early.first()
+    with pytest.raises(errors.OctoLLMError):
+        early.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED))  # the server's own verdict
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_success_and_release_report_to_the_breaker(clock: FakeClock) -> None:
+    """succeeded() resets the failure count; release() gives no verdict."""
+    breaker = _closed_breaker(clock, threshold=2)
+    attempts = _attempts(clock, None, breaker=breaker)
+    breaker.on_failure(breaker.acquire())
+    attempts.first()
+    attempts.succeeded()
+    breaker.on_failure(breaker.acquire())
+    assert breaker.state is CircuitState.CLOSED  # the success restarted the count
+    attempts.first()
+    attempts.release()
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_start_time_is_read_only_for_a_call_with_a_timeout(clock: FakeClock) -> None:
+    """The clock is read at the start of a call with a deadline, and not otherwise."""
+    clock.advance(5.0)
+    assert _attempts(clock, None, timeout=1.0).start == clock.now()
+    assert _attempts(clock, None).start == 0.0
