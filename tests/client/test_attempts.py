@@ -22,7 +22,10 @@ from octollm_grpc.client import (
 )
 from octollm_grpc.client.aio_interceptors import aio_interceptors
 from octollm_grpc.client.interceptors import ResilientInterceptor
+from octollm_grpc.client.metrics import ClientMetrics
+from octollm_grpc.client.replay import Replay
 from octollm_grpc.client.sync_calls import Attempts
+from octollm_grpc.status import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 
@@ -112,11 +115,15 @@ class _SyncDetails(grpc.ClientCallDetails):
 
 
 def _attempts(clock: FakeClock, policy: RetryPolicy | None, *, timeout: float | None = None,
-              retryable: bool = True, breaker: CircuitBreaker | None = None) -> Attempts:
+              retryable: bool = True, breaker: CircuitBreaker | None = None,
+              registry: CollectorRegistry | None = None,
+              replay: Replay | None = None) -> Attempts:
     core = Resilience(retry=RetryPolicies(policy) if policy else None, budget=None,
-                      breakers=breaker, clock=clock.now, rng=random.Random(7))
+                      breakers=breaker, clock=clock.now, rng=random.Random(7),
+                      metrics=ClientMetrics(registry) if registry is not None else None)
     return Attempts(core=core, plan=core.plan("/s.S/M"), details=_SyncDetails(timeout),
-                    continuation=None, request="req", retryable=retryable, sleep=clock.sleep)
+                    continuation=None, request="req", replay=replay, retryable=retryable,
+                    sleep=clock.sleep)
 
 
 def _closed_breaker(clock: FakeClock, threshold: int = 1) -> CircuitBreaker:
@@ -146,14 +153,14 @@ def test_first_attempt_of_a_call_that_cannot_retry_keeps_the_callers_timeout(
 
 def test_retryable_failure_gives_a_delay_and_the_next_attempt_says_so(clock: FakeClock) -> None:
     """UNAVAILABLE is retried: a backoff delay, then details with the attempts header."""
-    attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1), timeout=10.0)
+    attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1), timeout=1.0)
     attempts.first()
     delay = attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE))
     assert 0 <= delay <= 0.1
     clock.advance(delay)
     details = attempts.next(_Failed(grpc.StatusCode.UNAVAILABLE))
     assert details.metadata == (("x-caller", "1"), ("grpc-previous-rpc-attempts", "1"))
-    assert details.timeout == pytest.approx(10.0 - delay)
+    assert details.timeout == pytest.approx(1.0 - delay)
 
 
 @pytest.mark.parametrize("case", ["not retryable", "cancelled", "no policy", "code"])
@@ -215,3 +222,75 @@ def test_start_time_is_read_only_for_a_call_with_a_timeout(clock: FakeClock) -> 
     clock.advance(5.0)
     assert _attempts(clock, None, timeout=1.0).start == clock.now()
     assert _attempts(clock, None).start == 0.0
+
+
+def test_first_attempt_cap_never_outlasts_the_callers_deadline(clock: FakeClock) -> None:
+    """A cap longer than the caller's time leaves the first attempt the caller's time."""
+    attempts = _attempts(clock, RetryPolicy(per_attempt_timeout=0.5), timeout=0.3)
+    assert attempts.first().timeout == pytest.approx(0.3)
+
+
+def test_requests_replay_from_the_start_on_every_attempt(clock: FakeClock) -> None:
+    """A replayable request stream is sent whole again; otherwise the caller's request."""
+    attempts = _attempts(clock, RetryPolicy(), replay=Replay(iter([1, 2])))
+    assert list(attempts.requests()) == [1, 2]
+    assert list(attempts.requests()) == [1, 2]
+    assert _attempts(clock, RetryPolicy()).requests() == "req"
+
+
+def test_failure_without_a_deadline_counts_against_the_target(clock: FakeClock) -> None:
+    """A call with no timeout: its failure is the target's (the breaker trips at 1)."""
+    breaker = _closed_breaker(clock)
+    attempts = _attempts(clock, RetryPolicy(), breaker=breaker)
+    attempts.first()
+    attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE))
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_capped_attempt_cut_at_the_callers_deadline_is_the_targets_failure(
+        clock: FakeClock) -> None:
+    """The per-attempt cap ended it, so DEADLINE_EXCEEDED there says the target was slow."""
+    breaker = _closed_breaker(clock)
+    attempts = _attempts(clock, RetryPolicy(per_attempt_timeout=0.5), timeout=0.505,
+                         breaker=breaker)
+    assert attempts.first().timeout == 0.5
+    clock.advance(0.5)
+    with pytest.raises(errors.OctoLLMError):
+        attempts.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_each_failed_attempt_is_counted_by_its_code(clock: FakeClock) -> None:
+    """octollm_client_attempts_total counts the failure under its own code."""
+    registry = CollectorRegistry()
+    attempts = _attempts(clock, RetryPolicy(), registry=registry)
+    attempts.first()
+    attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE))
+    assert registry.get_sample_value("octollm_client_attempts_total", {
+        "grpc_type": "unary", "grpc_service": "s.S", "grpc_method": "M",
+        "grpc_code": "Unavailable"}) == 1.0
+
+
+def test_server_pushback_sets_the_delay(clock: FakeClock) -> None:
+    """The server's grpc-retry-pushback-ms is the wait before the next attempt."""
+    attempts = _attempts(clock, RetryPolicy())
+    attempts.first()
+    assert attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE,
+                                  ((PUSHBACK_KEY, "250"),))) == pytest.approx(0.25)
+
+
+def test_next_attempt_takes_a_breaker_permit(clock: FakeClock) -> None:
+    """In half-open, the next attempt holds the one probe permit: another call is refused."""
+    breaker = CircuitBreaker("attempts:3", BreakerSettings(failure_threshold=1,
+                                                           reset_timeout=1.0),
+                             clock=clock.now, registry=CollectorRegistry())
+    attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1),
+                         breaker=breaker)
+    attempts.first()
+    attempts.delay(_Failed(grpc.StatusCode.UNAVAILABLE))  # trips the breaker
+    clock.advance(1.0)
+    attempts.next(_Failed(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(errors.CircuitOpenError):
+        breaker.acquire()
+    attempts.release()
+    breaker.release(breaker.acquire())
