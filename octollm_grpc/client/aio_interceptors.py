@@ -1,7 +1,7 @@
 """asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
 
-The same decisions as the sync interceptor (:mod:`octollm_grpc.client.retry`), awaited; the
-call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
+The same attempt core as the sync interceptor (:mod:`octollm_grpc.client.attempts`), awaited;
+the call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
 interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
 retry, when the policy says requests are replayable, while the caller awaits the response.
 Response streams are retried until their first message.

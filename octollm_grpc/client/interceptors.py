@@ -1,8 +1,9 @@
 """Sync client interceptor (``grpc.intercept_channel``): retry -> budget -> breaker -> attempt.
 
-All decisions come from :mod:`octollm_grpc.client.retry`; this module and
-:mod:`octollm_grpc.client.sync_calls` only start attempts, wait, and turn the final failure
-into the typed error (``from_rpc_error``), which is also a ``grpc.RpcError``. Unary responses
+Every attempt is decided by the shared core (:mod:`octollm_grpc.client.attempts`, on
+:mod:`octollm_grpc.client.retry`); this module and :mod:`octollm_grpc.client.sync_calls` only
+call and wait. The final failure raises the typed error (``from_rpc_error``), which is also a
+``grpc.RpcError``. Unary responses
 are retried whole (``.future()`` retries in the background); response streams only until
 their first message; client and bidi streams only when the policy says requests are
 replayable.
