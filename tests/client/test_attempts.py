@@ -294,3 +294,48 @@ def test_next_attempt_takes_a_breaker_permit(clock: FakeClock) -> None:
         breaker.acquire()
     attempts.release()
     breaker.release(breaker.acquire())
+
+
+class _BrokenCall:
+    """An aio attempt whose response cannot be read (not a status: e.g. a decoding bug)."""
+
+    cancelled_by_us = False
+
+    async def read(self) -> Any:
+        raise RuntimeError("cannot decode")
+
+    def __await__(self) -> Any:
+        raise RuntimeError("cannot decode")
+        yield  # makes this a generator, as __await__ must be
+
+    def cancel(self) -> bool:
+        self.cancelled_by_us = True
+        return True
+
+
+@pytest.mark.parametrize("shape", [1, 2])
+def test_aio_attempt_failing_without_a_status_frees_its_probe_permit(clock: FakeClock,
+                                                                     shape: int) -> None:
+    """A response stream or client stream whose attempt fails with a non-status error
+    cancels the attempt and frees the half-open probe permit (no verdict on the server)."""
+    breaker, core = _half_open(clock)
+    interceptor = aio_interceptors(core)[shape]
+    broken = _BrokenCall()
+
+    async def start(_details: Any, _request: Any) -> Any:
+        return broken
+
+    async def call() -> None:
+        if shape == 1:
+            stream = await interceptor.intercept_unary_stream(start, _details(b"/s/M"), None)
+            with pytest.raises(RuntimeError):
+                await stream.read()
+        else:
+            pending = await interceptor.intercept_stream_unary(start, _details(b"/s/M"),
+                                                               iter(()))
+            with pytest.raises(RuntimeError):
+                await pending
+
+    asyncio.run(call())
+    assert broken.cancelled_by_us
+    breaker.release(breaker.acquire())  # the permit is free: a probe is admitted again
