@@ -9,13 +9,9 @@ The asyncio form is :func:`octollm_grpc.client.aio.resilient_channel`.
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Unpack
 
 import grpc
-from prometheus_client import CollectorRegistry
 
 from octollm_grpc.client.breaker import (
     DEFAULT_FAILURE_CODES,
@@ -27,12 +23,12 @@ from octollm_grpc.client.breaker import (
 from octollm_grpc.client.budget import RetryBudget
 from octollm_grpc.client.channel import (
     DEFAULT,
-    BreakerArg,
-    BudgetArg,
-    RetryArg,
+    ResilienceKeywords,
     StackedRetriesWarning,
-    build_resilience,
-    channel_options,
+    SyncChannelKeywords,
+    SyncClientOptions,
+    SyncKeywords,
+    without_channel,
 )
 from octollm_grpc.client.config import ClientConfig, parse_config
 from octollm_grpc.client.interceptors import ResilientInterceptor
@@ -50,11 +46,14 @@ __all__ = [
     "CircuitState",
     "ClientConfig",
     "Resilience",
+    "ResilienceKeywords",
     "ResilientInterceptor",
     "RetryBudget",
     "RetryPolicies",
     "RetryPolicy",
     "StackedRetriesWarning",
+    "SyncChannelKeywords",
+    "SyncKeywords",
     "parse_config",
     "resilient_channel",
     "resilient_interceptor",
@@ -62,42 +61,25 @@ __all__ = [
 
 
 def resilient_interceptor(
-    target: str,
-    *,
-    retry: RetryArg = DEFAULT,
-    budget: BudgetArg = DEFAULT,
-    breaker: BreakerArg = DEFAULT,
-    config: Mapping[str, Any] | str | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
+    target: str, **keywords: Unpack[SyncKeywords]
 ) -> ResilientInterceptor:
     """The interceptor :func:`resilient_channel` installs, for a channel built elsewhere.
 
+    Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`SyncKeywords`).
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
     """
-    core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
-                               config=config, clock=clock, rng=rng, registry=registry)
-    return ResilientInterceptor(core, sleep)
+    without_channel("resilient_interceptor", keywords)
+    settings = SyncClientOptions(target=target, **keywords)
+    core, _ = settings.resilience()
+    return ResilientInterceptor(core, settings.sleep)
 
 
 def resilient_channel(
-    target: str,
-    *,
-    retry: RetryArg = DEFAULT,
-    budget: BudgetArg = DEFAULT,
-    breaker: BreakerArg = DEFAULT,
-    credentials: grpc.ChannelCredentials | None = None,
-    options: Sequence[tuple[str, Any]] = (),
-    config: Mapping[str, Any] | str | None = None,
-    compression: grpc.Compression | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
+    target: str, **keywords: Unpack[SyncChannelKeywords]
 ) -> grpc.Channel:
     """A channel to ``target`` whose calls are retried, budgeted and circuit-broken.
+
+    Every keyword is optional (:class:`SyncChannelKeywords`):
 
     - ``retry``: a :class:`RetryPolicy` for every method, :class:`RetryPolicies` per method,
       or ``None`` for no retries. Default: the config's, else ``RetryPolicy()``.
@@ -107,8 +89,10 @@ def resilient_channel(
       :class:`CircuitBreaker` or :class:`CircuitBreakers` of your own, or ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
       (:func:`parse_config`); explicit arguments win over it.
-    - ``credentials``: a secure channel with them; otherwise an insecure one.
-    - ``clock`` (monotonic seconds), ``sleep`` and ``rng``: injectable for tests.
+    - ``credentials``: a secure channel with them; otherwise (``None``) an insecure one.
+      ``options`` (default ``()``) and ``compression`` (default ``None``) go to grpc.
+    - ``clock`` (monotonic seconds, default ``time.monotonic``), ``sleep`` (default
+      ``time.sleep``) and ``rng``: injectable for tests.
     - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
       global one); see :mod:`octollm_grpc.client.metrics`.
 
@@ -116,13 +100,14 @@ def resilient_channel(
     time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
     (:mod:`octollm_grpc.propagation`).
     """
-    core, parsed = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
-                                    config=config, clock=clock, rng=rng, registry=registry)
-    channel_opts = channel_options(options, parsed)
-    if credentials is not None:
-        channel = grpc.secure_channel(target, credentials, channel_opts, compression)
+    settings = SyncClientOptions(target=target, **keywords)
+    core, parsed = settings.resilience()
+    channel_opts = settings.channel_options(parsed)
+    if settings.credentials is not None:
+        channel = grpc.secure_channel(target, settings.credentials, channel_opts,
+                                      settings.compression)
     else:
-        channel = grpc.insecure_channel(target, channel_opts, compression)
+        channel = grpc.insecure_channel(target, channel_opts, settings.compression)
     # The observer is outermost: it sees each call once, and the retries see its deadline.
-    return grpc.intercept_channel(channel, CallObserver(core.metrics, clock),
-                                  ResilientInterceptor(core, sleep))
+    return grpc.intercept_channel(channel, CallObserver(core.metrics, settings.clock),
+                                  ResilientInterceptor(core, settings.sleep))

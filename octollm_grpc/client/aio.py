@@ -6,75 +6,54 @@ across threads and tasks); only the waiting is awaited. ``sleep`` is an async ca
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import grpc
 from grpc import aio
-from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client.aio_interceptors import AsyncSleep, aio_interceptors
+from octollm_grpc.client.aio_interceptors import aio_interceptors
 from octollm_grpc.client.channel import (
-    DEFAULT,
-    BreakerArg,
-    BudgetArg,
-    RetryArg,
-    build_resilience,
-    channel_options,
+    AioChannelKeywords,
+    AioClientOptions,
+    AioKeywords,
+    without_channel,
 )
 from octollm_grpc.client.observe import aio_observers
+from octollm_grpc.client.retry import Resilience
 
-__all__ = ["resilient_channel", "resilient_interceptors"]
+__all__ = ["AioChannelKeywords", "AioKeywords", "resilient_channel", "resilient_interceptors"]
 
 
 def resilient_interceptors(
-    target: str,
-    *,
-    retry: RetryArg = DEFAULT,
-    budget: BudgetArg = DEFAULT,
-    breaker: BreakerArg = DEFAULT,
-    config: Mapping[str, Any] | str | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: AsyncSleep = asyncio.sleep,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
+    target: str, **keywords: Unpack[AioKeywords]
 ) -> list[aio.ClientInterceptor]:
     """The interceptors :func:`resilient_channel` installs, for a channel built elsewhere: the
     observers (propagation, call metrics), then the retry layer, each one per call shape.
 
+    Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`AioKeywords`).
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
     """
-    core, _ = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
-                               config=config, clock=clock, rng=rng, registry=registry)
-    return [*aio_observers(core.metrics, clock), *aio_interceptors(core, sleep)]
+    without_channel("resilient_interceptors", keywords)
+    settings = AioClientOptions(target=target, **keywords)
+    return _interceptors(settings, settings.resilience()[0])
 
 
 def resilient_channel(
-    target: str,
-    *,
-    retry: RetryArg = DEFAULT,
-    budget: BudgetArg = DEFAULT,
-    breaker: BreakerArg = DEFAULT,
-    credentials: grpc.ChannelCredentials | None = None,
-    options: Sequence[tuple[str, Any]] = (),
-    config: Mapping[str, Any] | str | None = None,
-    compression: grpc.Compression | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: AsyncSleep = asyncio.sleep,
-    rng: random.Random | None = None,
-    registry: CollectorRegistry | None = None,
+    target: str, **keywords: Unpack[AioChannelKeywords]
 ) -> aio.Channel:
     """A ``grpc.aio`` channel to ``target`` whose calls are retried, budgeted and
-    circuit-broken; the arguments are those of :func:`octollm_grpc.client.resilient_channel`.
+    circuit-broken; the keywords are those of :func:`octollm_grpc.client.resilient_channel`
+    (:class:`AioChannelKeywords`), with an async ``sleep`` (default ``asyncio.sleep``).
     """
-    core, parsed = build_resilience(target, retry=retry, budget=budget, breaker=breaker,
-                                    config=config, clock=clock, rng=rng, registry=registry)
-    channel_opts = channel_options(options, parsed)
+    settings = AioClientOptions(target=target, **keywords)
+    core, parsed = settings.resilience()
+    channel_opts = settings.channel_options(parsed)
+    interceptors = _interceptors(settings, core)
+    if settings.credentials is not None:
+        return aio.secure_channel(target, settings.credentials, channel_opts,
+                                  settings.compression, interceptors)
+    return aio.insecure_channel(target, channel_opts, settings.compression, interceptors)
+
+
+def _interceptors(settings: AioClientOptions, core: Resilience) -> list[Any]:
     # The observers come first (outermost): each call is seen once, and retries see its deadline.
-    interceptors = [*aio_observers(core.metrics, clock), *aio_interceptors(core, sleep)]
-    if credentials is not None:
-        return aio.secure_channel(target, credentials, channel_opts, compression, interceptors)
-    return aio.insecure_channel(target, channel_opts, compression, interceptors)
+    return [*aio_observers(core.metrics, settings.clock), *aio_interceptors(core, settings.sleep)]

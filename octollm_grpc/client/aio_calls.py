@@ -1,7 +1,7 @@
 """The call objects of the aio interceptors: attempt loop state, failed calls, retrying calls.
 
-:class:`Attempts` holds one call's retry state and starts the next attempt after a failure
-(or raises the typed error). The call objects are ``grpc.aio`` calls of our own, so the
+:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client.attempts`) with the
+aio way to call and to wait. The call objects are ``grpc.aio`` calls of our own, so the
 typed error is raised by ``await call`` or by reading the stream, while ``await call.code()``
 still answers a code.
 """
@@ -10,29 +10,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
 
+from octollm_grpc.client.attempts import CallAttempts, WithTimeout
+from octollm_grpc.client.channel import AsyncSleep
+from octollm_grpc.client.delegation import AioDelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests
-from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import (
-    ATTEMPTS_HEADER,
-    CallRetry,
-    MethodPlan,
-    Resilience,
-    ended_by_callers_deadline,
-)
+from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 
-__all__ = ["AsyncSleep", "Attempts", "FailedCall", "ResponseStream", "StreamUnary", "details_for"]
+__all__ = [
+    "AsyncSleep",
+    "Attempts",
+    "FailedCall",
+    "ResponseStream",
+    "RetryingCall",
+    "StreamUnary",
+    "awaited",
+    "details_for",
+]
 
-AsyncSleep = Callable[[float], Awaitable[None]]
 
 
-def details_for(base: Any, timeout: float | None, previous: int) -> aio.ClientCallDetails:
+def details_for(base: aio.ClientCallDetails, timeout: float | None,
+                previous: int) -> aio.ClientCallDetails:
     """The details of one attempt: the caller's, with its timeout and attempt header."""
     metadata = aio.Metadata(*tuple(base.metadata or ()))
     if previous:
@@ -44,86 +50,36 @@ def details_for(base: Any, timeout: float | None, previous: int) -> aio.ClientCa
                                  base.wait_for_ready)
 
 
-class Attempts:
-    """One call's attempts: the plan, the caller's details, and the retry state."""
+@dataclass(eq=False, kw_only=True, slots=True)
+class Attempts(CallAttempts[aio.ClientCallDetails, AsyncSleep]):
+    """One aio call's attempts (:class:`CallAttempts`): calls and waits are awaited.
 
-    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token", "watcher")
+    ``watcher`` says when the caller's request stream has ended (``None``: no request stream).
+    """
 
-    def __init__(self, core: Resilience, sleep: AsyncSleep, plan: MethodPlan,
-                 continuation: Any, details: Any, request: Any, replay: AsyncReplay | None,
-                 retryable: bool, start: float | None = None,
-                 retry: CallRetry | None = None, token: int = 0,
-                 watcher: WatchedRequests | None = None) -> None:
-        self.core = core
-        self.sleep = sleep
-        self.plan = plan
-        self.continuation = continuation
-        self.details = details
-        self.request = request
-        self.replay = replay
-        self.retryable = retryable
-        if start is None:
-            start = self.core.clock() if details.timeout is not None else 0.0
-        self.start = start
-        self.retry = retry
-        self.token = token
-        #: Says when the caller's request stream has ended (``None``: no request stream).
-        self.watcher = watcher
+    with_timeout: WithTimeout = details_for
+    watcher: WatchedRequests | None = None
 
-    async def first(self) -> Any:
-        """Start the first attempt (raises ``CircuitOpenError`` when the breaker is open)."""
-        details = self.details
-        policy = self.plan.policy
-        if self.retryable and policy is not None and policy.per_attempt_timeout is not None:
-            self.retry = CallRetry(self.core, self.plan, details.timeout, self.start)
-            details = details_for(details, self.retry.attempt_timeout(), 0)
-        self.token = self.plan.acquire()
-        return await self.continuation(details, self._requests())
-
-    def _requests(self) -> Any:
-        return self.replay.fresh() if self.replay is not None else self.request
+    async def call(self, details: aio.ClientCallDetails) -> Any:
+        """Start an attempt with ``details`` (its permit taken); free the permit if it cannot."""
+        try:
+            return await self.continuation(details, self.requests())
+        except BaseException:
+            self.release()  # the attempt never started
+            raise
 
     async def after_failure(self, error: aio.AioRpcError, cancelled: bool = False) -> Any:
         """Record a failed attempt; start and return the next one, or raise the typed error."""
-        plan = self.plan
-        code = error.code()
-        if plan.breaker is not None:
-            timeout = self.details.timeout
-            deadline = None if timeout is None else self.start + timeout
-            plan.record(self.token, code, ended_by_callers_deadline(
-                code, self.retry, deadline, self.core.clock()))
-        plan.failed(code)
-        if cancelled or not self.retryable:
-            raise from_rpc_error(error) from error
-        if self.retry is None:
-            self.retry = CallRetry(self.core, plan, self.details.timeout, self.start)
-        retry = self.retry
-        delay = retry.next_delay(code, error.trailing_metadata())
-        if delay is None:
-            raise from_rpc_error(error) from error
-        await self.sleep(delay)
-        timeout = retry.attempt_timeout()
-        if timeout is not None and timeout <= 0:
-            raise from_rpc_error(error) from error
-        self.token = plan.acquire()
-        try:
-            return await self.continuation(details_for(self.details, timeout, retry.attempts - 1),
-                                           self._requests())
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        if self.plan.breaker is not None:
-            self.plan.breaker.release(self.token)
+        await self.sleep(self.delay(error, cancelled))
+        return await self.call(self.next(error))
 
 
 _T = TypeVar("_T")
 
 
 async def settled(value: _T) -> _T:
-    """A coroutine that returns ``value`` (no ``self`` in its frame: see ``_Delegating.code``)."""
+    """A coroutine that returns ``value`` (no ``self`` in its frame: see
+    ``AioDelegatingCall.code``)."""
     return value
 
 
@@ -181,7 +137,7 @@ class FailedCall(
         return self._error.trailing_metadata()
 
     def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: see _Delegating.code.
+        # Not a coroutine function: see AioDelegatingCall.code.
         return settled(self._error.code())
 
     async def details(self) -> str:
@@ -194,75 +150,84 @@ class FailedCall(
         return None
 
 
-class _Delegating:
-    """``grpc.aio.Call`` methods answered by the current attempt."""
+class RetryingCall(AioDelegatingCall):
+    """A call retried by :meth:`settle`: the current attempt answers, but a call that failed
+    for good answers with its error."""
 
-    _call: Any
     _attempts: Attempts
     _error: OctoLLMError | None = None
     _cancelled = False
+
+    def __init__(self, attempts: Attempts, call: Any) -> None:
+        self._attempts = attempts
+        self._call = call
+        self._watcher = attempts.watcher
+
+    @property
+    def current(self) -> Any:
+        """The current (or last) attempt's grpc call."""
+        return self._call
 
     def cancel(self) -> bool:
         self._cancelled = True
         self._attempts.release()
         return bool(self._call.cancel())
 
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.add_done_callback(lambda _call: callback(self))
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
     def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: grpc.aio runs ``code()`` of the call we return as a task,
-        # and grpcio's channel close (1.66 at least) raises "Unrecognized call object" for a
-        # pending task whose frame is a method of ours; grpc's own coroutine runs instead.
+        # Not a coroutine function: see AioDelegatingCall.code.
         if self._error is not None:
             return settled(self._error.code())
-        return self._call.code()  # type: ignore[no-any-return]
+        return super().code()
 
     async def details(self) -> str:
         if self._error is not None:
             return self._error.details()
-        return await self._call.details()  # type: ignore[no-any-return]
+        return await super().details()
 
-    async def debug_error_string(self) -> str:
-        return await self._call.debug_error_string()  # type: ignore[no-any-return]
+    async def settle(self, step: Callable[[Any], Awaitable[_T]],
+                     failed: aio.AioRpcError | None = None) -> _T:
+        """``await step(attempt)`` until an attempt gets through it; what it returned.
 
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
+        ``failed``: the current attempt has already failed with it. A failure starts the next
+        attempt when the core says so; the final one raises the typed error (kept in
+        ``_error``). Anything else (the caller's cancellation, an error that is not a status)
+        cancels the attempt, frees its permit without a verdict, and propagates.
+        """
+        attempts = self._attempts
+        while True:
+            if failed is not None:
+                try:
+                    self._call = await attempts.after_failure(failed, self._cancelled)
+                except OctoLLMError as typed:
+                    self._error = typed
+                    raise
+            try:
+                outcome = await step(self._call)
+            except aio.AioRpcError as error:
+                failed = error
+                continue
+            except BaseException:
+                self._call.cancel()
+                attempts.release()
+                raise
+            attempts.succeeded()
+            return outcome
 
-    async def write(self, request: Any) -> None:
-        await self._call.write(request)
 
-    async def done_writing(self) -> None:
-        await self._call.done_writing()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
-        watcher = self._attempts.watcher
-        return watcher is not None and watcher.ended
+async def awaited(call: Any) -> Any:
+    """A settle step: the attempt's response."""
+    return await call
 
 
-class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
+def _read(call: Any) -> Awaitable[Any]:
+    return call.read()  # type: ignore[no-any-return]
+
+
+class StreamUnary(RetryingCall, aio.StreamUnaryCall):  # type: ignore[type-arg]
     """A client-streaming call: its ``await`` retries (when replayable) and raises typed."""
 
     def __init__(self, attempts: Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
+        super().__init__(attempts, call)
         self._response: Any = None
         self._finished = False
 
@@ -270,36 +235,19 @@ class StreamUnary(_Delegating, aio.StreamUnaryCall):  # type: ignore[type-arg]
         return self._result().__await__()
 
     async def _result(self) -> Any:
-        if self._finished:
-            if self._error is not None:
-                raise self._error
-            return self._response
-        attempts = self._attempts
-        while True:
-            try:
-                response = await self._call
-            except aio.AioRpcError as error:
-                try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
-                except OctoLLMError as typed:
-                    self._finished, self._error = True, typed
-                    raise
-                continue
-            except asyncio.CancelledError:
-                self._call.cancel()
-                attempts.release()
-                raise
-            attempts.plan.succeeded(attempts.token)
-            self._finished, self._response = True, response
-            return response
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._response = await self.settle(awaited)
+            self._finished = True
+        return self._response
 
 
-class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
+class ResponseStream(RetryingCall, aio.UnaryStreamCall, aio.StreamStreamCall):  # type: ignore[type-arg]
     """A response stream retried until its first message; typed errors afterwards."""
 
     def __init__(self, attempts: Attempts, call: Any) -> None:
-        self._attempts = attempts
-        self._call = call
+        super().__init__(attempts, call)
         self._iterator: AsyncIterator[Any] | None = None
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -314,34 +262,11 @@ class ResponseStream(_Delegating, aio.UnaryStreamCall, aio.StreamStreamCall):  #
             return aio.EOF
 
     async def _messages(self) -> AsyncIterator[Any]:
-        attempts = self._attempts
-        while True:
-            try:
-                message = await self._call.read()
-            except aio.AioRpcError as error:
-                try:
-                    self._call = await attempts.after_failure(error, self._cancelled)
-                except OctoLLMError as typed:
-                    self._error = typed
-                    raise
-                continue
-            except asyncio.CancelledError:
-                self._call.cancel()
-                attempts.release()
-                raise
-            attempts.plan.succeeded(attempts.token)
-            if message is aio.EOF:
-                return
+        message = await self.settle(_read)
+        while message is not aio.EOF:
             yield message
-            break
-        while True:
             try:
                 message = await self._call.read()
             except aio.AioRpcError as error:
                 self._error = from_rpc_error(error)
                 raise self._error from error
-            if message is aio.EOF:
-                return
-            yield message
-
-

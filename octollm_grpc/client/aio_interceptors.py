@@ -1,7 +1,7 @@
 """asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
 
-The same decisions as the sync interceptor (:mod:`octollm_grpc.client.retry`), awaited; the
-call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
+The same attempt core as the sync interceptor (:mod:`octollm_grpc.client.attempts`), awaited;
+the call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
 interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
 retry, when the policy says requests are replayable, while the caller awaits the response.
 Response streams are retried until their first message.
@@ -10,6 +10,7 @@ Response streams are retried until their first message.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from grpc import aio
@@ -19,33 +20,37 @@ from octollm_grpc.client.aio_calls import (
     Attempts,
     FailedCall,
     ResponseStream,
+    RetryingCall,
     StreamUnary,
-    details_for,
+    awaited,
 )
+from octollm_grpc.client.aio_shapes import per_shape
+from octollm_grpc.client.attempts import capped_from_start
 from octollm_grpc.client.half_close import watch
 from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import CallRetry, Resilience
+from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 
-__all__ = [
-    "AioStreamStreamInterceptor",
-    "AioStreamUnaryInterceptor",
-    "AioUnaryStreamInterceptor",
-    "AioUnaryUnaryInterceptor",
-    "AsyncSleep",
-    "aio_interceptors",
-]
+__all__ = ["AioRetryLayer", "AsyncSleep", "aio_interceptors"]
 
 
-class _AioInterceptor:
-    """What the four per-shape interceptors share: the channel's core and the sleep."""
+class AioRetryLayer:
+    """The aio retry layer of one channel: its core and its sleep, for every call shape."""
 
     def __init__(self, core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> None:
         self._core = core
         self._sleep = sleep
 
-    def _attempts(self, continuation: Any, details: Any, requests: Any,
-                  streaming_requests: bool) -> Attempts:
+    def _attempts(self, plan: MethodPlan, continuation: Any, details: aio.ClientCallDetails,
+                  request: Any, start: float | None = None, token: int = 0) -> Attempts:
+        return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
+                        request=request, retryable=True, sleep=self._sleep, started=start,
+                        token=token)
+
+    async def streaming(self, continuation: Any, details: aio.ClientCallDetails,
+                         requests: Any, streaming_requests: bool,
+                         wrap: type[StreamUnary | ResponseStream]) -> Any:
+        """``wrap``'s call object for a streaming call, its first attempt started."""
         plan = self._core.plan(details.method)
         replay = watcher = None
         if streaming_requests:
@@ -53,100 +58,75 @@ class _AioInterceptor:
             if (plan.policy is not None and plan.policy.replayable_requests
                     and requests is not None):
                 replay = AsyncReplay(requests)
-        return Attempts(self._core, self._sleep, plan, continuation, details, requests, replay,
-                        retryable=replay is not None or not streaming_requests,
-                        watcher=watcher)
-
-
-class AioUnaryUnaryInterceptor(_AioInterceptor, aio.UnaryUnaryClientInterceptor):
-    """Retries a unary call whole; a final failure awaits as the typed error."""
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                                    request: Any) -> Any:
-        core = self._core
-        plan = core.plan(client_call_details.method)
-        start = core.clock() if client_call_details.timeout is not None else 0.0
-        retry: CallRetry | None = None
-        details = client_call_details
-        if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            retry = CallRetry(core, plan, details.timeout, start)
-            details = details_for(details, retry.attempt_timeout(), 0)
+        attempts = Attempts(core=self._core, plan=plan, details=details,
+                            continuation=continuation, request=requests, replay=replay,
+                            retryable=replay is not None or not streaming_requests,
+                            sleep=self._sleep, watcher=watcher)
         try:
-            token = plan.acquire()
+            first = attempts.first()
         except CircuitOpenError as error:
             return FailedCall(error)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            if plan.breaker is not None:
-                plan.breaker.release(token)
-            raise
-        attempts: Attempts | None = None  # made on the first failure only
-        while True:
+        return wrap(attempts, await attempts.call(first))
+
+
+    async def unary_unary(self, continuation: Any, client_call_details: Any,
+                          request: Any) -> Any:
+        """Retries a unary call whole; a final failure awaits as the typed error."""
+        plan = self._core.plan(client_call_details.method)
+        attempts: Attempts | None = None  # made on the first failure only, unless capped
+        if capped_from_start(plan):
+            attempts = self._attempts(plan, continuation, client_call_details, request)
             try:
-                await call
-            except aio.AioRpcError as error:
-                if attempts is None:
-                    attempts = Attempts(core, self._sleep, plan, continuation,
-                                        client_call_details, request, None, True, start, retry,
-                                        token)
-                try:
-                    call = await attempts.after_failure(error)
-                except OctoLLMError as typed:
-                    return FailedCall(typed, call)
-                token = attempts.token
-                continue
+                first = attempts.first()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            call = await attempts.call(first)
+            token = attempts.token
+        else:
+            start = self._core.clock() if client_call_details.timeout is not None else 0.0
+            try:
+                token = plan.acquire()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            try:
+                call = await continuation(client_call_details, request)
             except BaseException:
-                # Cancelled by the caller, or not a status at all: no verdict on the server.
-                call.cancel()
                 if plan.breaker is not None:
                     plan.breaker.release(token)
                 raise
-            plan.succeeded(token)
-            return call
-
-
-class AioStreamUnaryInterceptor(_AioInterceptor, aio.StreamUnaryClientInterceptor):
-    """Returns the call at once; awaiting it retries when requests are replayable."""
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                                     request_iterator: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request_iterator, True)
         try:
-            return StreamUnary(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
-
-
-class AioUnaryStreamInterceptor(_AioInterceptor, aio.UnaryStreamClientInterceptor):
-    """Retries a response stream until its first message."""
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                                     request: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request, False)
-        try:
-            return ResponseStream(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
-
-
-class AioStreamStreamInterceptor(_AioInterceptor, aio.StreamStreamClientInterceptor):
-    """Retries a bidi stream until its first message, only when requests are replayable."""
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                      request_iterator: Any) -> Any:
-        attempts = self._attempts(continuation, client_call_details, request_iterator, True)
-        try:
-            return ResponseStream(attempts, await attempts.first())
-        except CircuitOpenError as error:
-            return FailedCall(error)
+            await call
+        except aio.AioRpcError as error:
+            if attempts is None:
+                attempts = self._attempts(plan, continuation, client_call_details, request,
+                                          start, token)
+            retrying = RetryingCall(attempts, call)
+            try:
+                await retrying.settle(awaited, error)
+            except OctoLLMError as typed:
+                return FailedCall(typed, retrying.current)
+            return retrying.current
+        except BaseException:
+            # Cancelled by the caller, or not a status at all: no verdict on the server.
+            call.cancel()
+            if plan.breaker is not None:
+                plan.breaker.release(token)
+            raise
+        plan.succeeded(token)
+        return call
 
 
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
-    """The four interceptors of one resilient aio channel, sharing ``core``.
+    """The four interceptors of one resilient aio channel, sharing ``core``
+    (:func:`~octollm_grpc.client.aio_shapes.per_shape`).
 
-    Four objects, not one: ``grpc.aio`` files an interceptor under the first call shape it
-    implements only (an ``if``/``elif`` chain), so one object would guard unary calls alone.
+    A unary call is retried inside the interceptor. A client stream returns at once and
+    retries (when replayable) while the caller awaits the response; response streams (and
+    bidi streams, when replayable) are retried until their first message.
     """
-    return [AioUnaryUnaryInterceptor(core, sleep), AioUnaryStreamInterceptor(core, sleep),
-            AioStreamUnaryInterceptor(core, sleep), AioStreamStreamInterceptor(core, sleep)]
+    layer = AioRetryLayer(core, sleep)
+    return per_shape(
+        layer.unary_unary,
+        functools.partial(layer.streaming, streaming_requests=False, wrap=ResponseStream),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=StreamUnary),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=ResponseStream))

@@ -1,8 +1,9 @@
 """Sync client interceptor (``grpc.intercept_channel``): retry -> budget -> breaker -> attempt.
 
-All decisions come from :mod:`octollm_grpc.client.retry`; this module and
-:mod:`octollm_grpc.client.sync_calls` only start attempts, wait, and turn the final failure
-into the typed error (``from_rpc_error``), which is also a ``grpc.RpcError``. Unary responses
+Every attempt is decided by the shared core (:mod:`octollm_grpc.client.attempts`, on
+:mod:`octollm_grpc.client.retry`); this module and :mod:`octollm_grpc.client.sync_calls` only
+call and wait. The final failure raises the typed error (``from_rpc_error``), which is also a
+``grpc.RpcError``. Unary responses
 are retried whole (``.future()`` retries in the background); response streams only until
 their first message; client and bidi streams only when the policy says requests are
 replayable.
@@ -11,16 +12,17 @@ replayable.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from octollm_grpc.client.attempts import capped_from_start
+from octollm_grpc.client.call_types import StreamContinuation, UnaryContinuation
 from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import CallRetry, Resilience
+from octollm_grpc.client.retry import MethodPlan, Resilience
 from octollm_grpc.client.sync_calls import (
     Attempts,
-    CallDetails,
     FailedStream,
     ResponseStream,
     UnaryFuture,
@@ -58,35 +60,47 @@ class ResilientInterceptor(
 
     # -- unary responses --------------------------------------------------------------------
 
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+    def intercept_unary_unary(self, continuation: UnaryContinuation,
+                              client_call_details: grpc.ClientCallDetails,
                               request: Any) -> Any:
         return self._unary(continuation, client_call_details, request, None, False)
 
-    def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                               request_iterator: Any) -> Any:
+    def intercept_stream_unary(self, continuation: UnaryContinuation,
+                               client_call_details: grpc.ClientCallDetails,
+                               request_iterator: Iterator[Any]) -> Any:
         plan = self._core.plan(client_call_details.method)
         replay = (Replay(request_iterator)
                   if plan.policy is not None and plan.policy.replayable_requests else None)
         return self._unary(continuation, client_call_details, request_iterator, replay, True)
 
-    def _unary(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
-               streaming: bool) -> Any:
+    def _attempts(self, plan: MethodPlan, continuation: UnaryContinuation | StreamContinuation,
+                  details: grpc.ClientCallDetails, request: Any,
+                  replay: Replay | None, retryable: bool, start: float | None = None,
+                  token: int = 0) -> Attempts:
+        return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
+                        request=request, replay=replay, retryable=retryable, sleep=self._sleep,
+                        started=start, token=token)
+
+    def _unary(self, continuation: UnaryContinuation, details: grpc.ClientCallDetails,
+               request: Any, replay: Replay | None, streaming: bool) -> Any:
         core = self._core
         plan = core.plan(details.method)
-        start = core.clock() if details.timeout is not None else 0.0
-        retry: CallRetry | None = None
-        first = details
-        if plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            retry = CallRetry(core, plan, details.timeout, start)
-            first = CallDetails(details, retry.attempt_timeout(), 0)
-        breaker = plan.breaker
-        token = breaker.acquire() if breaker is not None else 0
-        try:
-            outcome = continuation(first, replay.fresh() if replay is not None else request)
-        except BaseException:
-            if breaker is not None:
-                breaker.release(token)  # the attempt never started: free its permit
-            raise
+        retryable = not streaming or replay is not None
+        attempts: Attempts | None = None
+        if capped_from_start(plan):
+            attempts = self._attempts(plan, continuation, details, request, replay, retryable)
+            outcome = attempts.call(attempts.first())
+            token = attempts.token
+        else:
+            # The common case stays lean: no retry state until the first failure.
+            start = core.clock() if details.timeout is not None else 0.0
+            token = plan.acquire()
+            try:
+                outcome = continuation(details, replay.fresh() if replay is not None else request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)  # the attempt never started: free its permit
+                raise
         if outcome.done():
             error = outcome.exception()
             if error is None:  # the common case: no allocation beyond grpc's own
@@ -94,55 +108,43 @@ class ResilientInterceptor(
                 return outcome
         else:
             error = None
-        attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
-                            not streaming or replay is not None, start, retry, token)
+        if attempts is None:
+            attempts = self._attempts(plan, continuation, details, request, replay, retryable,
+                                      start, token)
         if error is None or not _raised_by_blocking_call(error):
             return UnaryFuture(attempts, outcome)  # .future(): retries go on in the background
-        if not isinstance(error, grpc.RpcError):
-            attempts.release()
-            return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
-        while True:
+        while isinstance(error, grpc.RpcError):
             outcome = attempts.after_failure(error)
             error = outcome.exception()
             if error is None:
-                plan.succeeded(attempts.token)
+                attempts.succeeded()
                 return outcome
-            if not isinstance(error, grpc.RpcError):
-                attempts.release()
-                return outcome
+        attempts.release()
+        return outcome  # not a status (e.g. a serializer bug): grpc raises it as is
 
     # -- streamed responses -------------------------------------------------------------------
 
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+    def intercept_unary_stream(self, continuation: StreamContinuation,
+                               client_call_details: grpc.ClientCallDetails,
                                request: Any) -> Any:
         return self._stream(continuation, client_call_details, request, None, True)
 
-    def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                request_iterator: Any) -> Any:
+    def intercept_stream_stream(self, continuation: StreamContinuation,
+                                client_call_details: grpc.ClientCallDetails,
+                                request_iterator: Iterator[Any]) -> Any:
         plan = self._core.plan(client_call_details.method)
         if plan.policy is not None and plan.policy.replayable_requests:
             return self._stream(continuation, client_call_details, request_iterator,
                                 Replay(request_iterator), True)
         return self._stream(continuation, client_call_details, request_iterator, None, False)
 
-    def _stream(self, continuation: Any, details: Any, request: Any, replay: Replay | None,
+    def _stream(self, continuation: StreamContinuation, details: grpc.ClientCallDetails,
+                request: Any, replay: Replay | None,
                 retryable: bool) -> ResponseStream | FailedStream:
-        core = self._core
-        plan = core.plan(details.method)
-        start = core.clock() if details.timeout is not None else 0.0
-        attempts = Attempts(core, self._sleep, plan, continuation, details, request, replay,
-                            retryable, start)
-        first = details
-        if retryable and plan.policy is not None and plan.policy.per_attempt_timeout is not None:
-            attempts.retry = CallRetry(core, plan, details.timeout, start)
-            first = CallDetails(details, attempts.retry.attempt_timeout(), 0)
+        attempts = self._attempts(self._core.plan(details.method), continuation, details,
+                                  request, replay, retryable)
         try:
-            attempts.token = plan.acquire()
+            first = attempts.first()
         except CircuitOpenError as error:
             return FailedStream(error)
-        try:
-            return ResponseStream(attempts, continuation(first, attempts.requests()))
-        except BaseException:
-            attempts.release()  # the attempt never started: free its permit
-            raise
-
+        return ResponseStream(attempts, attempts.call(first))

@@ -11,13 +11,15 @@ A response stream is over when it ends or fails while being read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+import functools
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from octollm_grpc.client.delegation import DelegatingCall
+from octollm_grpc.client.aio_shapes import per_shape
+from octollm_grpc.client.delegation import AioDelegatingCall, DelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests, watch
 from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.otel import inject
@@ -182,6 +184,7 @@ def _aio_details(details: Any) -> Any:
 
 
 class _ObservedAioCall(
+    AioDelegatingCall,
     aio.UnaryStreamCall,  # type: ignore[type-arg]
     aio.StreamUnaryCall,  # type: ignore[type-arg]
     aio.StreamStreamCall,  # type: ignore[type-arg]
@@ -231,54 +234,10 @@ class _ObservedAioCall(
             self._ending.end(_OK)
         return message
 
-    async def write(self, request: Any) -> None:
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        await self._call.done_writing()
-
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._call.add_done_callback(callback)
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata()
-
-    def code(self) -> Coroutine[Any, Any, grpc.StatusCode]:
-        # Not a coroutine function: grpc.aio runs it as a task (see aio_calls._Delegating.code).
-        return self._call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        return await self._call.details()  # type: ignore[no-any-return]
-
-    async def debug_error_string(self) -> str:
-        return await self._call.debug_error_string()  # type: ignore[no-any-return]
-
-    async def wait_for_connection(self) -> None:
-        await self._call.wait_for_connection()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
-        return self._watcher is not None and self._watcher.ended
-
 
 class _AioObserver(_Observing):
-    """The aio outer interceptors' shared part (one class per call shape below)."""
+    """The aio outer layer, for every call shape (:func:`aio_observers` makes its four
+    interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
                      ending: _Ending | None) -> Any:
@@ -289,8 +248,8 @@ class _AioObserver(_Observing):
                 ending.end(_code_of(error))
             raise
 
-    async def _streaming(self, continuation: Any, details: Any, request: Any,
-                         grpc_type: str) -> Any:
+    async def streaming(self, continuation: Any, details: Any, request: Any,
+                        grpc_type: str) -> Any:
         ending = self._begin(details, grpc_type)
         watcher = None
         if ending is not None and grpc_type != "server_stream":
@@ -298,10 +257,8 @@ class _AioObserver(_Observing):
         call = await self._start(continuation, details, request, ending)
         return call if ending is None else _ObservedAioCall(call, ending, watcher)
 
-
-class _AioUnaryUnary(_AioObserver, aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                                    request: Any) -> Any:
+    async def unary_unary(self, continuation: Any, client_call_details: Any,
+                          request: Any) -> Any:
         ending = self._begin(client_call_details, "unary")
         call = await self._start(continuation, client_call_details, request, ending)
         if ending is not None:
@@ -315,28 +272,10 @@ class _AioUnaryUnary(_AioObserver, aio.UnaryUnaryClientInterceptor):
         return call
 
 
-class _AioUnaryStream(_AioObserver, aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                                     request: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request,
-                                     "server_stream")
-
-
-class _AioStreamUnary(_AioObserver, aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                                     request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator,
-                                     "client_stream")
-
-
-class _AioStreamStream(_AioObserver, aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                      request_iterator: Any) -> Any:
-        return await self._streaming(continuation, client_call_details, request_iterator,
-                                     "bidi_stream")
-
-
 def aio_observers(metrics: ClientMetrics | None, clock: Callable[[], float]) -> list[Any]:
     """The four aio outer interceptors (``grpc.aio`` files one per call shape)."""
-    return [cls(metrics, clock) for cls in
-            (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
+    layer = _AioObserver(metrics, clock)
+    return per_shape(layer.unary_unary,
+                     functools.partial(layer.streaming, grpc_type="server_stream"),
+                     functools.partial(layer.streaming, grpc_type="client_stream"),
+                     functools.partial(layer.streaming, grpc_type="bidi_stream"))

@@ -1,27 +1,23 @@
 """The call objects of the sync interceptor: attempt loop state, response streams, futures.
 
-:class:`Attempts` holds one call's retry state and starts the next attempt after a failure
-(or raises the typed error); the call objects below only decide *when* to ask it.
+:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client.attempts`) with the
+sync way to call and to wait; the call objects below only decide *when* to ask it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from octollm_grpc.client.attempts import CallAttempts, WithTimeout
+from octollm_grpc.client.call_types import CallFuture, CallStream
 from octollm_grpc.client.delegation import DelegatingCall
-from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import (
-    ATTEMPTS_HEADER,
-    CallRetry,
-    MethodPlan,
-    Resilience,
-    ended_by_callers_deadline,
-)
+from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.client.scheduler import shared_scheduler
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.status import from_rpc_error
@@ -60,82 +56,24 @@ class _LocalStatus:
         return "Locally cancelled by caller"
 
 
-class Attempts:
-    """One call's attempts: the plan, the caller's details, and the retry state."""
+@dataclass(eq=False, kw_only=True, slots=True)
+class Attempts(CallAttempts[grpc.ClientCallDetails, Callable[[float], None]]):
+    """One sync call's attempts (:class:`CallAttempts`): calls block, waits sleep."""
 
-    __slots__ = ("continuation", "core", "details", "plan", "replay", "request", "retry",
-                 "retryable", "sleep", "start", "token")
+    with_timeout: WithTimeout = CallDetails
 
-    def __init__(self, core: Resilience, sleep: Callable[[float], None], plan: MethodPlan,
-                 continuation: Any, details: Any, request: Any, replay: Replay | None,
-                 retryable: bool, start: float, retry: CallRetry | None = None,
-                 token: int = 0) -> None:
-        self.core = core
-        self.sleep = sleep
-        self.plan = plan
-        self.continuation = continuation
-        self.details = details
-        self.request = request
-        self.replay = replay
-        self.retryable = retryable
-        self.start = start
-        self.retry = retry
-        self.token = token
-
-    def requests(self) -> Any:
-        """What to send on an attempt: the replayed stream, or the caller's request."""
-        return self.replay.fresh() if self.replay is not None else self.request
-
-    def record(self, error: grpc.RpcError) -> grpc.StatusCode:
-        """Report a failed attempt to the breaker; return its code."""
-        code: grpc.StatusCode = error.code()
-        if self.plan.breaker is not None:
-            self.plan.record(self.token, code, self.callers_deadline(code))
-        self.plan.failed(code)
-        return code
-
-    def callers_deadline(self, code: grpc.StatusCode) -> bool:
-        """Whether an attempt ending with ``code`` ran out of the caller's own time."""
-        timeout = self.details.timeout
-        deadline = None if timeout is None else self.start + timeout
-        return ended_by_callers_deadline(code, self.retry, deadline, self.core.clock())
-
-    def delay(self, error: grpc.RpcError, code: grpc.StatusCode) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up."""
-        if not self.retryable:
-            return None
-        if self.retry is None:
-            self.retry = CallRetry(self.core, self.plan, self.details.timeout, self.start)
-        return self.retry.next_delay(code, error.trailing_metadata())
-
-    def start_next(self, error: grpc.RpcError) -> Any:
-        """After the wait: start the next attempt (or raise the typed error if time is up)."""
-        retry = self.retry
-        assert retry is not None
-        timeout = retry.attempt_timeout()
-        if timeout is not None and timeout <= 0:
-            raise from_rpc_error(error) from error
-        self.token = self.plan.acquire()
+    def call(self, details: grpc.ClientCallDetails) -> Any:
+        """Start an attempt with ``details`` (its permit taken); free the permit if it cannot."""
         try:
-            return self.continuation(CallDetails(self.details, timeout, retry.attempts - 1),
-                                     self.requests())
+            return self.continuation(details, self.requests())
         except BaseException:
-            self.release()  # the attempt never started: free its permit
+            self.release()  # the attempt never started
             raise
 
-    def after_failure(self, error: grpc.RpcError, cancelled: bool = False) -> Any:
+    def after_failure(self, error: grpc.RpcError) -> Any:
         """Record a failed attempt, wait, and return the next one; or raise the typed error."""
-        code = self.record(error)
-        delay = None if cancelled else self.delay(error, code)
-        if delay is None:
-            raise from_rpc_error(error) from error
-        self.sleep(delay)
-        return self.start_next(error)
-
-    def release(self) -> None:
-        """The caller cancelled: free the attempt's breaker permit without a verdict."""
-        if self.plan.breaker is not None:
-            self.plan.breaker.release(self.token)
+        self.sleep(self.delay(error))
+        return self.call(self.next(error))
 
 
 class ResponseStream(DelegatingCall, Iterator[Any]):
@@ -145,7 +83,7 @@ class ResponseStream(DelegatingCall, Iterator[Any]):
     later failures are raised, typed, without a retry. ``cancel()`` is never retried.
     """
 
-    def __init__(self, attempts: Attempts, call: Any) -> None:
+    def __init__(self, attempts: Attempts, call: CallStream) -> None:
         self._attempts = attempts
         self._call = call
         self._settled = False
@@ -174,21 +112,15 @@ class ResponseStream(DelegatingCall, Iterator[Any]):
 
     def _settle_ok(self) -> None:
         self._settled = True
-        self._attempts.plan.succeeded(self._attempts.token)
+        self._attempts.succeeded()
 
     def _retry(self, error: grpc.RpcError) -> Any:
         attempts = self._attempts
-        code = attempts.record(error)
-        delay = None if self._cancelled else attempts.delay(error, code)
-        if delay is None:
-            self._settled = True
-            raise from_rpc_error(error) from error
-        attempts.sleep(delay)
-        if self._cancelled:
-            self._settled = True
-            raise from_rpc_error(_LocalStatus())
         try:
-            return attempts.start_next(error)
+            attempts.sleep(attempts.delay(error, self._cancelled))
+            if self._cancelled:
+                raise from_rpc_error(_LocalStatus())
+            return attempts.call(attempts.next(error))
         except OctoLLMError:
             self._settled = True
             raise
@@ -223,7 +155,7 @@ class FailedStream(grpc.Call, Iterator[Any]):
     def time_remaining(self) -> float:
         return 0.0
 
-    def add_callback(self, callback: Any) -> bool:
+    def add_callback(self, callback: Callable[[], None]) -> bool:
         return False
 
     def initial_metadata(self) -> Any:
@@ -246,7 +178,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
     methods wait for the outcome and answer for the last attempt.
     """
 
-    def __init__(self, attempts: Attempts, first: Any) -> None:
+    def __init__(self, attempts: Attempts, first: CallFuture) -> None:
         self._attempts = attempts
         self._condition = threading.Condition()
         self._current = first
@@ -260,7 +192,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
 
     # -- driving the attempts ---------------------------------------------------------------
 
-    def _attempt_done(self, future: Any) -> None:
+    def _attempt_done(self, future: CallFuture) -> None:
         attempts = self._attempts
         if self._cancelled:
             return
@@ -271,17 +203,17 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
             self._finish(cancelled=True)
             return
         if error is None:
-            attempts.plan.succeeded(attempts.token)
+            attempts.succeeded()
             self._finish(response=future.result())
             return
         if not isinstance(error, grpc.RpcError):
             attempts.release()
             self._finish(error=error)
             return
-        code = attempts.record(error)
-        delay = attempts.delay(error, code)
-        if delay is None:
-            self._finish(error=from_rpc_error(error))
+        try:
+            delay = attempts.delay(error)
+        except OctoLLMError as typed:
+            self._finish(error=typed)
             return
         # One scheduler thread waits out every future's backoff (no thread per retry).
         shared_scheduler().call_later(delay, lambda: self._next_attempt(error),
@@ -291,7 +223,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
         if self._cancelled:
             return
         try:
-            call = self._attempts.start_next(error)
+            call = self._attempts.call(self._attempts.next(error))
         except OctoLLMError as typed:
             self._finish(error=typed)
             return
@@ -367,7 +299,7 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
 
     # -- grpc.Call -------------------------------------------------------------------------------
 
-    def _outcome_call(self) -> Any:
+    def _outcome_call(self) -> CallFuture | CircuitOpenError:
         with self._condition:
             self._condition.wait_for(lambda: self._finished)
         if isinstance(self._error, CircuitOpenError):
@@ -381,17 +313,18 @@ class UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[type-arg]
         return self._outcome_call().trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
-        return self._outcome_call().code()  # type: ignore[no-any-return]
+        return self._outcome_call().code()
 
     def details(self) -> str:
-        return self._outcome_call().details()  # type: ignore[no-any-return]
+        return self._outcome_call().details()
 
     def is_active(self) -> bool:
         return not self._finished
 
-    def time_remaining(self) -> float:
-        return self._current.time_remaining()  # type: ignore[no-any-return]
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        # grpc documents None (no deadline); its type stubs say float.
+        return self._current.time_remaining()
 
-    def add_callback(self, callback: Any) -> bool:
+    def add_callback(self, callback: Callable[[], None]) -> bool:
         self.add_done_callback(lambda _future: callback())
         return True

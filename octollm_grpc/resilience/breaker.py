@@ -16,16 +16,16 @@ behaves, logs and is graphed exactly like one around a gRPC channel:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc.client import breaker as core
+from octollm_grpc.resilience.decorate import Decorator
 
 __all__ = ["CircuitBreaker", "CircuitState", "breaker_of"]
 
@@ -44,7 +44,7 @@ def breaker_of(func: Callable[..., Any]) -> CircuitBreaker | None:
     return found if isinstance(found, CircuitBreaker) else None
 
 
-class CircuitBreaker:
+class CircuitBreaker(Decorator):
     """A circuit breaker around any call (see the module docstring for the guarantees).
 
     ``name`` labels the metrics (``octollm_client_circuit_state{target=name}``) and the
@@ -126,25 +126,11 @@ class CircuitBreaker:
         self._settle(token, None)
         return result
 
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, func: Callable[P, T]) -> Callable[P, T]: ...
+    # ``@breaker`` (Decorator): every call of a decorated function goes through here.
+    _run_async = call
+    _run = call_sync
 
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``func`` (a ``def`` or an ``async def``) so every call goes through here."""
-        if inspect.iscoroutinefunction(func):
-            @functools.wraps(func)
-            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(func, *args, **kwargs)
-
-            wrapper: Callable[P, Any] = guarded_async
-        else:
-            @functools.wraps(func)
-            def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return self.call_sync(func, *args, **kwargs)
-
-            wrapper = guarded
+    def _decorated(self, wrapper: Callable[P, Any]) -> Callable[P, Any]:
         setattr(wrapper, _BREAKER_ATTR, self)
         return wrapper
 

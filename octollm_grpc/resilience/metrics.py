@@ -7,16 +7,15 @@ background job and of the gRPC server land in the same series, told apart by ``c
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
+from octollm_grpc.resilience.decorate import Decorator
 from octollm_grpc.server.metrics import ServerMetrics
 
 __all__ = ["ErrorTracker", "track_errors"]
@@ -32,45 +31,31 @@ def error_type(error: BaseException) -> str:
     return mapping_for(error).error_code  # TIMEOUT_ERROR, else INTERNAL_ERROR, as the server
 
 
-class ErrorTracker:
-    """What :func:`track_errors` returns: apply it to a ``def`` or an ``async def``."""
+class ErrorTracker(Decorator):
+    """What :func:`track_errors` returns: apply it to a ``def`` or an ``async def``
+    (:class:`~octollm_grpc.resilience.decorate.Decorator`); each call is counted here."""
 
     def __init__(self, component: str, registry: CollectorRegistry | None,
                  clock: Callable[[], float]) -> None:
         self.metrics = ServerMetrics(registry, component=component)
         self._clock = clock
 
-    def _count(self, error: BaseException, start: float) -> None:
-        self.metrics.error(error_type(error), self._clock() - start)
+    async def _run_async(self, func: Callable[..., Awaitable[T]], *args: Any,
+                         **kwargs: Any) -> T:
+        start = self._clock()
+        try:
+            return await func(*args, **kwargs)
+        except Exception as error:
+            self.metrics.error(error_type(error), self._clock() - start)
+            raise
 
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, func: Callable[P, T]) -> Callable[P, T]: ...
-
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(func):
-            @functools.wraps(func)
-            async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                start = self._clock()
-                try:
-                    return await func(*args, **kwargs)
-                except Exception as error:
-                    self._count(error, start)
-                    raise
-
-            return tracked_async
-
-        @functools.wraps(func)
-        def tracked(*args: P.args, **kwargs: P.kwargs) -> Any:
-            start = self._clock()
-            try:
-                return func(*args, **kwargs)
-            except Exception as error:
-                self._count(error, start)
-                raise
-
-        return tracked
+    def _run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        start = self._clock()
+        try:
+            return func(*args, **kwargs)
+        except Exception as error:
+            self.metrics.error(error_type(error), self._clock() - start)
+            raise
 
 
 def track_errors(

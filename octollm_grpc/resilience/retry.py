@@ -17,7 +17,7 @@ import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -26,6 +26,7 @@ from octollm_grpc.client.budget import RetryBudget
 from octollm_grpc.client.policy import RetryPolicy
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
+from octollm_grpc.resilience.decorate import Decorator
 
 __all__ = ["RetryDecorator", "retry", "retry_sync", "retry_with_backoff"]
 
@@ -87,11 +88,13 @@ class _Attempts:
         self.attempt = 0
         """Attempts made so far, counting the first."""
 
-    def succeeded(self) -> None:
+    def succeeded(self, result: T) -> T:
+        """Record a success (the budget earns); ``result`` passed through."""
         if self._budget is not None:
             self._budget.on_success()
+        return result
 
-    def delay_after(self, error: BaseException) -> float | None:
+    def delay_after(self, error: Exception) -> float | None:
         """Seconds to wait before retrying after ``error``; ``None``: re-raise it now."""
         self.attempt += 1
         if not isinstance(error, self._retry_on):
@@ -171,15 +174,11 @@ async def retry_with_backoff(
     while True:
         try:
             result = func()
-            if inspect.isawaitable(result):
-                result = await result
+            return attempts.succeeded(await result if inspect.isawaitable(result) else result)
         except Exception as error:
             delay = attempts.delay_after(error)
             if delay is None:
                 raise
-        else:
-            attempts.succeeded()
-            return result  # awaited above when it was awaitable
         await sleep(delay)
 
 
@@ -203,14 +202,11 @@ def retry_sync(
                          jitter, retry_on, deadline, budget, rng, clock)
     while True:
         try:
-            result = func()
+            return attempts.succeeded(func())
         except Exception as error:
             delay = attempts.delay_after(error)
             if delay is None:
                 raise
-        else:
-            attempts.succeeded()
-            return result
         sleep(delay)
 
 
@@ -247,7 +243,7 @@ def retry(
     return RetryDecorator(options)
 
 
-class RetryDecorator:
+class RetryDecorator(Decorator):
     """What :func:`retry` returns: apply it to a ``def`` or an ``async def``.
 
     ``options`` are :func:`retry_with_backoff`'s keyword arguments (build it with :func:`retry`,
@@ -257,26 +253,17 @@ class RetryDecorator:
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
 
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, func: Callable[P, T]) -> Callable[P, T]: ...
+    async def _run_async(self, func: Callable[..., Awaitable[T]], *args: Any,
+                         **kwargs: Any) -> T:
+        return await retry_with_backoff(_named_call(func, args, kwargs), **self._options)
 
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        options = self._options
-        if inspect.iscoroutinefunction(func):
-            @functools.wraps(func)
-            async def retried_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                call = functools.partial(func, *args, **kwargs)
-                functools.update_wrapper(call, func)
-                return await retry_with_backoff(call, **options)
+    def _run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return retry_sync(_named_call(func, args, kwargs), **self._options)
 
-            return retried_async
 
-        @functools.wraps(func)
-        def retried(*args: P.args, **kwargs: P.kwargs) -> Any:
-            call = functools.partial(func, *args, **kwargs)
-            functools.update_wrapper(call, func)
-            return retry_sync(call, **options)
-
-        return retried
+def _named_call(func: Callable[..., T], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Callable[[], T]:
+    # Named as ``func``: the log events say which function was retried.
+    call = functools.partial(func, *args, **kwargs)
+    functools.update_wrapper(call, func)
+    return call

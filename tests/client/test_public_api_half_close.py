@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc.client import RetryPolicy
 from octollm_grpc.client.aio_interceptors import aio_interceptors
-from octollm_grpc.client.channel import build_resilience
+from octollm_grpc.client.channel import AioClientOptions
 from octollm_grpc.client.half_close import WatchedRequests, watch
 from tests.client.channels import aio_channel
 from tests.servers import sync_server
@@ -64,9 +64,8 @@ async def _wait_for(event: threading.Event) -> None:
 
 def _retry_layer_only(target: str, retry: RetryPolicy | None) -> aio.Channel:
     """The retry layer as the outermost interceptor (no observers above it)."""
-    core, _ = build_resilience(target, retry=retry, budget=None, breaker=None,
-                               config=None, clock=lambda: 0.0, rng=None,
-                               registry=CollectorRegistry())
+    core, _ = AioClientOptions(target=target, retry=retry, budget=None, breaker=None,
+                               clock=lambda: 0.0, registry=CollectorRegistry()).resilience()
     return aio.insecure_channel(target, [("grpc.enable_retries", 0)],
                                 interceptors=aio_interceptors(core))
 
