@@ -19,7 +19,6 @@ import grpc
 from octollm_grpc import codes, otel, propagation
 from octollm_grpc.errors import InvalidInputError, OctoLLMError, RateLimitError
 from octollm_grpc.server import requestid
-from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.errors import (
     HandlerStatus,
     level_for_code,
@@ -29,10 +28,11 @@ from octollm_grpc.server.errors import (
 )
 from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request_id
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
-from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
+from octollm_grpc.server.options import ServerOptions
+from octollm_grpc.server.ratelimit import RateLimit
 from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
-from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
+from octollm_grpc.status import RichStatus, to_status
 
 __all__ = [
     "UNDECODABLE",
@@ -206,60 +206,29 @@ class Pipeline:
     status is decided, then logged once and counted.
     """
 
-    def __init__(
-        self,
-        *,
-        request_ids: RequestIds | None = None,
-        logger: CallLogger | None = None,
-        metrics: ServerMetrics | None = None,
-        rate_limiter: RateLimiter | None = None,
-        auth: BearerAuth | None = None,
-        domain: str = DEFAULT_DOMAIN,
-        debug: bool = False,
-        tracer_provider: Any = None,
-    ) -> None:
+    def __init__(self, options: ServerOptions) -> None:
+        """Build the parts ``options`` asks for (``True`` ones with their defaults)."""
+        self.options = options
         # Our own server span when no instrumentation started one (see octollm_grpc.otel).
         # A given provider's tracer is made once; the global one is looked up per call, as an
         # application may set it after building its server.
         self.tracing = otel.AVAILABLE
-        self.tracer = otel.active_tracer(tracer_provider) if tracer_provider is not None else None
-        self.request_ids = request_ids
-        self.logger = logger
-        self.metrics = metrics
-        self.rate_limiter = rate_limiter
-        self.auth = auth
-        self.domain = domain
-        self.debug = debug
+        provider = options.tracer_provider
+        self.tracer = otel.active_tracer(provider) if provider is not None else None
+        self.request_ids = _part(options.request_ids, RequestIds)
+        self.logger = _part(options.logger, CallLogger)
+        self.metrics = _part(options.metrics, ServerMetrics)
+        self.rate_limiter = options.rate_limit
+        self.auth = options.auth
+        self.domain = options.domain
+        self.debug = options.debug
         # Refusals are shed cheaply: one status per limit and wait, one log event per caller
         # and second (see octollm_grpc.server.shedding).
-        self.rejection_statuses = RejectionStatuses(domain=domain)
-        self.rejection_log = None if logger is None or rate_limiter is None else RejectionLog(
-            logger, secret_keys=rate_limiter.key_metadata is not None)
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        request_ids: RequestIds | bool = True,
-        logger: CallLogger | bool = True,
-        metrics: ServerMetrics | bool = True,
-        rate_limit: RateLimiter | None = None,
-        auth: BearerAuth | None = None,
-        domain: str = DEFAULT_DOMAIN,
-        debug: bool = False,
-        tracer_provider: Any = None,
-    ) -> Pipeline:
-        """``True`` gives a part with its defaults, ``False`` leaves it out."""
-        return cls(
-            request_ids=_part(request_ids, RequestIds),
-            logger=_part(logger, CallLogger),
-            metrics=_part(metrics, ServerMetrics),
-            rate_limiter=rate_limit,
-            auth=auth,
-            domain=domain,
-            debug=debug,
-            tracer_provider=tracer_provider,
-        )
+        self.rejection_statuses = RejectionStatuses(domain=self.domain)
+        self.rejection_log = None
+        if self.logger is not None and self.rate_limiter is not None:
+            self.rejection_log = RejectionLog(
+                self.logger, secret_keys=self.rate_limiter.key_metadata is not None)
 
     # -- per method ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Unpack
 
 import grpc
 import grpc.aio
@@ -28,14 +28,9 @@ from octollm_grpc.server._core import (
     undecodable_error,
 )
 from octollm_grpc.server._threaded import threaded_behavior
-from octollm_grpc.server.auth import BearerAuth
-from octollm_grpc.server.logs import CallLogger
-from octollm_grpc.server.metrics import ServerMetrics
-from octollm_grpc.server.ratelimit import RateLimiter
-from octollm_grpc.server.requestid import RequestIds
-from octollm_grpc.status import DEFAULT_DOMAIN
+from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 
-__all__ = ["ServerInterceptor", "server_interceptors"]
+__all__ = ["ServerInterceptor", "ServerKeywords", "ServerOptions", "server_interceptors"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _CANCELLATION = (asyncio.CancelledError, GeneratorExit)
@@ -161,22 +156,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def server_interceptors(
-    *,
-    request_ids: RequestIds | bool = True,
-    logger: CallLogger | bool = True,
-    metrics: ServerMetrics | bool = True,
-    rate_limit: RateLimiter | None = None,
-    auth: BearerAuth | None = None,
-    domain: str = DEFAULT_DOMAIN,
-    debug: bool = False,
-    tracer_provider: Any = None,
+    options: ServerOptions | None = None, **keywords: Unpack[ServerKeywords]
 ) -> list[grpc.aio.ServerInterceptor]:
     """The recommended stack for ``grpc.aio.server(interceptors=...)``.
 
     Same parameters and behaviour as :func:`octollm_grpc.server.server_interceptors`; an
     ``auth`` verifier may be a coroutine function here.
     """
-    return [ServerInterceptor(Pipeline.from_options(
-        request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
-        auth=auth, domain=domain, debug=debug, tracer_provider=tracer_provider,
-    ))]
+    return [ServerInterceptor(Pipeline(options_of(options, keywords)))]

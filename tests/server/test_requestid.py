@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import RequestIds, current_request_id, server_interceptors
+from octollm_grpc.server import RequestIds, ServerOptions, current_request_id, server_interceptors
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server._core import Pipeline
 from octollm_grpc.status import from_rpc_error
@@ -92,7 +92,7 @@ class _Context:
 
 def test_call_state_is_unbound_when_the_call_ends() -> None:
     """The id is bound (ours and structlog's) during the call and unbound after it."""
-    pipeline = Pipeline.from_options(metrics=False)
+    pipeline = Pipeline(ServerOptions(metrics=False))
     plan = pipeline.plan("/a.B/C", "unary")
     context = _Context((("x-request-id", "r-1"),))
     call = pipeline.begin(plan, context)
