@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
-from octollm_grpc.server._core import UNDECODABLE, MethodPlan, Pipeline, undecodable_error
+from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
 
 __all__ = ["ThreadContext", "threaded_behavior"]
 
@@ -111,16 +111,37 @@ def _waiter(loop: asyncio.AbstractEventLoop) -> Callable[[Awaitable[Any]], Any]:
     return wait
 
 
-def _finish(pipeline: Pipeline, call: Any, exc: BaseException, context: ThreadContext) -> None:
-    # Logged and counted first, then sent: see ThreadContext.abort.
-    failure = pipeline.fail(call, exc, context, aborted=isinstance(exc, _HandlerAborted),
-                            cancelled=False)
-    if failure.status is not None:
-        status = failure.status
-        context.send_status(status.code, status.details, status.trailing_metadata)
-    else:  # the handler's own abort: its code and message, our request id in the trailers
-        code = context.code() or grpc.StatusCode.UNKNOWN
-        context.send_status(code, context.details() or "", failure.trailers or ())
+class _StatusSent(Exception):
+    """The wrapper sent the call's status: the handler ends quietly."""
+
+
+class _Call(SyncCall):
+    """A call of a ``def`` handler on grpc.aio: its status sent through :class:`ThreadContext`."""
+
+    __slots__ = ("wait",)
+
+    def __init__(self, pipeline: Pipeline, plan: MethodPlan, context: ThreadContext,
+                 request: Any, wait: Callable[[Awaitable[Any]], Any]) -> None:
+        self.wait = wait
+        super().__init__(pipeline, plan, context, request)
+
+    def end_failed(self, exc: BaseException) -> None:
+        # GeneratorExit: grpc stopped consuming (the client went away). This may run on the
+        # event loop (when the generator is collected): never wait on the loop from here.
+        cancelled = isinstance(exc, GeneratorExit)
+        failure = self.pipeline.fail(self, exc, cancelled=cancelled,
+                                     aborted=isinstance(exc, _HandlerAborted))
+        if cancelled:
+            return
+        # Logged and counted first, then sent: see ThreadContext.abort.
+        context = cast(ThreadContext, self.context)
+        if failure.status is not None:
+            status = failure.status
+            context.send_status(status.code, status.details, status.trailing_metadata)
+        else:  # the handler's own abort: its code and message, our request id in the trailers
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            context.send_status(code, context.details() or "", failure.trailers or ())
+        raise _StatusSent
 
 
 def _unary_response(
@@ -128,21 +149,11 @@ def _unary_response(
 ) -> Behavior:
     def handle(request: Any, raw_context: Any) -> Any:
         context = ThreadContext(raw_context)
-        call = pipeline.begin(plan, context)
         try:
-            if plan.guarded:
-                pipeline.admit(call, context, wait)
-            if request is UNDECODABLE:
-                raise undecodable_error()
-            response = behavior(request, context)
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
-            _finish(pipeline, call, exc, context)
-            return None  # the status is sent: grpc.aio discards any response
-        else:
-            pipeline.succeed(call, context)
-            return response
-        finally:
-            pipeline.end(call)
+            with _Call(pipeline, plan, context, request, wait):
+                return behavior(request, context)
+        except _StatusSent:
+            return None  # grpc.aio discards any response
 
     return handle
 
@@ -154,24 +165,11 @@ def _stream_response(
     # so all of this (and the handler) runs in worker threads, each step maybe in another one.
     def body(request: Any, raw_context: Any) -> Generator[Any, None, None]:
         context = ThreadContext(raw_context)
-        call = pipeline.begin(plan, context)
         try:
-            if plan.guarded:
-                pipeline.admit(call, context, wait)
-            if request is UNDECODABLE:
-                raise undecodable_error()
-            yield from behavior(request, context)
-        except GeneratorExit:
-            # grpc stopped consuming (the client went away). This may run on the event loop
-            # (when the generator is collected): never wait on the loop from here.
-            pipeline.cancelled(call)
-            raise
-        except Exception as exc:  # noqa: BLE001 - as above, mid-stream too
-            _finish(pipeline, call, exc, context)
-        else:
-            pipeline.succeed(call, context)
-        finally:
-            pipeline.end(call)
+            with _Call(pipeline, plan, context, request, wait):
+                yield from behavior(request, context)
+        except _StatusSent:
+            return
 
     def handle(request: Any, raw_context: Any) -> Generator[Any, None, None]:
         # Every step runs in one context of its own: the request id bound by the first step

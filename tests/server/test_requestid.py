@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import RequestIds, ServerOptions, current_request_id, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._core import Call, Pipeline
 from octollm_grpc.status import from_rpc_error
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
@@ -95,7 +95,7 @@ def test_call_state_is_unbound_when_the_call_ends() -> None:
     pipeline = Pipeline(ServerOptions(metrics=False))
     plan = pipeline.plan("/a.B/C", "unary")
     context = _Context((("x-request-id", "r-1"),))
-    call = pipeline.begin(plan, context)
+    call = Call(pipeline, plan, context, b"")  # made: the call has started
     assert current_request_id() == "r-1"
     assert structlog.contextvars.get_contextvars()["request_id"] == "r-1"
     assert context.trailers == (("x-request-id", "r-1"),)
