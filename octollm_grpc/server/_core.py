@@ -17,7 +17,6 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
 
 import grpc
@@ -182,10 +181,7 @@ class SyncCall(Call):
                 raise
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         try:
             if exc is None:
                 self.pipeline.succeed(self)
@@ -220,10 +216,7 @@ class AsyncCall(Call):
                 raise
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         try:
             if exc is None:
                 self.pipeline.succeed(self)
