@@ -16,16 +16,19 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Self, TypeVar
 
 import grpc
 
 from octollm_grpc import codes, otel, propagation
 from octollm_grpc.errors import OctoLLMError, RateLimitError
+from octollm_grpc.propagation import Inbound
 from octollm_grpc.server import requestid
 from octollm_grpc.server._handlers import (
     UNDECODABLE,
+    Metadata,
+    ServicerContext,
     handler_shape,
     split_method,
     undecodable_error,
@@ -52,7 +55,6 @@ __all__ = [
     "Failure",
     "MethodPlan",
     "Pipeline",
-    "ServicerContext",
     "SyncCall",
     "handler_shape",
 ]
@@ -60,25 +62,6 @@ __all__ = [
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _perf_counter = time.perf_counter
-Metadata = Iterable[tuple[str, str | bytes]]
-
-
-@runtime_checkable
-class ServicerContext(Protocol):
-    """What the core uses of a servicer context.
-
-    ``grpc.ServicerContext`` (sync), ``grpc.aio.ServicerContext`` and
-    :class:`octollm_grpc.server._threaded.ThreadContext` all have it. (grpcio's sync context
-    has ``code()`` and ``details()`` since 1.38, as public API; its type stubs lack them.)
-    """
-
-    def invocation_metadata(self) -> Metadata | None: ...
-    def set_trailing_metadata(self, trailing_metadata: Trailers) -> None: ...
-    def trailing_metadata(self) -> Metadata | None: ...
-    def code(self) -> grpc.StatusCode | None: ...
-    def details(self) -> str | bytes | None: ...  # bytes on the sync stack
-    def peer(self) -> str: ...
-    def time_remaining(self) -> float | None: ...
 
 
 class MethodPlan:
@@ -151,7 +134,7 @@ class Call:
             self.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(self.trailers)
         # What outbound calls on resilient channels inherit: deadline and request id.
-        self.inbound_token: contextvars.Token[Any] | None = propagation.enter(
+        self.inbound_token: contextvars.Token[Inbound | None] | None = propagation.enter(
             context, self.request_id,
             request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:

@@ -1,4 +1,4 @@
-"""Handlers as grpc sees them: their shape, their request parser, and wrapping each once.
+"""Handlers as grpc sees them: shape, context, request parser, and wrapping each once.
 
 Both interceptors (:mod:`octollm_grpc.server._sync`, :mod:`octollm_grpc.server.aio`) wrap a
 method's handler through :class:`Wrapping`; only how a behaviour is wrapped differs by stack.
@@ -6,16 +6,22 @@ method's handler through :class:`Wrapping`; only how a behaviour is wrapped diff
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, TypeAlias, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import grpc
 
 from octollm_grpc.errors import InvalidInputError
+from octollm_grpc.server.errors import Trailers
+
+if TYPE_CHECKING:  # the core imports this module
+    from octollm_grpc.server._core import MethodPlan, Pipeline
 
 __all__ = [
     "UNDECODABLE",
     "HandlerCache",
+    "Metadata",
+    "ServicerContext",
     "Wrapping",
     "handler_shape",
     "parse_safely",
@@ -25,6 +31,25 @@ __all__ = [
 ]
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+@runtime_checkable
+class ServicerContext(Protocol):
+    """What the core uses of a servicer context.
+
+    ``grpc.ServicerContext`` (sync), ``grpc.aio.ServicerContext`` and
+    :class:`octollm_grpc.server._threaded.ThreadContext` all have it. (grpcio's sync context
+    has ``code()`` and ``details()`` since 1.38, as public API; its type stubs lack them.)
+    """
+
+    def invocation_metadata(self) -> Metadata | None: ...
+    def set_trailing_metadata(self, trailing_metadata: Trailers) -> None: ...
+    def trailing_metadata(self) -> Metadata | None: ...
+    def code(self) -> grpc.StatusCode | None: ...
+    def details(self) -> str | bytes | None: ...  # bytes on the sync stack
+    def peer(self) -> str: ...
+    def time_remaining(self) -> float | None: ...
 
 
 def rpc_type_of(handler: Handler) -> str:
@@ -128,8 +153,8 @@ class Wrapping:
     request parser and the serializers are kept as grpc dispatches on them.
     """
 
-    def __init__(self, pipeline: Any) -> None:
-        #: The :class:`octollm_grpc.server._core.Pipeline` every wrapped call runs through.
+    def __init__(self, pipeline: Pipeline) -> None:
+        #: What every wrapped call runs through.
         self.pipeline = pipeline
         self._cache: HandlerCache[Handler] = HandlerCache(self._rewrap)
 
@@ -137,7 +162,7 @@ class Wrapping:
         """``handler`` wrapped in the pipeline (``None``, an unregistered method, passes)."""
         return None if handler is None else self._cache.get(method, handler)
 
-    def wrap_behavior(self, plan: Any, behavior: Any, response_streaming: bool) -> Any:
+    def wrap_behavior(self, plan: MethodPlan, behavior: Any, response_streaming: bool) -> Any:
         """``behavior`` wrapped for this stack, or ``None`` to serve the handler as it is."""
         raise NotImplementedError
 

@@ -8,8 +8,8 @@ from typing import Any, cast
 import grpc
 
 from octollm_grpc.errors import OctoLLMError
-from octollm_grpc.server._core import MethodPlan, Pipeline, ServicerContext, SyncCall
-from octollm_grpc.server._handlers import Handler, Wrapping
+from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
+from octollm_grpc.server._handlers import Handler, ServicerContext, Wrapping
 
 __all__ = ["ServerInterceptor"]
 

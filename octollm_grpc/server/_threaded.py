@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 import grpc.aio
 
 from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
+from octollm_grpc.server._handlers import Metadata, ServicerContext
 
 __all__ = ["ThreadContext", "threaded_behavior"]
 
@@ -29,6 +30,19 @@ Behavior = Callable[[Any, Any], Any]
 
 class _HandlerAborted(Exception):
     """The handler called ``context.abort``: it stops, and the wrapper sends the status."""
+
+
+class _PoolContext(Protocol):
+    """What we use of grpc.aio's own context for thread-pool handlers (no public type)."""
+
+    def invocation_metadata(self) -> Metadata | None: ...
+    def peer(self) -> str: ...
+    def time_remaining(self) -> float | None: ...
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+    def set_details(self, details: str) -> None: ...
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, Any]]) -> None: ...
+    def abort(self, code: grpc.StatusCode, details: str,
+              trailing_metadata: Sequence[tuple[str, Any]]) -> None: ...
 
 
 class ThreadContext:
@@ -41,7 +55,7 @@ class ThreadContext:
 
     __slots__ = ("_code", "_context", "_details", "_trailers")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: _PoolContext) -> None:
         self._context = context
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
@@ -49,6 +63,16 @@ class ThreadContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    # What the core reads on every call, spelled out (and not found through __getattr__).
+    def invocation_metadata(self) -> Metadata | None:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
@@ -147,7 +171,7 @@ class _Call(SyncCall):
 def _unary_response(
     pipeline: Pipeline, plan: MethodPlan, behavior: Behavior, wait: Callable[[Any], Any]
 ) -> Behavior:
-    def handle(request: Any, raw_context: Any) -> Any:
+    def handle(request: Any, raw_context: _PoolContext) -> Any:
         context = ThreadContext(raw_context)
         try:
             with _Call(pipeline, plan, context, request, wait):
@@ -163,7 +187,7 @@ def _stream_response(
 ) -> Callable[[Any, Any], Generator[Any, None, None]]:
     # A generator function: grpc.aio calls it on the loop but iterates it in its thread pool,
     # so all of this (and the handler) runs in worker threads, each step maybe in another one.
-    def body(request: Any, raw_context: Any) -> Generator[Any, None, None]:
+    def body(request: Any, raw_context: _PoolContext) -> Generator[Any, None, None]:
         context = ThreadContext(raw_context)
         try:
             with _Call(pipeline, plan, context, request, wait):
@@ -171,7 +195,7 @@ def _stream_response(
         except _StatusSent:
             return
 
-    def handle(request: Any, raw_context: Any) -> Generator[Any, None, None]:
+    def handle(request: Any, raw_context: _PoolContext) -> Generator[Any, None, None]:
         # Every step runs in one context of its own: the request id bound by the first step
         # is seen (and unbound) by the later ones, whichever worker thread runs them.
         run = contextvars.copy_context().run
@@ -199,3 +223,11 @@ def threaded_behavior(
     """``behavior`` (a ``def`` handler) wrapped in the pipeline, still a ``def`` function."""
     wrap = _stream_response if response_streaming else _unary_response
     return wrap(pipeline, plan, behavior, _waiter(loop))
+
+
+if TYPE_CHECKING:  # mypy checks that the contexts the core is given have what it uses
+
+    def _core_contexts(
+        aio: grpc.aio.ServicerContext[Any, Any], thread: ThreadContext
+    ) -> tuple[ServicerContext, ServicerContext]:
+        return aio, thread

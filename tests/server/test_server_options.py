@@ -82,9 +82,9 @@ def test_sync_stack_refuses_an_async_verifier_given_in_options() -> None:
     async def verify(token: str) -> list[str]:
         return []
 
-    with pytest.raises(TypeError, match="grpc.aio"):
+    with pytest.raises(TypeError, match=r"grpc\.aio"):
         server_interceptors(ServerOptions(auth=BearerAuth(verify)))
-    with pytest.raises(TypeError, match="grpc.aio"):
+    with pytest.raises(TypeError, match=r"grpc\.aio"):
         server_interceptors(ServerOptions(), auth=BearerAuth(verify))
     assert len(server_aio.server_interceptors(ServerOptions(auth=BearerAuth(verify)))) == 1
 
