@@ -31,28 +31,28 @@ class ServerOptions:
     on. The defaults are what ``server_interceptors()`` gives with no arguments.
     """
 
-    #: The request id each call gets (read from ``x-request-id`` or made), set as a trailer.
     request_ids: RequestIds | bool = True
-    #: One structlog event per failed call.
+    """The request id each call gets (read from ``x-request-id`` or made), set as a trailer."""
     logger: CallLogger | bool = True
-    #: Prometheus metrics, on prometheus-client's default registry unless configured.
+    """One structlog event per failed call."""
     metrics: ServerMetrics | bool = True
-    #: Token buckets per caller; a refused call gets ``RateLimitError``.
+    """Prometheus metrics, on prometheus-client's default registry unless configured."""
     rate_limit: RateLimiter | None = None
-    #: Bearer tokens and scopes per method.
+    """Token buckets per caller; a refused call gets ``RateLimitError``."""
     auth: BearerAuth | None = None
-    #: ``ErrorInfo.domain`` of every error the stack encodes.
+    """Bearer tokens and scopes per method."""
     domain: str = DEFAULT_DOMAIN
-    #: Adds the traceback of unexpected exceptions as ``DebugInfo`` (never in production).
+    """``ErrorInfo.domain`` of every error the stack encodes."""
     debug: bool = False
-    #: OpenTelemetry tracer provider for the stack's own server span (default: the global one).
+    """Adds the traceback of unexpected exceptions as ``DebugInfo`` (never in production)."""
     tracer_provider: Any = None
+    """OpenTelemetry tracer provider for the stack's own server span (default: the global one)."""
 
 
 class ServerKeywords(TypedDict, total=False):
     """The keywords of ``server_interceptors(...)``: the fields of :class:`ServerOptions`.
 
-    Typed here so that type checkers check callers' keywords (``**options: Unpack[...]``);
+    Typed here so that type checkers check callers' keywords (``**keywords: Unpack[...]``);
     the defaults and their meaning are :class:`ServerOptions`'.
     """
 
