@@ -13,7 +13,7 @@ from octollm_grpc.server._handlers import Handler, ServicerContext, Wrapping
 
 __all__ = ["ServerInterceptor"]
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Behavior = Callable[[Any, Any], Any]  # the application's handler
 
 
 class _Call(SyncCall):
@@ -48,14 +48,13 @@ def _is_cancelled(exc: BaseException, context: grpc.ServicerContext) -> bool:
     )
 
 
-def _context(context: grpc.ServicerContext) -> ServicerContext:
-    # grpcio's sync context has code() and details() (public since 1.38); its stubs lack them.
-    return cast(ServicerContext, context)
-
-
-def _unary_response(pipeline: Pipeline, plan: MethodPlan, behavior: Behavior) -> Behavior:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        with _Call(pipeline, plan, _context(context), request):
+def _unary_response(
+    pipeline: Pipeline, plan: MethodPlan, behavior: Behavior
+) -> Callable[[Any, ServicerContext], Any]:
+    # grpc's context is a ServicerContext: grpcio's sync context has code() and details()
+    # (public since 1.38), which its type stubs lack.
+    def handle(request: Any, context: ServicerContext) -> Any:
+        with _Call(pipeline, plan, context, request):
             return behavior(request, context)
 
     return handle
@@ -63,11 +62,11 @@ def _unary_response(pipeline: Pipeline, plan: MethodPlan, behavior: Behavior) ->
 
 def _stream_response(
     pipeline: Pipeline, plan: MethodPlan, behavior: Behavior
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+) -> Callable[[Any, ServicerContext], Iterator[Any]]:
     # Exceptions from a response generator surface while grpc iterates, after the handler
     # returned: wrapping the iterator is the only place to catch them.
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        with _Call(pipeline, plan, _context(context), request):
+    def handle(request: Any, context: ServicerContext) -> Iterator[Any]:
+        with _Call(pipeline, plan, context, request):
             yield from behavior(request, context)
 
     return handle
