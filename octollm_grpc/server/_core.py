@@ -109,30 +109,31 @@ class Call:
         self.request = request
         #: Set when the rate limiter refused the call (its status and log are the shed path).
         self.rejection: Rejection | None = None
-        self.request_id: str | None = None
-        self.trailers: tuple[tuple[str, str], ...] | None = None
-        self.rid_token: contextvars.Token[str | None] | None = None
-        self.log_tokens: contextvars.Token[Any] | None = None
         self.span: otel.ServerSpan | None = None
-        self.metadata: Metadata | None = None
         request_ids = pipeline.request_ids
-        if request_ids is not None or plan.guarded:
-            # Read once per call: on aio each invocation_metadata() builds a new tuple.
-            self.metadata = context.invocation_metadata()
+        # Read once per call: on aio each invocation_metadata() builds a new tuple.
+        self.metadata: Metadata | None = (
+            context.invocation_metadata() if request_ids is not None or plan.guarded else None)
         if pipeline.tracing:
             tracer = pipeline.tracer if pipeline.tracer is not None else otel.active_tracer()
             if tracer is not None:
                 if self.metadata is None:
                     self.metadata = context.invocation_metadata()
                 self.span = otel.start_server_span(tracer, plan.method, self.metadata)
+        # Each field set once (this runs on every call).
+        self.request_id: str | None
+        self.trailers: tuple[tuple[str, str], ...] | None
+        self.rid_token: contextvars.Token[str | None] | None
+        self.log_tokens: contextvars.Token[Any] | None
         if request_ids is not None:
-            rid = request_ids.from_metadata(self.metadata)
-            self.request_id = rid
+            rid = self.request_id = request_ids.from_metadata(self.metadata)
             self.rid_token = requestid.bind(rid)
             self.log_tokens = bind_request_id(rid)
             # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
             self.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(self.trailers)
+        else:
+            self.request_id = self.trailers = self.rid_token = self.log_tokens = None
         # What outbound calls on resilient channels inherit: deadline and request id.
         self.inbound_token: contextvars.Token[Inbound | None] | None = propagation.enter(
             context, self.request_id,
@@ -152,10 +153,9 @@ class SyncCall(Call):
     __slots__ = ()
 
     def __enter__(self) -> Self:
-        plan = self.plan
-        if plan.guarded or self.request is UNDECODABLE:
+        if self.plan.guarded or self.request is UNDECODABLE:
             try:
-                if plan.guarded:
+                if self.plan.guarded:
                     self.pipeline.admit(self, self.wait)
                 if self.request is UNDECODABLE:
                     raise undecodable_error()
