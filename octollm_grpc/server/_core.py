@@ -17,7 +17,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, Self, TypeVar, cast
+from typing import Any, Self, cast
 
 import grpc
 
@@ -34,8 +34,8 @@ from octollm_grpc.server._handlers import (
     undecodable_error,
 )
 from octollm_grpc.server.errors import (
+    Failure,
     HandlerStatus,
-    Trailers,
     level_for_code,
     level_for_exception,
     merge_trailers,
@@ -43,16 +43,15 @@ from octollm_grpc.server.errors import (
 )
 from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
-from octollm_grpc.server.options import ServerOptions
+from octollm_grpc.server.options import ServerOptions, part
 from octollm_grpc.server.ratelimit import RateLimit
 from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
-from octollm_grpc.status import RichStatus, to_status
+from octollm_grpc.status import to_status
 
 __all__ = [
     "AsyncCall",
     "Call",
-    "Failure",
     "MethodPlan",
     "Pipeline",
     "SyncCall",
@@ -240,19 +239,6 @@ class AsyncCall(Call):
         raise NotImplementedError
 
 
-class Failure(NamedTuple):
-    """What the wrapper does with a failed call.
-
-    ``status`` set: end the call with it (the sync wrapper via ``abort_with_status``, the aio
-    one via ``abort``). ``status`` is ``None``: re-raise the exception unchanged (a
-    cancellation, or an abort the handler already made), after setting ``trailers`` if the
-    stack still allows it.
-    """
-
-    status: HandlerStatus | RichStatus | None
-    trailers: Trailers | None
-
-
 class Pipeline:
     """The configured stack: error mapping plus the optional parts, in this order per call.
 
@@ -269,9 +255,9 @@ class Pipeline:
         self.tracing = otel.AVAILABLE
         provider = options.tracer_provider
         self.tracer = otel.active_tracer(provider) if provider is not None else None
-        self.request_ids = _part(options.request_ids, RequestIds)
-        self.logger = _part(options.logger, CallLogger)
-        self.metrics = _part(options.metrics, ServerMetrics)
+        self.request_ids = part(options.request_ids, RequestIds)
+        self.logger = part(options.logger, CallLogger)
+        self.metrics = part(options.metrics, ServerMetrics)
         self.rate_limiter = options.rate_limit
         self.auth = options.auth
         self.domain = options.domain
@@ -497,18 +483,6 @@ class _Unencodable(Exception):
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")
-_P = TypeVar("_P")
-
-
-def _part(value: _P | bool, default: Callable[[], _P]) -> _P | None:
-    """``True`` -> the default part, ``False`` -> none, anything else is the part itself."""
-    if value is True:
-        return default()
-    if value is False:
-        return None
-    return value
-
-
 def _peer(context: ServicerContext) -> str:
     try:
         peer = context.peer()

@@ -8,8 +8,9 @@ fields). One options value can build a sync stack and an aio one alike.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.logs import CallLogger
@@ -18,7 +19,7 @@ from octollm_grpc.server.ratelimit import RateLimiter
 from octollm_grpc.server.requestid import RequestIds
 from octollm_grpc.status import DEFAULT_DOMAIN
 
-__all__ = ["ServerKeywords", "ServerOptions", "options_of"]
+__all__ = ["ServerKeywords", "ServerOptions", "options_of", "part"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,3 +75,16 @@ def options_of(options: ServerOptions | None, keywords: ServerKeywords) -> Serve
     if not isinstance(options, ServerOptions):
         raise TypeError(f"options must be a ServerOptions, not {type(options).__name__}")
     return dataclasses.replace(options, **keywords) if keywords else options
+
+
+_P = TypeVar("_P")
+
+
+def part(value: _P | bool, default: Callable[[], _P]) -> _P | None:
+    """A part as an option gives it: ``True`` -> ``default()``, ``False`` -> none, anything
+    else is the part itself."""
+    if value is True:
+        return default()
+    if value is False:
+        return None
+    return value
