@@ -54,7 +54,7 @@ def _unary_response(
     # grpc's context is a ServicerContext: grpcio's sync context has code() and details()
     # (public since 1.38), which its type stubs lack.
     def handle(request: Any, context: ServicerContext) -> Any:
-        with _Call(pipeline, plan, context, request):
+        with _Call.begin(pipeline, plan, context, request):
             return behavior(request, context)
 
     return handle
@@ -66,7 +66,7 @@ def _stream_response(
     # Exceptions from a response generator surface while grpc iterates, after the handler
     # returned: wrapping the iterator is the only place to catch them.
     def handle(request: Any, context: ServicerContext) -> Iterator[Any]:
-        with _Call(pipeline, plan, context, request):
+        with _Call.begin(pipeline, plan, context, request):
             yield from behavior(request, context)
 
     return handle

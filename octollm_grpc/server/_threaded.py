@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 import grpc
 import grpc.aio
@@ -144,10 +144,10 @@ class _Call(SyncCall):
 
     __slots__ = ("wait",)
 
-    def __init__(self, pipeline: Pipeline, plan: MethodPlan, context: ThreadContext,
-                 request: Any, wait: Callable[[Awaitable[Any]], Any]) -> None:
+    def waiting(self, wait: Callable[[Awaitable[Any]], Any]) -> Self:
+        """This call, its coroutine verifier's verdict awaited through ``wait``."""
         self.wait = wait
-        super().__init__(pipeline, plan, context, request)
+        return self
 
     def end_failed(self, exc: BaseException) -> None:
         # GeneratorExit: grpc stopped consuming (the client went away). This may run on the
@@ -174,7 +174,7 @@ def _unary_response(
     def handle(request: Any, raw_context: _PoolContext) -> Any:
         context = ThreadContext(raw_context)
         try:
-            with _Call(pipeline, plan, context, request, wait):
+            with _Call.begin(pipeline, plan, context, request).waiting(wait):
                 return behavior(request, context)
         except _StatusSent:
             return None  # grpc.aio discards any response
@@ -190,7 +190,7 @@ def _stream_response(
     def body(request: Any, raw_context: _PoolContext) -> Generator[Any, None, None]:
         context = ThreadContext(raw_context)
         try:
-            with _Call(pipeline, plan, context, request, wait):
+            with _Call.begin(pipeline, plan, context, request).waiting(wait):
                 yield from behavior(request, context)
         except _StatusSent:
             return

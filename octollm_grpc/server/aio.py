@@ -51,7 +51,7 @@ def _coroutine(
 ) -> Callable[[Any, _Context], Awaitable[Any]]:
     # Unary responses, and streaming handlers that write with context.write().
     async def handle(request: Any, context: _Context) -> Any:
-        async with _Call(pipeline, plan, context, request):
+        async with _Call.begin(pipeline, plan, context, request):
             return await behavior(request, context)
 
     return handle
@@ -63,7 +63,7 @@ def _async_generator(
     # Errors raised after some messages were yielded end the stream with the mapped status;
     # the messages already yielded are delivered first.
     async def handle(request: Any, context: _Context) -> AsyncIterator[Any]:
-        async with _Call(pipeline, plan, context, request):
+        async with _Call.begin(pipeline, plan, context, request):
             responses = behavior(request, context)
             try:
                 async for response in responses:

@@ -101,7 +101,7 @@ def test_call_state_is_unbound_when_the_call_ends() -> None:
     pipeline = Pipeline(ServerOptions(metrics=False))
     plan = pipeline.plan("/a.B/C", "unary")
     context = _Context((("x-request-id", "r-1"),))
-    call = Call(pipeline, plan, context, b"")  # made: the call has started
+    call = Call.begin(pipeline, plan, context, b"")
     assert current_request_id() == "r-1"
     assert structlog.contextvars.get_contextvars()["request_id"] == "r-1"
     assert context.trailers == (("x-request-id", "r-1"),)
@@ -121,7 +121,7 @@ def test_call_state_is_unbound_when_admission_is_interrupted() -> None:
     plan = pipeline.plan("/a.B/C", "unary")
     context = _Context((("x-request-id", "r-2"), ("authorization", "Bearer t")))
     ran: list[bool] = []
-    with pytest.raises(KeyboardInterrupt), SyncCall(pipeline, plan, context, b""):
+    with pytest.raises(KeyboardInterrupt), SyncCall.begin(pipeline, plan, context, b""):
         ran.append(True)
     assert ran == []
     assert context.trailers == (("x-request-id", "r-2"),)
