@@ -17,7 +17,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import grpc
 
@@ -194,50 +194,28 @@ class SyncCall(Call):
         raise NotImplementedError
 
 
-class _Ready(tuple[()]):
-    """Done at once when awaited (it iterates an empty tuple, in C): cheaper than making
-    and running a coroutine for the steps of an aio call that need no waiting."""
-
-    __slots__ = ()
-    __await__ = tuple.__iter__
-
-
-_READY: Awaitable[None] = cast(Awaitable[None], _Ready())
-
-
 class AsyncCall(Call):
-    """:class:`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``.
-    Entering and a successful exit wait for nothing (no coroutine is made for them)."""
+    """:class:`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``."""
 
     __slots__ = ()
 
-    def __aenter__(self) -> Awaitable[None]:
+    async def __aenter__(self) -> Self:
         if self.plan.guarded or self.request is UNDECODABLE:
-            return self._admit()
-        return _READY
+            try:
+                if self.plan.guarded:
+                    await self.pipeline.admit_async(self)
+                if self.request is UNDECODABLE:
+                    raise undecodable_error()
+            except BaseException as exc:  # __aexit__ sorts it as it sorts the handler's
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
 
-    async def _admit(self) -> None:
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         try:
-            if self.plan.guarded:
-                await self.pipeline.admit_async(self)
-            if self.request is UNDECODABLE:
-                raise undecodable_error()
-        except BaseException as exc:  # _leave sorts it as it sorts the handler's
-            await self._leave(exc)
-            raise
-
-    def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> Awaitable[None]:
-        if exc is not None:
-            return self._leave(exc)
-        try:
-            self.pipeline.succeed(self)
-        finally:
-            self.pipeline.end(self)
-        return _READY
-
-    async def _leave(self, exc: BaseException) -> None:
-        try:
-            if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+            if exc is None:
+                self.pipeline.succeed(self)
+            elif isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
                 await self.end_failed(exc)
         finally:
             self.pipeline.end(self)
