@@ -51,7 +51,7 @@ def inbound() -> Inbound | None:
     return _inbound.get()
 
 
-def enter(context: Any, request_id: str | None, header: str = "x-request-id",
+def enter(context: object, request_id: str | None, header: str = "x-request-id",
           ) -> contextvars.Token[Inbound | None]:
     """Bind the call served with ``context`` (sync or aio); pass the token to :func:`leave`."""
     # A context without time_remaining (a test double) is a call without a deadline.

@@ -5,13 +5,13 @@
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
 :class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens`). Handlers validate with :class:`Violations` and read the call's id with
-:func:`current_request_id`.
+:class:`StaticTokens`), all gathered in one :class:`ServerOptions`. Handlers validate with
+:class:`Violations` and read the call's id with :func:`current_request_id`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 import grpc
 
@@ -26,10 +26,10 @@ from octollm_grpc.server.logs import (
     flush_logs,
 )
 from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
+from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
 from octollm_grpc.server.validation import Violations
-from octollm_grpc.status import DEFAULT_DOMAIN
 
 __all__ = [
     "DEFAULT_OPEN_METHODS",
@@ -43,7 +43,9 @@ __all__ = [
     "RateLimiter",
     "RequestIds",
     "ServerInterceptor",
+    "ServerKeywords",
     "ServerMetrics",
+    "ServerOptions",
     "StaticTokens",
     "Violations",
     "configure_logging",
@@ -55,36 +57,30 @@ __all__ = [
 
 
 def server_interceptors(
-    *,
-    request_ids: RequestIds | bool = True,
-    logger: CallLogger | bool = True,
-    metrics: ServerMetrics | bool = True,
-    rate_limit: RateLimiter | None = None,
-    auth: BearerAuth | None = None,
-    domain: str = DEFAULT_DOMAIN,
-    debug: bool = False,
-    tracer_provider: Any = None,
+    options: ServerOptions | None = None, **keywords: Unpack[ServerKeywords]
 ) -> list[grpc.ServerInterceptor]:
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
-    With no arguments: error mapping, request ids, logging and metrics (on prometheus-client's
-    default registry). ``True`` keeps a part with its defaults, ``False`` drops it, an object
-    configures it; ``rate_limit`` and ``auth`` are off unless given. Error mapping is always
-    on. The parts run as one interceptor (one wrapper per call, not one per part), in this
-    order: request id, started counter, rate limit, auth, handler; then the status is
-    decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds
-    the traceback of unexpected exceptions as ``DebugInfo`` (never in production).
+    Takes the fields of :class:`ServerOptions` as keywords (``request_ids``, ``logger``,
+    ``metrics``, ``rate_limit``, ``auth``, ``domain``, ``debug``, ``tracer_provider``), or a
+    ``ServerOptions`` whose fields the keywords replace. With no arguments: error mapping,
+    request ids, logging and metrics (on prometheus-client's default registry). ``True``
+    keeps a part with its defaults, ``False`` drops it, an object configures it;
+    ``rate_limit`` and ``auth`` are off unless given. Error mapping is always on. The parts
+    run as one interceptor (one wrapper per call, not one per part), in this order: request
+    id, started counter, rate limit, auth, handler; then the status is decided, logged once
+    and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds the traceback of
+    unexpected exceptions as ``DebugInfo`` (never in production). ``tracer_provider``
+    (OpenTelemetry; default: the global one) starts a server span for a call no
+    instrumentation traces already (see :mod:`octollm_grpc.otel`).
 
-    Raises ``TypeError`` for an ``auth`` whose verifier is a coroutine function: a sync server
-    cannot await it, so it is refused here rather than failing every call.
-    ``tracer_provider`` (OpenTelemetry; default: the global one) starts a server span for a
-    call no instrumentation traces already (see :mod:`octollm_grpc.otel`).
+    Raises ``TypeError`` for an unknown keyword, and for an ``auth`` whose verifier is a
+    coroutine function: a sync server cannot await it, so it is refused here rather than
+    failing every call.
     """
-    if auth is not None and auth.is_async:
+    settled = options_of(options, keywords)
+    if settled.auth is not None and settled.auth.is_async:
         raise TypeError(
             "BearerAuth with a coroutine verifier needs the grpc.aio stack "
             "(octollm_grpc.server.aio.server_interceptors); pass a plain function here")
-    return [ServerInterceptor(Pipeline.from_options(
-        request_ids=request_ids, logger=logger, metrics=metrics, rate_limit=rate_limit,
-        auth=auth, domain=domain, debug=debug, tracer_provider=tracer_provider,
-    ))]
+    return [ServerInterceptor(Pipeline(settled))]

@@ -1,119 +1,66 @@
-"""The one core both stacks share: per-method plans, per-call state, success and failure.
+"""The one core both stacks share: per-method plans, and each call from start to end.
 
-The sync (:mod:`octollm_grpc.server._sync`) and aio (:mod:`octollm_grpc.server.aio`) modules
-only wrap handler calls and carry out the :class:`Failure` this module decides on. Everything a
-method needs (metric children, its rate limit, its scopes) is resolved once, in its
-:class:`MethodPlan`; a successful call costs a clock read, the request id and the counters.
+A :class:`Call` is the one prologue and epilogue of every wrapped handler: entered (``with``
+on the sync stacks, ``async with`` on aio) it starts the call and admits it (rate limit, auth,
+a request that parsed); left, it records success, or decides on the failure and has the stack
+send it. The sync (:mod:`octollm_grpc.server._sync`), aio (:mod:`octollm_grpc.server.aio`)
+and thread-pool (:mod:`octollm_grpc.server._threaded`) wrappers keep only how a stream is
+iterated and how a status is sent. Everything a method needs (metric children, its rate
+limit, its scopes) is resolved once, in its :class:`MethodPlan`; a successful call costs a
+clock read, the request id and the counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Self
 
 import grpc
 
 from octollm_grpc import codes, otel, propagation
-from octollm_grpc.errors import InvalidInputError, OctoLLMError, RateLimitError
+from octollm_grpc.errors import OctoLLMError, RateLimitError
+from octollm_grpc.propagation import Inbound
 from octollm_grpc.server import requestid
-from octollm_grpc.server.auth import BearerAuth
+from octollm_grpc.server._handlers import (
+    UNDECODABLE,
+    Metadata,
+    ServicerContext,
+    handler_shape,
+    split_method,
+    undecodable_error,
+)
 from octollm_grpc.server.errors import (
+    Failure,
     HandlerStatus,
     level_for_code,
     level_for_exception,
     merge_trailers,
     message_of,
 )
-from octollm_grpc.server.logs import CallLogger, bind_request_id, unbind_request_id
+from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
 from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
-from octollm_grpc.server.ratelimit import RateLimit, RateLimiter
+from octollm_grpc.server.options import ServerOptions, part
+from octollm_grpc.server.ratelimit import RateLimit
 from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
-from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, to_status
+from octollm_grpc.status import to_status
 
 __all__ = [
-    "UNDECODABLE",
+    "AsyncCall",
     "Call",
-    "Failure",
-    "HandlerCache",
     "MethodPlan",
     "Pipeline",
-    "parse_safely",
-    "rpc_type_of",
-    "undecodable_error",
+    "SyncCall",
+    "handler_shape",
 ]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _perf_counter = time.perf_counter
-
-
-def rpc_type_of(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
-    """go-grpc-prometheus's ``grpc_type`` of a handler."""
-    if handler.request_streaming:
-        return "bidi_stream" if handler.response_streaming else "client_stream"
-    return "server_stream" if handler.response_streaming else "unary"
-
-
-def handler_shape(
-    handler: grpc.RpcMethodHandler[Any, Any],
-) -> tuple[Callable[..., grpc.RpcMethodHandler[Any, Any]], Any]:
-    """The ``grpc.*_rpc_method_handler`` factory for ``handler``'s shape, and its behaviour.
-
-    grpc dispatches on the streaming flags, so the wrappers do too.
-    """
-    if not handler.request_streaming:
-        if not handler.response_streaming:
-            return grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    if not handler.response_streaming:
-        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    return grpc.stream_stream_rpc_method_handler, handler.stream_stream
-
-
-def split_method(method: str) -> tuple[str, str]:
-    """``/pkg.Service/Method`` -> ``("pkg.Service", "Method")``."""
-    service, sep, name = method.lstrip("/").rpartition("/")
-    return (service, name) if sep else ("", method)
-
-
-class _Undecodable:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<undecodable request>"
-
-
-#: What :func:`parse_safely` gives for bytes that do not parse; handlers never receive it.
-UNDECODABLE: Any = _Undecodable()
-
-
-def parse_safely(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserializer``, returning :data:`UNDECODABLE` instead of raising.
-
-    Left alone, grpcio answers a request message that does not parse with ``INTERNAL`` (sync)
-    or with ``UNKNOWN`` and the parser's exception type and text (aio). Through this the call
-    runs the pipeline (rate limit, auth) and ends with :func:`undecodable_error`, logged and
-    counted like any other failure.
-    """
-    if deserializer is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception:  # noqa: BLE001 - any parser failure means "not a valid request"
-            return UNDECODABLE
-
-    return parse
-
-
-def undecodable_error() -> InvalidInputError:
-    """The error a call whose request did not parse ends with (``INVALID_ARGUMENT``)."""
-    return InvalidInputError("The request message could not be parsed")
 
 
 class MethodPlan:
@@ -138,65 +85,144 @@ class MethodPlan:
 
 
 class Call:
-    """The state of one call in progress."""
+    """The state of one call in progress, started by :meth:`begin`.
 
-    __slots__ = ("inbound_token", "log_tokens", "metadata", "plan", "rejection", "request_id",
-                 "rid_token", "span", "start", "trailers")
+    Starting it reads the clock, settles the request id (bound for logs, set as trailer) and
+    what outbound calls inherit, opens our server span if we trace, and counts the start.
+    :class:`SyncCall` and :class:`AsyncCall` add the prologue and epilogue.
+    """
 
-    def __init__(self, plan: MethodPlan, start: float) -> None:
+    __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "pipeline", "plan",
+                 "rejection", "request", "request_id", "rid_token", "span", "start", "trailers")
+
+    start: float
+    pipeline: Pipeline
+    plan: MethodPlan
+    context: ServicerContext
+    request: Any
+    rejection: Rejection | None  # set when the rate limiter refused the call (the shed path)
+    span: otel.ServerSpan | None
+    metadata: Metadata | None
+    request_id: str | None
+    trailers: tuple[tuple[str, str], ...] | None
+    rid_token: contextvars.Token[str | None] | None
+    log_tokens: contextvars.Token[Any] | None
+    inbound_token: contextvars.Token[Inbound | None] | None
+    #: Blocks for an awaitable verdict of a coroutine verifier (only a thread-pool call has it).
+    wait: Callable[[Awaitable[Any]], Any] | None = None
+
+    @classmethod
+    def begin(
+        cls, pipeline: Pipeline, plan: MethodPlan, context: ServicerContext, request: Any
+    ) -> Self:
+        """Start a call of ``plan``'s method (see the class docstring)."""
+        # Made without __init__: a type calling __init__ enters the interpreter anew (a C to
+        # Python call) on every call; a classmethod call does not (CPython 3.11, 3.12).
+        self = object.__new__(cls)
+        self.start = _perf_counter()
+        self.pipeline = pipeline
         self.plan = plan
-        self.start = start
-        #: Set when the rate limiter refused the call (its status and log are the shed path).
-        self.rejection: Rejection | None = None
-        self.metadata: Any = None
-        self.request_id: str | None = None
-        self.trailers: tuple[tuple[str, str], ...] | None = None
-        self.rid_token: contextvars.Token[str | None] | None = None
-        self.log_tokens: contextvars.Token[Any] | None = None
-        self.inbound_token: contextvars.Token[Any] | None = None
-        self.span: otel.ServerSpan | None = None
+        self.context = context
+        self.request = request
+        self.rejection = None
+        self.span = None
+        request_ids = pipeline.request_ids
+        # Read once per call: on aio each invocation_metadata() builds a new tuple.
+        self.metadata = (
+            context.invocation_metadata() if request_ids is not None or plan.guarded else None)
+        if pipeline.tracing:
+            tracer = pipeline.tracer if pipeline.tracer is not None else otel.active_tracer()
+            if tracer is not None:
+                if self.metadata is None:
+                    self.metadata = context.invocation_metadata()
+                self.span = otel.start_server_span(tracer, plan.method, self.metadata)
+        # Each field set once (this runs on every call).
+        if request_ids is not None:
+            rid = self.request_id = request_ids.from_metadata(self.metadata)
+            self.rid_token = requestid.bind(rid)
+            self.log_tokens = bind_request_id(rid)
+            # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
+            self.trailers = ((request_ids.header, rid),)
+            context.set_trailing_metadata(self.trailers)
+        else:
+            self.request_id = self.trailers = self.rid_token = self.log_tokens = None
+        # What outbound calls on resilient channels inherit: deadline and request id.
+        self.inbound_token = propagation.enter(
+            context, self.request_id,
+            request_ids.header if request_ids is not None else DEFAULT_HEADER)
+        if plan.metrics is not None:
+            plan.metrics.started.inc()
+        return self
 
 
-class Failure(NamedTuple):
-    """What the wrapper does with a failed call.
+class SyncCall(Call):
+    """A call whose handler runs in this thread: ``with SyncCall.begin(...): <run it>``.
 
-    ``status`` set: end the call with it (the sync wrapper via ``abort_with_status``, the aio
-    one via ``abort``). ``status`` is ``None``: re-raise the exception unchanged (a
-    cancellation, or an abort the handler already made), after setting ``trailers`` if the
-    stack still allows it.
+    Entering admits the call; leaving records success or, for an exception, calls
+    :meth:`end_failed`. A failed call always leaves by an exception (the stack's own, or the
+    handler's, which is never swallowed): the block needs no return after it.
     """
 
-    status: HandlerStatus | RichStatus | None
-    trailers: tuple[tuple[str, Any], ...] | None
+    __slots__ = ()
+
+    def __enter__(self) -> Self:
+        if self.plan.guarded or self.request is UNDECODABLE:
+            try:
+                if self.plan.guarded:
+                    self.pipeline.admit(self, self.wait)
+                if self.request is UNDECODABLE:
+                    raise undecodable_error()
+            except BaseException as exc:  # __exit__ sorts it as it sorts the handler's
+                self.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        try:
+            if exc is None:
+                self.pipeline.succeed(self)
+            elif isinstance(exc, (Exception, GeneratorExit)):
+                self.end_failed(exc)
+        finally:
+            self.pipeline.end(self)
+
+    def end_failed(self, exc: BaseException) -> None:
+        """End the call that raised ``exc``: raise what ends it, or return to re-raise ``exc``.
+
+        ``GeneratorExit``: grpc stopped consuming the response stream (the client went away).
+        """
+        raise NotImplementedError
 
 
-_H = TypeVar("_H")
+class AsyncCall(Call):
+    """:class:`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``."""
 
+    __slots__ = ()
 
-class HandlerCache(Generic[_H]):
-    """Wrapped handlers by method, so wrapping happens once per method and handler.
+    async def __aenter__(self) -> Self:
+        if self.plan.guarded or self.request is UNDECODABLE:
+            try:
+                if self.plan.guarded:
+                    await self.pipeline.admit_async(self)
+                if self.request is UNDECODABLE:
+                    raise undecodable_error()
+            except BaseException as exc:  # __aexit__ sorts it as it sorts the handler's
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
 
-    A method whose handler object changes is rewrapped; the cache is cleared when it reaches
-    ``cap`` entries, so catch-all generic handlers cannot grow it without bound.
-    """
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        try:
+            if exc is None:
+                self.pipeline.succeed(self)
+            elif isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+                await self.end_failed(exc)
+        finally:
+            self.pipeline.end(self)
 
-    __slots__ = ("_cap", "_entries", "_wrap")
-
-    def __init__(self, wrap: Callable[[_H, str], _H], cap: int = 1024) -> None:
-        self._wrap = wrap
-        self._cap = cap
-        self._entries: dict[str, tuple[_H, _H]] = {}
-
-    def get(self, method: str, handler: _H) -> _H:
-        """The wrapped form of ``handler`` serving ``method``."""
-        entry = self._entries.get(method)
-        if entry is not None and entry[0] is handler:
-            return entry[1]
-        wrapped = self._wrap(handler, method)
-        if len(self._entries) >= self._cap:
-            self._entries.clear()
-        self._entries[method] = (handler, wrapped)
-        return wrapped
+    async def end_failed(self, exc: BaseException) -> None:
+        """:meth:`SyncCall.end_failed`; also ``asyncio.CancelledError`` (call cancelled)."""
+        raise NotImplementedError
 
 
 class Pipeline:
@@ -206,60 +232,29 @@ class Pipeline:
     status is decided, then logged once and counted.
     """
 
-    def __init__(
-        self,
-        *,
-        request_ids: RequestIds | None = None,
-        logger: CallLogger | None = None,
-        metrics: ServerMetrics | None = None,
-        rate_limiter: RateLimiter | None = None,
-        auth: BearerAuth | None = None,
-        domain: str = DEFAULT_DOMAIN,
-        debug: bool = False,
-        tracer_provider: Any = None,
-    ) -> None:
+    def __init__(self, options: ServerOptions) -> None:
+        """Build the parts ``options`` asks for (``True`` ones with their defaults)."""
+        self.options = options
         # Our own server span when no instrumentation started one (see octollm_grpc.otel).
         # A given provider's tracer is made once; the global one is looked up per call, as an
         # application may set it after building its server.
         self.tracing = otel.AVAILABLE
-        self.tracer = otel.active_tracer(tracer_provider) if tracer_provider is not None else None
-        self.request_ids = request_ids
-        self.logger = logger
-        self.metrics = metrics
-        self.rate_limiter = rate_limiter
-        self.auth = auth
-        self.domain = domain
-        self.debug = debug
+        provider = options.tracer_provider
+        self.tracer = otel.active_tracer(provider) if provider is not None else None
+        self.request_ids = part(options.request_ids, RequestIds)
+        self.logger = part(options.logger, CallLogger)
+        self.metrics = part(options.metrics, ServerMetrics)
+        self.rate_limiter = options.rate_limit
+        self.auth = options.auth
+        self.domain = options.domain
+        self.debug = options.debug
         # Refusals are shed cheaply: one status per limit and wait, one log event per caller
         # and second (see octollm_grpc.server.shedding).
-        self.rejection_statuses = RejectionStatuses(domain=domain)
-        self.rejection_log = None if logger is None or rate_limiter is None else RejectionLog(
-            logger, secret_keys=rate_limiter.key_metadata is not None)
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        request_ids: RequestIds | bool = True,
-        logger: CallLogger | bool = True,
-        metrics: ServerMetrics | bool = True,
-        rate_limit: RateLimiter | None = None,
-        auth: BearerAuth | None = None,
-        domain: str = DEFAULT_DOMAIN,
-        debug: bool = False,
-        tracer_provider: Any = None,
-    ) -> Pipeline:
-        """``True`` gives a part with its defaults, ``False`` leaves it out."""
-        return cls(
-            request_ids=_part(request_ids, RequestIds),
-            logger=_part(logger, CallLogger),
-            metrics=_part(metrics, ServerMetrics),
-            rate_limiter=rate_limit,
-            auth=auth,
-            domain=domain,
-            debug=debug,
-            tracer_provider=tracer_provider,
-        )
+        self.rejection_statuses = RejectionStatuses(domain=self.domain)
+        self.rejection_log = None
+        if self.logger is not None and self.rate_limiter is not None:
+            self.rejection_log = RejectionLog(
+                self.logger, secret_keys=self.rate_limiter.key_metadata is not None)
 
     # -- per method ---------------------------------------------------------------------
 
@@ -277,38 +272,7 @@ class Pipeline:
 
     # -- per call -----------------------------------------------------------------------
 
-    def begin(self, plan: MethodPlan, context: Any) -> Call:
-        """Start timing, settle the request id (bound for logs, set as trailer), count start."""
-        call = Call(plan, _perf_counter())
-        request_ids = self.request_ids
-        if request_ids is not None or plan.guarded:
-            # Read once per call: on aio each invocation_metadata() builds a new tuple.
-            call.metadata = context.invocation_metadata()
-        if self.tracing:
-            tracer = self.tracer if self.tracer is not None else otel.active_tracer()
-            if tracer is not None:
-                if call.metadata is None:
-                    call.metadata = context.invocation_metadata()
-                call.span = otel.start_server_span(tracer, plan.method, call.metadata)
-        if request_ids is not None:
-            rid = request_ids.from_metadata(call.metadata)
-            call.request_id = rid
-            call.rid_token = requestid.bind(rid)
-            call.log_tokens = bind_request_id(rid)
-            # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
-            call.trailers = ((request_ids.header, rid),)
-            context.set_trailing_metadata(call.trailers)
-        # What outbound calls on resilient channels inherit: deadline and request id.
-        call.inbound_token = propagation.enter(
-            context, call.request_id,
-            request_ids.header if request_ids is not None else DEFAULT_HEADER)
-        if plan.metrics is not None:
-            plan.metrics.started.inc()
-        return call
-
-    def admit(
-        self, call: Call, context: Any, wait: Callable[[Awaitable[Any]], Any] | None = None
-    ) -> None:
+    def admit(self, call: Call, wait: Callable[[Awaitable[Any]], Any] | None = None) -> None:
         """Rate limit, then auth; raises the error the call must end with.
 
         ``wait`` blocks for an awaitable verdict of a coroutine verifier (a ``def`` handler on
@@ -316,19 +280,19 @@ class Pipeline:
         """
         plan = call.plan
         if plan.limit is not None:
-            self._rate_limit(plan.limit, call, context)
+            self._rate_limit(plan.limit, call)
         if plan.scopes is not None:
             assert self.auth is not None
             self.auth.check(plan.scopes, call.metadata, wait)
 
-    async def admit_async(self, call: Call, context: Any) -> None:
+    async def admit_async(self, call: Call) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
         plan = call.plan
         if plan.limit is not None:
             # A shared store (Redis) answers over the network: never block the event loop.
             limiter = self.rate_limiter
             assert limiter is not None
-            key = limiter.key_for(call.metadata, context.peer)
+            key = limiter.key_for(call.metadata, call.context.peer)
             wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
             if wait > 0.0:
                 raise _refuse(call, plan.limit[1], key, wait)
@@ -336,17 +300,18 @@ class Pipeline:
             assert self.auth is not None
             await self.auth.check_async(plan.scopes, call.metadata)
 
-    def _rate_limit(self, limit: tuple[str, RateLimit], call: Call, context: Any) -> None:
+    def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> None:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
-        key = limiter.key_for(call.metadata, context.peer)
+        key = limiter.key_for(call.metadata, call.context.peer)
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
             raise _refuse(call, limit[1], key, wait)
 
-    def succeed(self, call: Call, context: Any) -> None:
+    def succeed(self, call: Call) -> None:
         """The handler returned: keep its trailers plus the request id; count (or log) it."""
+        context = call.context
         if call.trailers is not None:
             current = context.trailing_metadata()
             if current is not call.trailers:
@@ -359,7 +324,7 @@ class Pipeline:
                 metrics.handling.observe(_perf_counter() - call.start)
             return
         # The handler set a non-OK code and returned: its decision, logged and counted as is.
-        self._record(call, context, code, None, level_for_code(code), None, None)
+        self._record(call, code, None, level_for_code(code), None, None)
 
     def cancelled(self, call: Call) -> None:
         """The client went away: not an error, so no log event; counted as ``Canceled``."""
@@ -368,9 +333,7 @@ class Pipeline:
             metrics.handled(_CANCELLED).inc()
             metrics.handling.observe(_perf_counter() - call.start)
 
-    def fail(
-        self, call: Call, exc: BaseException, context: Any, *, aborted: bool, cancelled: bool
-    ) -> Failure:
+    def fail(self, call: Call, exc: BaseException, *, aborted: bool, cancelled: bool) -> Failure:
         """Decide how a call that raised ``exc`` ends; log it once and count it.
 
         ``aborted``: ``exc`` is the handler's own ``context.abort``. ``cancelled``: the client
@@ -379,6 +342,7 @@ class Pipeline:
         if cancelled:
             self.cancelled(call)
             return Failure(None, None)
+        context = call.context
         rid_pair = call.trailers[0] if call.trailers is not None else None
         handler_code = context.code()
         if aborted or (handler_code is not None and handler_code is not _OK):
@@ -386,7 +350,7 @@ class Pipeline:
             code = handler_code if handler_code is not None else grpc.StatusCode.UNKNOWN
             trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
             if aborted:
-                self._record(call, context, code, None, level_for_code(code), None, None)
+                self._record(call, code, None, level_for_code(code), None, None)
                 otel.call_failed(code, None, message_of(context.details()), call.request_id)
                 return Failure(None, trailers)
             mapping = codes.mapping_for(exc)
@@ -394,14 +358,14 @@ class Pipeline:
                 error_code, log_exc = exc.error_code, None
             else:
                 error_code, log_exc = mapping.error_code, exc
-            self._record(call, context, code, error_code,
+            self._record(call, code, error_code,
                          level_for_exception(exc, mapping), log_exc, None)
             handler_message = message_of(context.details())
             otel.call_failed(code, error_code, handler_message, call.request_id)
             return Failure(HandlerStatus(code, handler_message, trailers), None)
 
         if call.rejection is not None:
-            return self._shed(call, context, call.rejection)
+            return self._shed(call, call.rejection)
         mapping = codes.mapping_for(exc)
         try:
             status = to_status(exc, request_id=call.request_id, domain=self.domain,
@@ -420,15 +384,15 @@ class Pipeline:
             error_code, log_exc, message = exc.error_code, None, status.details
         else:
             error_code, log_exc, message = mapping.error_code, exc, None
-        self._record(call, context, status.code, error_code,
+        self._record(call, status.code, error_code,
                      level_for_exception(exc, mapping), log_exc, message)
         otel.call_failed(status.code, error_code, status.details, call.request_id)
         return Failure(status._replace(trailing_metadata=trailers), None)
 
-    def _shed(self, call: Call, context: Any, rejection: Rejection) -> Failure:
+    def _shed(self, call: Call, rejection: Rejection) -> Failure:
         """A refused call: the cached status, counted per call, logged per caller and second."""
         status = self.rejection_statuses.status(rejection, call.request_id)
-        current = context.trailing_metadata()
+        current = call.context.trailing_metadata()
         if call.trailers is not None and current is call.trailers:
             trailers = status.trailing_metadata + call.trailers
         else:  # e.g. trailers set by an earlier interceptor
@@ -453,10 +417,9 @@ class Pipeline:
     def _record(
         self,
         call: Call,
-        context: Any,
         code: grpc.StatusCode,
         error_code: str | None,
-        level: Any,
+        level: Level,
         exc: BaseException | None,
         message: str | None,
     ) -> None:
@@ -476,7 +439,7 @@ class Pipeline:
                     error_code=error_code,
                     request_id=call.request_id,
                     duration=duration,
-                    peer=_peer(context) if self.logger.peer else None,
+                    peer=_peer(call.context) if self.logger.peer else None,
                     message=message,
                     exc=exc,
                 )
@@ -506,19 +469,7 @@ class _Unencodable(Exception):
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")
-_P = TypeVar("_P")
-
-
-def _part(value: _P | bool, default: Callable[[], _P]) -> _P | None:
-    """``True`` -> the default part, ``False`` -> none, anything else is the part itself."""
-    if value is True:
-        return default()
-    if value is False:
-        return None
-    return value
-
-
-def _peer(context: Any) -> str:
+def _peer(context: ServicerContext) -> str:
     try:
         peer = context.peer()
     except Exception:  # noqa: BLE001 - a peer we cannot read must not hide the failure itself

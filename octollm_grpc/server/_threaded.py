@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 import grpc
 import grpc.aio
 
-from octollm_grpc.server._core import UNDECODABLE, MethodPlan, Pipeline, undecodable_error
+from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
+from octollm_grpc.server._handlers import Metadata, ServicerContext
 
 __all__ = ["ThreadContext", "threaded_behavior"]
 
@@ -29,6 +30,19 @@ Behavior = Callable[[Any, Any], Any]
 
 class _HandlerAborted(Exception):
     """The handler called ``context.abort``: it stops, and the wrapper sends the status."""
+
+
+class _PoolContext(Protocol):
+    """What we use of grpc.aio's own context for thread-pool handlers (no public type)."""
+
+    def invocation_metadata(self) -> Metadata | None: ...
+    def peer(self) -> str: ...
+    def time_remaining(self) -> float | None: ...
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+    def set_details(self, details: str) -> None: ...
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, Any]]) -> None: ...
+    def abort(self, code: grpc.StatusCode, details: str,
+              trailing_metadata: Sequence[tuple[str, Any]]) -> None: ...
 
 
 class ThreadContext:
@@ -41,7 +55,7 @@ class ThreadContext:
 
     __slots__ = ("_code", "_context", "_details", "_trailers")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: _PoolContext) -> None:
         self._context = context
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
@@ -49,6 +63,16 @@ class ThreadContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    # What the core reads on every call, spelled out (and not found through __getattr__).
+    def invocation_metadata(self) -> Metadata | None:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
@@ -111,38 +135,49 @@ def _waiter(loop: asyncio.AbstractEventLoop) -> Callable[[Awaitable[Any]], Any]:
     return wait
 
 
-def _finish(pipeline: Pipeline, call: Any, exc: BaseException, context: ThreadContext) -> None:
-    # Logged and counted first, then sent: see ThreadContext.abort.
-    failure = pipeline.fail(call, exc, context, aborted=isinstance(exc, _HandlerAborted),
-                            cancelled=False)
-    if failure.status is not None:
-        status = failure.status
-        context.send_status(status.code, status.details, status.trailing_metadata)
-    else:  # the handler's own abort: its code and message, our request id in the trailers
-        code = context.code() or grpc.StatusCode.UNKNOWN
-        context.send_status(code, context.details() or "", failure.trailers or ())
+class _StatusSent(Exception):
+    """The wrapper sent the call's status: the handler ends quietly."""
+
+
+class _Call(SyncCall):
+    """A call of a ``def`` handler on grpc.aio: its status sent through :class:`ThreadContext`."""
+
+    __slots__ = ("wait",)
+
+    def waiting(self, wait: Callable[[Awaitable[Any]], Any]) -> Self:
+        """This call, its coroutine verifier's verdict awaited through ``wait``."""
+        self.wait = wait
+        return self
+
+    def end_failed(self, exc: BaseException) -> None:
+        # GeneratorExit: grpc stopped consuming (the client went away). This may run on the
+        # event loop (when the generator is collected): never wait on the loop from here.
+        cancelled = isinstance(exc, GeneratorExit)
+        failure = self.pipeline.fail(self, exc, cancelled=cancelled,
+                                     aborted=isinstance(exc, _HandlerAborted))
+        if cancelled:
+            return
+        # Logged and counted first, then sent: see ThreadContext.abort.
+        context = cast(ThreadContext, self.context)
+        if failure.status is not None:
+            status = failure.status
+            context.send_status(status.code, status.details, status.trailing_metadata)
+        else:  # the handler's own abort: its code and message, our request id in the trailers
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            context.send_status(code, context.details() or "", failure.trailers or ())
+        raise _StatusSent
 
 
 def _unary_response(
     pipeline: Pipeline, plan: MethodPlan, behavior: Behavior, wait: Callable[[Any], Any]
 ) -> Behavior:
-    def handle(request: Any, raw_context: Any) -> Any:
+    def handle(request: Any, raw_context: _PoolContext) -> Any:
         context = ThreadContext(raw_context)
-        call = pipeline.begin(plan, context)
         try:
-            if plan.guarded:
-                pipeline.admit(call, context, wait)
-            if request is UNDECODABLE:
-                raise undecodable_error()
-            response = behavior(request, context)
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
-            _finish(pipeline, call, exc, context)
-            return None  # the status is sent: grpc.aio discards any response
-        else:
-            pipeline.succeed(call, context)
-            return response
-        finally:
-            pipeline.end(call)
+            with _Call.begin(pipeline, plan, context, request).waiting(wait):
+                return behavior(request, context)
+        except _StatusSent:
+            return None  # grpc.aio discards any response
 
     return handle
 
@@ -152,28 +187,15 @@ def _stream_response(
 ) -> Callable[[Any, Any], Generator[Any, None, None]]:
     # A generator function: grpc.aio calls it on the loop but iterates it in its thread pool,
     # so all of this (and the handler) runs in worker threads, each step maybe in another one.
-    def body(request: Any, raw_context: Any) -> Generator[Any, None, None]:
+    def body(request: Any, raw_context: _PoolContext) -> Generator[Any, None, None]:
         context = ThreadContext(raw_context)
-        call = pipeline.begin(plan, context)
         try:
-            if plan.guarded:
-                pipeline.admit(call, context, wait)
-            if request is UNDECODABLE:
-                raise undecodable_error()
-            yield from behavior(request, context)
-        except GeneratorExit:
-            # grpc stopped consuming (the client went away). This may run on the event loop
-            # (when the generator is collected): never wait on the loop from here.
-            pipeline.cancelled(call)
-            raise
-        except Exception as exc:  # noqa: BLE001 - as above, mid-stream too
-            _finish(pipeline, call, exc, context)
-        else:
-            pipeline.succeed(call, context)
-        finally:
-            pipeline.end(call)
+            with _Call.begin(pipeline, plan, context, request).waiting(wait):
+                yield from behavior(request, context)
+        except _StatusSent:
+            return
 
-    def handle(request: Any, raw_context: Any) -> Generator[Any, None, None]:
+    def handle(request: Any, raw_context: _PoolContext) -> Generator[Any, None, None]:
         # Every step runs in one context of its own: the request id bound by the first step
         # is seen (and unbound) by the later ones, whichever worker thread runs them.
         run = contextvars.copy_context().run
@@ -201,3 +223,11 @@ def threaded_behavior(
     """``behavior`` (a ``def`` handler) wrapped in the pipeline, still a ``def`` function."""
     wrap = _stream_response if response_streaming else _unary_response
     return wrap(pipeline, plan, behavior, _waiter(loop))
+
+
+if TYPE_CHECKING:  # mypy checks that the contexts the core is given have what it uses
+
+    def _core_contexts(
+        aio: grpc.aio.ServicerContext[Any, Any], thread: ThreadContext
+    ) -> tuple[ServicerContext, ServicerContext]:
+        return aio, thread

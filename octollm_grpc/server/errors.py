@@ -19,9 +19,10 @@ import grpc
 from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server.logs import Level
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE
+from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, RichStatus
 
 __all__ = [
+    "Failure",
     "HandlerStatus",
     "level_for_code",
     "level_for_exception",
@@ -49,6 +50,19 @@ class HandlerStatus(NamedTuple):
 
 
 grpc.Status.register(HandlerStatus)
+
+
+class Failure(NamedTuple):
+    """What the wrapper does with a failed call.
+
+    ``status`` set: end the call with it (the sync wrapper via ``abort_with_status``, the aio
+    one via ``abort``). ``status`` is ``None``: re-raise the exception unchanged (a
+    cancellation, or an abort the handler already made), after setting ``trailers`` if the
+    stack still allows it.
+    """
+
+    status: HandlerStatus | RichStatus | None
+    trailers: Trailers | None
 
 
 def level_for_code(code: grpc.StatusCode) -> Level:

@@ -249,11 +249,8 @@ class RedisStore:
             except _STORE_ERRORS as exc:
                 self._outage.failed(exc)
             else:
-                self._outage.answered()
-                return _seconds(wait_us)
-        if self.fail_closed:
-            return max(ceil_ms(self._outage.until_probe()), 0.001)
-        return self.fallback.take(scope, key, limit)
+                return self._answered(wait_us)
+        return self._closed_wait() if self.fail_closed else self.fallback.take(scope, key, limit)
 
     async def take_async(self, scope: str, key: str, limit: RateLimit) -> float:
         """Take a token from the shared bucket (asyncio client); see :class:`RedisStore`."""
@@ -267,11 +264,18 @@ class RedisStore:
             except _STORE_ERRORS as exc:
                 self._outage.failed(exc)
             else:
-                self._outage.answered()
-                return _seconds(wait_us)
+                return self._answered(wait_us)
         if self.fail_closed:
-            return max(ceil_ms(self._outage.until_probe()), 0.001)
+            return self._closed_wait()
         return await self.fallback.take_async(scope, key, limit)
+
+    def _answered(self, wait_us: Any) -> float:
+        self._outage.answered()
+        return _seconds(wait_us)
+
+    def _closed_wait(self) -> float:
+        # Fail closed: every caller waits until the next probe (at least a millisecond).
+        return max(ceil_ms(self._outage.until_probe()), 0.001)
 
     def connect(self) -> bool:
         """Connect the sync client and load the script now, before calls arrive.

@@ -11,9 +11,15 @@ import structlog
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import RequestIds, current_request_id, server_interceptors
+from octollm_grpc.server import (
+    BearerAuth,
+    RequestIds,
+    ServerOptions,
+    current_request_id,
+    server_interceptors,
+)
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._core import Call, Pipeline, SyncCall
 from octollm_grpc.status import from_rpc_error
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
@@ -92,14 +98,33 @@ class _Context:
 
 def test_call_state_is_unbound_when_the_call_ends() -> None:
     """The id is bound (ours and structlog's) during the call and unbound after it."""
-    pipeline = Pipeline.from_options(metrics=False)
+    pipeline = Pipeline(ServerOptions(metrics=False))
     plan = pipeline.plan("/a.B/C", "unary")
     context = _Context((("x-request-id", "r-1"),))
-    call = pipeline.begin(plan, context)
+    call = Call.begin(pipeline, plan, context, b"")
     assert current_request_id() == "r-1"
     assert structlog.contextvars.get_contextvars()["request_id"] == "r-1"
     assert context.trailers == (("x-request-id", "r-1"),)
     pipeline.end(call)
+    assert current_request_id() is None
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+
+
+def test_call_state_is_unbound_when_admission_is_interrupted() -> None:
+    """A BaseException from a verifier (e.g. KeyboardInterrupt) skips the handler and still
+    unbinds the call's id."""
+
+    def verify(token: str) -> list[str]:
+        raise KeyboardInterrupt
+
+    pipeline = Pipeline(ServerOptions(metrics=False, auth=BearerAuth(verify)))
+    plan = pipeline.plan("/a.B/C", "unary")
+    context = _Context((("x-request-id", "r-2"), ("authorization", "Bearer t")))
+    ran: list[bool] = []
+    with pytest.raises(KeyboardInterrupt), SyncCall.begin(pipeline, plan, context, b""):
+        ran.append(True)
+    assert ran == []
+    assert context.trailers == (("x-request-id", "r-2"),)
     assert current_request_id() is None
     assert "request_id" not in structlog.contextvars.get_contextvars()
 
