@@ -182,7 +182,15 @@ def serve_aio_in_thread(
     thread = threading.Thread(target=asyncio.run, args=(run(),), name="octollm-testing-aio",
                               daemon=True)
     thread.start()
-    target, loop, stop = started.result(start_timeout)
+    try:
+        target, loop, stop = started.result(start_timeout)
+    except BaseException:
+        # Failed to start: let the loop thread finish before the caller sees the error, so
+        # no thread of this server outlives the with statement (a start still running after
+        # start_timeout is not waited for again).
+        if started.done():
+            thread.join(start_timeout)
+        raise
     try:
         yield target
     finally:

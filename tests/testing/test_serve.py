@@ -65,6 +65,16 @@ def test_serve_aio_in_thread_reports_a_failure_to_start_in_the_caller() -> None:
         pytest.fail("the server must not start")
 
 
+def test_serve_aio_in_thread_ends_its_thread_before_reporting_a_failure_to_start() -> None:
+    """The loop thread of a server that failed to start is gone when the error is raised."""
+    before = set(threading.enumerate())
+    with pytest.raises(ValueError, match="ServerInterceptor"), serve_aio_in_thread(
+            Echo().handler(aio=True), interceptors=[object()]):
+        pytest.fail("the server must not start")
+    assert [t.name for t in set(threading.enumerate()) - before
+            if t.name == "octollm-testing-aio"] == []
+
+
 def test_exit_does_not_wait_for_a_stuck_call_beyond_the_grace() -> None:
     """grace=0: exiting cancels a call still in its handler instead of waiting for it."""
     entered, release = threading.Event(), threading.Event()
