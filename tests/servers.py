@@ -39,9 +39,14 @@ async def aio_server(
     handlers: Sequence[grpc.GenericRpcHandler],
     interceptors: Sequence[Any] = (),
     options: Sequence[tuple[str, Any]] = (),
+    migration_pool: futures.Executor | None = None,
 ) -> AsyncIterator[str]:
-    """Start a ``grpc.aio.server`` with ``handlers``; yield its ``127.0.0.1:PORT`` target."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+    """Start a ``grpc.aio.server`` with ``handlers``; yield its ``127.0.0.1:PORT`` target.
+
+    ``migration_pool`` runs the plain ``def`` handlers (grpc.aio's default pool otherwise).
+    """
+    server = grpc.aio.server(migration_thread_pool=migration_pool,
+                             interceptors=list(interceptors), options=list(options))
     server.add_generic_rpc_handlers(tuple(handlers))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

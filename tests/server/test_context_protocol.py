@@ -75,15 +75,9 @@ async def test_thread_pool_handler_context_satisfies_the_protocol() -> None:
     handlers = [grpc.method_handlers_generic_handler("test.Shapes", {
         "Unary": grpc.unary_unary_rpc_method_handler(plain)})]
     with futures.ThreadPoolExecutor(max_workers=2) as pool:
-        server = grpc.aio.server(migration_thread_pool=pool,
-                                 interceptors=server_aio.server_interceptors(metrics=False))
-        server.add_generic_rpc_handlers(handlers)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            outcome = await call_aio(f"127.0.0.1:{port}", "unary", [("x-request-id", "t-1")])
-        finally:
-            await server.stop(None)
+        async with aio_server(handlers, server_aio.server_interceptors(metrics=False),
+                              migration_pool=pool) as target:
+            outcome = await call_aio(target, "unary", [("x-request-id", "t-1")])
     assert outcome.error is None
     assert [type(c) for c in seen] == [ThreadContext]
     assert isinstance(seen[0], ServicerContext)

@@ -16,7 +16,7 @@ from octollm_grpc.server import CallLogger, server_interceptors
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.status import GENERIC_MESSAGE, from_rpc_error
 from tests.server.harness import Script, call_aio, call_sync, sync_handlers
-from tests.servers import sync_server
+from tests.servers import aio_server, sync_server
 
 
 def _detail(err: Any, name: str, message: Any) -> Any:
@@ -87,15 +87,9 @@ async def test_aio_plain_function_handlers_run_in_the_pool_with_the_stack() -> N
     handlers = [grpc.method_handlers_generic_handler("test.Shapes", {
         "Unary": grpc.unary_unary_rpc_method_handler(plain)})]
     with futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="migration") as pool:
-        server = grpc.aio.server(migration_thread_pool=pool,
-                                 interceptors=server_aio.server_interceptors(metrics=False))
-        server.add_generic_rpc_handlers(handlers)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            outcome = await call_aio(f"127.0.0.1:{port}", "unary", [("x-request-id", "r")])
-        finally:
-            await server.stop(None)
+        async with aio_server(handlers, server_aio.server_interceptors(metrics=False),
+                              migration_pool=pool) as target:
+            outcome = await call_aio(target, "unary", [("x-request-id", "r")])
     assert outcome.messages == [b"plain req"]
     assert outcome.trailers["x-request-id"] == "r"  # our stack ran
     assert [name.startswith("migration") for name in threads] == [True]
