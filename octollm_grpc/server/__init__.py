@@ -5,8 +5,9 @@
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
 :class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens`), all gathered in one :class:`ServerOptions`. Handlers validate with
-:class:`Violations` and read the call's id with :func:`current_request_id`.
+:class:`StaticTokens`), :class:`ConcurrencyLimit` (an adaptive limit on calls in flight),
+all gathered in one :class:`ServerOptions`. Handlers validate with :class:`Violations` and
+read the call's id with :func:`current_request_id`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Unpack
 
 import grpc
 
+from octollm_grpc.server._concurrency import ConcurrencyLimit
 from octollm_grpc.server._core import Pipeline
 from octollm_grpc.server._sync import ServerInterceptor
 from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
@@ -37,6 +39,7 @@ __all__ = [
     "BearerAuth",
     "BucketStore",
     "CallLogger",
+    "ConcurrencyLimit",
     "LineWriter",
     "MemoryStore",
     "RateLimit",
@@ -62,15 +65,17 @@ def server_interceptors(
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
     Takes the fields of :class:`ServerOptions` as keywords (``request_ids``, ``logger``,
-    ``metrics``, ``rate_limit``, ``auth``, ``domain``, ``debug``, ``tracer_provider``), or a
+    ``metrics``, ``rate_limit``, ``auth``, ``concurrency``, ``domain``, ``debug``,
+    ``tracer_provider``), or a
     ``ServerOptions`` whose fields the keywords replace. With no arguments: error mapping,
     request ids, logging and metrics (on prometheus-client's default registry). ``True``
     keeps a part with its defaults, ``False`` drops it, an object configures it;
-    ``rate_limit`` and ``auth`` are off unless given. Error mapping is always on. The parts
-    run as one interceptor (one wrapper per call, not one per part), in this order: request
-    id, started counter, rate limit, auth, handler; then the status is decided, logged once
-    and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds the traceback of
-    unexpected exceptions as ``DebugInfo`` (never in production). ``tracer_provider``
+    ``rate_limit``, ``auth`` and ``concurrency`` are off unless given. Error mapping is always
+    on. The parts run as one interceptor (one wrapper per call, not one per part), in this
+    order: request id, started counter, rate limit, concurrency limit, auth, handler; then
+    the status is decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``;
+    ``debug=True`` adds the traceback of unexpected exceptions as ``DebugInfo`` (never in
+    production). ``tracer_provider``
     (OpenTelemetry; default: the global one) starts a server span for a call no
     instrumentation traces already (see :mod:`octollm_grpc.otel`).
 

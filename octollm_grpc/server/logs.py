@@ -105,12 +105,13 @@ class CallLogger:
 
     def rate_limited(
         self, *, method: str, caller: str, count: int, interval: float,
-        request_id: str | None,
+        request_id: str | None, event: str = RATE_LIMITED_EVENT,
     ) -> None:
         """Log ``count`` rate-limit refusals of ``caller`` (one event per interval), at
-        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server.shedding`)."""
+        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server.shedding`), or
+        ``event`` (``grpc.call.shed`` for the concurrency limit, ``caller`` its partition)."""
         self._target().warning(
-            RATE_LIMITED_EVENT, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
+            event, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
             error_code="RATE_LIMIT_EXCEEDED", caller=caller, count=count,
             interval_s=interval, request_id=request_id)
 

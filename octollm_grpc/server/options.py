@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
 
+from octollm_grpc.server._concurrency import ConcurrencyLimit
 from octollm_grpc.server.auth import BearerAuth
 from octollm_grpc.server.logs import CallLogger
 from octollm_grpc.server.metrics import ServerMetrics
@@ -28,8 +29,8 @@ class ServerOptions:
 
     For ``request_ids``, ``logger`` and ``metrics``: ``True`` keeps the part with its defaults
     (made when a stack is built, so each stack gets its own), ``False`` drops it, an object
-    configures it. ``rate_limit`` and ``auth`` are off unless given. Error mapping is always
-    on. The defaults are what ``server_interceptors()`` gives with no arguments.
+    configures it. ``rate_limit``, ``auth`` and ``concurrency`` are off unless given. Error
+    mapping is always on. The defaults are what ``server_interceptors()`` gives with no arguments.
     """
 
     request_ids: RequestIds | bool = True
@@ -42,6 +43,8 @@ class ServerOptions:
     """Token buckets per caller; a refused call gets ``RateLimitError``."""
     auth: BearerAuth | None = None
     """Bearer tokens and scopes per method."""
+    concurrency: ConcurrencyLimit | None = None
+    """An adaptive limit on calls in flight; a call over it is refused before its handler."""
     domain: str = DEFAULT_DOMAIN
     """``ErrorInfo.domain`` of every error the stack encodes."""
     debug: bool = False
@@ -62,6 +65,7 @@ class ServerKeywords(TypedDict, total=False):
     metrics: ServerMetrics | bool
     rate_limit: RateLimiter | None
     auth: BearerAuth | None
+    concurrency: ConcurrencyLimit | None
     domain: str
     debug: bool
     tracer_provider: Any
