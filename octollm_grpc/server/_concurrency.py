@@ -185,6 +185,7 @@ class ConcurrencyLimit:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._rtt = 0.0
+        self._samples = 0
         self._limit = max(1, int(self._algorithm.limit))
         self._set_guarantees()
 
@@ -199,6 +200,11 @@ class ConcurrencyLimit:
     def in_flight(self) -> int:
         """Calls admitted and not yet ended (all partitions)."""
         return self._in_flight
+
+    @property
+    def samples(self) -> int:
+        """Latency samples taken so far (one per admitted call that reached its handler)."""
+        return self._samples
 
     def partition_in_flight(self) -> dict[str, int]:
         """Calls in flight per partition."""
@@ -267,6 +273,7 @@ class ConcurrencyLimit:
             self._in_flight -= 1
             permit.partition.in_flight -= 1
             if rtt > 0.0:
+                self._samples += 1
                 self._rtt = rtt if self._rtt == 0.0 else self._rtt + (rtt - self._rtt) * _RTT_ALPHA
                 before = self._limit
                 self._set_limit(self._algorithm.update(rtt, permit.in_flight))
@@ -277,6 +284,7 @@ class ConcurrencyLimit:
         """Feed one latency sample directly (tests, or latencies measured elsewhere); returns
         the new limit. ``in_flight``: the calls in flight when the sampled call started."""
         with self._lock:
+            self._samples += 1
             self._set_limit(self._algorithm.update(rtt, in_flight))
             self._set_guarantees()
             return self._limit

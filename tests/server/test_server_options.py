@@ -37,7 +37,8 @@ def test_defaults_are_the_no_argument_stack() -> None:
     options = ServerOptions()
     assert dataclasses.asdict(options) == {
         "request_ids": True, "logger": True, "metrics": True, "rate_limit": None,
-        "auth": None, "concurrency": None, "domain": DEFAULT_DOMAIN, "debug": False, "tracer_provider": None,
+        "auth": None, "concurrency": None, "domain": DEFAULT_DOMAIN, "debug": False,
+        "tracer_provider": None,
     }
 
 
