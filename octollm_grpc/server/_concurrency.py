@@ -113,8 +113,8 @@ class ConcurrencyLimit:
         tolerance: how much slower than the no-load latency calls may get before the limit
             shrinks (1.5: half as slow again).
         smoothing: the weight of each sample's step (0 < smoothing <= 1).
-        window: samples per window of the no-load latency (the minimum over the last one to
-            two windows).
+        window: samples the no-load latency averages over (only calls that did not queue),
+            and per window of its floor (the minimum of the last one to two windows).
         queue_size: how much the limit grows per sample while latency is normal (the queue
             it allows at the equilibrium).
         partitions: partition name -> guaranteed share of the limit (shares sum to at most

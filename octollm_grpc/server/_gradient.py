@@ -6,10 +6,10 @@ server's :class:`~octollm_grpc.server.ConcurrencyLimit` owns the locking, the cl
 refusals.
 
 A server's latency stays flat until calls start to queue, then grows with the queue. The
-limiter compares each sample with the server's no-load latency and moves the limit by the
-gradient ``g = clamp(tolerance * baseline / sample, 0.5, 1)``: within ``tolerance`` times the
-baseline, ``g`` is 1 and the limit grows by ``queue_size``; beyond it, the limit shrinks in
-proportion. Each step is smoothed (Gradient2's rule)::
+limiter compares each sample with the server's no-load latency (the *baseline*) and moves the
+limit by the gradient ``g = clamp(tolerance * baseline / sample, 0.5, 1)``: within
+``tolerance`` times the baseline, ``g`` is 1 and the limit grows by ``queue_size``; beyond it,
+the limit shrinks in proportion. Each step is smoothed (Gradient2's rule)::
 
     limit = limit * (1 - smoothing) + (limit * g + queue_size) * smoothing
 
@@ -19,13 +19,17 @@ limit)`` times the baseline latency.
 
 Where this departs from Gradient2, and why (docs/server.md has the measurements):
 
-- The baseline is the minimum latency of the last one to two windows of ``window`` samples,
-  not Gradient2's long exponential average. The average absorbs the queueing delay the limit
-  itself admits, so under a long overload the limit creeps up and latency with it (in the
-  storm benchmark's brownout model: p99 of admitted calls 4.3x the unloaded p99 with the
-  average, 2.6x with the minimum). The minimum is the no-load latency Envoy's adaptive
-  concurrency filter and Netflix's Gradient and Vegas limiters use. A server that became
-  slower for good raises the minimum within two windows, and the limit follows.
+- The baseline is the average of the samples within tolerance of it (about the last
+  ``window`` of them), never below the minimum of the last one to two windows. Gradient2
+  averages every sample over a long window, which absorbs the queueing delay the limit itself
+  admits: under a long overload its limit creeps up and latency with it (in the storm
+  benchmark's brownout model, p99 of admitted calls 4.3x the unloaded p99). A baseline of the
+  minimum alone (Envoy's, Netflix's Vegas) does not creep, but on a noisy server (a shared
+  machine, GC pauses) ordinary latency is often 1.5x the minimum, and the limit shrank and
+  refused calls with no queue at all. Averaging only the calls that did not queue gives
+  neither: an overload cannot raise it, noise is part of it. A server that got slower for good
+  (every sample beyond tolerance) lifts the windowed minimum above the old average within two
+  windows, and the baseline follows.
 - Gradient2 does not move the limit while fewer than half of it are in flight (no evidence
   about the capacity). Here the limit still shrinks when latency says so (queueing can start
   below half the limit), and while fewer than half are in flight with latency within
@@ -52,8 +56,8 @@ class GradientLimit:
         tolerance: how much slower than the baseline a sample may be before the limit shrinks
             (1.5: half as slow again).
         smoothing: the weight of each step's new limit (0 < smoothing <= 1).
-        window: samples per baseline window (the baseline is the minimum over the current and
-            the previous window).
+        window: samples the baseline averages over (about), and per window of its floor
+            (the minimum over the current and the previous window).
         queue_size: how much the limit grows per step when latency is within tolerance; also
             the queue it allows at the equilibrium.
 
@@ -61,7 +65,8 @@ class GradientLimit:
         ValueError: for a bound or parameter out of range.
     """
 
-    __slots__ = ("_count", "_current_min", "_previous_min", "initial_limit", "limit",
+    __slots__ = ("_average", "_count", "_current_min", "_previous_min", "_samples",
+                 "initial_limit", "limit",
                  "max_limit", "min_limit", "queue_size", "smoothing", "tolerance", "window")
 
     def __init__(
@@ -100,11 +105,13 @@ class GradientLimit:
         self._current_min = math.inf
         self._previous_min = math.inf
         self._count = 0
+        self._average = 0.0
+        self._samples = 1
 
     @property
     def baseline(self) -> float:
-        """The no-load latency in seconds (``inf`` before the first sample)."""
-        return min(self._current_min, self._previous_min)
+        """The no-load latency in seconds (0.0 before the first sample)."""
+        return self._average
 
     def update(self, rtt: float, in_flight: int) -> float:
         """Take one sample: ``rtt`` seconds for a call that started with ``in_flight`` calls
@@ -117,9 +124,19 @@ class GradientLimit:
         self._count += 1
         if self._count >= self.window:
             self._previous_min, self._current_min, self._count = self._current_min, math.inf, 0
-        baseline = min(self._current_min, self._previous_min)
+        floor = min(self._current_min, self._previous_min)
+        average = self._average
+        if average == 0.0:
+            average = rtt
+        elif rtt <= self.tolerance * average:
+            # Only calls that did not queue move the average: an overload cannot raise it.
+            self._samples = min(self._samples + 1, self.window)
+            average += (rtt - average) / self._samples
+        # A server slower for good: its minimum rises above the old average within two
+        # windows, and the average follows.
+        self._average = average = max(average, floor)
         limit = self.limit
-        gradient = max(0.5, min(1.0, self.tolerance * baseline / rtt))
+        gradient = max(0.5, min(1.0, self.tolerance * average / rtt))
         stepped = limit * (1.0 - self.smoothing) \
             + (limit * gradient + self.queue_size) * self.smoothing
         if gradient >= 1.0 and in_flight < limit / 2.0:

@@ -84,15 +84,29 @@ def test_limit_stays_within_its_bounds() -> None:
     assert limit.limit == 12.0
 
 
-def test_baseline_is_the_windowed_minimum_and_follows_a_slower_server() -> None:
-    """The baseline is the minimum of the last one to two windows: a server that got slower
-    for good has its new latency as baseline after two windows."""
+def test_queueing_does_not_raise_the_baseline() -> None:
+    """The baseline averages only samples within tolerance: 100 queued samples at 5x leave it
+    where the unqueued ones put it."""
+    limit = _gradient()
+    for rtt in (BASE, BASE * 1.2, BASE * 0.8, BASE):
+        limit.update(rtt, in_flight=10)
+    assert limit.baseline == pytest.approx(BASE)
+    for _ in range(100):
+        limit.update(BASE * 5, in_flight=10)
+    assert limit.baseline == pytest.approx(BASE)
+
+
+def test_a_server_slower_for_good_raises_the_baseline_within_two_windows() -> None:
+    """When every sample is slower (a new normal, not a queue), the windowed minimum lifts the
+    baseline to it after two windows, and the limit stops shrinking."""
     limit = _gradient(window=10)
-    limit.update(BASE, in_flight=1)
-    assert limit.baseline == BASE
+    limit.update(BASE, in_flight=10)
     for _ in range(19):
-        limit.update(BASE * 3, in_flight=1)
-    assert limit.baseline == BASE * 3
+        limit.update(BASE * 3, in_flight=10)
+    assert limit.baseline == pytest.approx(BASE * 3)
+    settled = limit.limit
+    limit.update(BASE * 3, in_flight=10)
+    assert limit.limit > settled
 
 
 def test_samples_that_say_nothing_are_ignored() -> None:
@@ -100,7 +114,7 @@ def test_samples_that_say_nothing_are_ignored() -> None:
     limit = _gradient()
     for rtt in (0.0, -1.0, math.inf, math.nan):
         assert limit.update(rtt, in_flight=10) == 10.0
-    assert limit.baseline == math.inf
+    assert limit.baseline == 0.0
 
 
 @pytest.mark.parametrize("overrides", [
