@@ -419,3 +419,48 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"| {b['refused_share']:.0%} | {b['recovery_s']:.2f}"
                 f"{'' if b['recovered'] else ' (not recovered)'} | {light['refusals']} |")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.brownout [--smoke] [--merge]``: run the brownout alone.
+
+    ``--merge`` puts the figures into ``results/latest.json`` (its ``brownout`` section, the
+    stack keys and the targets) and rewrites ``latest.md`` from it, leaving every other figure
+    of the last full run as it was; ``make bench`` runs the brownout with the rest.
+    """
+    import argparse
+    import json
+    import sys
+
+    from benchmarks import report
+    from benchmarks.__main__ import RESULTS, _finite_or_none
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.brownout",
+                                     description=main.__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a fraction of a second per load")
+    parser.add_argument("--merge", action="store_true",
+                        help="write the figures into results/latest.json and latest.md")
+    args = parser.parse_args(argv)
+    load_at_start = report.load_average()
+    result = run(SMOKE if args.smoke else FULL)
+    result["load_average"] = {"start": load_at_start, "end": report.load_average()}
+    print("\n".join(markdown(result)))
+    for stack in STACKS:
+        print(stack, json.dumps(_finite_or_none(headlines(result, stack))))
+    print(f"load average at start {load_at_start}, at end {report.load_average()}",
+          file=sys.stderr)
+    if args.merge:
+        path = RESULTS / "latest.json"
+        document = json.loads(path.read_text())
+        document["brownout"] = result
+        for stack in STACKS:
+            document[stack].update(headlines(result, stack))
+        document["definitions"] = report.DEFINITIONS
+        document["targets"] = report.targets(document)
+        path.write_text(json.dumps(_finite_or_none(document), indent=1, allow_nan=False) + "\n")
+        (RESULTS / "latest.md").write_text(report.markdown(document))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

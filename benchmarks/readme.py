@@ -64,6 +64,20 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   succeeding; the whole after-phase when that never happens). In the brownout, retries that
   time out in the queue feed the queue: naive retries can keep the server saturated with
   abandoned work long after its capacity is back (a metastable failure).
+- **Brownout with the adaptive concurrency limit** (`benchmarks/brownout.py`; alone:
+  `python -m benchmarks.brownout --merge`). The same brownout (capacity 200 calls/s halved
+  for 4 s, 120 calls/s offered, one attempt per call with a 0.5 s deadline) against our own
+  server stack, sync and aio, with `concurrency=ConcurrencyLimit(min_limit=1, max_limit=64,
+  initial_limit=8)` (limited) and without (unlimited). The server queues without bound and
+  finishes abandoned work, as thread pools and event loops do. Figures per stack:
+  `brownout_goodput_ratio_*` (calls succeeding in the window per second / the reduced
+  capacity, 100/s), `brownout_p99_ratio_*` (p99 latency of the calls started in the window
+  that the server admitted, timeouts at their deadline / the p99 at half capacity),
+  `brownout_recovery_s_*` (as in the storm) and `half_capacity_refusals_*` (calls refused at
+  100 calls/s with no trigger). Targets for the limited server: goodput >= 0.9, p99 <= 3x,
+  recovery <= 1 s, no refusal at half capacity. Without the limit the queue grows 20 calls a
+  second and admitted calls wait up to the deadline; with it, about a fifth of the calls in
+  the window are refused at once with pushback and the admitted ones keep their latency.
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed
