@@ -19,7 +19,13 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import ConcurrencyLimit, ServerMetrics, server_interceptors
+from octollm_grpc.server import (
+    BearerAuth,
+    ConcurrencyLimit,
+    ServerMetrics,
+    StaticTokens,
+    server_interceptors,
+)
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server._concurrency import SHED_EVENT
 from octollm_grpc.status import from_rpc_error
@@ -53,7 +59,9 @@ class Load:
 def _sync_handlers(load: Load) -> list[grpc.GenericRpcHandler]:
     def hold(context: Any) -> None:
         ended = threading.Event()
-        context.add_callback(ended.set)  # the call ended (cancelled, deadline): stop holding
+        add_callback = getattr(context, "add_callback", None)  # grpc.aio's def context: none
+        if add_callback is not None:
+            add_callback(ended.set)  # the call ended (cancelled, deadline): stop holding
         deadline = time.monotonic() + _WAIT_S
         while not (load.release.is_set() or ended.is_set()) and time.monotonic() < deadline:
             ended.wait(0.005)
@@ -405,3 +413,60 @@ async def test_aio_cancelled_and_expired_calls_give_their_place_back(shape: str)
             assert await call.code() in (grpc.StatusCode.CANCELLED,
                                          grpc.StatusCode.DEADLINE_EXCEEDED)
     assert limiter.samples == 2 and limiter.partition_in_flight() == {"default": 0}
+
+
+async def test_aio_def_handlers_are_limited_too() -> None:
+    """aio with plain def handlers (run in grpc.aio's thread pool): a held call fills the
+    limit of 1, the next is refused before its handler, and the place comes back."""
+    load = Load()
+    limiter = ConcurrencyLimit(min_limit=1, max_limit=1, initial_limit=1)
+    registry = CollectorRegistry()
+    stack = server_aio.server_interceptors(metrics=ServerMetrics(registry), concurrency=limiter)
+    pool = futures.ThreadPoolExecutor(max_workers=4)
+    try:
+        async with aio_server(_sync_handlers(load), stack, migration_pool=pool) as target, \
+                grpc.aio.insecure_channel(target) as channel:
+            held = channel.unary_unary(SHAPE_PATHS["unary"])(b"x", timeout=5)
+            await _wait_until_async(lambda: limiter.in_flight == 1)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await channel.unary_unary(WORK)(b"x", timeout=5)
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert load.work_runs == 0
+            load.release.set()
+            assert await held == b"done"
+            await _wait_until_async(lambda: limiter.in_flight == 0)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert limiter.samples == 1 and _refused(registry) == 1.0
+
+
+@pytest.mark.parametrize("stack_name", ["sync", "aio"])
+async def test_a_call_auth_refuses_gives_its_place_back_without_a_sample(
+        stack_name: str) -> None:
+    """Admitted, then refused by auth: the place is free again and no latency is sampled
+    (the handler never ran); an authorised call is sampled once."""
+    load = Load()
+    limiter = ConcurrencyLimit(min_limit=1, max_limit=4, initial_limit=2)
+    auth = BearerAuth(StaticTokens({"secret": ["work"]}), scopes={WORK: ["work"]})
+    token = (("authorization", "Bearer secret"),)
+    if stack_name == "sync":
+        stack = server_interceptors(metrics=False, auth=auth, concurrency=limiter)
+        with sync_server(_sync_handlers(load), stack) as target, \
+                grpc.insecure_channel(target) as channel:
+            with pytest.raises(grpc.RpcError) as denied:
+                channel.unary_unary(WORK)(b"x", timeout=5)
+            assert denied.value.code() is grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert limiter.in_flight == 0 and limiter.samples == 0
+            assert channel.unary_unary(WORK)(b"x", timeout=5, metadata=token) == b"done"
+    else:
+        aio_stack = server_aio.server_interceptors(metrics=False, auth=auth,
+                                                   concurrency=limiter)
+        async with aio_server(_aio_handlers(load), aio_stack) as target, \
+                grpc.aio.insecure_channel(target) as aio_channel:
+            with pytest.raises(grpc.aio.AioRpcError) as aio_denied:
+                await aio_channel.unary_unary(WORK)(b"x", timeout=5)
+            assert aio_denied.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert limiter.in_flight == 0 and limiter.samples == 0
+            assert await aio_channel.unary_unary(WORK)(b"x", timeout=5, metadata=token) == \
+                b"done"
+    assert limiter.in_flight == 0 and limiter.samples == 1
