@@ -50,3 +50,18 @@ def test_light_load_counts_refusals() -> None:
     figures = brownout.analyse_light(_record(calls))
     assert figures["refusals"] == 1 and figures["calls"] == 10
     assert figures["p50_ms"] == pytest.approx(20.0)
+
+
+def test_the_model_backs_the_documented_comparison_of_baselines() -> None:
+    """In the brownout model, ours keeps admitted p99 under 3x the unloaded p99 where
+    Gradient2 as published does not, with the same goodput and no refusal at half capacity."""
+    from benchmarks import brownout_model as model
+    from octollm_grpc.server._gradient import GradientLimit
+
+    bounds = {"initial_limit": 8, "min_limit": 1, "max_limit": 64}
+    ours = model.simulate(lambda: GradientLimit(**bounds))
+    theirs = model.simulate(lambda: model.Gradient2(**bounds))
+    assert ours["p99_ratio"] < 3.0 < theirs["p99_ratio"]
+    assert ours["goodput_ratio"] >= 0.9 and theirs["goodput_ratio"] >= 0.9
+    assert model.simulate(lambda: GradientLimit(**bounds), rate=100.0,
+                          brownout=False)["refusals"] == 0
