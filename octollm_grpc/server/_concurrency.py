@@ -275,9 +275,9 @@ class ConcurrencyLimit:
             if rtt > 0.0:
                 self._samples += 1
                 self._rtt = rtt if self._rtt == 0.0 else self._rtt + (rtt - self._rtt) * _RTT_ALPHA
-                before = self._limit
-                self._set_limit(self._algorithm.update(rtt, permit.in_flight))
-                if self._limit != before:
+                limit = int(self._algorithm.update(rtt, permit.in_flight))
+                if limit != self._limit:
+                    self._limit = limit if limit > 1 else 1
                     self._set_guarantees()
 
     def sample(self, rtt: float, in_flight: int) -> int:

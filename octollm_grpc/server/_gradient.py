@@ -119,30 +119,49 @@ class GradientLimit:
         """Take one sample: ``rtt`` seconds for a call that started with ``in_flight`` calls
         in flight (itself included). Returns the new limit (admit while the calls in flight
         are fewer than ``int(limit)``)."""
+        # Plain comparisons, not min()/max(): this runs once per call (about 1 us less).
         if not 0.0 < rtt < math.inf:
             return self.limit  # a clock that did not move says nothing about latency
-        if rtt < self._current_min:
-            self._current_min = rtt
+        current = self._current_min
+        if rtt < current:
+            self._current_min = current = rtt
         self._count += 1
         if self._count >= self.window:
-            self._previous_min, self._current_min, self._count = self._current_min, math.inf, 0
-        floor = min(self._current_min, self._previous_min)
+            self._previous_min, self._current_min, self._count = current, math.inf, 0
+        previous = self._previous_min
+        floor = current if current < previous else previous
         average = self._average
+        tolerance = self.tolerance
         if average == 0.0:
             average = rtt
-        elif rtt <= self.tolerance * average:
+        elif rtt <= tolerance * average:
             # Only calls that did not queue move the average: an overload cannot raise it.
-            self._samples = min(self._samples + 1, self.window)
+            if self._samples < self.window:
+                self._samples += 1
             average += (rtt - average) / self._samples
-        # A server slower for good: its minimum rises above the old average within two
-        # windows, and the average follows.
-        self._average = average = max(average, floor)
+        if average < floor:
+            # A server slower for good: its minimum rises above the old average within two
+            # windows, and the average follows.
+            average = floor
+        self._average = average
         limit = self.limit
-        gradient = max(0.5, min(1.0, self.tolerance * average / rtt))
-        stepped = limit * (1.0 - self.smoothing) \
-            + (limit * gradient + self.queue_size) * self.smoothing
-        if gradient >= 1.0 and in_flight < limit / 2.0:
-            # Not using the limit: no evidence to grow on; only relax back to the resting one.
-            stepped = min(stepped, max(limit, self.initial_limit))
-        self.limit = limit = max(self.min_limit, min(self.max_limit, stepped))
-        return limit
+        gradient = tolerance * average / rtt
+        smoothing = self.smoothing
+        if gradient >= 1.0:
+            stepped = limit + self.queue_size * smoothing
+            if in_flight < limit / 2.0:
+                # Not using the limit: no evidence to grow on; only relax back to the
+                # resting one.
+                ceiling = limit if limit > self.initial_limit else self.initial_limit
+                if stepped > ceiling:
+                    stepped = ceiling
+        else:
+            if gradient < 0.5:
+                gradient = 0.5
+            stepped = limit * (1.0 - smoothing) + (limit * gradient + self.queue_size) * smoothing
+        if stepped > self.max_limit:
+            stepped = self.max_limit
+        elif stepped < self.min_limit:
+            stepped = self.min_limit
+        self.limit = stepped
+        return stepped
