@@ -223,3 +223,13 @@ def test_gauges_and_refusals_are_published_on_the_registry() -> None:
     limiter.release(permit)
     assert registry.get_sample_value("octollm_concurrency_in_flight",
                                      {"partition": "default"}) == 0.0
+
+
+def test_samples_can_be_fed_directly() -> None:
+    """sample() takes latencies measured elsewhere: slow ones with the limit in use shrink it,
+    and they count as samples."""
+    limiter = ConcurrencyLimit(min_limit=1, max_limit=50, initial_limit=20)
+    assert limiter.sample(0.010, in_flight=20) == 20
+    for _ in range(10):
+        limiter.sample(0.100, in_flight=20)
+    assert limiter.limit < 10 and limiter.samples == 11
