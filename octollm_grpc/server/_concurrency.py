@@ -7,8 +7,9 @@ through the same cheap path as a rate-limit refusal (:mod:`octollm_grpc.server.s
 The limit moves with the measured latency (:class:`~octollm_grpc.server._gradient.
 GradientLimit`): it shrinks when calls start to queue and grows back when latency is normal.
 
-Every admitted call gives one latency sample when it ends, however it ends (success, error,
-cancellation, deadline); a refused call gives none. Health checks and reflection are never
+Every admitted unary call gives one latency sample when it ends, however it ends (success,
+error, cancellation, deadline); a refused call gives none, nor does a streaming one (its
+duration is the stream's life, not the server's latency). Health checks and reflection are never
 limited. Partitions give classes of calls a guaranteed share of the limit. No gRPC here.
 """
 
@@ -68,22 +69,27 @@ class Partition:
 class Permit:
     """An admitted call's hold on the limit; give it back with :meth:`ConcurrencyLimit.release`."""
 
-    __slots__ = ("in_flight", "partition", "start")
+    __slots__ = ("in_flight", "partition", "sampled", "start")
 
-    def __init__(self, partition: Partition, in_flight: int, start: float) -> None:
+    def __init__(self, partition: Partition, in_flight: int, start: float,
+                 sampled: bool) -> None:
         self.partition = partition
         self.in_flight = in_flight
         self.start = start
+        self.sampled = sampled
 
 
 class Route:
-    """What one method needs per call: its partition, and its refusal counters (if any)."""
+    """What one method needs per call: its partition, whether its calls' durations are
+    latency samples, and its refusal counters (if any)."""
 
-    __slots__ = ("_counter", "_labels", "_refused", "method", "partition")
+    __slots__ = ("_counter", "_labels", "_refused", "method", "partition", "sampled")
 
-    def __init__(self, method: str, partition: Partition, counter: Counter | None) -> None:
+    def __init__(self, method: str, partition: Partition, counter: Counter | None,
+                 sampled: bool = True) -> None:
         self.method = method
         self.partition = partition
+        self.sampled = sampled
         self._counter = counter
         service, _, name = method.lstrip("/").partition("/")
         self._labels = (service, name)
@@ -213,11 +219,16 @@ class ConcurrencyLimit:
 
     # -- per method -----------------------------------------------------------------------
 
-    def route(self, method: str, registry: CollectorRegistry | None = None) -> Route | None:
+    def route(
+        self, method: str, registry: CollectorRegistry | None = None, *,
+        streaming: bool = False,
+    ) -> Route | None:
         """How calls of ``method`` are admitted, or ``None`` when it is never limited.
 
         ``registry``: where the refusals of this method are counted (none: not counted);
-        registering also publishes the limit and the calls in flight there.
+        registering also publishes the limit and the calls in flight there. ``streaming``:
+        the method streams requests or responses; its calls take a place like any other, but
+        their duration (the stream's life, paced by the client) is no latency sample.
         """
         service = method.lstrip("/").partition("/")[0]
         if method in self._unlimited or service in self._unlimited:
@@ -232,7 +243,7 @@ class ConcurrencyLimit:
         else:
             partition = self._partitions[DEFAULT_PARTITION]
         counter = _metrics_for(registry, self).refused if registry is not None else None
-        return Route(method, partition, counter)
+        return Route(method, partition, counter, sampled=not streaming)
 
     # -- per call -------------------------------------------------------------------------
 
@@ -263,12 +274,13 @@ class ConcurrencyLimit:
         if refused:
             route.refused(partition)
             return ConcurrencyRejection(limit, wait, partition.name)
-        return Permit(partition, in_flight, self._clock())
+        return Permit(partition, in_flight, self._clock(), route.sampled)
 
     def release(self, permit: Permit, *, sample: bool = True) -> None:
         """End an admitted call: free its place; with ``sample``, its time since admission is
-        a latency sample (``False`` for a call that never reached its handler)."""
-        rtt = self._clock() - permit.start if sample else 0.0
+        a latency sample (``False`` for a call that never reached its handler; a streaming
+        call's never is)."""
+        rtt = self._clock() - permit.start if sample and permit.sampled else 0.0
         with self._lock:
             self._in_flight -= 1
             permit.partition.in_flight -= 1

@@ -278,7 +278,8 @@ class Pipeline:
             self.rate_limiter.limit_for(method) if self.rate_limiter is not None else None,
             self.auth.requirement(method) if self.auth is not None else None,
             self.concurrency.route(
-                method, self.metrics.registry if self.metrics is not None else None)
+                method, self.metrics.registry if self.metrics is not None else None,
+                streaming=rpc_type != "unary")
             if self.concurrency is not None else None,
         )
 

@@ -233,3 +233,17 @@ def test_samples_can_be_fed_directly() -> None:
     for _ in range(10):
         limiter.sample(0.100, in_flight=20)
     assert limiter.limit < 10 and limiter.samples == 11
+
+
+def test_streaming_methods_take_a_place_but_give_no_sample() -> None:
+    """A streaming route is limited like any other; its calls' durations are not sampled."""
+    clock = FakeClock()
+    limiter = ConcurrencyLimit(min_limit=1, max_limit=10, initial_limit=1, clock=clock)
+    route = limiter.route("/pkg.S/Watch", streaming=True)
+    assert route is not None
+    permit = limiter.acquire(route, ())
+    assert isinstance(permit, Permit)
+    assert isinstance(limiter.acquire(route, ()), ConcurrencyRejection)
+    clock.advance(60.0)
+    limiter.release(permit)
+    assert limiter.in_flight == 0 and limiter.samples == 0
