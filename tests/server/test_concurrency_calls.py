@@ -15,6 +15,7 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -284,6 +285,7 @@ def _sync_health_server(load: Load, stack: Any) -> Iterator[str]:
     server = grpc.server(pool, interceptors=stack)
     server.add_generic_rpc_handlers(tuple(_sync_handlers(load)))
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -293,9 +295,9 @@ def _sync_health_server(load: Load, stack: Any) -> Iterator[str]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def test_sync_health_checks_are_never_shed() -> None:
-    """Sync: with the whole limit (1) held, health checks still answer SERVING while a
-    regular call is refused."""
+def test_sync_health_checks_and_reflection_are_never_shed() -> None:
+    """Sync: with the whole limit (1) held, health checks still answer SERVING and reflection
+    lists the services, while a regular call is refused."""
     load = Load()
     limiter = ConcurrencyLimit(min_limit=1, max_limit=1, initial_limit=1)
     registry = CollectorRegistry()
@@ -307,6 +309,10 @@ def test_sync_health_checks_are_never_shed() -> None:
         for _ in range(5):
             reply = check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        listed = [s.name for r in info for s in r.list_services_response.service]
+        assert SERVICE in listed
         with pytest.raises(grpc.RpcError) as refused:
             channel.unary_unary(WORK)(b"x", timeout=5)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
