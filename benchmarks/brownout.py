@@ -403,7 +403,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{cfg['attempt_timeout_s']} s. Limited = `concurrency=ConcurrencyLimit(min_limit="
         f"{cfg['min_limit']}, max_limit={cfg['max_limit']}, initial_limit="
         f"{cfg['initial_limit']})`. Unloaded p99 = p99 at half the capacity "
-        f"({cfg['light_s']} s, no trigger).",
+        f"({cfg['light_s']} s, no trigger)."
+        + (f" Run on its own (`python -m benchmarks.brownout --merge`), load average (1/5/15 "
+           f"min) at start {'/'.join(f'{x:.2f}' for x in result['load_average']['start'])}, at "
+           f"end {'/'.join(f'{x:.2f}' for x in result['load_average']['end'])}."
+           if result.get("load_average") else ""),
         "",
         "| stack | server | goodput in brownout / reduced capacity | admitted p99 / unloaded "
         "p99 (ms) | refused in brownout | recovery s | refusals at half capacity |",

@@ -78,6 +78,11 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   recovery <= 1 s, no refusal at half capacity. Without the limit the queue grows 20 calls a
   second and admitted calls wait up to the deadline; with it, about a fifth of the calls in
   the window are refused at once with pushback and the admitted ones keep their latency.
+  Capacities are nominal (`slots / service_s`): on a busy machine each call takes longer than
+  `service_s` (scheduling delays), the real capacity is lower, "half capacity" is not half,
+  and a latency-based limiter rightly sheds more; read the load average given with the
+  brownout table. `python -m benchmarks.brownout_model` compares limiter designs on a model
+  of the same brownout, free of that noise.
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed
