@@ -213,7 +213,11 @@ class ConcurrencyLimit:
         return self._samples
 
     def partition_in_flight(self) -> dict[str, int]:
-        """Calls in flight per partition."""
+        """Calls in flight per partition.
+
+        Returns:
+            partition name -> its calls admitted and not yet ended.
+        """
         with self._lock:
             return {name: p.in_flight for name, p in self._partitions.items()}
 
@@ -223,12 +227,18 @@ class ConcurrencyLimit:
         self, method: str, registry: CollectorRegistry | None = None, *,
         streaming: bool = False,
     ) -> Route | None:
-        """How calls of ``method`` are admitted, or ``None`` when it is never limited.
+        """How calls of ``method`` are admitted (the stack resolves it once per method).
 
-        ``registry``: where the refusals of this method are counted (none: not counted);
-        registering also publishes the limit and the calls in flight there. ``streaming``:
-        the method streams requests or responses; its calls take a place like any other, but
-        their duration (the stream's life, paced by the client) is no latency sample.
+        Args:
+            method: the full method name, ``/pkg.Service/Method``.
+            registry: where the refusals of this method are counted (none: not counted);
+                registering also publishes the limit and the calls in flight there.
+            streaming: the method streams requests or responses; its calls take a place like
+                any other, but their duration (the stream's life, paced by the client) is no
+                latency sample.
+
+        Returns:
+            the method's route, or ``None`` when it is never limited.
         """
         service = method.lstrip("/").partition("/")[0]
         if method in self._unlimited or service in self._unlimited:
@@ -250,8 +260,16 @@ class ConcurrencyLimit:
     def acquire(
         self, route: Route, metadata: Iterable[Any] | None
     ) -> Permit | ConcurrencyRejection:
-        """Admit a call of ``route``: its :class:`Permit`, or its refusal (counted in the
-        method's refusals) telling it when capacity is expected to free."""
+        """Admit a call of ``route``, or refuse it.
+
+        Args:
+            route: the method's route (:meth:`route`).
+            metadata: the call's invocation metadata (read for ``partition_metadata``).
+
+        Returns:
+            the call's :class:`Permit` (give it back with :meth:`release`), or its refusal
+            (counted in the method's refusals), which says when capacity is expected to free.
+        """
         partition = route.partition
         wanted = self._metadata_key
         if wanted is not None and metadata:
@@ -277,9 +295,13 @@ class ConcurrencyLimit:
         return Permit(partition, in_flight, self._clock(), route.sampled)
 
     def release(self, permit: Permit, *, sample: bool = True) -> None:
-        """End an admitted call: free its place; with ``sample``, its time since admission is
-        a latency sample (``False`` for a call that never reached its handler; a streaming
-        call's never is)."""
+        """End an admitted call: free its place and take its latency sample.
+
+        Args:
+            permit: what :meth:`acquire` gave the call.
+            sample: whether its time since admission is a latency sample (``False`` for a
+                call that never reached its handler; a streaming call's never is).
+        """
         rtt = self._clock() - permit.start if sample and permit.sampled else 0.0
         with self._lock:
             self._in_flight -= 1
@@ -293,8 +315,15 @@ class ConcurrencyLimit:
                     self._set_guarantees()
 
     def sample(self, rtt: float, in_flight: int) -> int:
-        """Feed one latency sample directly (tests, or latencies measured elsewhere); returns
-        the new limit. ``in_flight``: the calls in flight when the sampled call started."""
+        """Feed one latency sample directly (tests, or latencies measured elsewhere).
+
+        Args:
+            rtt: the call's latency in seconds.
+            in_flight: the calls in flight when the sampled call started (itself included).
+
+        Returns:
+            the new limit.
+        """
         with self._lock:
             self._samples += 1
             self._set_limit(self._algorithm.update(rtt, in_flight))

@@ -116,9 +116,15 @@ class GradientLimit:
         return self._average
 
     def update(self, rtt: float, in_flight: int) -> float:
-        """Take one sample: ``rtt`` seconds for a call that started with ``in_flight`` calls
-        in flight (itself included). Returns the new limit (admit while the calls in flight
-        are fewer than ``int(limit)``)."""
+        """Take one latency sample.
+
+        Args:
+            rtt: the call's latency in seconds.
+            in_flight: the calls in flight when it started (itself included).
+
+        Returns:
+            the new limit (admit while the calls in flight are fewer than ``int(limit)``).
+        """
         # Plain comparisons, not min()/max(): this runs once per call (about 1 us less).
         if not 0.0 < rtt < math.inf:
             return self.limit  # a clock that did not move says nothing about latency
