@@ -42,11 +42,11 @@ import grpc
 from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.http import to_http
-from octollm_grpc.server import requestid
-from octollm_grpc.server.errors import level_for_exception
-from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
-from octollm_grpc.server.metrics import ServerMetrics
-from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.observability import _requestid as requestid
+from octollm_grpc.observability._logs import CallLogger, Level, bind_request_id, unbind_request_id
+from octollm_grpc.observability._requestid import RequestIds
+from octollm_grpc.observability._server_metrics import ServerMetrics
+from octollm_grpc.server._failures import level_for_exception
 from octollm_grpc.status import GENERIC_MESSAGE
 
 __all__ = ["VALIDATION_MESSAGE", "ErrorHandlers", "install_error_handlers"]

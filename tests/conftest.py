@@ -16,8 +16,8 @@ import structlog
 from hypothesis import Phase, settings
 
 from octollm_grpc import codes
-from octollm_grpc.client.breaker import CircuitBreakers
-from octollm_grpc.client.budget import RetryBudget
+from octollm_grpc._core.breaker import CircuitBreakers
+from octollm_grpc._core.budget import RetryBudget
 
 pytest_plugins = ["pytester"]  # tests/test_async_hook.py checks the hook below in a sandbox
 

@@ -13,15 +13,15 @@ from typing import Unpack
 
 import grpc
 
-from octollm_grpc.client.breaker import (
+from octollm_grpc._core.breaker import (
     DEFAULT_FAILURE_CODES,
     BreakerSettings,
     CircuitBreaker,
     CircuitBreakers,
     CircuitState,
 )
-from octollm_grpc.client.budget import RetryBudget
-from octollm_grpc.client.channel import (
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._channel import (
     DEFAULT,
     ResilienceKeywords,
     StackedRetriesWarning,
@@ -30,11 +30,11 @@ from octollm_grpc.client.channel import (
     SyncKeywords,
     without_channel,
 )
-from octollm_grpc.client.config import ClientConfig, parse_config
-from octollm_grpc.client.interceptors import ResilientInterceptor
-from octollm_grpc.client.observe import CallObserver
-from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
+from octollm_grpc.client._config import ClientConfig, parse_config
+from octollm_grpc.client._interceptors import ResilientInterceptor
+from octollm_grpc.client._observe import CallObserver
+from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
+from octollm_grpc.client._resilience import ATTEMPTS_HEADER, Resilience
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -94,11 +94,11 @@ def resilient_channel(
     - ``clock`` (monotonic seconds, default ``time.monotonic``), ``sleep`` (default
       ``time.sleep``) and ``rng``: injectable for tests.
     - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
-      global one); see :mod:`octollm_grpc.client.metrics`.
+      global one); see :mod:`octollm_grpc.observability._client_metrics`.
 
     Called while a handler served by our server stack runs, a call gets that call's remaining
     time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
-    (:mod:`octollm_grpc.propagation`).
+    (:mod:`octollm_grpc.observability._propagation`).
     """
     settings = SyncClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()

@@ -10,15 +10,15 @@ from typing import Any, Unpack
 
 from grpc import aio
 
-from octollm_grpc.client.aio_interceptors import aio_interceptors
-from octollm_grpc.client.channel import (
+from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._channel import (
     AioChannelKeywords,
     AioClientOptions,
     AioKeywords,
     without_channel,
 )
-from octollm_grpc.client.observe import aio_observers
-from octollm_grpc.client.retry import Resilience
+from octollm_grpc.client._observe import aio_observers
+from octollm_grpc.client._resilience import Resilience
 
 __all__ = ["AioChannelKeywords", "AioKeywords", "resilient_channel", "resilient_interceptors"]
 

@@ -6,9 +6,9 @@ and its metrics, one backoff formula, one retry budget. See ``docs/resilience.md
 
 from __future__ import annotations
 
+from octollm_grpc.observability._track_errors import track_errors
 from octollm_grpc.resilience.breaker import CircuitBreaker, CircuitState, breaker_of
 from octollm_grpc.resilience.fallback import with_fallback
-from octollm_grpc.resilience.metrics import track_errors
 from octollm_grpc.resilience.retry import retry, retry_sync, retry_with_backoff
 from octollm_grpc.resilience.transaction import database_transaction
 

@@ -3,7 +3,7 @@
 ``CircuitBreaker(failure_threshold=5, timeout=60, expected_exception=Exception)`` keeps the
 seed's constructor and ``await breaker.call(func, *args, **kwargs)``, and also decorates sync
 and async functions (``@breaker``). The state machine, the half-open permits and the metrics
-are :class:`octollm_grpc.client.breaker.CircuitBreaker`'s, so a breaker around an HTTP call
+are :class:`octollm_grpc._core.breaker.CircuitBreaker`'s, so a breaker around an HTTP call
 behaves, logs and is graphed exactly like one around a gRPC channel:
 
 - only ``expected_exception`` failures count; any other exception passes through and gives no
@@ -24,8 +24,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client import breaker as core
-from octollm_grpc.resilience.decorate import Decorator
+from octollm_grpc._core import breaker as core
+from octollm_grpc._core.decorate import Decorator
 
 __all__ = ["CircuitBreaker", "CircuitState", "breaker_of"]
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import structlog
 
-from octollm_grpc.client.breaker import CircuitState
+from octollm_grpc._core.breaker import CircuitState
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.resilience.breaker import breaker_of
 

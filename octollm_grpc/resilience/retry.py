@@ -1,8 +1,8 @@
 """The seed's ``retry_with_backoff`` and a ``@retry`` decorator, on the gRPC client's backoff.
 
 Our own loop rather than tenacity: the delays come from the same core as the gRPC client's
-retries (:class:`~octollm_grpc.client.policy.RetryPolicy`'s ceiling and
-:func:`~octollm_grpc.client.backoff.full_jitter`), the retry decision reads our error mapping
+retries (:class:`~octollm_grpc.client._policy.RetryPolicy`'s ceiling and
+:func:`~octollm_grpc._core.backoff.full_jitter`), the retry decision reads our error mapping
 and ``retry_after``, and the retry budget is the client's :class:`RetryBudget`: tenacity would
 need a custom retry, wait and stop class for each of those, and a runtime dependency.
 
@@ -21,12 +21,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from octollm_grpc.client.backoff import full_jitter
-from octollm_grpc.client.budget import RetryBudget
-from octollm_grpc.client.policy import RetryPolicy
+from octollm_grpc._core.backoff import full_jitter
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc._core.decorate import Decorator
+from octollm_grpc.client._policy import RetryPolicy
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
-from octollm_grpc.resilience.decorate import Decorator
 
 __all__ = ["RetryDecorator", "retry", "retry_sync", "retry_with_backoff"]
 

@@ -15,21 +15,21 @@ from typing import Unpack
 
 import grpc
 
-from octollm_grpc.server._core import Pipeline
-from octollm_grpc.server._sync import ServerInterceptor
-from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
-from octollm_grpc.server.logs import (
+from octollm_grpc.observability._logs import (
     FAILED_EVENT,
     CallLogger,
     LineWriter,
     configure_logging,
     flush_logs,
 )
-from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
-from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
-from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
-from octollm_grpc.server.requestid import RequestIds, current_request_id
-from octollm_grpc.server.validation import Violations
+from octollm_grpc.observability._requestid import RequestIds, current_request_id
+from octollm_grpc.observability._server_metrics import ServerMetrics, serve_metrics
+from octollm_grpc.server._auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
+from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
+from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
+from octollm_grpc.server._sync import ServerInterceptor
+from octollm_grpc.server._validation import Violations
 
 __all__ = [
     "DEFAULT_OPEN_METHODS",
@@ -72,7 +72,7 @@ def server_interceptors(
     and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds the traceback of
     unexpected exceptions as ``DebugInfo`` (never in production). ``tracer_provider``
     (OpenTelemetry; default: the global one) starts a server span for a call no
-    instrumentation traces already (see :mod:`octollm_grpc.otel`).
+    instrumentation traces already (see :mod:`octollm_grpc.observability._otel`).
 
     Raises ``TypeError`` for an unknown keyword, and for an ``auth`` whose verifier is a
     coroutine function: a sync server cannot await it, so it is refused here rather than

@@ -21,10 +21,23 @@ from typing import Any, Self
 
 import grpc
 
-from octollm_grpc import codes, otel, propagation
+from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError, RateLimitError
-from octollm_grpc.propagation import Inbound
-from octollm_grpc.server import requestid
+from octollm_grpc.observability import _otel as otel
+from octollm_grpc.observability import _propagation as propagation
+from octollm_grpc.observability import _requestid as requestid
+from octollm_grpc.observability._logs import CallLogger, Level, bind_request_id, unbind_request_id
+from octollm_grpc.observability._propagation import Inbound
+from octollm_grpc.observability._requestid import DEFAULT_HEADER, RequestIds
+from octollm_grpc.observability._server_metrics import MethodMetrics, ServerMetrics
+from octollm_grpc.server._failures import (
+    Failure,
+    HandlerStatus,
+    level_for_code,
+    level_for_exception,
+    merge_trailers,
+    message_of,
+)
 from octollm_grpc.server._handlers import (
     UNDECODABLE,
     Metadata,
@@ -33,20 +46,9 @@ from octollm_grpc.server._handlers import (
     split_method,
     undecodable_error,
 )
-from octollm_grpc.server.errors import (
-    Failure,
-    HandlerStatus,
-    level_for_code,
-    level_for_exception,
-    merge_trailers,
-    message_of,
-)
-from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
-from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
-from octollm_grpc.server.options import ServerOptions, part
-from octollm_grpc.server.ratelimit import RateLimit
-from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
-from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
+from octollm_grpc.server._options import ServerOptions, part
+from octollm_grpc.server._ratelimit import RateLimit
+from octollm_grpc.server._shedding import Rejection, RejectionLog, RejectionStatuses
 from octollm_grpc.status import to_status
 
 __all__ = [
@@ -235,7 +237,8 @@ class Pipeline:
     def __init__(self, options: ServerOptions) -> None:
         """Build the parts ``options`` asks for (``True`` ones with their defaults)."""
         self.options = options
-        # Our own server span when no instrumentation started one (see octollm_grpc.otel).
+        # Our own server span when no instrumentation started one
+        # (see octollm_grpc.observability._otel).
         # A given provider's tracer is made once; the global one is looked up per call, as an
         # application may set it after building its server.
         self.tracing = otel.AVAILABLE
@@ -249,7 +252,7 @@ class Pipeline:
         self.domain = options.domain
         self.debug = options.debug
         # Refusals are shed cheaply: one status per limit and wait, one log event per caller
-        # and second (see octollm_grpc.server.shedding).
+        # and second (see octollm_grpc.server._shedding).
         self.rejection_statuses = RejectionStatuses(domain=self.domain)
         self.rejection_log = None
         if self.logger is not None and self.rate_limiter is not None:

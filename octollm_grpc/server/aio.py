@@ -19,8 +19,8 @@ import grpc.aio
 
 from octollm_grpc.server._core import AsyncCall, MethodPlan, Pipeline
 from octollm_grpc.server._handlers import Handler, Wrapping
+from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._threaded import threaded_behavior
-from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 
 __all__ = ["ServerInterceptor", "ServerKeywords", "ServerOptions", "server_interceptors"]
 

@@ -3,7 +3,7 @@
 Each decision is one round trip: an atomic Lua script reads the bucket, decides and writes it
 back, so replicas deciding at the same moment never race. The script is GCRA (the generic
 cell rate algorithm), the token bucket written as one timestamp per bucket; it admits exactly
-what :class:`~octollm_grpc.server.ratelimit.MemoryStore`'s bucket admits and answers the same
+what :class:`~octollm_grpc.server._ratelimit.MemoryStore`'s bucket admits and answers the same
 wait. Time is Redis's own clock by default, so replicas' clocks need not agree. A bucket's
 key expires when the bucket would be full again: Redis only holds buckets in use. Caller keys
 are hashed (an API key used as caller key never lands in Redis in clear).
@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
+from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "GCRA_SCRIPT", "RedisStore"]
 

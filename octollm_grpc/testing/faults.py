@@ -20,7 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server import current_request_id
-from octollm_grpc.server.errors import HandlerStatus, merge_trailers
+from octollm_grpc.server._failures import HandlerStatus, merge_trailers
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, to_status
 
 __all__ = [

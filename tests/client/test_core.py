@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors
+from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
 from octollm_grpc.client import (
     BreakerSettings,
     CircuitBreaker,
@@ -24,8 +25,7 @@ from octollm_grpc.client import (
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client.backoff import STOP, full_jitter, server_delay
-from octollm_grpc.client.retry import CallRetry
+from octollm_grpc.client._resilience import CallRetry
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 

@@ -18,8 +18,8 @@ from octollm_grpc.client import (
     resilient_channel,
     resilient_interceptor,
 )
+from octollm_grpc.client._channel import AioClientOptions, SyncClientOptions
 from octollm_grpc.client.aio import AioChannelKeywords, AioKeywords
-from octollm_grpc.client.channel import AioClientOptions, SyncClientOptions
 
 #: What every factory accepted as keywords before the options object (the public contract).
 RESILIENCE = {"retry", "budget", "breaker", "config", "clock", "sleep", "rng", "registry"}

@@ -29,8 +29,8 @@ from octollm_grpc.client import (
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client.metrics import ClientMetrics
-from octollm_grpc.client.retry import CallRetry, MethodPlan, ended_by_callers_deadline
+from octollm_grpc.client._resilience import CallRetry, MethodPlan, ended_by_callers_deadline
+from octollm_grpc.observability._client_metrics import ClientMetrics
 from octollm_grpc.status import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
+from octollm_grpc._core.breaker import HALF_OPEN_RETRY_AFTER
 from octollm_grpc.client import BreakerSettings, CircuitBreaker, CircuitState
-from octollm_grpc.client.breaker import HALF_OPEN_RETRY_AFTER
 from octollm_grpc.testing import FakeClock
 
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
 from octollm_grpc.client import BreakerSettings, CircuitBreaker, RetryBudget, RetryPolicy
-from octollm_grpc.client.metrics import UNKNOWN, ClientMetrics
+from octollm_grpc.observability._client_metrics import UNKNOWN, ClientMetrics
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import (
     BIDI,

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc import propagation
 from octollm_grpc.client import aio as client_aio
 from octollm_grpc.client import resilient_channel
+from octollm_grpc.observability import _propagation as propagation
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
 from tests.servers import aio_server, sync_server

@@ -11,7 +11,7 @@ import sys
 import orjson
 import pytest
 
-from octollm_grpc.server import logs
+from octollm_grpc.observability import _logs as logs
 
 EVENTS = [
     {"event": "grpc.call.failed", "grpc_code": "NOT_FOUND", "duration_ms": 0.125,

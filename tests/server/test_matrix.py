@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
+from octollm_grpc.observability._server_metrics import go_code_name
 from octollm_grpc.server import (
     FAILED_EVENT,
     BearerAuth,
@@ -31,7 +32,6 @@ from octollm_grpc.server import (
     server_interceptors,
 )
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.metrics import go_code_name
 from octollm_grpc.status import GENERIC_MESSAGE, PUSHBACK_KEY, TIMEOUT_MESSAGE, from_rpc_error
 from octollm_grpc.testing import FakeClock
 from tests.server.harness import (

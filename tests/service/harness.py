@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from octollm_grpc.server.logs import FLUSH_INTERVAL
+from octollm_grpc.observability._logs import FLUSH_INTERVAL
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = Path(sys.executable).with_name("grpcurl")

@@ -1,7 +1,7 @@
 """asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
 
-The same attempt core as the sync interceptor (:mod:`octollm_grpc.client.attempts`), awaited;
-the call objects live in :mod:`octollm_grpc.client.aio_calls`. A unary call is retried inside the
+The same attempt core as the sync interceptor (:mod:`octollm_grpc.client._attempts`), awaited;
+the call objects live in :mod:`octollm_grpc.client._aio_calls`. A unary call is retried inside the
 interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
 retry, when the policy says requests are replayable, while the caller awaits the response.
 Response streams are retried until their first message.
@@ -15,7 +15,7 @@ from typing import Any
 
 from grpc import aio
 
-from octollm_grpc.client.aio_calls import (
+from octollm_grpc.client._aio_calls import (
     AsyncSleep,
     Attempts,
     FailedCall,
@@ -24,11 +24,11 @@ from octollm_grpc.client.aio_calls import (
     StreamUnary,
     awaited,
 )
-from octollm_grpc.client.aio_shapes import per_shape
-from octollm_grpc.client.attempts import capped_from_start
-from octollm_grpc.client.half_close import watch
-from octollm_grpc.client.replay import AsyncReplay
-from octollm_grpc.client.retry import MethodPlan, Resilience
+from octollm_grpc.client._aio_shapes import per_shape
+from octollm_grpc.client._attempts import capped_from_start
+from octollm_grpc.client._half_close import watch
+from octollm_grpc.client._replay import AsyncReplay
+from octollm_grpc.client._resilience import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 
 __all__ = ["AioRetryLayer", "AsyncSleep", "aio_interceptors"]
@@ -118,7 +118,7 @@ class AioRetryLayer:
 
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
     """The four interceptors of one resilient aio channel, sharing ``core``
-    (:func:`~octollm_grpc.client.aio_shapes.per_shape`).
+    (:func:`~octollm_grpc.client._aio_shapes.per_shape`).
 
     A unary call is retried inside the interceptor. A client stream returns at once and
     retries (when replayable) while the caller awaits the response; response streams (and

@@ -28,8 +28,8 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client.breaker_metrics import BreakerMetrics
-from octollm_grpc.client.policy import status_codes
+from octollm_grpc._core.breaker_metrics import BreakerMetrics
+from octollm_grpc.client._policy import status_codes
 from octollm_grpc.errors import CircuitOpenError
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The call objects of the sync interceptor: attempt loop state, response streams, futures.
 
-:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client.attempts`) with the
+:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client._attempts`) with the
 sync way to call and to wait; the call objects below only decide *when* to ask it.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from octollm_grpc.client.attempts import CallAttempts, WithTimeout
-from octollm_grpc.client.call_types import CallFuture, CallStream
-from octollm_grpc.client.delegation import DelegatingCall
-from octollm_grpc.client.retry import ATTEMPTS_HEADER
-from octollm_grpc.client.scheduler import shared_scheduler
+from octollm_grpc.client._attempts import CallAttempts, WithTimeout
+from octollm_grpc.client._call_types import CallFuture, CallStream
+from octollm_grpc.client._delegation import DelegatingCall
+from octollm_grpc.client._resilience import ATTEMPTS_HEADER
+from octollm_grpc.client._scheduler import shared_scheduler
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.status import from_rpc_error
 

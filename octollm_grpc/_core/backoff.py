@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from google.rpc import error_details_pb2, status_pb2
 
-from octollm_grpc.client.policy import RetryPolicy
+from octollm_grpc.client._policy import RetryPolicy
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 
 __all__ = ["MAX_PUSHBACK", "STOP", "full_jitter", "server_delay"]

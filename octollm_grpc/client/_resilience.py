@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import structlog
 
-from octollm_grpc.client.backoff import STOP, full_jitter, server_delay
-from octollm_grpc.client.breaker import CircuitBreaker, CircuitBreakers
-from octollm_grpc.client.budget import RetryBudget
-from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
-from octollm_grpc.client.policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
-from octollm_grpc.otel import retry_event
+from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
+from octollm_grpc._core.breaker import CircuitBreaker, CircuitBreakers
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
+from octollm_grpc.observability._client_metrics import ClientMethodMetrics, ClientMetrics
+from octollm_grpc.observability._otel import retry_event
 
 __all__ = [
     "ATTEMPTS_HEADER",

@@ -11,7 +11,7 @@ Everything here acts on the span that is current when it runs, whoever started i
   ``traceparent``, when no span is current (no instrumentation) and a tracer provider is set.
 - :func:`inject`: outbound calls on a resilient channel carry the current trace context.
 - :func:`add_trace_ids`: a structlog processor adding ``trace_id`` / ``span_id``
-  (:func:`octollm_grpc.server.logs.configure_logging` installs it).
+  (:func:`octollm_grpc.observability._logs.configure_logging` installs it).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from octollm_grpc.errors.base import OctoLLMError, _merge
+from octollm_grpc.errors._base import OctoLLMError, _merge
 
 # SystemError and TimeoutError are left out: star-importing them would shadow Python's
 # builtins (the errors package exports them, by name).

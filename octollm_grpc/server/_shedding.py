@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from octollm_grpc.errors import RateLimitError
-from octollm_grpc.server.logs import RATE_LIMITED_EVENT, CallLogger
-from octollm_grpc.server.ratelimit import RateLimit
+from octollm_grpc.observability._logs import RATE_LIMITED_EVENT, CallLogger
+from octollm_grpc.server._ratelimit import RateLimit
 from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, StatusTemplate, to_status
 
 __all__ = ["RATE_LIMITED_EVENT", "Rejection", "RejectionLog", "RejectionStatuses"]

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar
 
-from octollm_grpc.server.auth import BearerAuth
-from octollm_grpc.server.logs import CallLogger
-from octollm_grpc.server.metrics import ServerMetrics
-from octollm_grpc.server.ratelimit import RateLimiter
-from octollm_grpc.server.requestid import RequestIds
+from octollm_grpc.observability._logs import CallLogger
+from octollm_grpc.observability._requestid import RequestIds
+from octollm_grpc.observability._server_metrics import ServerMetrics
+from octollm_grpc.server._auth import BearerAuth
+from octollm_grpc.server._ratelimit import RateLimiter
 from octollm_grpc.status import DEFAULT_DOMAIN
 
 __all__ = ["ServerKeywords", "ServerOptions", "options_of", "part"]

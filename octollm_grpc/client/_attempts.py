@@ -2,9 +2,9 @@
 
 Per attempt it admits (a breaker permit), sets the per-attempt deadline, classifies the
 outcome for the breaker, the budget and the metrics, and picks pushback or backoff
-(:class:`~octollm_grpc.client.retry.CallRetry`). The stacks keep only how they call and how
-they wait: :mod:`octollm_grpc.client.sync_calls` blocks or schedules,
-:mod:`octollm_grpc.client.aio_calls` awaits.
+(:class:`~octollm_grpc.client._resilience.CallRetry`). The stacks keep only how they call and how
+they wait: :mod:`octollm_grpc.client._sync_calls` blocks or schedules,
+:mod:`octollm_grpc.client._aio_calls` awaits.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from octollm_grpc.client.replay import AsyncReplay, Replay
-from octollm_grpc.client.retry import (
+from octollm_grpc.client._replay import AsyncReplay, Replay
+from octollm_grpc.client._resilience import (
     CallRetry,
     MethodPlan,
     Resilience,

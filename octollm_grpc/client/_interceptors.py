@@ -1,7 +1,7 @@
 """Sync client interceptor (``grpc.intercept_channel``): retry -> budget -> breaker -> attempt.
 
-Every attempt is decided by the shared core (:mod:`octollm_grpc.client.attempts`, on
-:mod:`octollm_grpc.client.retry`); this module and :mod:`octollm_grpc.client.sync_calls` only
+Every attempt is decided by the shared core (:mod:`octollm_grpc.client._attempts`, on
+:mod:`octollm_grpc.client._resilience`); this module and :mod:`octollm_grpc.client._sync_calls` only
 call and wait. The final failure raises the typed error (``from_rpc_error``), which is also a
 ``grpc.RpcError``. Unary responses
 are retried whole (``.future()`` retries in the background); response streams only until
@@ -17,11 +17,11 @@ from typing import Any
 
 import grpc
 
-from octollm_grpc.client.attempts import capped_from_start
-from octollm_grpc.client.call_types import StreamContinuation, UnaryContinuation
-from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.retry import MethodPlan, Resilience
-from octollm_grpc.client.sync_calls import (
+from octollm_grpc.client._attempts import capped_from_start
+from octollm_grpc.client._call_types import StreamContinuation, UnaryContinuation
+from octollm_grpc.client._replay import Replay
+from octollm_grpc.client._resilience import MethodPlan, Resilience
+from octollm_grpc.client._sync_calls import (
     Attempts,
     FailedStream,
     ResponseStream,

@@ -1,6 +1,6 @@
 """The call objects of the aio interceptors: attempt loop state, failed calls, retrying calls.
 
-:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client.attempts`) with the
+:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client._attempts`) with the
 aio way to call and to wait. The call objects are ``grpc.aio`` calls of our own, so the
 typed error is raised by ``await call`` or by reading the stream, while ``await call.code()``
 still answers a code.
@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from octollm_grpc.client.attempts import CallAttempts, WithTimeout
-from octollm_grpc.client.channel import AsyncSleep
-from octollm_grpc.client.delegation import AioDelegatingCall
-from octollm_grpc.client.half_close import WatchedRequests
-from octollm_grpc.client.retry import ATTEMPTS_HEADER
+from octollm_grpc.client._attempts import CallAttempts, WithTimeout
+from octollm_grpc.client._channel import AsyncSleep
+from octollm_grpc.client._delegation import AioDelegatingCall
+from octollm_grpc.client._half_close import WatchedRequests
+from octollm_grpc.client._resilience import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
 

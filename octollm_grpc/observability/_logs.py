@@ -28,7 +28,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.contextvars import bind_contextvars, unbind_contextvars
 
-from octollm_grpc import otel
+from octollm_grpc.observability import _otel as otel
 
 __all__ = [
     "FAILED_EVENT",
@@ -108,7 +108,7 @@ class CallLogger:
         request_id: str | None,
     ) -> None:
         """Log ``count`` rate-limit refusals of ``caller`` (one event per interval), at
-        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server.shedding`)."""
+        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server._shedding`)."""
         self._target().warning(
             RATE_LIMITED_EVENT, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
             error_code="RATE_LIMIT_EXCEEDED", caller=caller, count=count,

@@ -1,8 +1,9 @@
 """The outermost layer of a resilient channel: propagation and per-call metrics, both stacks.
 
 Per call, before the retry layer sees it: the timeout and request id the served call passes on
-(:mod:`octollm_grpc.propagation`), so retries stay within the incoming deadline, and the
-current trace context (:func:`octollm_grpc.otel.inject`); then
+(:mod:`octollm_grpc.observability._propagation`), so retries stay within the incoming
+deadline, and the
+current trace context (:func:`octollm_grpc.observability._otel.inject`); then
 ``grpc_client_started_total``, and when the call is over (after every retry) one
 ``grpc_client_handled_total`` with its final code and one ``grpc_client_handling_seconds``.
 A response stream is over when it ends or fails while being read.
@@ -18,12 +19,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from octollm_grpc.client.aio_shapes import per_shape
-from octollm_grpc.client.delegation import AioDelegatingCall, DelegatingCall
-from octollm_grpc.client.half_close import WatchedRequests, watch
-from octollm_grpc.client.metrics import ClientMethodMetrics, ClientMetrics
-from octollm_grpc.otel import inject
-from octollm_grpc.propagation import outbound_metadata, outbound_timeout
+from octollm_grpc.client._aio_shapes import per_shape
+from octollm_grpc.client._delegation import AioDelegatingCall, DelegatingCall
+from octollm_grpc.client._half_close import WatchedRequests, watch
+from octollm_grpc.observability._client_metrics import ClientMethodMetrics, ClientMetrics
+from octollm_grpc.observability._otel import inject
+from octollm_grpc.observability._propagation import outbound_metadata, outbound_timeout
 
 __all__ = ["CallObserver", "aio_observers"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from octollm_grpc.client.half_close import WatchedRequests
+from octollm_grpc.client._half_close import WatchedRequests
 
 __all__ = ["AioDelegatingCall", "DelegatingCall"]
 
@@ -95,5 +95,5 @@ class AioDelegatingCall:
 
     @property
     def _done_writing_flag(self) -> bool:
-        # grpc.aio reads this name off the call we return (see octollm_grpc.client.half_close).
+        # grpc.aio reads this name off the call we return (see octollm_grpc.client._half_close).
         return self._watcher is not None and self._watcher.ended

@@ -31,7 +31,7 @@ import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from octollm_grpc.server.metrics import go_code_name
+from octollm_grpc.observability._server_metrics import go_code_name
 
 __all__ = ["UNKNOWN", "ClientMethodMetrics", "ClientMetrics"]
 

@@ -18,7 +18,7 @@ import grpc
 
 from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
-from octollm_grpc.server.logs import Level
+from octollm_grpc.observability._logs import Level
 from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, RichStatus
 
 __all__ = [

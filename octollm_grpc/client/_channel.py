@@ -22,12 +22,12 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client.breaker import BreakerSettings, CircuitBreaker, CircuitBreakers
-from octollm_grpc.client.budget import RetryBudget
-from octollm_grpc.client.config import ClientConfig, parse_config
-from octollm_grpc.client.metrics import ClientMetrics
-from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
-from octollm_grpc.client.retry import Resilience
+from octollm_grpc._core.breaker import BreakerSettings, CircuitBreaker, CircuitBreakers
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._config import ClientConfig, parse_config
+from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
+from octollm_grpc.client._resilience import Resilience
+from octollm_grpc.observability._client_metrics import ClientMetrics
 
 __all__ = [
     "DEFAULT",

@@ -1,7 +1,8 @@
 """``track_errors``: the seed's error metrics for any function, on the server's metric objects.
 
 ``octollm_errors_total{error_type, component}`` and ``octollm_error_duration_seconds{error_type}``
-are the families :class:`~octollm_grpc.server.metrics.ServerMetrics` registers, so errors of a
+are the families
+:class:`~octollm_grpc.observability._server_metrics.ServerMetrics` registers, so errors of a
 background job and of the gRPC server land in the same series, told apart by ``component``.
 """
 
@@ -13,10 +14,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from octollm_grpc._core.decorate import Decorator
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
-from octollm_grpc.resilience.decorate import Decorator
-from octollm_grpc.server.metrics import ServerMetrics
+from octollm_grpc.observability._server_metrics import ServerMetrics
 
 __all__ = ["ErrorTracker", "track_errors"]
 
@@ -33,7 +34,7 @@ def error_type(error: BaseException) -> str:
 
 class ErrorTracker(Decorator):
     """What :func:`track_errors` returns: apply it to a ``def`` or an ``async def``
-    (:class:`~octollm_grpc.resilience.decorate.Decorator`); each call is counted here."""
+    (:class:`~octollm_grpc._core.decorate.Decorator`); each call is counted here."""
 
     def __init__(self, component: str, registry: CollectorRegistry | None,
                  clock: Callable[[], float]) -> None:

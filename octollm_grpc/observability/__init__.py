@@ -1,0 +1,1 @@
+"""Observability: request ids, call logging, metrics, propagation and tracing."""
