@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from google.rpc import error_details_pb2, status_pb2
-
-from octollm_grpc.client._policy import RetryPolicy
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 
 __all__ = ["MAX_PUSHBACK", "STOP", "full_jitter", "server_delay"]
 
@@ -24,9 +21,21 @@ STOP: Final = -1.0
 MAX_PUSHBACK: Final = 86_400.0
 
 _RETRY_INFO = "type.googleapis.com/" + error_details_pb2.RetryInfo.DESCRIPTOR.full_name
+# The wire names (octollm_grpc.status's DETAILS_KEY and PUSHBACK_KEY, which a test keeps equal),
+# written here so the core imports nothing of the gRPC layers.
+DETAILS_KEY: Final = "grpc-status-details-bin"
+PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"
 
 
-def full_jitter(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
+class Backoff(Protocol):
+    """What the formula reads of a policy (``RetryPolicy`` and the resilience decorators')."""
+
+    def backoff_ceiling(self, retry: int) -> float:
+        """The longest wait before retry number ``retry`` (1-based), in seconds."""
+        ...
+
+
+def full_jitter(policy: Backoff, retry: int, rng: random.Random) -> float:
     """A delay drawn uniformly from ``[0, policy.backoff_ceiling(retry)]``."""
     return rng.uniform(0.0, policy.backoff_ceiling(retry))
 

@@ -1,13 +1,14 @@
-"""The circuit breaker: a per-target (optionally per-method) state machine.
+"""The circuit breaker's state machine, shared by the gRPC client and the resilience helpers.
 
-Closed: calls go through; failures (classified by status code) are counted, consecutively
-or over a sliding window of the last calls. Open: calls fail at once with
-:class:`~octollm_grpc.errors.CircuitOpenError`, nothing is sent. Half-open, after the reset
-timeout: exactly ``half_open_probes`` calls may be in flight at a time; ``half_open_probes``
+It imports no grpc: callers report a verdict per call (success, failure, no verdict) and say
+which exception an open breaker raises. Closed: calls go through; failures are counted,
+consecutively or over a sliding window of the last calls. Open: calls fail at once with the
+caller's ``open_error`` (the typed ``CircuitOpenError``), nothing is sent. Half-open, after the
+reset timeout: exactly ``half_open_probes`` calls may be in flight at a time; ``half_open_probes``
 successful probes close the breaker, one failed probe opens it again (for longer, when the
 reset timeout grows).
 
-A call holds an integer *token* from :meth:`CircuitBreaker.acquire` and reports it once
+A call holds an integer *token* from :meth:`BreakerCore.acquire` and reports it once
 (``on_success``, ``on_failure`` or ``release`` for "no verdict", e.g. cancelled). The lock is
 held only to update counters, never while a call runs, so the breaker is safe to share by
 threads and asyncio tasks. A probe that never reports frees its permit after ``probe_timeout``.
@@ -22,32 +23,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar
 
-import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.breaker_metrics import BreakerMetrics
-from octollm_grpc.client._policy import status_codes
-from octollm_grpc.errors import CircuitOpenError
 
 __all__ = [
-    "DEFAULT_FAILURE_CODES",
     "HALF_OPEN_RETRY_AFTER",
+    "BreakerCore",
+    "BreakerLimits",
     "BreakerListener",
-    "BreakerSettings",
-    "CircuitBreaker",
-    "CircuitBreakers",
     "CircuitState",
+    "OpenError",
 ]
 
-_C = grpc.StatusCode
 _log = structlog.get_logger("octollm_grpc.client.breaker")
-
-#: Codes that count as a failure by default; client errors such as INVALID_ARGUMENT never do.
-DEFAULT_FAILURE_CODES = frozenset(
-    {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS})
 
 
 #: What a call rejected in half-open (all probe permits taken) is told to wait, at most.
@@ -57,7 +48,8 @@ HALF_OPEN_RETRY_AFTER = 1.0
 class CircuitState(enum.Enum):
     """A breaker's state; ``value`` is the seed's name for it, :attr:`gauge` its metric number.
 
-    One enum for the gRPC client's breakers and :mod:`octollm_grpc.resilience`'s.
+    One enum for the gRPC client's breakers (``octollm_grpc.client.ChannelBreaker``) and
+    :mod:`octollm_grpc.resilience`'s.
     """
 
     CLOSED = "closed"
@@ -82,7 +74,7 @@ def _check(name: str, value: float, *, low: float = 0.0, integer: bool = False) 
 
 
 @dataclass(frozen=True, slots=True)
-class BreakerSettings:
+class BreakerLimits:
     """When a breaker opens, how long it stays open, and how it probes. Times in seconds.
 
     It opens after ``failure_threshold`` consecutive failures, or (when
@@ -102,9 +94,6 @@ class BreakerSettings:
     half_open_probes: int = 1
     probe_timeout: float = 30.0
     """A probe that has not reported after this long frees its permit."""
-    failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES
-    per_method: bool = False
-    """One breaker per method instead of one per target."""
 
     def __post_init__(self) -> None:
         if self.failure_threshold is None and self.failure_rate_threshold is None:
@@ -128,24 +117,24 @@ class BreakerSettings:
             raise ValueError("max_reset_timeout must be >= reset_timeout")
         _check("half_open_probes", self.half_open_probes, integer=True)
         _check("probe_timeout", self.probe_timeout)
-        codes = status_codes(self.failure_codes, "failure_codes")
-        if _C.OK in codes:
-            raise ValueError("failure_codes may not contain OK")
-        object.__setattr__(self, "failure_codes", codes)
 
 
 #: Called after each state change as ``listener(breaker, old_state, new_state)``.
-BreakerListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
+BreakerListener = Callable[["BreakerCore", CircuitState, CircuitState], None]
+
+#: Builds the exception an open breaker raises: ``open_error(target, retry_after)``.
+OpenError = Callable[[str, float], BaseException]
 
 
-class CircuitBreaker:
+class BreakerCore:
     """One breaker (see the module docstring). ``clock`` must be monotonic, in seconds."""
 
     def __init__(
         self,
         target: str,
-        settings: BreakerSettings | None = None,
+        settings: BreakerLimits,
         *,
+        open_error: OpenError,
         method: str = "",
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
@@ -153,7 +142,8 @@ class CircuitBreaker:
     ) -> None:
         self.target = target
         self.method = method
-        self.settings = settings or BreakerSettings()
+        self.settings = settings
+        self._open_error = open_error
         self._clock = clock
         self._listeners = list(listeners)
         self._lock = threading.Lock()
@@ -191,7 +181,7 @@ class CircuitBreaker:
     # -- the call protocol ----------------------------------------------------------------
 
     def acquire(self) -> int:
-        """Admit a call and return its token, or raise :class:`CircuitOpenError` at once."""
+        """Admit a call and return its token, or raise ``open_error(target, retry_after)``."""
         epoch = self._epoch
         if self._state is CircuitState.CLOSED:
             # Lock-free fast path; a call admitted as the breaker trips reports a stale epoch.
@@ -225,10 +215,7 @@ class CircuitBreaker:
         self._announce(changed)
         if rejected:
             self._rejected.inc()
-            error = CircuitOpenError(self.target, max(0.0, retry_after))
-            if self.method:
-                error.details["method"] = self.method
-            raise error
+            raise self._open_error(self.target, max(0.0, retry_after))
         return token
 
     def on_success(self, token: int) -> None:
@@ -268,17 +255,6 @@ class CircuitBreaker:
         if token < 0:
             with self._lock:
                 self._probes.pop(-token, None)
-
-    def record(self, token: int, code: grpc.StatusCode) -> None:
-        """Report the call's outcome by status code: failure, no verdict or success."""
-        if code is _C.OK:
-            self.on_success(token)
-        elif code in self.settings.failure_codes:
-            self.on_failure(token)
-        elif code is _C.CANCELLED:
-            self.release(token)
-        else:
-            self.on_success(token)  # the server answered, if with an error of the caller's
 
     # -- internals (called with the lock held) ----------------------------------------------
 
@@ -343,62 +319,5 @@ class CircuitBreaker:
                 _log.exception("circuit_breaker_listener_failed", target=self.target)
 
     def __repr__(self) -> str:
-        return (f"CircuitBreaker(target={self.target!r}, method={self.method!r}, "
+        return (f"{type(self).__name__}(target={self.target!r}, method={self.method!r}, "
                 f"state={self.state.name})")
-
-
-class CircuitBreakers:
-    """The breakers of one target: one for all methods, or one per method (``per_method``).
-
-    :meth:`for_target` returns the group every channel to a target shares.
-    """
-
-    _shared: ClassVar[dict[tuple[object, ...], CircuitBreakers]] = {}
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(
-        self,
-        target: str,
-        settings: BreakerSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        registry: CollectorRegistry | None = None,
-        listeners: Iterable[BreakerListener] = (),
-    ) -> None:
-        self.target = target
-        self.settings = settings or BreakerSettings()
-        self._clock = clock
-        self._registry = registry
-        self._listeners = list(listeners)
-        self._lock = threading.Lock()
-        self._breakers: dict[str, CircuitBreaker] = {}
-
-    @classmethod
-    def for_target(
-        cls,
-        target: str,
-        settings: BreakerSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        registry: CollectorRegistry | None = None,
-    ) -> CircuitBreakers:
-        """The process-wide group for ``target`` with these settings, clock and registry."""
-        key = (target, settings or BreakerSettings(), clock, registry)
-        with cls._shared_lock:
-            group = cls._shared.get(key)
-            if group is None:
-                group = cls._shared[key] = cls(target, settings, clock=clock, registry=registry)
-            return group
-
-    def for_method(self, method: str) -> CircuitBreaker:
-        """The breaker guarding ``method`` (the target's only one unless ``per_method``)."""
-        key = method if self.settings.per_method else ""
-        breaker = self._breakers.get(key)
-        if breaker is None:
-            with self._lock:
-                breaker = self._breakers.get(key)
-                if breaker is None:
-                    breaker = self._breakers[key] = CircuitBreaker(
-                        self.target, self.settings, method=key, clock=self._clock,
-                        registry=self._registry, listeners=self._listeners)
-        return breaker

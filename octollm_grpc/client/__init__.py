@@ -13,14 +13,14 @@ from typing import Unpack
 
 import grpc
 
-from octollm_grpc._core.breaker import (
+from octollm_grpc._core.breaker import CircuitState
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import (
     DEFAULT_FAILURE_CODES,
     BreakerSettings,
-    CircuitBreaker,
-    CircuitBreakers,
-    CircuitState,
+    ChannelBreaker,
+    ChannelBreakers,
 )
-from octollm_grpc._core.budget import RetryBudget
 from octollm_grpc.client._channel import (
     DEFAULT,
     ResilienceKeywords,
@@ -41,8 +41,8 @@ __all__ = [
     "DEFAULT",
     "DEFAULT_FAILURE_CODES",
     "BreakerSettings",
-    "CircuitBreaker",
-    "CircuitBreakers",
+    "ChannelBreaker",
+    "ChannelBreakers",
     "CircuitState",
     "ClientConfig",
     "Resilience",
@@ -86,7 +86,7 @@ def resilient_channel(
     - ``budget``: a :class:`RetryBudget`, or ``None`` for none. Default: the target's shared
       budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
     - ``breaker``: :class:`BreakerSettings` (the target's shared breaker with them), a
-      :class:`CircuitBreaker` or :class:`CircuitBreakers` of your own, or ``None``.
+      :class:`ChannelBreaker` or :class:`ChannelBreakers` of your own, or ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
       (:func:`parse_config`); explicit arguments win over it.
     - ``credentials``: a secure channel with them; otherwise (``None``) an insecure one.

@@ -22,8 +22,8 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc._core.breaker import BreakerSettings, CircuitBreaker, CircuitBreakers
 from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import BreakerSettings, ChannelBreaker, ChannelBreakers
 from octollm_grpc.client._config import ClientConfig, parse_config
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client._resilience import Resilience
@@ -60,7 +60,7 @@ DEFAULT = _Default.DEFAULT
 
 RetryArg: TypeAlias = RetryPolicy | RetryPolicies | _Default | None
 BudgetArg: TypeAlias = RetryBudget | _Default | None
-BreakerArg: TypeAlias = BreakerSettings | CircuitBreaker | CircuitBreakers | _Default | None
+BreakerArg: TypeAlias = BreakerSettings | ChannelBreaker | ChannelBreakers | _Default | None
 #: An aio channel's sleep between attempts.
 AsyncSleep: TypeAlias = Callable[[float], Awaitable[None]]
 
@@ -78,7 +78,7 @@ class ResilienceKeywords(TypedDict, total=False):
     - ``budget``: a :class:`~octollm_grpc.client.RetryBudget`, or ``None`` for none. Default:
       the target's shared budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
     - ``breaker``: :class:`~octollm_grpc.client.BreakerSettings` (the target's shared breaker
-      with them), a ``CircuitBreaker`` or ``CircuitBreakers`` of your own, or ``None``.
+      with them), a ``ChannelBreaker`` or ``ChannelBreakers`` of your own, or ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
       (:func:`~octollm_grpc.client.parse_config`); explicit arguments win over it.
     - ``clock`` (monotonic seconds, default ``time.monotonic``) and ``rng``: injectable for tests.
@@ -163,7 +163,7 @@ class ClientOptions:
         if breaker is DEFAULT:
             breaker = parsed.breaker
         if isinstance(breaker, BreakerSettings):
-            breaker = CircuitBreakers.for_target(self.target, breaker, clock=self.clock,
+            breaker = ChannelBreakers.for_target(self.target, breaker, clock=self.clock,
                                                  registry=self.registry)
         core = Resilience(retry=retry, budget=budget, breakers=breaker, clock=self.clock,
                           rng=self.rng, metrics=ClientMetrics(self.registry))

@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from octollm_grpc._core.breaker import BreakerSettings
 from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import BreakerSettings
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy, status_codes
 
 __all__ = ["ClientConfig", "parse_config"]

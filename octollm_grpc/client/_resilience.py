@@ -16,8 +16,8 @@ import grpc
 import structlog
 
 from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
-from octollm_grpc._core.breaker import CircuitBreaker, CircuitBreakers
 from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import ChannelBreaker, ChannelBreakers
 from octollm_grpc.client._policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
 from octollm_grpc.observability._client_metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.observability._otel import retry_event
@@ -49,7 +49,7 @@ class MethodPlan:
         self,
         method: str,
         policy: RetryPolicy | None,
-        breaker: CircuitBreaker | None,
+        breaker: ChannelBreaker | None,
         budget: RetryBudget | None,
         metrics: ClientMethodMetrics | None = None,
     ) -> None:
@@ -124,7 +124,7 @@ class Resilience:
         *,
         retry: RetryPolicies | None,
         budget: RetryBudget | None,
-        breakers: CircuitBreakers | CircuitBreaker | None,
+        breakers: ChannelBreakers | ChannelBreaker | None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         metrics: ClientMetrics | None = None,
@@ -143,8 +143,8 @@ class Resilience:
         if plan is None:
             name = method.decode() if isinstance(method, bytes) else method
             policy = self.retry.policy_for(name) if self.retry is not None else None
-            if isinstance(self.breakers, CircuitBreakers):
-                breaker: CircuitBreaker | None = self.breakers.for_method(name)
+            if isinstance(self.breakers, ChannelBreakers):
+                breaker: ChannelBreaker | None = self.breakers.for_method(name)
             else:
                 breaker = self.breakers
             plan = self._plans[method] = MethodPlan(

@@ -3,8 +3,8 @@
 ``CircuitBreaker(failure_threshold=5, timeout=60, expected_exception=Exception)`` keeps the
 seed's constructor and ``await breaker.call(func, *args, **kwargs)``, and also decorates sync
 and async functions (``@breaker``). The state machine, the half-open permits and the metrics
-are :class:`octollm_grpc._core.breaker.CircuitBreaker`'s, so a breaker around an HTTP call
-behaves, logs and is graphed exactly like one around a gRPC channel:
+are the gRPC client's (:class:`octollm_grpc.client.ChannelBreaker`), so a breaker around an
+HTTP call behaves, logs and is graphed exactly like one around a gRPC channel:
 
 - only ``expected_exception`` failures count; any other exception passes through and gives no
   verdict (a half-open probe that raises one frees its permit, it neither closes nor reopens);
@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core import breaker as core
 from octollm_grpc._core.decorate import Decorator
+from octollm_grpc.errors import CircuitOpenError
 
 __all__ = ["CircuitBreaker", "CircuitState", "breaker_of"]
 
@@ -75,14 +76,14 @@ class CircuitBreaker(Decorator):
         self.timeout = timeout
         self.expected_exception = expected_exception
         self.name = name if name is not None else f"breaker-{next(_unnamed)}"
-        settings = core.BreakerSettings(
+        settings = core.BreakerLimits(
             failure_threshold=failure_threshold,
             reset_timeout=timeout,
             max_reset_timeout=max(timeout, 300.0),  # fixed open time: the multiplier stays 1
             half_open_probes=half_open_probes,
         )
-        self.core = core.CircuitBreaker(self.name, settings, clock=clock, registry=registry,
-                                        listeners=listeners)
+        self.core = core.BreakerCore(self.name, settings, open_error=CircuitOpenError,
+                                     clock=clock, registry=registry, listeners=listeners)
         """The shared state machine (``acquire`` / ``on_success`` / ``on_failure``)."""
 
     @property

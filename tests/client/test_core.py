@@ -17,8 +17,8 @@ from octollm_grpc import errors
 from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreaker,
-    CircuitBreakers,
+    ChannelBreaker,
+    ChannelBreakers,
     CircuitState,
     Resilience,
     RetryBudget,
@@ -171,12 +171,12 @@ def test_budget_is_exact_under_concurrent_failures() -> None:
 # -- circuit breaker state machine ------------------------------------------------------------
 
 
-def _breaker(clock: FakeClock, **settings: object) -> CircuitBreaker:
-    return CircuitBreaker("core", BreakerSettings(**settings),  # type: ignore[arg-type]
+def _breaker(clock: FakeClock, **settings: object) -> ChannelBreaker:
+    return ChannelBreaker("core", BreakerSettings(**settings),  # type: ignore[arg-type]
                           clock=clock.now, registry=CollectorRegistry())
 
 
-def _fail(breaker: CircuitBreaker, times: int = 1) -> None:
+def _fail(breaker: ChannelBreaker, times: int = 1) -> None:
     for _ in range(times):
         breaker.on_failure(breaker.acquire())
 
@@ -320,7 +320,7 @@ def test_listeners_logs_and_metrics_follow_transitions(clock: FakeClock) -> None
     def broken(*_: object) -> None:
         raise RuntimeError("listener bug")
 
-    breaker = CircuitBreaker("metrics:1", BreakerSettings(failure_threshold=1, reset_timeout=1),
+    breaker = ChannelBreaker("metrics:1", BreakerSettings(failure_threshold=1, reset_timeout=1),
                              clock=clock.now, registry=registry, listeners=[broken])
     breaker.add_listener(lambda b, old, new: seen.append((old.name, new.name)))
     with capture_logs() as logs:
@@ -351,12 +351,12 @@ def test_breaker_settings_validate() -> None:
 
 def test_per_method_breakers_are_independent(clock: FakeClock) -> None:
     """With per_method, one method's failures do not open another method's breaker."""
-    group = CircuitBreakers("per-method", BreakerSettings(failure_threshold=1, per_method=True),
+    group = ChannelBreakers("per-method", BreakerSettings(failure_threshold=1, per_method=True),
                             clock=clock.now, registry=CollectorRegistry())
     _fail(group.for_method("/s/A"))
     assert group.for_method("/s/A").state is CircuitState.OPEN
     assert group.for_method("/s/B").state is CircuitState.CLOSED
-    shared = CircuitBreakers("shared", BreakerSettings(), registry=CollectorRegistry())
+    shared = ChannelBreakers("shared", BreakerSettings(), registry=CollectorRegistry())
     assert shared.for_method("/s/A") is shared.for_method("/s/B")
 
 

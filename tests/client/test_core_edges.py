@@ -18,17 +18,18 @@ from structlog.testing import capture_logs
 
 from octollm_grpc import errors
 from octollm_grpc._core.backoff import MAX_PUSHBACK, STOP, full_jitter, server_delay
-from octollm_grpc._core.breaker import DEFAULT_FAILURE_CODES, HALF_OPEN_RETRY_AFTER
+from octollm_grpc._core.breaker import HALF_OPEN_RETRY_AFTER
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreaker,
-    CircuitBreakers,
+    ChannelBreaker,
+    ChannelBreakers,
     CircuitState,
     Resilience,
     RetryBudget,
     RetryPolicies,
     RetryPolicy,
 )
+from octollm_grpc.client._breaker import DEFAULT_FAILURE_CODES
 from octollm_grpc.client._resilience import CallRetry
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
@@ -38,17 +39,17 @@ CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitSt
 
 
 def _breaker(clock: FakeClock, registry: CollectorRegistry | None = None,
-             **settings: object) -> CircuitBreaker:
-    return CircuitBreaker("edge:1", BreakerSettings(**settings),  # type: ignore[arg-type]
+             **settings: object) -> ChannelBreaker:
+    return ChannelBreaker("edge:1", BreakerSettings(**settings),  # type: ignore[arg-type]
                           method="/s/M", clock=clock.now, registry=registry or CollectorRegistry())
 
 
-def _fail(breaker: CircuitBreaker, times: int = 1) -> None:
+def _fail(breaker: ChannelBreaker, times: int = 1) -> None:
     for _ in range(times):
         breaker.on_failure(breaker.acquire())
 
 
-def _succeed(breaker: CircuitBreaker, times: int = 1) -> None:
+def _succeed(breaker: ChannelBreaker, times: int = 1) -> None:
     for _ in range(times):
         breaker.on_success(breaker.acquire())
 
@@ -321,7 +322,7 @@ def test_circuit_open_error_names_target_method_and_wait(clock: FakeClock) -> No
     assert error.message == "Circuit breaker for edge:1 is open; retry after 7.000s"
     assert error.retry_after == 7
     assert error.code() is _C.UNAVAILABLE
-    whole = CircuitBreaker("edge:2", BreakerSettings(failure_threshold=1), clock=clock.now,
+    whole = ChannelBreaker("edge:2", BreakerSettings(failure_threshold=1), clock=clock.now,
                            registry=CollectorRegistry())
     _fail(whole)
     with pytest.raises(errors.CircuitOpenError) as caught:
@@ -354,7 +355,7 @@ def test_transition_events_and_metrics_are_exact(clock: FakeClock) -> None:
                             ("half_open", "open", 1), ("half_open", "closed", None)):
         assert registry.get_sample_value("octollm_client_circuit_transitions_total", {
             **labels, "from_state": old, "to_state": new}) == count
-    assert repr(breaker) == "CircuitBreaker(target='edge:1', method='/s/M', state=OPEN)"
+    assert repr(breaker) == "ChannelBreaker(target='edge:1', method='/s/M', state=OPEN)"
 
 
 def test_listener_failure_is_logged_with_the_target(clock: FakeClock) -> None:
@@ -364,7 +365,7 @@ def test_listener_failure_is_logged_with_the_target(clock: FakeClock) -> None:
     def broken(*_: object) -> None:
         raise RuntimeError("listener bug")
 
-    breaker = CircuitBreaker("edge:3", BreakerSettings(failure_threshold=1), clock=clock.now,
+    breaker = ChannelBreaker("edge:3", BreakerSettings(failure_threshold=1), clock=clock.now,
                              registry=CollectorRegistry(),
                              listeners=[broken, lambda b, old, new: seen.append(new)])
     with capture_logs() as logs:
@@ -382,17 +383,17 @@ def test_for_target_shares_a_group_per_target_and_settings(clock: FakeClock) -> 
     """Same target and settings: one group; other settings, target, clock or registry: another."""
     registry = CollectorRegistry()
     settings = BreakerSettings(failure_threshold=2)
-    group = CircuitBreakers.for_target("share:1", settings, clock=clock.now, registry=registry)
-    assert CircuitBreakers.for_target("share:1", BreakerSettings(failure_threshold=2),
+    group = ChannelBreakers.for_target("share:1", settings, clock=clock.now, registry=registry)
+    assert ChannelBreakers.for_target("share:1", BreakerSettings(failure_threshold=2),
                                       clock=clock.now, registry=registry) is group
     assert group.target == "share:1" and group.settings is settings
     others = [
-        CircuitBreakers.for_target("share:1", BreakerSettings(failure_threshold=3),
+        ChannelBreakers.for_target("share:1", BreakerSettings(failure_threshold=3),
                                    clock=clock.now, registry=registry),
-        CircuitBreakers.for_target("share:2", settings, clock=clock.now, registry=registry),
-        CircuitBreakers.for_target("share:1", settings, clock=FakeClock().now,
+        ChannelBreakers.for_target("share:2", settings, clock=clock.now, registry=registry),
+        ChannelBreakers.for_target("share:1", settings, clock=FakeClock().now,
                                    registry=registry),
-        CircuitBreakers.for_target("share:1", settings, clock=clock.now,
+        ChannelBreakers.for_target("share:1", settings, clock=clock.now,
                                    registry=CollectorRegistry()),
     ]
     assert all(other is not group for other in others)
@@ -410,7 +411,7 @@ def test_for_target_shares_a_group_per_target_and_settings(clock: FakeClock) -> 
 def test_per_method_groups_keep_one_breaker_per_method(clock: FakeClock) -> None:
     """per_method: each method has its own breaker, labelled with the method, made once."""
     seen: list[str] = []
-    group = CircuitBreakers("pm:1", BreakerSettings(failure_threshold=1, per_method=True),
+    group = ChannelBreakers("pm:1", BreakerSettings(failure_threshold=1, per_method=True),
                             clock=clock.now, registry=CollectorRegistry(),
                             listeners=[lambda b, old, new: seen.append(b.method)])
     first = group.for_method("/s/A")
@@ -586,7 +587,7 @@ def test_full_jitter_uses_the_policy_ceiling_for_each_retry() -> None:
 
 def _call(clock: FakeClock, policy: RetryPolicy | None, budget: RetryBudget | None = None,
           timeout: float | None = None,
-          breakers: CircuitBreakers | CircuitBreaker | None = None) -> CallRetry:
+          breakers: ChannelBreakers | ChannelBreaker | None = None) -> CallRetry:
     core = Resilience(retry=RetryPolicies(policy) if policy else None, budget=budget,
                       breakers=breakers, clock=clock.now, rng=random.Random(3))
     return CallRetry(core, core.plan("/s/M"), timeout, clock.now())
@@ -678,12 +679,12 @@ def test_backoff_exponent_grows_per_retry(clock: FakeClock) -> None:
 
 
 def test_plan_uses_a_plain_breaker_or_the_groups_per_method(clock: FakeClock) -> None:
-    """A single CircuitBreaker guards every method; a group gives each its own when per_method."""
+    """A single ChannelBreaker guards every method; a group gives each its own when per_method."""
     registry = CollectorRegistry()
-    single = CircuitBreaker("plan:1", clock=clock.now, registry=registry)
+    single = ChannelBreaker("plan:1", clock=clock.now, registry=registry)
     core = Resilience(retry=None, budget=None, breakers=single)
     assert core.plan("/s/A").breaker is single and core.plan(b"/s/B").breaker is single
-    group = CircuitBreakers("plan:2", BreakerSettings(per_method=True), clock=clock.now,
+    group = ChannelBreakers("plan:2", BreakerSettings(per_method=True), clock=clock.now,
                             registry=registry)
     budget = RetryBudget()
     core = Resilience(retry=RetryPolicies(RetryPolicy(max_attempts=2)), budget=budget,
@@ -701,7 +702,7 @@ def test_plan_uses_a_plain_breaker_or_the_groups_per_method(clock: FakeClock) ->
 
 def test_plan_acquire_asks_the_breaker(clock: FakeClock) -> None:
     """An attempt's token comes from the breaker: an open one refuses the attempt."""
-    breaker = CircuitBreaker("plan:4", BreakerSettings(failure_threshold=1), clock=clock.now,
+    breaker = ChannelBreaker("plan:4", BreakerSettings(failure_threshold=1), clock=clock.now,
                              registry=CollectorRegistry())
     plan = Resilience(retry=None, budget=None, breakers=breaker).plan("/s/M")
     breaker.on_failure(plan.acquire())
@@ -736,7 +737,7 @@ def test_attempt_timeout_without_a_policy_is_what_is_left(clock: FakeClock) -> N
 
 def test_plan_records_success_with_breaker_and_budget(clock: FakeClock) -> None:
     """MethodPlan.succeeded() reports to the breaker (resetting its count) and the budget."""
-    breaker = CircuitBreaker("plan:3", BreakerSettings(failure_threshold=2), clock=clock.now,
+    breaker = ChannelBreaker("plan:3", BreakerSettings(failure_threshold=2), clock=clock.now,
                              registry=CollectorRegistry())
     budget = RetryBudget(max_tokens=4, token_ratio=1)
     budget.on_failure()

@@ -7,14 +7,14 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
 from octollm_grpc._core.breaker import HALF_OPEN_RETRY_AFTER
-from octollm_grpc.client import BreakerSettings, CircuitBreaker, CircuitState
+from octollm_grpc.client import BreakerSettings, ChannelBreaker, CircuitState
 from octollm_grpc.testing import FakeClock
 
 
 def test_half_open_rejection_retry_after_is_short() -> None:
     """A probe in flight (30 s probe timeout): others are told to retry within a second."""
     clock = FakeClock()
-    breaker = CircuitBreaker("t", BreakerSettings(failure_threshold=1, reset_timeout=10),
+    breaker = ChannelBreaker("t", BreakerSettings(failure_threshold=1, reset_timeout=10),
                              clock=clock.now, registry=CollectorRegistry())
     breaker.on_failure(breaker.acquire())
     clock.advance(10)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc import errors as e
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreaker,
+    ChannelBreaker,
     CircuitState,
     RetryPolicy,
     resilient_channel,
@@ -45,8 +45,8 @@ def hanging() -> Iterator[tuple[Backend, str, threading.Event]]:
             release.set()
 
 
-def _breaker() -> CircuitBreaker:
-    return CircuitBreaker("backend", SETTINGS, registry=CollectorRegistry())
+def _breaker() -> ChannelBreaker:
+    return ChannelBreaker("backend", SETTINGS, registry=CollectorRegistry())
 
 
 def test_sync_callers_deadline_is_no_verdict(

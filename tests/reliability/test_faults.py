@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc import errors
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreakers,
+    ChannelBreakers,
     CircuitState,
     RetryPolicy,
     resilient_channel,
@@ -75,10 +75,10 @@ def misbehaving() -> Iterator[tuple[Misbehaving, str]]:
 
 
 def _breakers(target: str, clock: FakeClock, threshold: int,
-              changes: list[tuple[CircuitState, CircuitState]]) -> CircuitBreakers:
+              changes: list[tuple[CircuitState, CircuitState]]) -> ChannelBreakers:
     def record(_: Any, old: CircuitState, new: CircuitState) -> None:
         changes.append((old, new))
-    return CircuitBreakers(target, BreakerSettings(failure_threshold=threshold,
+    return ChannelBreakers(target, BreakerSettings(failure_threshold=threshold,
                                                    reset_timeout=RESET),
                            clock=clock.now, registry=CollectorRegistry(), listeners=[record])
 
@@ -252,7 +252,7 @@ def _summary(error: grpc.RpcError, took: float) -> Outcome:
     return type(error), error.code(), took  # type: ignore[attr-defined]
 
 
-def _refused_sync(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
+def _refused_sync(target: str, policy: RetryPolicy, breakers: ChannelBreakers,
                   clock: FakeClock) -> list[Outcome]:
     outcomes: list[Outcome] = []
     with resilient_channel(target, retry=policy, breaker=breakers, budget=None,
@@ -267,7 +267,7 @@ def _refused_sync(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
     return outcomes
 
 
-async def _refused_aio(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
+async def _refused_aio(target: str, policy: RetryPolicy, breakers: ChannelBreakers,
                        clock: FakeClock) -> list[Outcome]:
     settle = Settle()
     outcomes: list[Outcome] = []

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc import errors
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreakers,
+    ChannelBreakers,
     CircuitState,
     RetryPolicy,
     resilient_channel,
@@ -139,7 +139,7 @@ def test_task_server_sigkilled_and_restarted_under_load(tmp_path: Path) -> None:
     port = _port(first.target)
     target = first.target
     changes: list[tuple[CircuitState, CircuitState]] = []
-    breakers = CircuitBreakers(
+    breakers = ChannelBreakers(
         target, BreakerSettings(failure_threshold=3, reset_timeout=0.2),
         registry=CollectorRegistry(),
         listeners=[lambda _, old, new: changes.append((old, new))])
