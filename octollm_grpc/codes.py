@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from octollm_grpc import errors as e
+from octollm_grpc.errors import _base
 
 __all__ = [
     "BUILTIN_TIMEOUT",
@@ -187,3 +188,4 @@ _BUILTIN: tuple[tuple[type[e.OctoLLMError], grpc.StatusCode, int, bool], ...] = 
 for _row in _BUILTIN:
     register(*_row[:3], retryable=_row[3])
 del _row
+_base.install_code_lookup(lambda exc: mapping_for(exc).grpc_code)

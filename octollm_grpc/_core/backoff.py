@@ -7,13 +7,16 @@ means "do not retry".
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["MAX_PUSHBACK", "STOP", "full_jitter", "server_delay"]
+__all__ = ["MAX_PUSHBACK", "STOP", "Backoff", "Exponential", "backoff_ceiling", "full_jitter",
+           "server_delay"]
 
 #: Returned by :func:`server_delay` when the server said not to retry.
 STOP: Final = -1.0
@@ -33,6 +36,41 @@ class Backoff(Protocol):
     def backoff_ceiling(self, retry: int) -> float:
         """The longest wait before retry number ``retry`` (1-based), in seconds."""
         ...
+
+
+def positive(name: str, value: float) -> None:
+    """Raise ``TypeError`` / ``ValueError`` unless ``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
+
+
+def backoff_ceiling(initial: float, maximum: float, multiplier: float, retry: int) -> float:
+    """``min(initial * multiplier ** (retry - 1), maximum)`` for retry number ``retry``."""
+    # Computed in log space once past the cap, so a huge retry number cannot overflow.
+    if retry > 1 and (retry - 1) * math.log(multiplier) > math.log(maximum / initial):
+        return maximum
+    return min(initial * multiplier ** (retry - 1), maximum)
+
+
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """Exponential backoff without the gRPC policy around it (the resilience decorators')."""
+
+    initial_backoff: float
+    max_backoff: float
+    backoff_multiplier: float
+
+    def __post_init__(self) -> None:
+        positive("initial_backoff", self.initial_backoff)
+        positive("max_backoff", self.max_backoff)
+        positive("backoff_multiplier", self.backoff_multiplier)
+
+    def backoff_ceiling(self, retry: int) -> float:
+        """The longest wait before retry number ``retry`` (1-based), in seconds."""
+        return backoff_ceiling(self.initial_backoff, self.max_backoff, self.backoff_multiplier,
+                               retry)
 
 
 def full_jitter(policy: Backoff, retry: int, rng: random.Random) -> float:

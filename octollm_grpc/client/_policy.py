@@ -7,12 +7,13 @@ can be retried while others are not.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import grpc
+
+from octollm_grpc._core.backoff import backoff_ceiling, positive
 
 __all__ = ["NEVER_RETRIED", "RetryPolicies", "RetryPolicy", "status_codes"]
 
@@ -42,11 +43,7 @@ def status_codes(
     return frozenset(codes)
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
+_positive = positive
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +97,16 @@ class RetryPolicy:
             object.__setattr__(self, name, codes)
 
     def backoff_ceiling(self, retry: int) -> float:
-        """The upper bound of the jittered delay before retry number ``retry`` (1-based)."""
-        # Computed in log space once past the cap, so a huge retry number cannot overflow.
-        if retry > 1 and (retry - 1) * math.log(self.backoff_multiplier) > math.log(
-                self.max_backoff / self.initial_backoff):
-            return self.max_backoff
-        return min(self.initial_backoff * self.backoff_multiplier ** (retry - 1), self.max_backoff)
+        """The upper bound of the jittered delay before retry number ``retry`` (1-based).
+
+        Args:
+            retry: The retry's number, 1 for the first retry.
+
+        Returns:
+            ``min(initial_backoff * backoff_multiplier ** (retry - 1), max_backoff)``.
+        """
+        return backoff_ceiling(self.initial_backoff, self.max_backoff, self.backoff_multiplier,
+                               retry)
 
 
 _DEFAULT = RetryPolicy()

@@ -13,6 +13,16 @@ from google.rpc import status_pb2
 
 __all__ = ["ErrorDetails", "OctoLLMError"]
 
+# octollm_grpc.codes (which imports this module, never the other way round) installs the
+# mapping's lookup here when it is imported; importing octollm_grpc imports it.
+_code_of: Callable[[BaseException], grpc.StatusCode]
+
+
+def install_code_lookup(lookup: Callable[[BaseException], grpc.StatusCode]) -> None:
+    """Set how a local error finds its status code (called once, by ``octollm_grpc.codes``)."""
+    global _code_of
+    _code_of = lookup
+
 
 class ErrorDetails(dict[str, Any]):
     """The error's details: a plain ``dict`` that, called, returns the error message.
@@ -118,9 +128,7 @@ class OctoLLMError(grpc.RpcError):
         """The gRPC status code: the one received, or the mapped one for a local error."""
         if self._wire_code is not None:
             return self._wire_code
-        from octollm_grpc.codes import mapping_for
-
-        return mapping_for(self).grpc_code
+        return _code_of(self)
 
     def trailing_metadata(self) -> Any:
         """The call's trailing metadata when the error came over the wire, else ``None``."""

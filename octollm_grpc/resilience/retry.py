@@ -1,7 +1,7 @@
 """The seed's ``retry_with_backoff`` and a ``@retry`` decorator, on the gRPC client's backoff.
 
 Our own loop rather than tenacity: the delays come from the same core as the gRPC client's
-retries (:class:`~octollm_grpc.client._policy.RetryPolicy`'s ceiling and
+retries (the gRPC client's ceiling and
 :func:`~octollm_grpc._core.backoff.full_jitter`), the retry decision reads our error mapping
 and ``retry_after``, and the retry budget is the client's :class:`RetryBudget`: tenacity would
 need a custom retry, wait and stop class for each of those, and a runtime dependency.
@@ -21,10 +21,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from octollm_grpc._core.backoff import full_jitter
+from octollm_grpc._core.backoff import Exponential, full_jitter
 from octollm_grpc._core.budget import RetryBudget
 from octollm_grpc._core.decorate import Decorator
-from octollm_grpc.client._policy import RetryPolicy
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
 
@@ -44,10 +43,9 @@ def _error_type(error: BaseException) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _policy(max_retries: int, base_delay: float, max_delay: float,
-            exponential_base: float) -> RetryPolicy:
+            exponential_base: float) -> Exponential:
     # Cached: validating a policy on every call would cost more than the call's bookkeeping.
-    return RetryPolicy(max_attempts=max_retries + 1, initial_backoff=base_delay,
-                       max_backoff=max(max_delay, base_delay),
+    return Exponential(initial_backoff=base_delay, max_backoff=max(max_delay, base_delay),
                        backoff_multiplier=exponential_base)
 
 
@@ -76,7 +74,7 @@ class _Attempts:
             raise ValueError(f"deadline must be positive, not {deadline!r}")
         self._name = name
         self._max_retries = max_retries
-        # base_delay=0 means "retry at once": RetryPolicy wants positive times.
+        # base_delay=0 means "retry at once": Exponential wants positive times.
         self._policy = (_policy(max_retries, base_delay, max_delay, exponential_base)
                         if base_delay > 0 else None)
         self._jitter = jitter

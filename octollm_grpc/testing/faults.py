@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import grpc
 from google.protobuf import duration_pb2
@@ -20,7 +20,6 @@ from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server import current_request_id
-from octollm_grpc.server._failures import HandlerStatus, merge_trailers
 from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, to_status
 
 __all__ = [
@@ -207,7 +206,24 @@ class FaultScript:
             return None
 
 
-def status_for(fault: Fault, current_trailers: Iterable[Any] | None) -> HandlerStatus:
+class InjectedStatus(NamedTuple):
+    """The ``grpc.Status`` an injected failure ends the call with (``abort_with_status``)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, Any], ...]
+
+
+grpc.Status.register(InjectedStatus)
+
+
+def _merge(current: Iterable[Any] | None, ours: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
+    # The call's trailers first, but ours win: one rich status, one pushback, one request id.
+    keys = {key for key, _ in ours} | ({DETAILS_KEY} if ours else set())
+    return (*((k, v) for k, v in (current or ()) if k not in keys), *ours)
+
+
+def status_for(fault: Fault, current_trailers: Iterable[Any] | None) -> InjectedStatus:
     """The status a ``fail``/``pushback`` fault ends the call with.
 
     Trailers the call already has (the stack's request id, the handler's own) are kept:
@@ -228,7 +244,7 @@ def status_for(fault: Fault, current_trailers: Iterable[Any] | None) -> HandlerS
         # to_status advertises only positive delays: 0 is "retry now", negative "never" (A6).
         pushback_ms = "0" if pushback == 0 else "-1"
         trailers = (*(t for t in trailers if t[0] != PUSHBACK_KEY), (PUSHBACK_KEY, pushback_ms))
-    return HandlerStatus(code, message, merge_trailers(current_trailers, trailers))
+    return InjectedStatus(code, message, _merge(current_trailers, tuple(trailers)))
 
 
 def _bare_trailers(

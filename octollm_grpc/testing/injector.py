@@ -18,10 +18,22 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from octollm_grpc.server._core import handler_shape
 from octollm_grpc.testing.faults import FaultScript, status_for, time_remaining
 
 __all__ = ["FaultInjector"]
+
+
+def _handler_shape(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> tuple[Callable[..., grpc.RpcMethodHandler[Any, Any]], Any]:
+    # grpc dispatches on the streaming flags: the method-handler factory and the behaviour.
+    if not handler.request_streaming:
+        if not handler.response_streaming:
+            return grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    if not handler.response_streaming:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    return grpc.stream_stream_rpc_method_handler, handler.stream_stream
 
 if TYPE_CHECKING:  # grpc's handler class is generic only in its type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -77,7 +89,7 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
         context.abort_with_status(status_for(fault, context.trailing_metadata()))
 
     def _wrap_sync(self, handler: Handler, method: str) -> Handler:
-        make, behavior = handler_shape(handler)
+        make, behavior = _handler_shape(handler)
         if behavior is None:
             return handler
 
@@ -105,7 +117,7 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
         return None if handler is None else self._wrap_aio(handler, method)
 
     def _wrap_aio(self, handler: Handler, method: str) -> Handler:
-        make, behavior = handler_shape(handler)
+        make, behavior = _handler_shape(handler)
         # grpc.aio dispatches on the handler's kind: the wrapper must keep it.
         if inspect.isasyncgenfunction(behavior):
 
