@@ -7,10 +7,10 @@ and its metrics, one backoff formula, one retry budget. See ``docs/resilience.md
 from __future__ import annotations
 
 from octollm_grpc.observability._track_errors import track_errors
-from octollm_grpc.resilience.breaker import CircuitBreaker, CircuitState, breaker_of
-from octollm_grpc.resilience.fallback import with_fallback
-from octollm_grpc.resilience.retry import retry, retry_sync, retry_with_backoff
-from octollm_grpc.resilience.transaction import database_transaction
+from octollm_grpc.resilience._breaker import CircuitBreaker, CircuitState, breaker_of
+from octollm_grpc.resilience._fallback import with_fallback
+from octollm_grpc.resilience._retry import retry, retry_sync, retry_with_backoff
+from octollm_grpc.resilience._transaction import database_transaction
 
 __all__ = [
     "CircuitBreaker",

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import pytest
 
-from octollm_grpc.testing.clock import FakeClock
-from octollm_grpc.testing.injector import FaultInjector
-from octollm_grpc.testing.server import serve, serve_aio_in_thread
+from octollm_grpc.testing._clock import FakeClock
+from octollm_grpc.testing._injector import FaultInjector
+from octollm_grpc.testing._server import serve, serve_aio_in_thread
 
 __all__ = [
     "aio_grpc_handlers",

@@ -21,8 +21,8 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm_grpc import codes
 from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
-from octollm_grpc.status.encode import type_url
-from octollm_grpc.status.limits import (
+from octollm_grpc.status._encode import type_url
+from octollm_grpc.status._limits import (
     DETAILS_KEY,
     MAX_DETAILS_BYTES,
     MAX_DETAILS_DEPTH,

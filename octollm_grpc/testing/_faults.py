@@ -1,7 +1,7 @@
 """The fault script both stacks share: what to do to the next calls, and what was done.
 
 :class:`FaultScript` is a thread-safe queue of planned faults plus a log of every call it saw
-(:class:`Injection`). The interceptor (:mod:`octollm_grpc.testing.injector`) only asks it,
+(:class:`Injection`). The interceptor (:mod:`octollm_grpc.testing._injector`) only asks it,
 once per call, what to do, and carries that out on its stack.
 """
 

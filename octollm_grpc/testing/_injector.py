@@ -3,7 +3,7 @@
 The same object serves both stacks, so a test plans faults once whichever server it runs:
 grpcio's sync server hands ``intercept_service`` a continuation that returns the handler,
 grpc.aio's one that returns an awaitable, and the injector answers in kind. What to do is
-decided by the shared :class:`~octollm_grpc.testing.faults.FaultScript`; this module only
+decided by the shared :class:`~octollm_grpc.testing._faults.FaultScript`; this module only
 carries it out (sleep or abort) before the handler runs.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from octollm_grpc.testing.faults import FaultScript, status_for, time_remaining
+from octollm_grpc.testing._faults import FaultScript, status_for, time_remaining
 
 __all__ = ["FaultInjector"]
 

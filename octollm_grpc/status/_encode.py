@@ -32,8 +32,8 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm_grpc import codes
 from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
-from octollm_grpc.status import details as _details
-from octollm_grpc.status.limits import (
+from octollm_grpc.status import _details
+from octollm_grpc.status._limits import (
     DEFAULT_DOMAIN,
     DETAILS_KEY,
     LAST_RESORT_MESSAGE_BYTES,
@@ -47,7 +47,7 @@ from octollm_grpc.status.limits import (
     truncate_message,
     wire_length,
 )
-from octollm_grpc.status.limits import GENERIC_MESSAGE as _GENERIC
+from octollm_grpc.status._limits import GENERIC_MESSAGE as _GENERIC
 
 __all__ = ["StatusTemplate", "to_status", "to_status_proto", "type_url"]
 

@@ -16,7 +16,7 @@ import structlog
 
 from octollm_grpc._core.breaker import CircuitState
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
-from octollm_grpc.resilience.breaker import breaker_of
+from octollm_grpc.resilience._breaker import breaker_of
 
 __all__ = ["with_fallback"]
 

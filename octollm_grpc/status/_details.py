@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from octollm_grpc.status.limits import MAX_RETRY_AFTER, safe_text
+from octollm_grpc.status._limits import MAX_RETRY_AFTER, safe_text
 
 __all__ = [
     "MAX_EXACT_INT",
