@@ -21,7 +21,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["CodegenError", "generate", "include_paths"]
+__all__ = [
+    "CodegenError",
+    "generate",
+]
 
 #: Where OctoLLM's own protos are shipped inside the wheel (next to their generated code).
 _SHIPPED = Path(__file__).resolve().parent / "_proto"

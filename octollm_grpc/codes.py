@@ -17,15 +17,9 @@ from octollm_grpc import errors as e
 from octollm_grpc.errors import _base
 
 __all__ = [
-    "BUILTIN_TIMEOUT",
-    "UNEXPECTED",
     "ErrorMapping",
-    "class_for_error_code",
-    "class_for_status_code",
     "mapping_for",
-    "mapping_for_class",
     "register",
-    "registered",
 ]
 
 

@@ -43,13 +43,20 @@ from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.http import to_http
 from octollm_grpc.observability import _requestid as requestid
-from octollm_grpc.observability._logs import CallLogger, Level, bind_request_id, unbind_request_id
+from octollm_grpc.observability._logs import (
+    CallLogger,
+    Level,
+    bind_request_id,
+    level_for_exception,
+    unbind_request_id,
+)
 from octollm_grpc.observability._requestid import RequestIds
 from octollm_grpc.observability._server_metrics import ServerMetrics
-from octollm_grpc.server._failures import level_for_exception
-from octollm_grpc.status import GENERIC_MESSAGE
+from octollm_grpc.status._limits import GENERIC_MESSAGE
 
-__all__ = ["VALIDATION_MESSAGE", "ErrorHandlers", "install_error_handlers"]
+__all__ = [
+    "install_error_handlers",
+]
 
 #: The message of the 422 body for a request FastAPI rejected.
 VALIDATION_MESSAGE = "Request validation failed"

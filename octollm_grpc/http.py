@@ -7,9 +7,11 @@ from typing import Any, NamedTuple
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.status import GENERIC_MESSAGE, TIMEOUT_MESSAGE
+from octollm_grpc.status._limits import GENERIC_MESSAGE, TIMEOUT_MESSAGE
 
-__all__ = ["HttpError", "to_http"]
+__all__ = [
+    "to_http",
+]
 
 
 class HttpError(NamedTuple):

@@ -9,69 +9,70 @@ The asyncio form is :func:`octollm_grpc.client.aio.resilient_channel`.
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Any, Unpack
 
 import grpc
 
 from octollm_grpc._core.breaker import CircuitState
 from octollm_grpc._core.budget import RetryBudget
-from octollm_grpc.client._breaker import (
-    DEFAULT_FAILURE_CODES,
-    BreakerSettings,
-    ChannelBreaker,
-    ChannelBreakers,
-)
+from octollm_grpc.client._breaker import BreakerSettings, ChannelBreaker
 from octollm_grpc.client._channel import (
-    DEFAULT,
-    ResilienceKeywords,
     StackedRetriesWarning,
     SyncChannelKeywords,
     SyncClientOptions,
     SyncKeywords,
     without_channel,
 )
-from octollm_grpc.client._config import ClientConfig, parse_config
 from octollm_grpc.client._interceptors import ResilientInterceptor
 from octollm_grpc.client._observe import CallObserver
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
-from octollm_grpc.client._resilience import ATTEMPTS_HEADER, Resilience
+from octollm_grpc.client._resilience import Resilience
 
 __all__ = [
-    "ATTEMPTS_HEADER",
-    "DEFAULT",
-    "DEFAULT_FAILURE_CODES",
     "BreakerSettings",
     "ChannelBreaker",
-    "ChannelBreakers",
     "CircuitState",
-    "ClientConfig",
-    "Resilience",
-    "ResilienceKeywords",
-    "ResilientInterceptor",
     "RetryBudget",
     "RetryPolicies",
     "RetryPolicy",
     "StackedRetriesWarning",
-    "SyncChannelKeywords",
-    "SyncKeywords",
-    "parse_config",
     "resilient_channel",
-    "resilient_interceptor",
+    "resilient_interceptors",
 ]
 
 
-def resilient_interceptor(
+def resilient_interceptors(
     target: str, **keywords: Unpack[SyncKeywords]
-) -> ResilientInterceptor:
-    """The interceptor :func:`resilient_channel` installs, for a channel built elsewhere.
+) -> list[grpc.UnaryUnaryClientInterceptor]:
+    """Everything :func:`resilient_channel` installs, for a channel built elsewhere.
 
-    Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`SyncKeywords`).
-    That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
+    Use it as ``grpc.intercept_channel(channel, *resilient_interceptors(target))``: the
+    observer (deadline and request-id propagation, trace context, the ``grpc_client_*``
+    metrics) first, then the retry layer (retries, budget, breaker). The channel must have
+    ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
+
+    Args:
+        target: The target the channel connects to (it keys the shared budget and breaker).
+        **keywords: :func:`resilient_channel`'s keywords but the channel's own
+            (``retry``, ``budget``, ``breaker``, ``config``, ``clock``, ``sleep``, ``rng``,
+            ``registry``).
+
+    Returns:
+        The interceptors, outermost first (each implements all four call shapes).
+
+    Raises:
+        TypeError: An unknown keyword, or one of the channel's own (``credentials``,
+            ``options``, ``compression``).
+        ValueError: A ``config`` that does not parse.
     """
-    without_channel("resilient_interceptor", keywords)
+    without_channel("resilient_interceptors", keywords)
     settings = SyncClientOptions(target=target, **keywords)
-    core, _ = settings.resilience()
-    return ResilientInterceptor(core, settings.sleep)
+    return _interceptors(settings, settings.resilience()[0])
+
+
+def _interceptors(settings: SyncClientOptions, core: Resilience) -> list[Any]:
+    # The observer is outermost: it sees each call once, and the retries see its deadline.
+    return [CallObserver(core.metrics, settings.clock), ResilientInterceptor(core, settings.sleep)]
 
 
 def resilient_channel(
@@ -108,6 +109,4 @@ def resilient_channel(
                                       settings.compression)
     else:
         channel = grpc.insecure_channel(target, channel_opts, settings.compression)
-    # The observer is outermost: it sees each call once, and the retries see its deadline.
-    return grpc.intercept_channel(channel, CallObserver(core.metrics, settings.clock),
-                                  ResilientInterceptor(core, settings.sleep))
+    return grpc.intercept_channel(channel, *_interceptors(settings, core))

@@ -20,7 +20,10 @@ from octollm_grpc.client._channel import (
 from octollm_grpc.client._observe import aio_observers
 from octollm_grpc.client._resilience import Resilience
 
-__all__ = ["AioChannelKeywords", "AioKeywords", "resilient_channel", "resilient_interceptors"]
+__all__ = [
+    "resilient_channel",
+    "resilient_interceptors",
+]
 
 
 def resilient_interceptors(

@@ -28,6 +28,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.contextvars import bind_contextvars, unbind_contextvars
 
+from octollm_grpc import codes
+from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability import _otel as otel
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "LineWriter",
     "configure_logging",
     "flush_logs",
+    "level_for_exception",
 ]
 
 FAILED_EVENT = "grpc.call.failed"
@@ -45,6 +48,16 @@ FAILED_EVENT = "grpc.call.failed"
 RATE_LIMITED_EVENT = "grpc.call.rate_limited"
 
 Level = Literal["warning", "error", "critical"]
+
+
+def level_for_exception(exc: BaseException, mapping: codes.ErrorMapping) -> Level:
+    """The standard's levels: client errors warning, server errors error, the unexpected
+    critical (the server stack and the FastAPI handlers log with it)."""
+    if mapping is codes.UNEXPECTED:
+        return "critical"
+    if isinstance(exc, OctoLLMError):
+        return "warning" if mapping.client_error else "error"
+    return "error" if mapping is codes.BUILTIN_TIMEOUT else "critical"
 
 
 class CallLogger:

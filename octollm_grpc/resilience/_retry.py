@@ -27,7 +27,7 @@ from octollm_grpc._core.decorate import Decorator
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
 
-__all__ = ["RetryDecorator", "retry", "retry_sync", "retry_with_backoff"]
+__all__ = ["RetryDecorator", "retry", "retry_with_backoff"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -180,7 +180,7 @@ async def retry_with_backoff(
         await sleep(delay)
 
 
-def retry_sync(
+def _retry_blocking(
     func: Callable[[], T],
     max_retries: int = 3,
     base_delay: float = 1.0,
@@ -256,7 +256,7 @@ class RetryDecorator(Decorator):
         return await retry_with_backoff(_named_call(func, args, kwargs), **self._options)
 
     def _run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return retry_sync(_named_call(func, args, kwargs), **self._options)
+        return _retry_blocking(_named_call(func, args, kwargs), **self._options)
 
 
 def _named_call(func: Callable[..., T], args: tuple[Any, ...],

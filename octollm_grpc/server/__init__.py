@@ -15,35 +15,30 @@ from typing import Unpack
 
 import grpc
 
-from octollm_grpc.observability._logs import (
-    FAILED_EVENT,
+from octollm_grpc.observability import (
     CallLogger,
-    LineWriter,
+    RequestIds,
+    ServerMetrics,
     configure_logging,
+    current_request_id,
     flush_logs,
+    serve_metrics,
 )
-from octollm_grpc.observability._requestid import RequestIds, current_request_id
-from octollm_grpc.observability._server_metrics import ServerMetrics, serve_metrics
-from octollm_grpc.server._auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
+from octollm_grpc.server._auth import BearerAuth, StaticTokens
 from octollm_grpc.server._core import Pipeline
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
-from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
+from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server._sync import ServerInterceptor
 from octollm_grpc.server._validation import Violations
 
+# The observability parts are also importable from here, where a server is configured.
 __all__ = [
-    "DEFAULT_OPEN_METHODS",
-    "FAILED_EVENT",
     "BearerAuth",
-    "BucketStore",
     "CallLogger",
-    "LineWriter",
     "MemoryStore",
     "RateLimit",
     "RateLimiter",
     "RequestIds",
-    "ServerInterceptor",
-    "ServerKeywords",
     "ServerMetrics",
     "ServerOptions",
     "StaticTokens",

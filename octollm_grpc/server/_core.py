@@ -26,7 +26,13 @@ from octollm_grpc.errors import OctoLLMError, RateLimitError
 from octollm_grpc.observability import _otel as otel
 from octollm_grpc.observability import _propagation as propagation
 from octollm_grpc.observability import _requestid as requestid
-from octollm_grpc.observability._logs import CallLogger, Level, bind_request_id, unbind_request_id
+from octollm_grpc.observability._logs import (
+    CallLogger,
+    Level,
+    bind_request_id,
+    level_for_exception,
+    unbind_request_id,
+)
 from octollm_grpc.observability._propagation import Inbound
 from octollm_grpc.observability._requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.observability._server_metrics import MethodMetrics, ServerMetrics
@@ -34,7 +40,6 @@ from octollm_grpc.server._failures import (
     Failure,
     HandlerStatus,
     level_for_code,
-    level_for_exception,
     merge_trailers,
     message_of,
 )

@@ -16,16 +16,13 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from octollm_grpc import codes
-from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability._logs import Level
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, RichStatus
+from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE, RichStatus
 
 __all__ = [
     "Failure",
     "HandlerStatus",
     "level_for_code",
-    "level_for_exception",
     "merge_trailers",
     "message_of",
 ]
@@ -68,15 +65,6 @@ class Failure(NamedTuple):
 def level_for_code(code: grpc.StatusCode) -> Level:
     """``warning`` for codes the caller caused, ``error`` for the rest."""
     return "warning" if code in _CLIENT_CODES else "error"
-
-
-def level_for_exception(exc: BaseException, mapping: codes.ErrorMapping) -> Level:
-    """The seed's levels: client errors warning, server errors error, the unexpected critical."""
-    if mapping is codes.UNEXPECTED:
-        return "critical"
-    if isinstance(exc, OctoLLMError):
-        return "warning" if mapping.client_error else "error"
-    return "error" if mapping is codes.BUILTIN_TIMEOUT else "critical"
 
 
 def message_of(details: Any) -> str:

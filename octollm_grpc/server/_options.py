@@ -17,7 +17,7 @@ from octollm_grpc.observability._requestid import RequestIds
 from octollm_grpc.observability._server_metrics import ServerMetrics
 from octollm_grpc.server._auth import BearerAuth
 from octollm_grpc.server._ratelimit import RateLimiter
-from octollm_grpc.status import DEFAULT_DOMAIN
+from octollm_grpc.status._limits import DEFAULT_DOMAIN
 
 __all__ = ["ServerKeywords", "ServerOptions", "options_of", "part"]
 

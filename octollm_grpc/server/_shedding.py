@@ -23,7 +23,9 @@ from collections.abc import Callable
 from octollm_grpc.errors import RateLimitError
 from octollm_grpc.observability._logs import RATE_LIMITED_EVENT, CallLogger
 from octollm_grpc.server._ratelimit import RateLimit
-from octollm_grpc.status import DEFAULT_DOMAIN, RichStatus, StatusTemplate, to_status
+from octollm_grpc.status import to_status
+from octollm_grpc.status._encode import StatusTemplate
+from octollm_grpc.status._limits import DEFAULT_DOMAIN, RichStatus
 
 __all__ = ["RATE_LIMITED_EVENT", "Rejection", "RejectionLog", "RejectionStatuses"]
 

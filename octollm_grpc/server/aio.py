@@ -22,7 +22,9 @@ from octollm_grpc.server._handlers import Handler, Wrapping
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._threaded import threaded_behavior
 
-__all__ = ["ServerInterceptor", "ServerKeywords", "ServerOptions", "server_interceptors"]
+__all__ = [
+    "server_interceptors",
+]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _CANCELLATION = (asyncio.CancelledError, GeneratorExit)

@@ -39,7 +39,9 @@ from redis.retry import Retry
 
 from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "GCRA_SCRIPT", "RedisStore"]
+__all__ = [
+    "RedisStore",
+]
 
 #: Seconds a decision may wait for Redis before the fallback decides.
 DEFAULT_TIMEOUT = 0.05

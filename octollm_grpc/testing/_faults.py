@@ -20,7 +20,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server import current_request_id
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, to_status
+from octollm_grpc.status import to_status
+from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
 
 __all__ = [
     "Action",

@@ -16,16 +16,16 @@ from octollm_grpc.client import (
     BreakerSettings,
     ChannelBreaker,
     CircuitState,
-    Resilience,
     RetryPolicies,
     RetryPolicy,
 )
 from octollm_grpc.client._aio_interceptors import aio_interceptors
 from octollm_grpc.client._interceptors import ResilientInterceptor
 from octollm_grpc.client._replay import Replay
+from octollm_grpc.client._resilience import Resilience
 from octollm_grpc.client._sync_calls import Attempts
 from octollm_grpc.observability._client_metrics import ClientMetrics
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 

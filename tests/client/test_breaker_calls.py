@@ -13,13 +13,8 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    ChannelBreaker,
-    ChannelBreakers,
-    CircuitState,
-    RetryPolicy,
-)
+from octollm_grpc.client import BreakerSettings, ChannelBreaker, CircuitState, RetryPolicy
+from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import FAIL, OTHER, SERVER_STREAM, SUCCEED, UNARY, Backend, Reply
 from tests.client.channels import aio_channel, sync_channel

@@ -18,15 +18,14 @@ from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
 from octollm_grpc.client import (
     BreakerSettings,
     ChannelBreaker,
-    ChannelBreakers,
     CircuitState,
-    Resilience,
     RetryBudget,
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client._resilience import CallRetry
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
+from octollm_grpc.client._breaker import ChannelBreakers
+from octollm_grpc.client._resilience import CallRetry, Resilience
+from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 _C = grpc.StatusCode

@@ -24,14 +24,18 @@ from octollm_grpc.client import (
     BreakerSettings,
     ChannelBreaker,
     CircuitState,
-    Resilience,
     RetryBudget,
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client._resilience import CallRetry, MethodPlan, ended_by_callers_deadline
+from octollm_grpc.client._resilience import (
+    CallRetry,
+    MethodPlan,
+    Resilience,
+    ended_by_callers_deadline,
+)
 from octollm_grpc.observability._client_metrics import ClientMetrics
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 _C = grpc.StatusCode

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors as e
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.client import parse_config, resilient_channel
+from octollm_grpc.client import resilient_channel
+from octollm_grpc.client._config import parse_config
 from tests.client.backend import UNARY, Backend, Reply
 from tests.servers import sync_server
 

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc import errors as e
 from octollm_grpc.client import RetryPolicy, resilient_channel
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.status import PUSHBACK_KEY, to_status
+from octollm_grpc.status import to_status
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import UNARY, Backend, Reply
 from tests.servers import sync_server

@@ -10,7 +10,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc import errors as e
-from octollm_grpc.status import DETAILS_KEY, from_rpc_error, from_status_proto
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._decode import from_status_proto
+from octollm_grpc.status._limits import DETAILS_KEY
 
 
 def test_equal_errors_hash_equal() -> None:

@@ -20,14 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    ChannelBreakers,
-    CircuitState,
-    RetryPolicy,
-    resilient_channel,
-)
+from octollm_grpc.client import BreakerSettings, CircuitState, RetryPolicy, resilient_channel
 from octollm_grpc.client import aio as client_aio
+from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.testing import FakeClock
 from tests.reliability.support import Settle, closed_port, sync_server, warm_up_aio
 from tests.servers import aio_server

@@ -18,13 +18,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    ChannelBreakers,
-    CircuitState,
-    RetryPolicy,
-    resilient_channel,
-)
+from octollm_grpc.client import BreakerSettings, CircuitState, RetryPolicy, resilient_channel
+from octollm_grpc.client._breaker import ChannelBreakers
 from server.gen.octollm.tasks.v1 import tasks_pb2
 from tests.reliability.support import (
     Settle,

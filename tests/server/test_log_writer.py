@@ -16,8 +16,8 @@ import pytest
 import structlog
 import structlog.testing
 
-from octollm_grpc.observability._logs import FLUSH_INTERVAL
-from octollm_grpc.server import CallLogger, LineWriter, configure_logging, flush_logs
+from octollm_grpc.observability._logs import FLUSH_INTERVAL, LineWriter
+from octollm_grpc.server import CallLogger, configure_logging, flush_logs
 
 
 @pytest.fixture

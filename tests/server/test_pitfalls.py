@@ -25,7 +25,8 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import ServerMetrics, current_request_id, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE
 from tests.server.harness import SHAPES, Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

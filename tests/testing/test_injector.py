@@ -15,11 +15,11 @@ from octollm_grpc import errors
 from octollm_grpc.testing import (
     FakeClock,
     FaultInjector,
-    Injection,
     assert_rich_error,
     serve,
     serve_aio_in_thread,
 )
+from octollm_grpc.testing._faults import Injection
 from tests.testing.service import BIDI, MISSING, SERVER_STREAM, SHAPES, UNARY, Echo, call
 
 _C = grpc.StatusCode
