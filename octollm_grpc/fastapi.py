@@ -252,6 +252,15 @@ def install_error_handlers(
     Call it before the app serves its first request (Starlette builds its middleware stack
     then). Errors Starlette itself answers (404 for an unknown path, 405) keep FastAPI's
     ``{"detail": ...}`` body; they carry ``x-request-id`` too.
+
+    Args:
+        app: The FastAPI application.
+        request_ids: The request-id part (``True``: defaults).
+        logger: The call logger (``True``: defaults, ``False``: none).
+        metrics: The metrics (``True``: the default registry, ``False``: none).
+
+    Returns:
+        The handlers registered (for tests and custom routing).
     """
     handlers = ErrorHandlers(
         request_ids=request_ids if isinstance(request_ids, RequestIds) else None,

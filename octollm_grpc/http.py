@@ -27,6 +27,12 @@ def to_http(exc: BaseException) -> HttpError:
 
     ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up.
     Anything else gives the seed's generic 500 body, with none of the exception's text.
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        The HTTP status, headers and JSON body to answer with.
     """
     mapping = codes.mapping_for(exc)
     headers: dict[str, str] = {}

@@ -100,6 +100,17 @@ def resilient_channel(
     Called while a handler served by our server stack runs, a call gets that call's remaining
     time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
     (:mod:`octollm_grpc.observability._propagation`).
+
+    Args:
+        target: ``host:port`` (any gRPC target).
+        **keywords: The options above.
+
+    Returns:
+        A ``grpc.Channel``; its calls raise the typed errors.
+
+    Raises:
+        TypeError: An unknown keyword or a value of the wrong type.
+        ValueError: A ``config`` that does not parse, or an out-of-range value.
     """
     settings = SyncClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()

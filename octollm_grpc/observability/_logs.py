@@ -404,6 +404,12 @@ def configure_logging(
     output it first wrote to, so call this once at start-up, before serving. Calling it again
     releases the previous writer (loggers cached under it write their lines at once).
     ``structlog.testing.capture_logs`` still captures their events.
+
+    Args:
+        json: JSON lines (``True``), readable lines (``False``), or by the stream (``None``).
+        level: The lowest ``logging`` level written.
+        stream: Where lines go (default ``sys.stderr``).
+        background: Write from a background thread (``flush_logs`` drains it).
     """
     out = stream if stream is not None else sys.stderr
     if json is None:

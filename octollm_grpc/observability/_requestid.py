@@ -23,7 +23,11 @@ _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def current_request_id() -> str | None:
-    """The request id of the call this code runs in, or ``None`` outside a served call."""
+    """The request id of the call this code runs in, or ``None`` outside a served call.
+
+    Returns:
+        The call's ``x-request-id``, or ``None`` outside a served call.
+    """
     return _current.get()
 
 

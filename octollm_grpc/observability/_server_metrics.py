@@ -168,6 +168,14 @@ def serve_metrics(
 
     ``port=0`` picks a free port (``server.server_port``); ``server.shutdown()`` stops it.
     Binds loopback by default: expose it deliberately (``addr="0.0.0.0"``) if scrapers need it.
+
+    Args:
+        port: The port (``0``: a free one).
+        addr: The address to bind.
+        registry: The registry served (default: the global one).
+
+    Returns:
+        ``(server, thread)``.
     """
     target = registry if registry is not None else prometheus_client.REGISTRY
     server, thread = prometheus_client.start_http_server(port, addr=addr, registry=target)

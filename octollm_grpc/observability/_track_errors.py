@@ -72,5 +72,13 @@ def track_errors(
     ``error_code`` (``INTERNAL_ERROR`` for exceptions outside the hierarchy, as the server
     counts them). Cancellation (``BaseException``) is not an error and is not counted.
     ``registry`` defaults to prometheus-client's global one.
+
+    Args:
+        component: The ``component`` label.
+        registry: The Prometheus registry (default: the global one).
+        clock: Seconds, for the duration.
+
+    Returns:
+        A decorator for a ``def`` or an ``async def``.
     """
     return ErrorTracker(component, registry, clock)

@@ -107,6 +107,19 @@ def with_fallback(
     (graceful degradation for non-critical reads; the log line is then a warning).
     Kinds are read from the callables themselves: a ``lambda`` returning a coroutine is not an
     ``async def``, so pass the coroutine function itself.
+
+    Args:
+        *callables: Tried in order with the same arguments.
+        on: The exceptions that move to the next callable.
+        default: Returned when all fail (else the last error is raised).
+        degrade: Called with the last error when all fail; its result is returned.
+
+    Returns:
+        The combined callable (``async def`` if any of ``callables`` is).
+
+    Raises:
+        Exception: The last error when every callable failed and neither ``default`` nor
+            ``degrade`` is given.
     """
     chain = _Chain(callables, on, default, degrade)
 

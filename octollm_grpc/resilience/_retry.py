@@ -166,6 +166,27 @@ async def retry_with_backoff(
     - each retry logs ``"Retrying after failure"`` (warning); giving up on a retryable error
       logs ``"Max retries exceeded"`` (error) with ``reason`` ``attempts``, ``deadline`` or
       ``budget``. The last error is re-raised unchanged.
+
+    Args:
+        func: What is called, without arguments (use ``functools.partial``).
+        max_retries: Retries after the first attempt (``max_retries + 1`` attempts).
+        base_delay: The first retry's delay ceiling, in seconds.
+        max_delay: The largest delay ceiling.
+        exponential_base: The ceiling's growth per retry.
+        jitter: Full jitter (``False``: the ceiling itself).
+        retry_on: The exceptions retried.
+        deadline: Seconds from the first call after which no retry starts.
+        budget: A retry budget each retry takes a token from.
+        sleep: The async sleep.
+        rng: The random source of the jitter.
+        clock: Monotonic seconds.
+
+    Returns:
+        What ``func()`` returned (awaited).
+
+    Raises:
+        Exception: The last error, unchanged, once retries stop.
+        ValueError: A setting out of range.
     """
     attempts = _Attempts(_name_of(func), max_retries, base_delay, max_delay, exponential_base,
                          jitter, retry_on, deadline, budget, rng, clock)
@@ -227,6 +248,26 @@ def retry(
     Takes :func:`retry_with_backoff`'s keyword arguments. ``sleep`` must match the function:
     an ``async`` sleep for an ``async def``, a blocking one for a ``def`` (defaults:
     ``asyncio.sleep`` and ``time.sleep``). Bad settings raise here, not on the first failure.
+
+    Args:
+        max_retries: Retries after the first attempt (``max_retries + 1`` attempts).
+        base_delay: The first retry's delay ceiling, in seconds.
+        max_delay: The largest delay ceiling.
+        exponential_base: The ceiling's growth per retry.
+        jitter: Full jitter (``False``: the ceiling itself).
+        retry_on: The exceptions retried.
+        deadline: Seconds from the first call after which no retry starts.
+        budget: A retry budget each retry takes a token from.
+        sleep: The sleep (async for ``async def``).
+        rng: The random source of the jitter.
+        clock: Monotonic seconds.
+
+    Returns:
+        The decorator.
+
+    Raises:
+        ValueError: A setting out of range (raised here, not on the first failure).
+        TypeError: A setting of the wrong type.
     """
     # Fail at decoration time, not on the first failure, for bad settings.
     _Attempts("", max_retries, base_delay, max_delay, exponential_base, jitter, retry_on,

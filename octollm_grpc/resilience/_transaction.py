@@ -57,6 +57,18 @@ async def database_transaction(
     - Any other exception, and cancellation, is rolled back and re-raised unchanged.
     - A failing rollback is logged (``"Rollback failed"``); the error that caused it is raised.
     ``run(step)`` runs each blocking ``commit``/``rollback`` (default: in place).
+
+    Args:
+        connection: A DB-API style connection (``commit()`` and ``rollback()``).
+        operation: Names the operation in the ``DatabaseError`` and the log.
+        driver_errors: The driver's exceptions that become ``DatabaseError``.
+        run: How a blocking ``commit``/``rollback`` is run (e.g. ``asyncio.to_thread``).
+
+    Yields:
+        ``connection``.
+
+    Raises:
+        DatabaseError: A ``driver_errors`` error from the block or from ``commit``.
     """
     try:
         yield connection

@@ -72,6 +72,16 @@ def server_interceptors(
     Raises ``TypeError`` for an unknown keyword, and for an ``auth`` whose verifier is a
     coroutine function: a sync server cannot await it, so it is refused here rather than
     failing every call.
+
+    Args:
+        options: A :class:`ServerOptions`; keywords replace its fields.
+        **keywords: The fields of :class:`ServerOptions`.
+
+    Returns:
+        The interceptors for ``grpc.server(pool, interceptors=...)``.
+
+    Raises:
+        TypeError: An unknown keyword, or a coroutine ``auth`` verifier.
     """
     settled = options_of(options, keywords)
     if settled.auth is not None and settled.auth.is_async:

@@ -114,5 +114,15 @@ def server_interceptors(
 
     Same parameters and behaviour as :func:`octollm_grpc.server.server_interceptors`; an
     ``auth`` verifier may be a coroutine function here.
+
+    Args:
+        options: A :class:`~octollm_grpc.server.ServerOptions`; keywords replace its fields.
+        **keywords: The fields of ``ServerOptions``.
+
+    Returns:
+        The interceptors for ``grpc.aio.server(interceptors=...)``.
+
+    Raises:
+        TypeError: An unknown keyword.
     """
     return [ServerInterceptor(Pipeline(options_of(options, keywords)))]

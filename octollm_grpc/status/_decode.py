@@ -286,6 +286,13 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     The result has the sender's class, message, error_code, details and retry_after, and
     answers ``code()``, ``details()``, ``trailing_metadata()`` like the original call. It
     never raises: anything unreadable decodes as if the details were absent.
+
+    Args:
+        err: The failed call's exception (``grpc.RpcError``, ``grpc.aio.AioRpcError`` or any
+            object with ``code()`` / ``details()`` / ``trailing_metadata()``).
+
+    Returns:
+        The typed error, an :class:`~octollm_grpc.errors.OctoLLMError` subclass.
     """
     if isinstance(err, e.OctoLLMError):
         return err

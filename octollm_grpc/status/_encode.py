@@ -356,6 +356,15 @@ def to_status(
     generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
     with the traceback, for development only). It never raises for any error (a failing
     ``status_details()`` hook only loses its own details).
+
+    Args:
+        exc: Any exception.
+        request_id: Put in ``RequestInfo`` (and so seen by the caller) when given.
+        domain: ``ErrorInfo.domain``.
+        debug: Add the traceback of an unexpected exception as ``DebugInfo``.
+
+    Returns:
+        A ``grpc.Status`` (code, details, trailing metadata).
     """
     data, message, mapping, retry_after = _encode(exc, request_id, domain, debug)
     return _rich_status(mapping.grpc_code, message, data, retry_after)

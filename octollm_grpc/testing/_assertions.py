@@ -26,6 +26,18 @@ def assert_rich_error(
     skips that check; each keyword must be in ``details`` with an equal value (keys not
     named are not checked). Returns the decoded error for further checks; raises
     ``AssertionError`` saying what differs.
+
+    Args:
+        exc: What the call raised.
+        code: The expected status code.
+        error_code: The expected ``error_code`` (``None``: not checked).
+        **details: Expected entries of ``details``.
+
+    Returns:
+        The decoded error, for further checks.
+
+    Raises:
+        AssertionError: Any of them differs.
     """
     if not isinstance(exc, grpc.RpcError):
         raise AssertionError(f"expected a failed gRPC call (grpc.RpcError), got {exc!r}")

@@ -65,6 +65,18 @@ def serve(
     ``options`` are added to the server's gRPC options. On exit the server stops: calls in
     flight get ``grace`` seconds to finish, then are cancelled; exit never waits longer than
     ``grace`` plus a few seconds. ``max_workers`` sizes the sync server's thread pool.
+
+    Args:
+        *generic_handlers: The handlers served.
+        interceptors: Interceptors after the octollm stack.
+        aio: A ``grpc.aio`` server (use ``async with``).
+        stack: The octollm stack (default: ``server_interceptors()``).
+        options: Server options.
+        grace: Seconds given to calls in flight at the end.
+        max_workers: The sync server's thread pool size.
+
+    Returns:
+        A context manager yielding the ``127.0.0.1:PORT`` target.
     """
     chain = [*(_default_stack(aio) if stack is None else stack), *(interceptors or ())]
     server_options = [*_OPTIONS, *options]
@@ -93,6 +105,13 @@ def servicer_handlers(
     """The generic handlers generated code would register for ``servicer``, for :func:`serve`.
 
     ``servicer_handlers(tasks_pb2_grpc.add_TaskServiceServicer_to_server, MyServicer())``.
+
+    Args:
+        add_to_server: The generated ``add_*Servicer_to_server`` function.
+        servicer: Your servicer instance.
+
+    Returns:
+        The generic handlers for :func:`serve`.
     """
     collector = _HandlerCollector()
     add_to_server(servicer, collector)
@@ -163,6 +182,17 @@ def serve_aio_in_thread(
     A plain ``with`` block, so it suits sync tests and fixtures, and async tests whatever
     runs their loop (the server never shares it). Handlers and interceptors run on the
     server's loop: they must not use loop-bound objects (``asyncio.Event``...) of the test's.
+
+    Args:
+        *generic_handlers: The handlers served.
+        interceptors: Interceptors after the octollm stack.
+        stack: The octollm stack, as for :func:`serve`.
+        options: Server options.
+        grace: Seconds given to calls in flight at the end.
+        start_timeout: Seconds to wait for the server to start.
+
+    Yields:
+        The ``127.0.0.1:PORT`` target.
     """
     started: futures.Future[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = (
         futures.Future())
