@@ -138,7 +138,7 @@ def generate(
 
     Raises:
         CodegenError: grpcio-tools is missing, no ``.proto`` file was found, or ``protoc``
-        failed.
+            failed.
     """
     protoc = _grpc_tools().protoc
 

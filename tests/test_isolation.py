@@ -19,7 +19,8 @@ import structlog
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.client import BreakerSettings, ChannelBreakers, RetryBudget
+from octollm_grpc.client import BreakerSettings, RetryBudget
+from octollm_grpc.client._breaker import ChannelBreakers
 
 
 class Leaky(e.OctoLLMError):

@@ -20,6 +20,15 @@ class RetryBudget:
 
     ``max_tokens`` is in ``(0, 1000]`` and ``token_ratio`` in ``(0, max_tokens]``, as in A6.
     Use :meth:`for_target` to get the bucket every channel to a target shares.
+
+    Args:
+        max_tokens: The bucket's size; retries stop while it holds half or less.
+        token_ratio: What each success gives back (a failure takes 1).
+
+    Raises:
+        TypeError: A value that is not a number.
+        ValueError: A value that is not positive, ``max_tokens`` above 1000, or
+            ``token_ratio`` above ``max_tokens``.
     """
 
     _shared: ClassVar[dict[tuple[str, float, float], RetryBudget]] = {}

@@ -57,6 +57,22 @@ class RetryPolicy:
     (a server wait over ``max_pushback`` is not retried).
     Client- and bidi-streaming calls are retried only when ``replayable_requests`` is true
     (their request stream is then buffered and replayed).
+
+    Args:
+        max_attempts: Attempts in all, the first included (``RetryPolicy(max_attempts=3)``
+            makes 3; ``retry_with_backoff(max_retries=3)`` makes 4).
+        initial_backoff: The first retry's delay ceiling, in seconds.
+        max_backoff: The largest delay ceiling.
+        backoff_multiplier: The ceiling's growth per retry.
+        retryable_codes: Status codes retried.
+        pushback_codes: Status codes retried only when the server sent pushback.
+        per_attempt_timeout: Seconds each attempt may take (``None``: the call's deadline).
+        replayable_requests: Retry client-streaming calls by replaying the requests sent.
+        max_pushback: The longest server-requested wait honoured.
+
+    Raises:
+        TypeError: A value of the wrong type.
+        ValueError: A value out of range, or ``OK`` / ``CANCELLED`` among the codes.
     """
 
     max_attempts: int = 3
@@ -123,6 +139,13 @@ class RetryPolicies:
     ``methods`` keys are ``"pkg.Service/Method"`` or ``"pkg.Service"`` (every method of the
     service); a value of ``None`` means "never retry". Lookup: exact method, then service, then
     ``default`` (``None`` there turns retries off for everything not listed).
+
+    Args:
+        default: The policy of every method not listed (``None``: no retries).
+        methods: Policies by ``"pkg.Service/Method"`` or ``"pkg.Service"``.
+
+    Raises:
+        TypeError: A value that is not a ``RetryPolicy`` or ``None``.
     """
 
     default: RetryPolicy | None = _DEFAULT

@@ -74,6 +74,11 @@ class CallLogger:
     When structlog caches loggers on first use (as :func:`configure_logging` sets it up), the
     first event takes ``logger.bind()`` and keeps it, so later reconfiguration is not seen, as
     with any cached structlog logger; otherwise each event goes through ``logger`` itself.
+
+    Args:
+        logger: A structlog logger (default: ``structlog.get_logger("octollm_grpc.server")``).
+        event: The failed call's event name.
+        peer: Log the caller's address.
     """
 
     __slots__ = ("_event", "_logger", "_resolved", "peer")

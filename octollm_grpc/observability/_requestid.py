@@ -63,6 +63,12 @@ class RequestIds:
     An incoming value is used when ``trust_incoming`` is true and it is printable ASCII of at
     most ``max_length`` characters (it ends up in logs, so nothing that could forge a line);
     otherwise ``generate()`` makes a new one (32 hex characters by default).
+
+    Args:
+        header: The metadata key read and echoed.
+        generate: Makes an id when the caller sent none (or an untrusted one).
+        trust_incoming: Keep the caller's id (else always generate).
+        max_length: Longer incoming ids are replaced.
     """
 
     header: str = DEFAULT_HEADER

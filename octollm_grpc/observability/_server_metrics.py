@@ -131,6 +131,11 @@ class ServerMetrics:
     (e.g. a sync and an aio server) may share a registry: its families are created once, with
     the ``buckets`` of the first. ``component`` is the ``component`` label of
     ``octollm_errors_total``.
+
+    Args:
+        registry: The Prometheus registry (default: the global one).
+        component: The ``component`` label of ``octollm_errors_total``.
+        buckets: The handling-time histogram's buckets, in seconds.
     """
 
     def __init__(

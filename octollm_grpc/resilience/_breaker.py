@@ -52,6 +52,19 @@ class CircuitBreaker(Decorator):
     ``CircuitOpenError``; unnamed breakers get ``breaker-<n>``. ``timeout`` is the seconds the
     breaker stays open before probing. ``clock`` must be monotonic (seconds); ``registry`` is
     the Prometheus registry (default: the global one).
+
+    Args:
+        failure_threshold: Consecutive failures that open it.
+        timeout: Seconds open before a probe is let through.
+        expected_exception: The exceptions that count as failures.
+        name: Labels the metrics and the ``CircuitOpenError``.
+        half_open_probes: Calls admitted at a time while half-open.
+        clock: Monotonic seconds.
+        registry: The Prometheus registry (default: the global one).
+        listeners: Called as ``listener(breaker, old_state, new_state)`` on each change.
+
+    Raises:
+        ValueError: A threshold, timeout or probe count out of range.
     """
 
     def __init__(

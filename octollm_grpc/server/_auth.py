@@ -37,6 +37,9 @@ class StaticTokens:
 
     Every known token is compared with :func:`hmac.compare_digest` on every call, so the time
     taken tells nothing about which token (or how much of one) matched.
+
+    Args:
+        tokens: Each token's scopes.
     """
 
     __slots__ = ("_tokens",)
@@ -68,6 +71,15 @@ class BearerAuth:
     (``/pkg.Service/``) to the scopes it requires (all of them); the most specific entry wins,
     else ``default_scopes`` (empty: any valid token). ``open_methods`` are full methods or
     service prefixes that need no token at all.
+
+    Args:
+        verifier: ``verifier(token)`` returns the caller's scopes, or ``None`` for an invalid
+            token (a coroutine function on the aio stack only).
+        scopes: Scopes required by ``"/pkg.Svc/Method"`` or ``"/pkg.Svc/"``.
+        default_scopes: Scopes required by every other method.
+        open_methods: Methods (or ``"/pkg.Svc/"`` prefixes) that need no token (default:
+            health and reflection).
+        header: The metadata key of the token.
     """
 
     def __init__(

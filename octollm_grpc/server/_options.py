@@ -30,6 +30,16 @@ class ServerOptions:
     (made when a stack is built, so each stack gets its own), ``False`` drops it, an object
     configures it. ``rate_limit`` and ``auth`` are off unless given. Error mapping is always
     on. The defaults are what ``server_interceptors()`` gives with no arguments.
+
+    Args:
+        request_ids: The request-id part (``True``: defaults, ``False``: off).
+        logger: The call logger.
+        metrics: The metrics.
+        rate_limit: A :class:`RateLimiter`, or ``None`` for none.
+        auth: A :class:`BearerAuth`, or ``None`` for none.
+        domain: ``ErrorInfo.domain`` of the statuses sent.
+        debug: Send the traceback of unexpected exceptions (never in production).
+        tracer_provider: The OpenTelemetry tracer provider (default: the global one).
     """
 
     request_ids: RequestIds | bool = True

@@ -28,7 +28,16 @@ __all__ = ["BucketStore", "MemoryStore", "RateLimit", "RateLimiter", "ceil_ms", 
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """``limit`` calls per ``window`` seconds, in bursts of up to ``burst`` (default: ``limit``)."""
+    """``limit`` calls per ``window`` seconds, in bursts of up to ``burst`` (default: ``limit``).
+
+    Args:
+        limit: Calls allowed per ``window``.
+        window: The window, in whole seconds.
+        burst: Calls allowed at once (default: ``limit``).
+
+    Raises:
+        ValueError: A value out of range.
+    """
 
     limit: int
     window: int = 1
@@ -93,6 +102,13 @@ class MemoryStore:
 
     ``clock`` is a monotonic clock in seconds. Thread-safe; the lock is held only for the
     bucket arithmetic. Each process (replica) has its own buckets.
+
+    Args:
+        max_keys: Buckets kept (the least recently used go first).
+        clock: Monotonic seconds.
+
+    Raises:
+        ValueError: ``max_keys`` that is not positive.
     """
 
     def __init__(
@@ -147,6 +163,18 @@ class RateLimiter:
     (the peer host is used when it is absent). ``store`` holds the buckets; by default a
     :class:`MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
     which may then not be given with ``store``. Thread-safe.
+
+    Args:
+        default: The limit of every method not listed (``None``: none).
+        methods: Limits by ``"/pkg.Svc/Method"`` or ``"/pkg.Svc/"`` (``None``: unlimited).
+        key_metadata: The metadata key that tells callers apart (default: the peer).
+        max_keys: Buckets kept in the default store.
+        clock: Monotonic seconds for the default store.
+        store: Where the buckets live (default: a :class:`MemoryStore`).
+
+    Raises:
+        ValueError: ``store`` given with ``max_keys`` or ``clock`` (they configure the
+            default store).
     """
 
     def __init__(

@@ -187,6 +187,23 @@ class RedisStore:
     outage. ``time_source`` (seconds) replaces Redis's clock in the
     bucket arithmetic, for tests; every replica must then use the same one. ``registry``
     takes ``octollm_ratelimit_store_errors_total``.
+
+    Args:
+        url: ``redis://HOST:PORT/DB``.
+        client: A sync ``redis.Redis`` of your own.
+        async_client: A ``redis.asyncio.Redis`` of your own.
+        prefix: The keys' prefix.
+        timeout: Seconds a decision may wait for Redis.
+        fallback: Decides while Redis is unavailable.
+        fail_closed: Refuse every call while Redis is unavailable.
+        probe_interval: Seconds between probes during an outage.
+        clock: Monotonic seconds.
+        time_source: Replaces Redis's clock (tests).
+        registry: Takes ``octollm_ratelimit_store_errors_total``.
+
+    Raises:
+        ValueError: Neither ``url`` nor a client, or a ``timeout`` or ``probe_interval``
+            that is not positive.
     """
 
     def __init__(

@@ -18,6 +18,9 @@ class FakeClock:
 
     Pass ``clock.now`` wherever a ``clock`` is taken, ``clock.sleep`` / ``clock.async_sleep``
     wherever a ``sleep`` is taken. Thread-safe.
+
+    Args:
+        start: The time it starts at, in seconds.
     """
 
     def __init__(self, start: float = 1000.0) -> None:

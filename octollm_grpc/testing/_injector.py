@@ -52,6 +52,10 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
     :class:`~octollm_grpc.testing.FakeClock`'s so tests never wait for real). On grpc.aio,
     handlers that are plain functions (grpc.aio runs them in a thread pool, where the aio
     context cannot abort) pass through untouched and unrecorded.
+
+    Args:
+        sleep: How a sync handler's ``delay`` waits.
+        async_sleep: How an aio handler's ``delay`` waits.
     """
 
     def __init__(
