@@ -25,7 +25,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ErrorMapping:
-    """How one class of error is reported: on gRPC, over HTTP, and whether to retry it."""
+    """How one class of error is reported: on gRPC, over HTTP, and whether to retry it.
+
+    Args:
+        error_code: The class's ``error_code``.
+        grpc_code: The status code it travels as.
+        http_status: The HTTP status a gateway answers with.
+        retryable: Whether the standard's retry helpers retry it.
+        client_error: The caller's fault: logged as a warning, not an error.
+    """
 
     error_code: str
     grpc_code: grpc.StatusCode

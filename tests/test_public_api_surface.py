@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import enum
 import importlib
+import inspect
 import pkgutil
 import subprocess
 import sys
@@ -68,7 +70,8 @@ def test_no_two_public_objects_share_a_name() -> None:
 
 
 def test_every_public_object_is_documented_in_the_api_reference() -> None:
-    """Each public module is rendered in docs/api.md, and each public object has a docstring."""
+    """Each public module is rendered in docs/api.md; each public object has a docstring with
+    an Args section when it takes arguments and a Returns section when it returns a value."""
     api = (PACKAGE.parent / "docs" / "api.md").read_text()
     seen, _ = _public_objects()
     rendered = {line.removeprefix("::: ").strip() for line in api.splitlines()
@@ -78,7 +81,19 @@ def test_every_public_object_is_documented_in_the_api_reference() -> None:
         value = getattr(module_obj, name)
         home = getattr(value, "__module__", module)
         if callable(value) or isinstance(value, type):
-            assert (value.__doc__ or "").strip(), f"{module}.{name} has no docstring"
+            doc = inspect.getdoc(value) or ""
+            assert doc.strip(), f"{module}.{name} has no docstring"
+            if isinstance(value, type) and issubclass(value, enum.Enum):
+                continue  # its values are its documentation
+            try:
+                signature = inspect.signature(value)
+            except ValueError:
+                continue  # a plain Exception or Warning subclass: builtin __init__, no arguments
+            if signature.parameters:
+                assert "Args:" in doc, f"{module}.{name} has no Args section"
+            returns = signature.return_annotation
+            if not isinstance(value, type) and returns not in (None, "None", signature.empty):
+                assert "Returns:" in doc or "Yields:" in doc, f"{module}.{name}: no Returns"
         assert module in rendered or home in rendered, f"{module}.{name} is not in docs/api.md"
 
 

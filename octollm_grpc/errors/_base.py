@@ -29,6 +29,10 @@ class ErrorDetails(dict[str, Any]):
 
     ``grpc.RpcError`` handlers call ``e.details()`` for the message; seed-style code reads
     ``e.details["task_id"]``. Both work on the same attribute.
+
+    Args:
+        data: The details.
+        message: What ``details()`` returns (the error's message).
     """
 
     __slots__ = ("_message",)
@@ -49,6 +53,12 @@ class OctoLLMError(grpc.RpcError):
 
     ``error_code`` defaults to the class's own code, so a subclass that only sets the class
     attribute needs no ``__init__``.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
     """
 
     error_code: str = "UNKNOWN_ERROR"

@@ -76,6 +76,13 @@ class ValidationError(OctoLLMError):
 
     Unlike the seed, subclasses may pass ``error_code`` and ``details`` through (the seed passed
     ``error_code`` twice, a ``TypeError`` for ``TaskNotFoundError``).
+
+    Args:
+        message: What went wrong, for people.
+        field: The offending field (a ``BadRequest`` field violation).
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
     """
 
     error_code = "VALIDATION_ERROR"
@@ -104,7 +111,15 @@ class ValidationError(OctoLLMError):
 
 
 class InvalidInputError(ValidationError):
-    """Input failed validation."""
+    """Input failed validation.
+
+    Args:
+        message: What went wrong, for people.
+        field: The offending field (a ``BadRequest`` field violation).
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "INVALID_INPUT"
 
@@ -114,6 +129,9 @@ class ValidationErrors(ValidationError):
 
     ``errors`` is a list of ``{"field": ..., "message": ...}``; on the wire it becomes a
     ``google.rpc.BadRequest`` with one field violation each.
+
+    Args:
+        errors: One mapping per violation, each with ``field`` and ``message``.
     """
 
     error_code = "VALIDATION_ERRORS"
@@ -133,7 +151,11 @@ class ValidationErrors(ValidationError):
 
 
 class TaskNotFoundError(ValidationError):
-    """Requested task does not exist."""
+    """Requested task does not exist.
+
+    Args:
+        task_id: The task that was not found.
+    """
 
     error_code = "TASK_NOT_FOUND"
 
@@ -149,7 +171,12 @@ class TaskNotFoundError(ValidationError):
 
 
 class AuthenticationError(ValidationError):
-    """The caller is not authenticated: no credentials, or bad ones."""
+    """The caller is not authenticated: no credentials, or bad ones.
+
+    Args:
+        message: What went wrong, for people.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+    """
 
     error_code = "AUTHENTICATION_ERROR"
 
@@ -158,7 +185,12 @@ class AuthenticationError(ValidationError):
 
 
 class AuthorizationError(ValidationError):
-    """The caller is authenticated but lacks the permission for this operation."""
+    """The caller is authenticated but lacks the permission for this operation.
+
+    Args:
+        message: What went wrong, for people.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+    """
 
     error_code = "AUTHORIZATION_ERROR"
 
@@ -167,7 +199,11 @@ class AuthorizationError(ValidationError):
 
 
 class PiiDetectedError(ValidationError):
-    """The input contains personal data that must not be processed (the seed's Rust code)."""
+    """The input contains personal data that must not be processed (the seed's Rust code).
+
+    Args:
+        pattern: The kind of personal data found.
+    """
 
     error_code = "PII_DETECTED"
 
@@ -179,6 +215,13 @@ class InvalidStateError(ValidationError):
     """The request is valid but the resource is not in a state that allows it.
 
     Not in the seed; it names gRPC's ``FAILED_PRECONDITION`` (e.g. cancelling a finished task).
+
+    Args:
+        message: What went wrong, for people.
+        field: The offending field (a ``BadRequest`` field violation).
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
     """
 
     error_code = "FAILED_PRECONDITION"
@@ -196,13 +239,24 @@ class InvalidStateError(ValidationError):
 
 
 class ResourceError(OctoLLMError):
-    """Resource unavailable or exhausted."""
+    """Resource unavailable or exhausted.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "RESOURCE_ERROR"
 
 
 class ArmUnavailableError(ResourceError):
-    """No suitable arm available for task."""
+    """No suitable arm available for task.
+
+    Args:
+        required_capabilities: What the task needed.
+    """
 
     error_code = "ARM_UNAVAILABLE"
 
@@ -215,13 +269,26 @@ class ArmUnavailableError(ResourceError):
 
 
 class CapacityExceededError(ResourceError):
-    """The service is at capacity; try again later."""
+    """The service is at capacity; try again later.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "CAPACITY_EXCEEDED"
 
 
 class RateLimitError(ResourceError):
-    """Rate limit exceeded."""
+    """Rate limit exceeded.
+
+    Args:
+        limit: Calls allowed per window.
+        window: The window, in seconds.
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "RATE_LIMIT_EXCEEDED"
 
@@ -243,6 +310,10 @@ class CircuitOpenError(ResourceError):
     """Raised on the client when a circuit breaker is open: the call never left the process.
 
     ``retry_after`` is the time, in seconds, until the breaker lets a probe through.
+
+    Args:
+        target: The target (or breaker name) whose breaker is open.
+        retry_after: Seconds the caller should wait before retrying.
     """
 
     error_code = "CIRCUIT_OPEN"
@@ -259,13 +330,25 @@ class CircuitOpenError(ResourceError):
 
 
 class SystemError(OctoLLMError):  # noqa: A001 - the seed's name; shadows the builtin here only
-    """Internal system error."""
+    """Internal system error.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "SYSTEM_ERROR"
 
 
 class InternalError(SystemError):
-    """What the caller sees of an unexpected exception: a generic message, nothing internal."""
+    """What the caller sees of an unexpected exception: a generic message, nothing internal.
+
+    Args:
+        message: What went wrong, for people.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+    """
 
     error_code = "INTERNAL_ERROR"
 
@@ -278,6 +361,10 @@ class DatabaseError(SystemError):
 
     As in the seed, the message and details carry ``str(original_error)``: pass an error whose
     text may be shown to callers, or wrap the driver's error first.
+
+    Args:
+        operation: The operation that failed.
+        original_error: The driver's exception (kept as ``__cause__``).
     """
 
     error_code = "DATABASE_ERROR"
@@ -290,25 +377,51 @@ class DatabaseError(SystemError):
 
 
 class CacheError(SystemError):
-    """Cache operation failed."""
+    """Cache operation failed.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "CACHE_ERROR"
 
 
 class NetworkError(SystemError):
-    """A network operation failed (also what a bare ``UNAVAILABLE`` decodes to)."""
+    """A network operation failed (also what a bare ``UNAVAILABLE`` decodes to).
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "NETWORK_ERROR"
 
 
 class SerializationError(SystemError):
-    """Encoding or decoding a payload failed (the seed's Rust code)."""
+    """Encoding or decoding a payload failed (the seed's Rust code).
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "SERIALIZATION_ERROR"
 
 
 class TimeoutError(SystemError):  # noqa: A001 - the seed's name; shadows the builtin here only
-    """Operation timed out."""
+    """Operation timed out.
+
+    Args:
+        operation: The operation that failed.
+        timeout: The time allowed, in seconds.
+    """
 
     error_code = "TIMEOUT_ERROR"
 
@@ -323,13 +436,26 @@ class TimeoutError(SystemError):  # noqa: A001 - the seed's name; shadows the bu
 
 
 class ExternalError(OctoLLMError):
-    """External service error."""
+    """External service error.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "EXTERNAL_ERROR"
 
 
 class LLMAPIError(ExternalError):
-    """LLM API call failed."""
+    """LLM API call failed.
+
+    Args:
+        provider: The LLM provider.
+        status_code: The provider's HTTP status, if any.
+        error_message: The provider's error text, if any.
+    """
 
     error_code = "LLM_API_ERROR"
 
@@ -350,13 +476,27 @@ class LLMAPIError(ExternalError):
 
 
 class VectorDBError(ExternalError):
-    """Vector database call failed."""
+    """Vector database call failed.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "VECTOR_DB_ERROR"
 
 
 class ThirdPartyAPIError(ExternalError):
-    """A third-party API call failed."""
+    """A third-party API call failed.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "THIRD_PARTY_API_ERROR"
 
@@ -369,43 +509,93 @@ class ThirdPartyAPIError(ExternalError):
 
 
 class NotFoundError(OctoLLMError):
-    """A resource does not exist (``NOT_FOUND``); ``TaskNotFoundError`` is the seed's for tasks."""
+    """A resource does not exist (``NOT_FOUND``); ``TaskNotFoundError`` is the seed's for tasks.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "NOT_FOUND"
 
 
 class AlreadyExistsError(OctoLLMError):
-    """The resource to create already exists (``ALREADY_EXISTS``)."""
+    """The resource to create already exists (``ALREADY_EXISTS``).
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "ALREADY_EXISTS"
 
 
 class AbortedError(OctoLLMError):
-    """The operation lost a race with another (``ABORTED``): retry the whole transaction."""
+    """The operation lost a race with another (``ABORTED``): retry the whole transaction.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "ABORTED"
 
 
 class OutOfRangeError(ValidationError):
-    """A value is past the valid range (``OUT_OF_RANGE``), e.g. reading past the end."""
+    """A value is past the valid range (``OUT_OF_RANGE``), e.g. reading past the end.
+
+    Args:
+        message: What went wrong, for people.
+        field: The offending field (a ``BadRequest`` field violation).
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "OUT_OF_RANGE"
 
 
 class ResourceExhaustedError(ResourceError):
-    """A quota or limit ran out (``RESOURCE_EXHAUSTED``); ``RateLimitError`` is the seed's."""
+    """A quota or limit ran out (``RESOURCE_EXHAUSTED``); ``RateLimitError`` is the seed's.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "RESOURCE_EXHAUSTED"
 
 
 class UnimplementedError(OctoLLMError):
-    """The method is not implemented or not supported by the server (``UNIMPLEMENTED``)."""
+    """The method is not implemented or not supported by the server (``UNIMPLEMENTED``).
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "UNIMPLEMENTED"
 
 
 class CancelledCallError(OctoLLMError):
-    """The call was cancelled (``CANCELLED``), usually by its caller."""
+    """The call was cancelled (``CANCELLED``), usually by its caller.
+
+    Args:
+        message: What went wrong, for people.
+        error_code: Replaces the class's ``error_code`` on this instance.
+        details: Machine-readable context (``ErrorInfo.metadata`` on the wire).
+        retry_after: Seconds the caller should wait before retrying.
+    """
 
     error_code = "CANCELLED"
 
