@@ -229,7 +229,8 @@ def test_delay_longer_than_the_deadline_ends_the_call_with_deadline_exceeded(
     failed = _fails(served.channel, method, timeout=2.0)
     assert failed.code() is _C.DEADLINE_EXCEEDED
     assert served.echo.runs == 0
-    assert len(fake_clock.sleeps) == 1 and 1.0 < fake_clock.sleeps[0] <= 2.1  # rounded up on the wire
+    # grpc-timeout is rounded up on the wire.
+    assert len(fake_clock.sleeps) == 1 and 1.0 < fake_clock.sleeps[0] <= 2.1
     assert fake_clock.now() == start + fake_clock.sleeps[0]
     assert call(served.channel, method, timeout=2.0)  # the next call is not delayed
     assert served.echo.runs == 1
