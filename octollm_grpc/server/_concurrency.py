@@ -3,7 +3,7 @@
 Given as ``server_interceptors(concurrency=ConcurrencyLimit(...))`` (either stack), it admits a
 call only while fewer than the current limit are in flight, and refuses the others before
 their handler runs with ``RESOURCE_EXHAUSTED`` (``RetryInfo`` and ``grpc-retry-pushback-ms``),
-through the same cheap path as a rate-limit refusal (:mod:`octollm_grpc.server.shedding`).
+through the same cheap path as a rate-limit refusal (:mod:`octollm_grpc.server._shedding`).
 The limit moves with the measured latency (:class:`~octollm_grpc.server._gradient.
 GradientLimit`): it shrinks when calls start to queue and grows back when latency is normal.
 
@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from octollm_grpc.errors import RateLimitError
 from octollm_grpc.server._gradient import GradientLimit
-from octollm_grpc.server.shedding import advertised_wait
+from octollm_grpc.server._shedding import advertised_wait
 
 __all__ = [
     "DEFAULT_PARTITION",
@@ -347,7 +347,7 @@ class ConcurrencyLimit:
 class ConcurrencyRejection:
     """A call the concurrency limit refused: what its status and its log event say.
 
-    ``wait`` is the advertised wait (see :func:`octollm_grpc.server.shedding.advertised_wait`);
+    ``wait`` is the advertised wait (see :func:`octollm_grpc.server._shedding.advertised_wait`);
     ``key`` is the partition (its refusals are logged together).
     """
 
