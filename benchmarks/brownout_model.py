@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.brownout_model`` prints, for Gradient2 as Netflix publishes it (every
 sample in a long exponential average, no move while fewer than half the limit are in flight)
-and for our :class:`~octollm_grpc.server._gradient.GradientLimit`: goodput in the brownout /
+and for our :class:`~octollm_grpc._core.gradient.GradientLimit`: goodput in the brownout /
 the reduced capacity, the p99 of admitted calls / the unloaded p99, and refusals at half the
 capacity. Deterministic (seeded); no gRPC, no real time. The model: calls arrive every
 ``1 / rate`` s; the server serves ``slots`` at a time (halved in the window), FIFO, each
@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
-from octollm_grpc.server._gradient import GradientLimit
+from octollm_grpc._core.gradient import GradientLimit
 
 
 class Limit(Protocol):

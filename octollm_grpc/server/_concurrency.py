@@ -4,7 +4,7 @@ Given as ``server_interceptors(concurrency=ConcurrencyLimit(...))`` (either stac
 call only while fewer than the current limit are in flight, and refuses the others before
 their handler runs with ``RESOURCE_EXHAUSTED`` (``RetryInfo`` and ``grpc-retry-pushback-ms``),
 through the same cheap path as a rate-limit refusal (:mod:`octollm_grpc.server._shedding`).
-The limit moves with the measured latency (:class:`~octollm_grpc.server._gradient.
+The limit moves with the measured latency (:class:`~octollm_grpc._core.gradient.
 GradientLimit`): it shrinks when calls start to queue and grows back when latency is normal.
 
 Every admitted unary call gives one latency sample when it ends, however it ends (success,
@@ -25,8 +25,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from octollm_grpc._core.gradient import GradientLimit
 from octollm_grpc.errors import RateLimitError
-from octollm_grpc.server._gradient import GradientLimit
 from octollm_grpc.server._shedding import advertised_wait
 
 __all__ = [

@@ -56,7 +56,7 @@ def test_the_model_backs_the_documented_comparison_of_baselines() -> None:
     """In the brownout model, ours keeps admitted p99 under 3x the unloaded p99 where
     Gradient2 as published does not, with the same goodput and no refusal at half capacity."""
     from benchmarks import brownout_model as model
-    from octollm_grpc.server._gradient import GradientLimit
+    from octollm_grpc._core.gradient import GradientLimit
 
     bounds = {"initial_limit": 8, "min_limit": 1, "max_limit": 64}
     ours = model.simulate(lambda: GradientLimit(**bounds))

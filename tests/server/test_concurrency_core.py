@@ -7,9 +7,9 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry
 
+from octollm_grpc._core.gradient import GradientLimit
 from octollm_grpc.server import ConcurrencyLimit
 from octollm_grpc.server._concurrency import ConcurrencyRejection, Permit
-from octollm_grpc.server._gradient import GradientLimit
 from octollm_grpc.testing import FakeClock
 
 BASE = 0.010  # the no-load latency of these tests: 10 ms
