@@ -31,10 +31,12 @@ from octollm_grpc.client.channel import (
     without_channel,
 )
 from octollm_grpc.client.config import ClientConfig, parse_config
+from octollm_grpc.client.hedging import HedgingPolicies, HedgingPolicy
 from octollm_grpc.client.interceptors import ResilientInterceptor
 from octollm_grpc.client.observe import CallObserver
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
+from octollm_grpc.client.sync_hedging import HedgingChannel
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -45,6 +47,8 @@ __all__ = [
     "CircuitBreakers",
     "CircuitState",
     "ClientConfig",
+    "HedgingPolicies",
+    "HedgingPolicy",
     "Resilience",
     "ResilienceKeywords",
     "ResilientInterceptor",
@@ -109,5 +113,7 @@ def resilient_channel(
     else:
         channel = grpc.insecure_channel(target, channel_opts, settings.compression)
     # The observer is outermost: it sees each call once, and the retries see its deadline.
-    return grpc.intercept_channel(channel, CallObserver(core.metrics, settings.clock),
-                                  ResilientInterceptor(core, settings.sleep))
+    intercepted = grpc.intercept_channel(channel, CallObserver(core.metrics, settings.clock),
+                                         ResilientInterceptor(core, settings.sleep))
+    # Hedged methods' blocking calls wait on .future(), so their hedges can run beside them.
+    return HedgingChannel(intercepted, core) if core.hedging is not None else intercepted
