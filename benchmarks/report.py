@@ -14,6 +14,8 @@ import platform
 import subprocess
 from typing import Any
 
+from benchmarks import hedging
+
 HEADLINE_STACK_KEYS = (
     "server_error_cpu_ratio",
     "server_error_vs_peer_cpu_ratio",
@@ -29,6 +31,9 @@ HEADLINE_STORM_KEYS = (
     "storm_amplification_naive",
     "storm_amplification_ours",
     "storm_recovery_s_ours",
+    *(f"{key}_{stack}" for stack in ("sync", "aio") for key in (
+        "hedging_p99_reduction", "hedging_extra_attempts", "hedging_outage_amplification",
+        "retry_outage_amplification")),
 )
 _PACKAGES = ("grpcio", "protobuf", "grpc-interceptor", "structlog", "prometheus-client",
              "octollm-grpc")
@@ -63,6 +68,7 @@ DEFINITIONS = {
                           "least recovered_share of its calls succeeding (after_s if never)",
     "server_python_us": "CPU microseconds per call of the sync stack's own Python, no gRPC",
     "codec": "CPU microseconds per to_status / from_rpc_error",
+    **hedging.DEFINITIONS,
 }
 
 
@@ -190,6 +196,9 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         document["storm_amplification_naive"], 0.9 * max_attempts, True)
     add("storm recovery with our stack, s (breaker reset + 1 s)",
         document["storm_recovery_s_ours"], document["storm_breaker_reset_s"] + 1.0, False)
+    if "hedging" in document:
+        for name, value, bound, at_least in hedging.target_rows(document):
+            add(name, value, bound, at_least)
     return rows
 
 
@@ -396,4 +405,5 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", f"Caution: a storm client fell up to {max(lags):.2f} s behind its schedule "
                       "(the machine was busy), so its calls came in bursts; the storm figures "
                       "of this run are disturbed."]
+    lines += hedging.markdown_lines(document)
     return "\n".join(lines) + "\n"

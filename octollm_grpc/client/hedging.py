@@ -8,8 +8,11 @@ stacks (:mod:`octollm_grpc.client.sync_hedging`, :mod:`octollm_grpc.client.aio_h
 start, time and cancel attempts; :class:`HedgeRace` decides:
 
 - a hedge is sent only while the target's retry budget allows a retry, and spends one token
-  of it, so hedges (like retries) add at most ``token_ratio`` attempts per successful call
-  once the bucket's slack is used; a throttled call sends no more hedges;
+  of it, so hedges add at most ``token_ratio`` attempts per successful call once the
+  bucket's slack is used, even when attempts are slow rather than failing (a slowed-down
+  server is not sent twice its load); a throttled call sends no more hedges;
+- a non-fatal failure takes a token too, as A6 counts it (and as a failed attempt does for
+  retries), so under an outage hedges drain the budget at least as fast as retries do;
 - pushback from any attempt (``grpc-retry-pushback-ms`` or ``RetryInfo``, any value) stops
   further hedges: the server is shedding load, and a hedge that waits for it no longer cuts
   the tail (A6 would delay the next hedge by the pushback instead);
@@ -201,6 +204,8 @@ class HedgeRace:
         call with this failure when none is sent and :attr:`in_flight` is 0.
         """
         self.in_flight -= 1
+        if code in self.policy.non_fatal_codes and self.budget is not None:
+            self.budget.on_failure()  # A6: a non-fatal failure is a failure for the budget
         if not self.stopped and server_delay(trailing_metadata) is not None:
             self.stopped = True
             _log.info("rpc_hedge_stopped_by_server", method=self.method, attempt=self.sent,

@@ -263,7 +263,7 @@ def test_sync_pushback_from_a_loser_stops_hedges_while_the_first_runs(
 
 
 def test_sync_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegistry) -> None:
-    """Sync: each hedge spends a token; at half the bucket hedges stop (counted throttled)."""
+    """Sync: hedges and non-fatal failures spend tokens; at half the bucket hedges stop."""
     budget = RetryBudget(max_tokens=4, token_ratio=0.1)
     backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
     with sync_server([backend.handler()]) as target:
@@ -273,15 +273,16 @@ def test_sync_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegist
         for _ in range(3):
             with pytest.raises(errors.NetworkError):
                 channel.unary_unary(UNARY)(b"x")
-    # 4 tokens, hedges while > 2: the first call's two hedges take it to 2, then none.
-    assert len(backend.seen) == 3 + 2
-    assert budget.tokens == 2
-    assert _value(registry, "octollm_client_hedges_total") == 2
+    # 4 tokens, hedges while > 2; a hedge and a non-fatal failure take one each: the first
+    # call gets one hedge, then every call is throttled at once.
+    assert len(backend.seen) == 2 + 1 + 1
+    assert budget.tokens == 0
+    assert _value(registry, "octollm_client_hedges_total") == 1
     assert _value(registry, "octollm_client_throttled_total") == 3
 
 
 async def test_aio_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegistry) -> None:
-    """Aio: each hedge spends a token; at half the bucket hedges stop (counted throttled)."""
+    """Aio: hedges and non-fatal failures spend tokens; at half the bucket hedges stop."""
     budget = RetryBudget(max_tokens=4, token_ratio=0.1)
     backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
     with sync_server([backend.handler()]) as target:
@@ -291,8 +292,8 @@ async def test_aio_the_budget_caps_hedges(clock: FakeClock, registry: CollectorR
             for _ in range(3):
                 with pytest.raises(errors.NetworkError):
                     await channel.unary_unary(UNARY)(b"x")
-    assert len(backend.seen) == 3 + 2
-    assert budget.tokens == 2
+    assert len(backend.seen) == 2 + 1 + 1
+    assert budget.tokens == 0
     assert _value(registry, "octollm_client_throttled_total") == 3
 
 

@@ -1,4 +1,5 @@
-"""hedgingPolicy in config: parsed as gRFC A6 says, refused when wrong, looked up per method."""
+"""hedgingPolicy: parsed as gRFC A6 says, refused when wrong, looked up per method; and the
+per-call decisions of a hedged call (budget, pushback, deadline), without a network."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
-from octollm_grpc.client import HedgingPolicies, HedgingPolicy, parse_config
+from octollm_grpc.client import HedgingPolicies, HedgingPolicy, RetryBudget, parse_config
+from octollm_grpc.client.hedging import HedgeRace
+from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.testing import FakeClock
 
 NAME = [{"service": "test.Hedge"}]
 
@@ -85,3 +90,75 @@ def test_no_hedging_entry_means_no_hedging_policies() -> None:
     assert parse_config({"methodConfig": [{"name": NAME,
                                            "retryPolicy": {"maxAttempts": 2}}]}).hedging is None
     assert HedgingPolicies().policy_for("/a.B/C") is None
+
+
+# -- the race's decisions, without a network ---------------------------------------------------
+
+class _Counters:
+    def __init__(self) -> None:
+        self.hedges = _Count()
+        self.throttled = _Count()
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+def _race(budget: RetryBudget | None, max_attempts: int = 5,
+          timeout: float | None = None) -> tuple[HedgeRace, _Counters, FakeClock]:
+    clock = FakeClock()
+    counters = _Counters()
+    race = HedgeRace(HedgingPolicy(max_attempts, 0.1, frozenset({grpc.StatusCode.UNAVAILABLE})),
+                     method="/test.Hedge/M", budget=budget, metrics=counters, clock=clock.now,
+                     timeout=timeout, start=clock.now())
+    return race, counters, clock
+
+
+def test_slow_attempts_spend_the_budget_without_failing() -> None:
+    """Hedges of slow (not failed) attempts take a token each and stop at half the bucket."""
+    budget = RetryBudget(max_tokens=4, token_ratio=0.1)
+    race, counters, _ = _race(budget)
+    with capture_logs() as logs:
+        assert race.take_hedge("delay") == 1
+        assert race.take_hedge("delay") == 2
+        assert race.take_hedge("delay") is None
+        assert race.take_hedge("delay") is None  # stopped: no second throttle count
+    assert budget.tokens == 2
+    assert (counters.hedges.value, counters.throttled.value) == (2, 1)
+    assert [e["event"] for e in logs].count("rpc_hedge_throttled") == 1
+
+
+def test_non_fatal_failures_take_a_token_and_fatal_ones_end_the_race() -> None:
+    """UNAVAILABLE (non-fatal) takes a token and lets the race go on; INTERNAL ends it."""
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1)
+    race, _, _ = _race(budget)
+    assert race.failed(grpc.StatusCode.UNAVAILABLE, ()) is False
+    assert budget.tokens == 9
+    assert race.gave_up()  # nothing in flight and no hedge asked for
+    race, _, _ = _race(budget)
+    assert race.failed(grpc.StatusCode.INTERNAL, ()) is True
+    assert budget.tokens == 9 and race.done
+
+
+def test_pushback_stops_hedges_and_max_attempts_bounds_them() -> None:
+    """Any pushback value stops hedges; without it, max_attempts bounds them."""
+    race, _, _ = _race(None)
+    race.failed(grpc.StatusCode.UNAVAILABLE, ((PUSHBACK_KEY, "5"),))
+    assert race.take_hedge("UNAVAILABLE") is None and not race.may_hedge()
+    race, _, _ = _race(None, max_attempts=2)
+    assert race.take_hedge("delay") == 1
+    assert race.take_hedge("delay") is None
+
+
+def test_no_hedge_once_the_callers_deadline_has_passed() -> None:
+    """A hedge due after the caller's deadline is not sent; before it, its timeout is the rest."""
+    race, _, clock = _race(None, timeout=1.0)
+    clock.advance(0.4)
+    assert race.attempt_timeout() == pytest.approx(0.6)
+    assert race.take_hedge("delay") == 1
+    clock.advance(0.6)
+    assert race.take_hedge("delay") is None
