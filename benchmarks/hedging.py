@@ -267,10 +267,15 @@ def run_stack(server: procs.ServerHandle, stack: str,
 
 
 def run(config: HedgingBenchConfig) -> dict[str, Any]:
-    """``{"config": ..., "sync": figures, "aio": figures}``."""
+    """``{"config": ..., "run": when and how busy, "sync": figures, "aio": figures}``."""
+    from benchmarks import report  # report imports this module
+
+    run_info = {"generated_at": report.now_utc(), "commit": report.machine()["commit"],
+                "load_average_at_start": report.load_average()}
     with procs.server_processes(hedge_server_main, [(asdict(config),)]) as handles:
-        return {"config": asdict(config),
-                **{stack: run_stack(handles[0], stack, config) for stack in ("sync", "aio")}}
+        stacks = {stack: run_stack(handles[0], stack, config) for stack in ("sync", "aio")}
+    run_info["load_average_at_end"] = report.load_average()
+    return {"config": asdict(config), "run": run_info, **stacks}
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -322,9 +327,14 @@ def markdown_lines(document: dict[str, Any]) -> list[str]:
     if not result:
         return []
     cfg = result["config"]
+    info = result.get("run", {})
+    loads = "/".join(f"{x:.2f}" for x in info.get("load_average_at_start", [])) or "unknown"
+    loads_end = "/".join(f"{x:.2f}" for x in info.get("load_average_at_end", [])) or "unknown"
     lines = [
         "",
-        f"Hedging: {cfg['callers']} closed-loop callers, {cfg['calls']} calls per phase "
+        f"Hedging (run at {info.get('generated_at', 'unknown')}, commit "
+        f"`{info.get('commit', 'unknown')}`, load average at start {loads}, at end "
+        f"{loads_end}): {cfg['callers']} closed-loop callers, {cfg['calls']} calls per phase "
         f"against a server answering in ~{cfg['service_s'] * 1000:g} ms, "
         f"{cfg['stall_share']:.0%} of attempts stalled {cfg['stall_s'] * 1000:g} ms; hedged "
         f"with maxAttempts {cfg['max_attempts']} and hedgingDelay at the p95 of the same "
@@ -357,9 +367,14 @@ def markdown_lines(document: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    """``python -m benchmarks.hedging``: this part alone, printed (nothing written)."""
+    """``python -m benchmarks.hedging [--smoke] [--merge]``: this part alone, printed.
+
+    ``--merge`` (full run only) also puts its figures into ``results/latest.json`` and
+    ``latest.md`` beside the last full run's (whose other figures stay as they were).
+    """
     import json
     import sys
+    from pathlib import Path
 
     smoke = "--smoke" in sys.argv
     config = HedgingBenchConfig(calls=300, warmup_calls=20, outage_calls=100) if smoke \
@@ -368,6 +383,17 @@ def main() -> None:
     document = {"hedging": result, **headlines(result)}
     print("\n".join(markdown_lines(document)))
     print(json.dumps(headlines(result), indent=1))
+    if "--merge" in sys.argv and not smoke:
+        from benchmarks import __main__ as suite
+        from benchmarks import report
+
+        path = Path(suite.RESULTS) / "latest.json"
+        full = json.loads(path.read_text())
+        full.update(document)
+        full["definitions"] = report.DEFINITIONS
+        full["targets"] = report.targets(full)
+        suite.write(full, suite.RESULTS)
+        print(f"merged into {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -454,3 +454,46 @@ def test_sync_stream_non_fatal_failure_before_the_first_message_hedges(
         channel = real_sync_channel(target, config=hedging(delay="30s"))
         assert list(channel.unary_stream(STREAM)(b"x")) == [b"attempt-1:m0", b"attempt-1:m1"]
     assert backend.numbers() == [0, 1]
+
+
+# -- a total outage: hedging amplifies no more than retries -----------------------------------
+
+
+def _retried(max_attempts: int) -> dict[str, Any]:
+    return {"methodConfig": [{"name": [{"service": "test.Hedge"}], "retryPolicy": {
+        "maxAttempts": max_attempts, "initialBackoff": "0.001s", "maxBackoff": "0.001s",
+        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+
+
+def test_sync_outage_hedging_sends_no_more_attempts_than_retries() -> None:
+    """Sync, every attempt UNAVAILABLE, the same budget: 20 hedged calls reach the server no
+    more often than 20 retried ones (22 against 23 attempts), far below 3 per call."""
+    seen = {}
+    for name, config in (("retried", _retried(3)),
+                         ("hedged", hedging(max_attempts=3, delay="30s"))):
+        backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
+        with sync_server([backend.handler()]) as target:
+            channel = real_sync_channel(target, config=config,
+                                        budget=RetryBudget(max_tokens=10, token_ratio=0.1))
+            for _ in range(20):
+                with pytest.raises(errors.NetworkError):
+                    channel.unary_unary(UNARY)(b"x")
+        seen[name] = len(backend.seen)
+    assert seen == {"retried": 23, "hedged": 22}
+
+
+async def test_aio_outage_hedging_sends_no_more_attempts_than_retries() -> None:
+    """Aio, every attempt UNAVAILABLE, the same budget: hedged calls reach the server no more
+    often than retried ones."""
+    seen = {}
+    for name, config in (("retried", _retried(3)),
+                         ("hedged", hedging(max_attempts=3, delay="30s"))):
+        backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
+        with sync_server([backend.handler()]) as target:
+            async with real_aio_channel(target, config=config, budget=RetryBudget(
+                    max_tokens=10, token_ratio=0.1)) as channel:
+                for _ in range(20):
+                    with pytest.raises(errors.NetworkError):
+                        await channel.unary_unary(UNARY)(b"x")
+        seen[name] = len(backend.seen)
+    assert seen == {"retried": 23, "hedged": 22}
