@@ -497,3 +497,33 @@ async def test_aio_outage_hedging_sends_no_more_attempts_than_retries() -> None:
                         await channel.unary_unary(UNARY)(b"x")
         seen[name] = len(backend.seen)
     assert seen == {"retried": 23, "hedged": 22}
+
+
+# -- the deadline of a served call reaches every hedge ---------------------------------------
+
+
+def test_sync_hedges_inherit_the_deadline_of_the_call_being_served(
+        clock: FakeClock, release: threading.Event) -> None:
+    """Sync, two hops: a handler's hedged call without a timeout gives both attempts what is
+    left of the incoming 3 s deadline (the hedge 1 s less: its delay on the fake clock)."""
+    from octollm_grpc.server import server_interceptors
+
+    backend = HedgeBackend({0: Serve(release=release)})
+    with sync_server([backend.handler()]) as down_target:
+        down = sync_channel(down_target, clock, sleep=backend.sleep_for(clock),
+                            config=hedging(delay="1s"))
+        call = down.unary_unary(UNARY)
+
+        def handle(request: bytes, context: Any) -> bytes:
+            answer: bytes = call(request)  # no timeout given: the served call's applies
+            return answer
+
+        middle = grpc.method_handlers_generic_handler("test.Middle", {
+            "Call": grpc.unary_unary_rpc_method_handler(handle)})
+        with sync_server([middle], interceptors=server_interceptors(
+                logger=False, metrics=False)) as middle_target, grpc.insecure_channel(
+                middle_target) as plain:
+            assert plain.unary_unary("/test.Middle/Call")(b"x", timeout=3) == b"attempt-1"
+    first, hedge = backend.attempt(0).time_remaining, backend.attempt(1).time_remaining
+    assert first is not None and 2.0 < first <= 3.05
+    assert hedge is not None and 1.0 < hedge <= 2.05
