@@ -262,14 +262,14 @@ def test_sync_pushback_from_a_loser_stops_hedges_while_the_first_runs(
 # -- the retry budget and the breaker -------------------------------------------------------
 
 
-def test_sync_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegistry) -> None:
+def test_sync_the_budget_caps_hedges(registry: CollectorRegistry) -> None:
     """Sync: hedges and non-fatal failures spend tokens; at half the bucket hedges stop."""
     budget = RetryBudget(max_tokens=4, token_ratio=0.1)
     backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
     with sync_server([backend.handler()]) as target:
-        channel = sync_channel(target, clock, sleep=backend.sleep_for(clock),
-                               config=hedging(max_attempts=5), budget=budget,
-                               registry=registry)
+        # The delay never passes: only the failures send hedges (an order the test fixes).
+        channel = real_sync_channel(target, config=hedging(max_attempts=5, delay="30s"),
+                                    budget=budget, registry=registry)
         for _ in range(3):
             with pytest.raises(errors.NetworkError):
                 channel.unary_unary(UNARY)(b"x")
@@ -281,14 +281,13 @@ def test_sync_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegist
     assert _value(registry, "octollm_client_throttled_total") == 3
 
 
-async def test_aio_the_budget_caps_hedges(clock: FakeClock, registry: CollectorRegistry) -> None:
+async def test_aio_the_budget_caps_hedges(registry: CollectorRegistry) -> None:
     """Aio: hedges and non-fatal failures spend tokens; at half the bucket hedges stop."""
     budget = RetryBudget(max_tokens=4, token_ratio=0.1)
     backend = HedgeBackend({}, default=Serve(UNAVAILABLE))
     with sync_server([backend.handler()]) as target:
-        async with aio_channel(target, clock, sleep=backend.async_sleep_for(clock),
-                               config=hedging(max_attempts=5), budget=budget,
-                               registry=registry) as channel:
+        async with real_aio_channel(target, config=hedging(max_attempts=5, delay="30s"),
+                                    budget=budget, registry=registry) as channel:
             for _ in range(3):
                 with pytest.raises(errors.NetworkError):
                     await channel.unary_unary(UNARY)(b"x")
