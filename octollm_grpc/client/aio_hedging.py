@@ -57,6 +57,7 @@ class AioHedge:
                               metrics=plan.metrics, clock=core.clock,
                               timeout=details.timeout, start=start)
         self._calls: dict[asyncio.Future[Any], Any] = {}  # attempt's task -> its grpc call
+        self._last_sent = core.clock()
         self.last: Any = None
 
     async def send(self, previous: int) -> Any:
@@ -68,6 +69,7 @@ class AioHedge:
             self.race.unsent()
             raise
         self.last = call
+        self._last_sent = self._core.clock()
         return call
 
     def _watch(self, step: Step, call: Any) -> None:
@@ -76,7 +78,9 @@ class AioHedge:
     def _timer(self) -> asyncio.Future[Any] | None:
         if not self.race.may_hedge():
             return None
-        return asyncio.ensure_future(self._sleep(self._policy.hedging_delay))
+        # From the last send, not from now: a stream's race starts when it is first read.
+        elapsed = max(0.0, self._core.clock() - self._last_sent)
+        return asyncio.ensure_future(self._sleep(max(0.0, self._policy.hedging_delay - elapsed)))
 
     async def run(self, first: Any, step: Step) -> tuple[Any, Any]:
         """Race the attempts (``first`` already started) through ``step``.
