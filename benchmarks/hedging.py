@@ -2,9 +2,9 @@
 
 The server (its own process, ``grpc.aio``) answers each attempt in ``service_s`` (~1 ms),
 except that a share ``stall_share`` of attempts, drawn independently, stalls ``stall_s``
-(100 ms) first: a slow replica, a GC pause. Per stack (sync and aio client, each phase in a
-fresh process, so no budget or breaker state carries over), with ``callers`` closed-loop
-callers making ``calls`` calls:
+(100 ms) first: a slow replica, a GC pause. Per stack (sync and aio client, one process each;
+every phase has a fresh budget and breaker), with ``callers`` closed-loop callers making
+``calls`` calls:
 
 1. ``calibration``: the server without stalls, no hedging: its p95 is the *unloaded p95*;
 2. ``plain``: stalls on, a resilient channel without hedging (the product default retries);
@@ -23,6 +23,7 @@ reached it). Latency is the caller's, from the call to its outcome.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing.connection
 import random
 import threading
@@ -38,6 +39,8 @@ from benchmarks import procs, stats, variants
 
 SERVICE = "octollm.bench.v1.Hedge"
 WORK_PATH = f"/{SERVICE}/Work"
+#: ``b"mode:<stall|calm|outage>"`` sets the mode and zeroes the counts; ``b"counts"`` reads them.
+CONTROL_PATH = f"/{SERVICE}/Control"
 #: Requests of measured calls (warm-up calls send WARMUP and are not counted).
 MEASURED, WARMUP = b"m", b"w"
 
@@ -90,16 +93,17 @@ class HedgeService:
             raise
         return b"ok"
 
-    def on_message(self, message: Any) -> Any:
-        kind, _, value = str(message).partition(":")
+    async def control(self, request: bytes, context: Any) -> bytes:
+        kind, _, value = request.decode().partition(":")
         if kind == "mode":
             self.mode = value
             self.attempts = self.cancelled = self.stalled = 0
-            return None
+            return b""
         if kind == "counts":
-            return {"attempts": self.attempts, "cancelled": self.cancelled,
-                    "stalled": self.stalled}
-        raise ValueError(f"unknown control message {message!r}")
+            return json.dumps({"attempts": self.attempts, "cancelled": self.cancelled,
+                               "stalled": self.stalled}).encode()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown control {request!r}")
+        return b""
 
 
 def hedge_server_main(config: dict[str, Any], conn: multiprocessing.connection.Connection) -> None:
@@ -107,10 +111,11 @@ def hedge_server_main(config: dict[str, Any], conn: multiprocessing.connection.C
     async def main() -> None:
         service = HedgeService(HedgingBenchConfig(**config))
         handler = grpc.method_handlers_generic_handler(SERVICE, {
-            "Work": grpc.unary_unary_rpc_method_handler(service.work)})
+            "Work": grpc.unary_unary_rpc_method_handler(service.work),
+            "Control": grpc.unary_unary_rpc_method_handler(service.control)})
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((handler,))
-        await procs.serve_aio(server, conn, service.on_message)
+        await procs.serve_aio(server, conn)
 
     asyncio.run(main())
 
@@ -130,12 +135,22 @@ def _retried(max_attempts: int) -> dict[str, Any]:
         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
 
 
+def _fresh_budget(config: dict[str, Any] | None) -> Any:
+    """A budget of the default size that no earlier phase has touched (``None``: off)."""
+    from octollm_grpc.client import RetryBudget
+
+    if config is not None and "retryThrottling" in config and config["retryThrottling"] is None:
+        return None
+    return RetryBudget(10, 0.1)
+
+
 def _sync_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: int,
                 callers: int, timeout: float) -> dict[str, Any]:
     from octollm_grpc.client import resilient_channel
 
-    variants.configure_production_logging()  # production logging, into /dev/null
-    channel = resilient_channel(target, config=config, registry=CollectorRegistry())
+    # A registry of its own also gives the phase breakers of its own.
+    channel = resilient_channel(target, config=config, registry=CollectorRegistry(),
+                                budget=_fresh_budget(config))
     method = channel.unary_unary(WORK_PATH)
     lock = threading.Lock()
     latencies: list[float] = []
@@ -176,15 +191,14 @@ def _aio_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: i
                callers: int, timeout: float) -> dict[str, Any]:
     from octollm_grpc.client import aio as client_aio
 
-    variants.configure_production_logging()
-
     async def main() -> dict[str, Any]:
         latencies: list[float] = []
         failures = 0
         queue = [WARMUP] * warmup + [MEASURED] * calls
         queue.reverse()
         async with client_aio.resilient_channel(target, config=config,
-                                                registry=CollectorRegistry()) as channel:
+                                                registry=CollectorRegistry(),
+                                                budget=_fresh_budget(config)) as channel:
             method = channel.unary_unary(WORK_PATH)
 
             async def caller() -> None:
@@ -211,14 +225,14 @@ def _aio_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: i
 _PHASES = {"sync": _sync_phase, "aio": _aio_phase}
 
 
-def _phase(server: procs.ServerHandle, stack: str, mode: str, client_config: Any,
+def _phase(control: Any, target: str, stack: str, mode: str, client_config: Any,
            calls: int, config: HedgingBenchConfig) -> dict[str, Any]:
-    server.request(f"mode:{mode}")
+    control(f"mode:{mode}".encode(), timeout=10)
     # No warm-up in an outage: it would drain the budget before the measured calls.
     warmup = 0 if mode == "outage" else config.warmup_calls
-    result = procs.run_in_process(_PHASES[stack], server.target, client_config, calls,
-                                  warmup, config.callers, config.timeout_s)
-    counts = server.request("counts")
+    result = _PHASES[stack](target, client_config, calls, warmup, config.callers,
+                            config.timeout_s)
+    counts = json.loads(control(b"counts", timeout=10))
     ms = [x * 1000 for x in result["latencies"]]
     return {
         "calls": len(ms),
@@ -236,24 +250,30 @@ def _phase(server: procs.ServerHandle, stack: str, mode: str, client_config: Any
     }
 
 
-def run_stack(server: procs.ServerHandle, stack: str,
-              config: HedgingBenchConfig) -> dict[str, Any]:
-    """Every phase of one client stack against ``server``."""
-    calibration = _phase(server, stack, "calm", None, config.calls, config)
-    delay_s = calibration["p95_ms"] / 1000
-    plain = _phase(server, stack, "stall", None, config.calls, config)
-    hedged = _phase(server, stack, "stall", _hedged(config.max_attempts, delay_s, []),
-                    config.calls, config)
-    outage_retry = _phase(server, stack, "outage", {
-        **_retried(config.outage_max_attempts), "circuitBreaker": None},
-        config.outage_calls, config)
-    outage_hedged = _phase(server, stack, "outage", {
-        **_hedged(config.outage_max_attempts, delay_s, ["UNAVAILABLE"]),
-        "circuitBreaker": None}, config.outage_calls, config)
-    # For scale: the same hedging without a budget (what the budget saves).
-    outage_unbudgeted = _phase(server, stack, "outage", {
-        **_hedged(config.outage_max_attempts, delay_s, ["UNAVAILABLE"]),
-        "circuitBreaker": None, "retryThrottling": None}, config.outage_calls, config)
+def run_stack(stack: str, target: str, config_fields: dict[str, Any]) -> dict[str, Any]:
+    """Every phase of one client stack against the server at ``target`` (in its own process:
+    ``procs.run_in_process``)."""
+    config = HedgingBenchConfig(**config_fields)
+    variants.configure_production_logging()  # production logging, into /dev/null
+    with grpc.insecure_channel(target) as channel:
+        control = channel.unary_unary(CONTROL_PATH)
+
+        def phase(mode: str, client_config: Any, calls: int) -> dict[str, Any]:
+            return _phase(control, target, stack, mode, client_config, calls, config)
+
+        calibration = phase("calm", None, config.calls)
+        delay_s = calibration["p95_ms"] / 1000
+        plain = phase("stall", None, config.calls)
+        hedged = phase("stall", _hedged(config.max_attempts, delay_s, []), config.calls)
+        outage_retry = phase("outage", {**_retried(config.outage_max_attempts),
+                                        "circuitBreaker": None}, config.outage_calls)
+        outage_hedged = phase("outage", {
+            **_hedged(config.outage_max_attempts, delay_s, ["UNAVAILABLE"]),
+            "circuitBreaker": None}, config.outage_calls)
+        # For scale: the same hedging without a budget (what the budget saves).
+        outage_unbudgeted = phase("outage", {
+            **_hedged(config.outage_max_attempts, delay_s, ["UNAVAILABLE"]),
+            "circuitBreaker": None, "retryThrottling": None}, config.outage_calls)
     return {
         "hedging_delay_ms": delay_s * 1000,
         "calibration": calibration,
@@ -273,7 +293,8 @@ def run(config: HedgingBenchConfig) -> dict[str, Any]:
     run_info = {"generated_at": report.now_utc(), "commit": report.machine()["commit"],
                 "load_average_at_start": report.load_average()}
     with procs.server_processes(hedge_server_main, [(asdict(config),)]) as handles:
-        stacks = {stack: run_stack(handles[0], stack, config) for stack in ("sync", "aio")}
+        stacks = {stack: procs.run_in_process(run_stack, stack, handles[0].target,
+                                              asdict(config)) for stack in ("sync", "aio")}
     run_info["load_average_at_end"] = report.load_average()
     return {"config": asdict(config), "run": run_info, **stacks}
 
@@ -372,7 +393,6 @@ def main() -> None:
     ``--merge`` (full run only) also puts its figures into ``results/latest.json`` and
     ``latest.md`` beside the last full run's (whose other figures stay as they were).
     """
-    import json
     import sys
     from pathlib import Path
 
