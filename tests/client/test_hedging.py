@@ -526,3 +526,19 @@ def test_sync_hedges_inherit_the_deadline_of_the_call_being_served(
     first, hedge = backend.attempt(0).time_remaining, backend.attempt(1).time_remaining
     assert first is not None and 2.0 < first <= 3.05
     assert hedge is not None and 1.0 < hedge <= 2.05
+
+
+def test_sync_stub_style_with_call_is_hedged_and_answers_for_the_winner(
+        clock: FakeClock, release: threading.Event) -> None:
+    """Sync: a multi-callable made as generated stubs make it (serializers, registered
+    method) hedges blocking ``with_call``; the returned call answers for the winner."""
+    backend = HedgeBackend({0: Serve(release=release)})
+    with sync_server([backend.handler()]) as target:
+        channel = sync_channel(target, clock, sleep=backend.sleep_for(clock), config=hedging())
+        method = channel.unary_unary(UNARY, request_serializer=bytes,
+                                     response_deserializer=bytes, _registered_method=True)
+        response, call = method.with_call(b"x", timeout=5)
+        assert backend.attempt(0).cancelled.wait(_WAIT_S)
+    assert response == b"attempt-1"
+    assert call.code() is grpc.StatusCode.OK
+    assert call.trailing_metadata() is not None
