@@ -135,13 +135,26 @@ def _retried(max_attempts: int) -> dict[str, Any]:
         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
 
 
+def _client_counts(registry: CollectorRegistry) -> dict[str, float]:
+    """Hedges sent and hedges (or retries) the budget refused, from the phase's registry."""
+    counts = {"hedges": 0.0, "throttled": 0.0}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "octollm_client_hedges_total":
+                counts["hedges"] += sample.value
+            elif sample.name == "octollm_client_throttled_total":
+                counts["throttled"] += sample.value
+    return counts
+
+
 def _fresh_budget(config: dict[str, Any] | None) -> Any:
     """A budget of the default size that no earlier phase has touched (``None``: off)."""
     from octollm_grpc.client import RetryBudget
 
-    if config is not None and "retryThrottling" in config and config["retryThrottling"] is None:
+    throttling = (config or {}).get("retryThrottling", {"maxTokens": 10, "tokenRatio": 0.1})
+    if throttling is None:
         return None
-    return RetryBudget(10, 0.1)
+    return RetryBudget(throttling["maxTokens"], throttling["tokenRatio"])
 
 
 def _sync_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: int,
@@ -149,7 +162,8 @@ def _sync_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: 
     from octollm_grpc.client import resilient_channel
 
     # A registry of its own also gives the phase breakers of its own.
-    channel = resilient_channel(target, config=config, registry=CollectorRegistry(),
+    registry = CollectorRegistry()
+    channel = resilient_channel(target, config=config, registry=registry,
                                 budget=_fresh_budget(config))
     method = channel.unary_unary(WORK_PATH)
     lock = threading.Lock()
@@ -184,7 +198,7 @@ def _sync_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: 
         for done in [pool.submit(caller) for _ in range(callers)]:
             done.result()
     channel.close()
-    return {"latencies": latencies, "failures": failures}
+    return {"latencies": latencies, "failures": failures, **_client_counts(registry)}
 
 
 def _aio_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: int,
@@ -196,8 +210,8 @@ def _aio_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: i
         failures = 0
         queue = [WARMUP] * warmup + [MEASURED] * calls
         queue.reverse()
-        async with client_aio.resilient_channel(target, config=config,
-                                                registry=CollectorRegistry(),
+        registry = CollectorRegistry()
+        async with client_aio.resilient_channel(target, config=config, registry=registry,
                                                 budget=_fresh_budget(config)) as channel:
             method = channel.unary_unary(WORK_PATH)
 
@@ -217,7 +231,7 @@ def _aio_phase(target: str, config: dict[str, Any] | None, calls: int, warmup: i
                         failures += not ok
 
             await asyncio.gather(*(caller() for _ in range(callers)))
-        return {"latencies": latencies, "failures": failures}
+        return {"latencies": latencies, "failures": failures, **_client_counts(registry)}
 
     return asyncio.run(main())
 
@@ -240,6 +254,8 @@ def _phase(control: Any, target: str, stack: str, mode: str, client_config: Any,
         "server_attempts": counts["attempts"],
         "server_cancelled": counts["cancelled"],
         "server_stalled": counts["stalled"],
+        "client_hedges": result["hedges"],
+        "client_throttled": result["throttled"],
         "extra_attempts": counts["attempts"] / len(ms) - 1 if ms else float("nan"),
         "amplification": counts["attempts"] / len(ms) if ms else float("nan"),
         "p50_ms": stats.percentile(ms, 50),
@@ -265,6 +281,10 @@ def run_stack(stack: str, target: str, config_fields: dict[str, Any]) -> dict[st
         delay_s = calibration["p95_ms"] / 1000
         plain = phase("stall", None, config.calls)
         hedged = phase("stall", _hedged(config.max_attempts, delay_s, []), config.calls)
+        # The same long-run cap (tokenRatio 0.1) with room for bursts of slow calls.
+        hedged_burst = phase("stall", {**_hedged(config.max_attempts, delay_s, []),
+                                       "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1}},
+                             config.calls)
         outage_retry = phase("outage", {**_retried(config.outage_max_attempts),
                                         "circuitBreaker": None}, config.outage_calls)
         outage_hedged = phase("outage", {
@@ -279,6 +299,7 @@ def run_stack(stack: str, target: str, config_fields: dict[str, Any]) -> dict[st
         "calibration": calibration,
         "plain": plain,
         "hedged": hedged,
+        "hedged_burst_budget": hedged_burst,
         "outage_retry": outage_retry,
         "outage_hedged": outage_hedged,
         "outage_hedged_no_budget": outage_unbudgeted,
@@ -311,6 +332,8 @@ DEFINITIONS = {
                                       "attempts / calls with hedging (maxAttempts 3, "
                                       "UNAVAILABLE non-fatal), default budget, no breaker",
     "retry_outage_amplification_*": "the same with retries (maxAttempts 3)",
+    "hedging_p99_reduction_burst_budget_*": "hedging_p99_reduction with a retry budget of "
+                                            "100 tokens (same tokenRatio 0.1): room for bursts",
 }
 
 
@@ -321,6 +344,10 @@ def headlines(result: dict[str, Any]) -> dict[str, float]:
         figures = result[stack]
         out[f"hedging_p99_reduction_{stack}"] = figures["p99_reduction"]
         out[f"hedging_extra_attempts_{stack}"] = figures["hedged"]["extra_attempts"]
+        burst = figures.get("hedged_burst_budget")
+        if burst is not None:
+            out[f"hedging_p99_reduction_burst_budget_{stack}"] = (
+                figures["plain"]["p99_ms"] / burst["p99_ms"])
         out[f"hedging_outage_amplification_{stack}"] = figures["outage_hedged"]["amplification"]
         out[f"retry_outage_amplification_{stack}"] = figures["outage_retry"]["amplification"]
     return out
@@ -364,24 +391,27 @@ def markdown_lines(document: dict[str, Any]) -> list[str]:
         "budget, no breaker.",
         "",
         "| stack | phase | p50 ms | p95 ms | p99 ms | p99.9 ms | attempts / call | "
-        "failures |",
-        "|---|---|---|---|---|---|---|---|",
+        "hedges sent / throttled | failures |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for stack in ("sync", "aio"):
         figures = result[stack]
-        for phase in ("calibration", "plain", "hedged", "outage_retry", "outage_hedged",
-                      "outage_hedged_no_budget"):
+        for phase in ("calibration", "plain", "hedged", "hedged_burst_budget", "outage_retry",
+                      "outage_hedged", "outage_hedged_no_budget"):
             f = figures[phase]
             lines.append(f"| {stack} | {phase} | {f['p50_ms']:.2f} | {f['p95_ms']:.2f} | "
                          f"{f['p99_ms']:.2f} | {f['p999_ms']:.2f} | {f['amplification']:.3f} | "
+                         f"{f.get('client_hedges', 0):.0f} / {f.get('client_throttled', 0):.0f} | "
                          f"{f['failures']} |")
-    lines += ["", "| stack | hedgingDelay ms | p99 reduction | extra attempts | outage "
-              "amplification hedging / retries |", "|---|---|---|---|---|"]
+    lines += ["", "| stack | hedgingDelay ms | p99 reduction | extra attempts | p99 reduction, "
+              "bucket of 100 | outage amplification hedging / retries |",
+              "|---|---|---|---|---|---|"]
     for stack in ("sync", "aio"):
         figures = result[stack]
         lines.append(
             f"| {stack} | {figures['hedging_delay_ms']:.2f} | {figures['p99_reduction']:.2f}x | "
             f"{figures['hedged']['extra_attempts']:.1%} | "
+            f"{figures['plain']['p99_ms'] / figures['hedged_burst_budget']['p99_ms']:.2f}x | "
             f"{figures['outage_hedged']['amplification']:.3f} / "
             f"{figures['outage_retry']['amplification']:.3f} |")
     return lines

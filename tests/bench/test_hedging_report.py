@@ -18,6 +18,7 @@ def _phase(p99: float, amplification: float) -> dict[str, Any]:
 def _stack(plain_p99: float, hedged_p99: float) -> dict[str, Any]:
     return {"hedging_delay_ms": 4.0, "calibration": _phase(5.0, 1.0),
             "plain": _phase(plain_p99, 1.0), "hedged": _phase(hedged_p99, 1.08),
+            "hedged_burst_budget": _phase(hedged_p99 / 2, 1.09),
             "outage_retry": _phase(3.0, 1.02), "outage_hedged": _phase(3.0, 1.01),
             "outage_hedged_no_budget": _phase(9.0, 3.0), "p99_reduction": plain_p99 / hedged_p99}
 
@@ -54,8 +55,8 @@ def test_markdown_has_every_phase_and_the_run_conditions() -> None:
     lines = "\n".join(hedging.markdown_lines({"hedging": RESULT}))
     assert "commit `abc1234`, load average at start 1.00/1.00/1.00" in lines
     for stack in ("sync", "aio"):
-        for phase in ("calibration", "plain", "hedged", "outage_retry", "outage_hedged",
-                      "outage_hedged_no_budget"):
+        for phase in ("calibration", "plain", "hedged", "hedged_burst_budget", "outage_retry",
+                      "outage_hedged", "outage_hedged_no_budget"):
             assert f"| {stack} | {phase} |" in lines
-    assert "| sync | 4.00 | 10.00x | 8.0% | 1.010 / 1.020 |" in lines
+    assert "| sync | 4.00 | 10.00x | 8.0% | 20.00x | 1.010 / 1.020 |" in lines
     assert hedging.markdown_lines({}) == []
