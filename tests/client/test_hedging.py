@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors
 from octollm_grpc.client import BreakerSettings, RetryBudget, resilient_channel
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.client.channels import aio_channel, sync_channel
 from tests.client.hedge_backend import STREAM, UNARY, AioHedgeBackend, HedgeBackend, Serve

@@ -9,9 +9,10 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from octollm_grpc.client import HedgingPolicies, HedgingPolicy, RetryBudget, parse_config
-from octollm_grpc.client.hedging import HedgeRace
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.client import RetryBudget
+from octollm_grpc.client._config import parse_config
+from octollm_grpc.client._hedging import HedgeRace, HedgingPolicies, HedgingPolicy
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 NAME = [{"service": "test.Hedge"}]
