@@ -18,7 +18,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import brownout, codec, overhead, pathcost, procs, readme, report, storm
+from benchmarks import (
+    brownout,
+    codec,
+    hedging,
+    overhead,
+    pathcost,
+    procs,
+    readme,
+    report,
+    storm,
+)
 from benchmarks.config import FULL, SMOKE, BenchConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,6 +75,9 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
                                         else brownout.FULL)
     for stack in brownout.STACKS:
         document[stack].update(brownout.headlines(document["brownout"], stack))
+    log("hedging: sync and aio clients, 5% of attempts stalled; outage amplification")
+    document["hedging"] = hedging.run(config.hedging)
+    document.update(hedging.headlines(document["hedging"]))
     document["targets"] = report.targets(document)
     document["load_average_at_end"] = report.load_average()
     document["duration_s"] = round(time.monotonic() - started, 1)

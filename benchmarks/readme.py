@@ -83,6 +83,27 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   and a latency-based limiter rightly sheds more; read the load average given with the
   brownout table. `python -m benchmarks.brownout_model` compares limiter designs on a model
   of the same brownout, free of that noise.
+- **Hedging** (`benchmarks/hedging.py`; alone: `python -m benchmarks.hedging`, `--merge` puts
+  its figures into `latest.json` beside the last full run's). An asyncio server answers each
+  attempt in ~1 ms, but 5 % of attempts, drawn independently, first stall 100 ms (a slow
+  replica, a GC pause). Four closed-loop callers, 4,000 calls per phase, each phase in a fresh
+  client process, sync and aio clients: the p95 of the same server without stalls (the
+  *unloaded p95*), then p99 without hedging and with `hedgingPolicy` (`maxAttempts` 2,
+  `hedgingDelay` at that p95, the default budget and breaker), and the extra attempts the
+  server received (cancelled losers included). Then a total outage (every attempt
+  `UNAVAILABLE` at once, 1,000 calls, no breaker so that the budget alone caps them): attempts
+  per call with hedging (`maxAttempts` 3, `UNAVAILABLE` non-fatal) against retries
+  (`maxAttempts` 3), and hedging without a budget for scale. Keys:
+  `hedging_p99_reduction_{sync,aio}` (p99 without / with hedging; target >= 3),
+  `hedging_extra_attempts_{sync,aio}` (target <= 0.10),
+  `hedging_outage_amplification_{sync,aio}` and `retry_outage_amplification_{sync,aio}`
+  (target: hedging <= retries). The unloaded p95 sets the delay, so a busy machine (a p95 of
+  ~13-20 ms instead of ~4 ms) makes the hedged p99 about delay + one fast call, and the
+  machine's own p99 without any stall (the calibration row) is a floor no hedging gets under:
+  read the figures with the run's load average. Each hedge spends a budget token, and the
+  default bucket (10 tokens, half of them usable at once) throttles bursts of slow calls (the
+  "hedges sent / throttled" column); `hedged_burst_budget` repeats the phase with a bucket of
+  100 tokens at the same `tokenRatio` 0.1 (the same long-run cap of 10 % extra attempts).
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed

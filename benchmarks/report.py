@@ -14,6 +14,8 @@ import platform
 import subprocess
 from typing import Any
 
+from benchmarks import hedging
+
 HEADLINE_STACK_KEYS = (
     "server_error_cpu_ratio",
     "server_error_vs_peer_cpu_ratio",
@@ -32,6 +34,9 @@ HEADLINE_STORM_KEYS = (
     "storm_amplification_naive",
     "storm_amplification_ours",
     "storm_recovery_s_ours",
+    *(f"{key}_{stack}" for stack in ("sync", "aio") for key in (
+        "hedging_p99_reduction", "hedging_extra_attempts", "hedging_outage_amplification",
+        "retry_outage_amplification")),
 )
 _PACKAGES = ("grpcio", "protobuf", "grpc-interceptor", "structlog", "prometheus-client",
              "octollm-grpc")
@@ -71,6 +76,7 @@ DEFINITIONS = {
     "half_capacity_refusals_*": "calls refused at half the server's capacity",
     "server_python_us": "CPU microseconds per call of the sync stack's own Python, no gRPC",
     "codec": "CPU microseconds per to_status / from_rpc_error",
+    **hedging.DEFINITIONS,
 }
 
 
@@ -203,6 +209,9 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         for stack in ("sync", "aio"):
             for key, bound, at_least in TARGETS:
                 add(f"{stack} {key}", document[stack][key], bound, at_least)
+    if "hedging" in document:
+        for name, value, bound, at_least in hedging.target_rows(document):
+            add(name, value, bound, at_least)
     return rows
 
 
@@ -412,4 +421,5 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", f"Caution: a storm client fell up to {max(lags):.2f} s behind its schedule "
                       "(the machine was busy), so its calls came in bursts; the storm figures "
                       "of this run are disturbed."]
+    lines += hedging.markdown_lines(document)
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from octollm_grpc.client._interceptors import ResilientInterceptor
 from octollm_grpc.client._observe import CallObserver
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client._resilience import Resilience
+from octollm_grpc.client._sync_hedging import HedgingChannel
 
 __all__ = [
     "BreakerSettings",
@@ -120,4 +121,6 @@ def resilient_channel(
                                       settings.compression)
     else:
         channel = grpc.insecure_channel(target, channel_opts, settings.compression)
-    return grpc.intercept_channel(channel, *_interceptors(settings, core))
+    intercepted = grpc.intercept_channel(channel, *_interceptors(settings, core))
+    # Hedged methods' blocking calls wait on .future(), so their hedges can run beside them.
+    return HedgingChannel(intercepted, core) if core.hedging is not None else intercepted
