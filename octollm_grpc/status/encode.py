@@ -293,6 +293,9 @@ def _encode_error(
 ) -> _Encoding:
     """The status of an error of the hierarchy: its message, details and class details."""
     error_code, raw, details = exc.error_code, exc.message, exc.details
+    declared = getattr(type(exc), "domain", None)
+    if type(declared) is str and declared:
+        domain = declared  # a class declared in an API's protos names its own domain
     message = truncate_message(safe_text(str(raw)))
     retry_after = _details.valid_retry_after(exc.retry_after)
     plan = _plan(type(exc), error_code if type(error_code) is str else str(error_code),
