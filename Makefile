@@ -47,7 +47,7 @@ $(PBJS):
 	npm install --silent --no-save --no-audit --no-fund --prefix $(NODE_INTEROP) \
 	  @grpc/grpc-js@1.14.7 protobufjs@8.8.1 protobufjs-cli@2.7.1
 
-test: $(STAMP) redis-server $(PBJS) ## run the whole test suite (newest pinned set)
+test: $(STAMP) redis-server $(PBJS) $(BUF) ## run the whole test suite (newest pinned set)
 	$(BIN)/python -m pytest
 
 # The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.

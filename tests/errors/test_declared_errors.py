@@ -364,3 +364,69 @@ def test_class_names_and_template_fields() -> None:
     assert class_name("HTTP2_RESET") == "Http2ResetError"
     assert template_fields("{a} and {b}, again {a} {{literal}}") == ("a", "b")
     assert template_fields("no fields") == ()
+
+
+# -- buf: the options proto lints, and a changed reason is a breaking change ------------------
+
+BUF = ROOT / ".tools/node_modules/.bin/buf"
+_BUF_YAML = """version: v2
+modules:
+  - path: protos
+    lint:
+      ignore_only:
+        ENUM_VALUE_PREFIX: [protos/acme/orders/v1/orders.proto]
+  - path: googleapis
+    lint:
+      ignore: [googleapis]
+    breaking:
+      ignore: [googleapis]
+lint:
+  use: [STANDARD]
+breaking:
+  use: [WIRE_JSON]
+"""
+
+
+def _buf_workspace(folder: Path, orders: str) -> Path:
+    (folder / "googleapis/google/rpc").mkdir(parents=True)
+    for proto in GOOGLEAPIS.joinpath("google/rpc").glob("*.proto"):
+        (folder / "googleapis/google/rpc" / proto.name).write_text(proto.read_text())
+    _protos(folder / "protos", orders)
+    _protos(folder / "protos", (ROOT / "protos/octollm/errors/v1/options.proto").read_text(),
+            "octollm/errors/v1/options.proto")
+    (folder / "buf.yaml").write_text(_BUF_YAML)
+    return folder
+
+
+def _buf(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert BUF.exists(), f"{BUF} is missing: `make test` and `make lint` install buf"
+    return subprocess.run([str(BUF), *map(str, args)], capture_output=True, text=True,
+                          check=False, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(("change", "rule"), [
+    (("ORDER_LOCKED = 2", "ORDER_LOCKED = 4"), "ENUM_VALUE_NO_DELETE"),
+    (("ORDER_LOCKED = 2", "ORDER_IS_LOCKED = 2"), "ENUM_VALUE_SAME_NAME"),
+])
+def test_buf_breaking_flags_a_changed_reason(tmp_path: Path, change: tuple[str, str],
+                                             rule: str) -> None:
+    """With the repository's breaking rules, a renumbered or renamed reason is breaking; the
+    options proto and the declaring proto pass buf lint."""
+    base = _buf_workspace(tmp_path / "base", ORDERS)
+    assert ORDERS.count(change[0]) == 1
+    current = _buf_workspace(tmp_path / "current", ORDERS.replace(*change))
+    lint = _buf("lint", cwd=base)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    # As .ci/buf-breaking does: both sides built to images, then compared.
+    for name, folder in (("base", base), ("current", current)):
+        built = _buf("build", folder, "-o", tmp_path / f"{name}.binpb", cwd=tmp_path)
+        assert built.returncode == 0, built.stderr
+    same = _buf("breaking", tmp_path / "base.binpb", "--against", tmp_path / "base.binpb",
+                cwd=tmp_path)
+    assert same.returncode == 0, same.stdout + same.stderr
+    broken = _buf("breaking", tmp_path / "current.binpb", "--against", tmp_path / "base.binpb",
+                  "--error-format", "json", cwd=tmp_path)
+    assert broken.returncode != 0
+    found = [json.loads(line) for line in broken.stdout.splitlines()]
+    assert [(f["path"], f["type"]) for f in found] == [("acme/orders/v1/orders.proto", rule)], (
+        broken.stdout + broken.stderr)

@@ -5,14 +5,14 @@
 const grpc = require('@grpc/grpc-js');
 const [generatedModule, target, orderId] = process.argv.slice(2);
 const root = require(generatedModule);
-const { GetOrderRequest, Order, ErrorReason } = root.acme.orders.v1;
+const { GetOrderRequest, GetOrderResponse, ErrorReason } = root.acme.orders.v1;
 const { Status, ErrorInfo } = root.google.rpc;
 
 const client = new grpc.Client(target, grpc.credentials.createInsecure());
 client.makeUnaryRequest(
   '/acme.orders.v1.OrderService/GetOrder',
   (request) => Buffer.from(GetOrderRequest.encode(request).finish()),
-  (bytes) => Order.decode(bytes),
+  (bytes) => GetOrderResponse.decode(bytes),
   GetOrderRequest.create({ orderId }),
   (error) => {
     client.close();

@@ -22,20 +22,21 @@ from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
 
 
-def _raise_for(order_id: str) -> orders_pb2.Order:
+def _raise_for(order_id: str) -> orders_pb2.GetOrderResponse:
     if order_id.startswith("locked"):
         raise orders_errors.OrderLockedError(order_id=order_id)
     raise orders_errors.OrderNotFoundError(order_id=order_id)
 
 
 class Orders(orders_pb2_grpc.OrderServiceServicer):
-    def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Any) -> orders_pb2.Order:
+    def GetOrder(self, request: orders_pb2.GetOrderRequest,
+                 context: Any) -> orders_pb2.GetOrderResponse:
         return _raise_for(request.order_id)
 
 
 class AioOrders(orders_pb2_grpc.OrderServiceServicer):
     async def GetOrder(self, request: orders_pb2.GetOrderRequest,
-                       context: Any) -> orders_pb2.Order:
+                       context: Any) -> orders_pb2.GetOrderResponse:
         return _raise_for(request.order_id)
 
 
