@@ -50,10 +50,20 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _signature(error: DeclaredError) -> str:
+def _signature(error: DeclaredError, indent: str) -> str:
+    """The parameters: one a line, so any number of fields stays readable."""
     if not error.fields:
         return "self"
-    return "self, *, " + ", ".join(f"{name}: {FIELD_TYPE}" for name in error.fields)
+    inner = indent + "    "
+    return ("\n" + "".join(f"{inner}{p},\n" for p in ["self", "*", *(
+        f"{name}: {FIELD_TYPE}" for name in error.fields)]) + indent)
+
+
+def _details(error: DeclaredError) -> str:
+    if not error.fields:
+        return "{}"
+    entries = "".join(f'            "{name}": {name},\n' for name in error.fields)
+    return "{\n" + entries + "        }"
 
 
 def _header(proto_file: str, errors: Sequence[DeclaredError]) -> str:
@@ -71,7 +81,6 @@ def render_module(proto_file: str, errors: Sequence[DeclaredError]) -> str:
     parts = [_header(proto_file, errors), "\nimport grpc\n\nfrom octollm_grpc import errors, "
              "register\n\n", _all(errors)]
     for error in errors:
-        details = "{" + ", ".join(f'"{name}": {name}' for name in error.fields) + "}"
         parts.append(
             f"\n\nclass {error.class_name}(errors.{error.base_class}):\n"
             + _class_docstring(error, "    ")
@@ -80,8 +89,8 @@ def render_module(proto_file: str, errors: Sequence[DeclaredError]) -> str:
             f"    http_status = {error.http_status}\n"
             f"    retryable = {error.retryable}\n"
             f"    template = {_literal(error.message)}\n"
-            f"\n    def __init__({_signature(error)}) -> None:\n"
-            f"        details: dict[str, object] = {details}\n"
+            f"\n    def __init__({_signature(error, '    ')}) -> None:\n"
+            f"        details: dict[str, object] = {_details(error)}\n"
             "        # The base's own constructor arguments do not apply: the template makes the\n"
             "        # message, as OctoLLMError.restore() does for a decoded error.\n"
             "        errors.OctoLLMError.__init__(\n"
@@ -107,5 +116,5 @@ def render_stub(proto_file: str, errors: Sequence[DeclaredError]) -> str:
             "    http_status: ClassVar[int]\n"
             "    retryable: ClassVar[bool]\n"
             "    template: ClassVar[str]\n"
-            f"    def __init__({_signature(error)}) -> None: ...\n")
+            f"    def __init__({_signature(error, '    ')}) -> None: ...\n")
     return "".join(parts)
