@@ -27,10 +27,12 @@ __all__ = [
     "BASE_CLASS",
     "DOMAIN_EXTENSION",
     "ERROR_EXTENSION",
+    "MAX_REASON_LENGTH",
     "DeclaredError",
     "DeclaredErrorProblem",
     "class_name",
     "read_declared_errors",
+    "template_fields",
 ]
 
 #: The options' full names (their numbers, 58301 and 58302, are in protobuf's in-house range).

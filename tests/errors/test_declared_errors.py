@@ -430,3 +430,30 @@ def test_buf_breaking_flags_a_changed_reason(tmp_path: Path, change: tuple[str, 
     found = [json.loads(line) for line in broken.stdout.splitlines()]
     assert [(f["path"], f["type"]) for f in found] == [("acme/orders/v1/orders.proto", rule)], (
         broken.stdout + broken.stderr)
+
+
+def test_client_without_the_generated_module_gets_the_codes_class(server: str) -> None:
+    """A client that never imported x_errors still gets a typed error: the code's class, with
+    the declared reason as error_code and the template's fields as details."""
+    from octollm_grpc.client import resilient_channel
+
+    request = b"\n\x04o-99"  # GetOrderRequest(order_id="o-99"), serialised by hand
+    with resilient_channel(server) as channel:
+        call = channel.unary_unary("/acme.orders.v1.OrderService/GetOrder")
+        with pytest.raises(errors.NotFoundError) as raised:
+            call(request, timeout=10)
+    assert type(raised.value) is errors.NotFoundError
+    assert raised.value.error_code == "ORDER_NOT_FOUND"
+    assert raised.value.details == {"order_id": "o-99"}
+    assert raised.value.message == "Order o-99 not found"
+
+
+def test_errors_page_shows_the_sample_catalog() -> None:
+    """docs/errors.md's table of the sample's declared errors is `catalog protos`' output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "octollm_grpc", "catalog", str(ROOT / "protos")],
+        capture_output=True, text=True, check=True, timeout=60)
+    page = (ROOT / "docs/errors.md").read_text()
+    shown = page.split("<!-- sample-catalog:begin -->\n")[1].split("<!-- sample-catalog:end")[0]
+    assert shown == result.stdout
+    assert "TASK_STATE_CONFLICT" in shown and "INVALID_PAGE_TOKEN" in shown
