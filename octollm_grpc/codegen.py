@@ -8,6 +8,10 @@ message classes' module accordingly (so they pickle), adds the
 ``octollm_grpc._proto``; ``google/rpc/*`` and the well-known types resolve to the installed
 ``googleapis-common-protos`` and ``protobuf``.
 
+A file that declares errors with the ``(octollm.errors.v1.error)`` options also gets
+``x_errors.py`` and ``x_errors.pyi`` beside its ``x_pb2.py`` (see
+:mod:`octollm_grpc.declared_errors`); a declaration that cannot work is a :class:`CodegenError`.
+
     octollm-grpc generate PROTO_DIR --out OUT_DIR [--package PREFIX]
 """
 
@@ -121,8 +125,9 @@ def generate(
     it, in ``out_dir/acme/v1/`` for an ``out_dir`` that is on ``sys.path``. ``files`` limits
     the run to those protos (paths relative to ``proto_dir``); ``copy_protos`` also copies the
     .proto files next to their code, so others can import them. Returns the files written.
-    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr) or if
-    grpcio-tools (the ``[codegen]`` extra) is not installed.
+    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr), if a declared
+    error is unusable (the message names the file, enum and value), or if grpcio-tools (the
+    ``[codegen]`` extra) is not installed.
     """
     protoc = _grpc_tools().protoc
 

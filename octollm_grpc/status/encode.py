@@ -358,7 +358,9 @@ def to_status(
     ``retry_after``, ``grpc-retry-pushback-ms``. An exception outside the hierarchy gives the
     generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
     with the traceback, for development only). It never raises for any error (a failing
-    ``status_details()`` hook only loses its own details).
+    ``status_details()`` hook only loses its own details). ``domain`` is ``ErrorInfo.domain``,
+    except for a class that names its own (a non-empty ``domain`` class attribute, as the
+    classes generated from errors declared in protos do).
     """
     data, message, mapping, retry_after = _encode(exc, request_id, domain, debug)
     return _rich_status(mapping.grpc_code, message, data, retry_after)
