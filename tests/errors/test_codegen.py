@@ -132,6 +132,7 @@ def test_committed_generated_code_imports_from_an_installed_wheel(tmp_path: Path
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert {n.split("/")[0] for n in names if not n.startswith("octollm_grpc-")} == {"octollm_grpc"}
     assert "octollm_grpc/_proto/octollm/errors/v1/errors.proto" in names
+    assert "octollm_grpc/_proto/octollm/errors/v1/options.proto" in names
     assert "octollm_grpc/_proto/octollm/errors/v1/errors_pb2.pyi" in names
     assert "octollm_grpc/py.typed" in names
 
@@ -165,9 +166,10 @@ def test_committed_generated_code_imports_from_an_installed_wheel(tmp_path: Path
 
 
 def test_shipped_proto_is_the_source() -> None:
-    """The envelope .proto shipped for users' imports is the one in protos/."""
-    shipped = ROOT / "octollm_grpc/_proto/octollm/errors/v1/errors.proto"
-    assert shipped.read_text() == (ROOT / "protos/octollm/errors/v1/errors.proto").read_text()
+    """The envelope and options .protos shipped for users' imports are the ones in protos/."""
+    for name in ("errors.proto", "options.proto"):
+        shipped = ROOT / "octollm_grpc/_proto/octollm/errors/v1" / name
+        assert shipped.read_text() == (ROOT / "protos/octollm/errors/v1" / name).read_text()
 
 
 _PICKLE_CHECK = """
