@@ -73,7 +73,7 @@ lint: $(STAMP) $(BUF) ## ruff, mypy --strict, buf lint + breaking, generated-cod
 	$(BIN)/mypy octollm_grpc
 	$(MAKE) --no-print-directory buf-lint buf-breaking check-generated dist docs
 
-oldest: $(STAMP) ## the library's suite on the oldest supported set (nox -s oldest)
+oldest: $(STAMP) $(PBJS) $(BUF) ## the library's suite on the oldest supported set (nox -s oldest)
 	$(BIN)/nox -s oldest
 
 # The sdist and the wheel (built from that sdist, in an isolated env with the build-system
