@@ -131,7 +131,8 @@ def test_generated_classes_behave_as_declared(generated: Path) -> None:
     assert run.stdout.strip() == "ok", run.stderr
 
 
-def test_generated_code_passes_mypy_strict(generated: Path, tmp_path: Path) -> None:
+def test_generated_code_passes_mypy_strict(generated: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """mypy --strict is clean on the stub and, alone, on the module; and it types a caller."""
     alone = tmp_path / "alone" / "orders_errors.py"
     alone.parent.mkdir()
@@ -147,16 +148,9 @@ def test_generated_code_passes_mypy_strict(generated: Path, tmp_path: Path) -> N
         "--strict", "--no-incremental", "--follow-imports=silent",
         str(_module(generated, ".pyi")), str(alone)])
     assert status == 0, out
-    env_path = os.environ.get("MYPYPATH")
-    os.environ["MYPYPATH"] = str(generated / "out")
-    try:
-        out, _err, status = mypy_api.run(["--strict", "--no-incremental",
-                                          "--follow-imports=silent", str(caller)])
-    finally:
-        if env_path is None:
-            del os.environ["MYPYPATH"]
-        else:
-            os.environ["MYPYPATH"] = env_path
+    monkeypatch.setenv("MYPYPATH", str(generated / "out"))
+    out, _err, status = mypy_api.run(["--strict", "--no-incremental",
+                                      "--follow-imports=silent", str(caller)])
     errors_found = [line for line in out.splitlines() if ": error:" in line]
     assert len(errors_found) == 1 and ":5:" in errors_found[0], out
 
