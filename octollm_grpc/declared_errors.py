@@ -290,6 +290,10 @@ def _declared(proto_file: str, enum_name: str, value: descriptor_pb2.EnumValueDe
         raise DeclaredErrorProblem(
             f"{where}: http_status {spec.http_status} is not a 4xx or 5xx status (0: derived "
             "from the code)")
+    if not spec.message.strip():
+        raise DeclaredErrorProblem(
+            f"{where}: the message template is empty; give the message callers read, e.g. "
+            '"Order {order_id} not found"')
     try:
         fields = template_fields(spec.message)
     except ValueError as error:

@@ -280,6 +280,7 @@ def _spec(code: str = "NOT_FOUND", message: str = "m", more: str = "") -> str:
     (_declaring(f"GONE = 1 {_spec(message='Order {id!r}')};"), r"field \{id!r\}"),
     (_declaring(f"GONE = 1 {_spec(message='Order {class}')};"), r"field \{class\}"),
     (_declaring(f"GONE = 1 {_spec(message='Order {id')};"), "value GONE: message template"),
+    (_declaring(f"GONE = 1 {_spec(message=' ')};"), "value GONE: the message template is empty"),
     (_declaring(f"Gone_Away = 1 {_spec()};"), "value Gone_Away: the reason must be UPPER_SNAKE"),
     (_declaring(f"{'A' * 64} = 1 {_spec()};"), "the reason is 64 characters long"),
     (_declaring(f"GONE = 1 {_spec(more=', http_status: 302')};"),
