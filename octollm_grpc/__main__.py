@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return generate_main(rest)
     if command == "catalog" and rest:
-        from octollm_grpc.proto_catalog import main as proto_catalog_main
+        from octollm_grpc._proto_catalog import main as proto_catalog_main
 
         return proto_catalog_main(rest)
     if command == "catalog":

@@ -9,8 +9,8 @@ message classes' module accordingly (so they pickle), adds the
 ``googleapis-common-protos`` and ``protobuf``.
 
 A file that declares errors with the ``(octollm.errors.v1.error)`` options also gets
-``x_errors.py`` and ``x_errors.pyi`` beside its ``x_pb2.py`` (see
-:mod:`octollm_grpc.declared_errors`); a declaration that cannot work is a :class:`CodegenError`.
+``x_errors.py`` and ``x_errors.pyi`` beside its ``x_pb2.py`` (docs/errors.md, "Errors declared
+in protos"); a declaration that cannot work is a :class:`CodegenError`.
 
     octollm-grpc generate PROTO_DIR --out OUT_DIR [--package PREFIX]
 """
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from octollm_grpc.declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
-from octollm_grpc.errors_codegen import render_module, render_stub
+from octollm_grpc._declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
+from octollm_grpc._errors_codegen import render_module, render_stub
 
 __all__ = ["CodegenError", "generate", "include_paths"]
 

@@ -21,9 +21,9 @@ from google.rpc import error_details_pb2 as ed
 from mypy import api as mypy_api
 
 from octollm_grpc import codes, errors
+from octollm_grpc._declared_errors import BASE_CLASS, class_name, template_fields
+from octollm_grpc._proto_catalog import declared_errors, render_markdown
 from octollm_grpc.codegen import CodegenError, generate
-from octollm_grpc.declared_errors import BASE_CLASS, class_name, template_fields
-from octollm_grpc.proto_catalog import declared_errors, render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "declared"

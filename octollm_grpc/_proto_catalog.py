@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from octollm_grpc import catalog, codegen
-from octollm_grpc.declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
+from octollm_grpc._declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
 
 __all__ = ["declared_errors", "main", "render_markdown"]
 

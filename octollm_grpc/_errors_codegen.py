@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from octollm_grpc.declared_errors import DeclaredError
+from octollm_grpc._declared_errors import DeclaredError
 
 __all__ = ["FIELD_TYPE", "render_module", "render_stub"]
 
