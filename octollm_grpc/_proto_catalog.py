@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from octollm_grpc import catalog, codegen
+from octollm_grpc import _catalog_markdown, codegen
 from octollm_grpc._declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
 
 __all__ = ["declared_errors", "main", "render_markdown"]
@@ -60,7 +60,7 @@ def render_markdown(errors: Sequence[DeclaredError]) -> str:
     comment)."""
     rows = [(e.reason, e.code, str(e.http_status), "yes" if e.retryable else "no",
              _cell(e.message), _cell(e.comment)) for e in errors]
-    return catalog.markdown_table(_HEADER, rows)
+    return _catalog_markdown.markdown_table(_HEADER, rows)
 
 
 def main(argv: Sequence[str]) -> int:

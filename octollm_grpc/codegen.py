@@ -28,7 +28,10 @@ from types import ModuleType
 from octollm_grpc._declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
 from octollm_grpc._errors_codegen import render_module, render_stub
 
-__all__ = ["CodegenError", "generate", "include_paths"]
+__all__ = [
+    "CodegenError",
+    "generate",
+]
 
 #: Where OctoLLM's own protos are shipped inside the wheel (next to their generated code).
 _SHIPPED = Path(__file__).resolve().parent / "_proto"
@@ -128,6 +131,22 @@ def generate(
     Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr), if a declared
     error is unusable (the message names the file, enum and value), or if grpcio-tools (the
     ``[codegen]`` extra) is not installed.
+
+    Args:
+        proto_dir: The directory searched for ``.proto`` files.
+        out_dir: Where the generated code goes.
+        package: The Python package the code imports itself as (see above).
+        extra_includes: More ``-I`` directories for imports.
+        grpc: Also generate the ``_pb2_grpc`` stubs.
+        copy_protos: Copy the ``.proto`` sources next to the code.
+        files: Only these files (relative to ``proto_dir``) instead of every one.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        CodegenError: grpcio-tools is missing, no ``.proto`` file was found, ``protoc``
+            failed, or a declared error is unusable (naming the file, enum and value).
     """
     protoc = _grpc_tools().protoc
 

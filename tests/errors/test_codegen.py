@@ -112,8 +112,8 @@ def test_catalog_command_prints_the_docs_table() -> None:
     result = subprocess.run([sys.executable, "-m", "octollm_grpc", "catalog"],
                             capture_output=True, text=True, check=True)
     # A fresh interpreter: this one may have registered more (the sample's declared errors).
-    fresh = subprocess.run([sys.executable, "-c", "from octollm_grpc import catalog; "
-                            "print(catalog.render_markdown(), end='')"],
+    fresh = subprocess.run([sys.executable, "-c", "from octollm_grpc import _catalog_markdown "
+                            "as c; print(c.render_markdown(), end='')"],
                            capture_output=True, text=True, check=True)
     assert result.stdout == fresh.stdout
     assert "| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | no |" in result.stdout
