@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from octollm_grpc import codes
 
-__all__ = ["catalog_rows", "render_markdown"]
+__all__ = ["catalog_rows", "markdown_table", "render_markdown"]
 
 _HEADER = ("class", "error_code", "gRPC code", "HTTP", "retryable")
 
@@ -25,6 +27,14 @@ def catalog_rows() -> list[tuple[str, str, str, str, str]]:
 
 def render_markdown() -> str:
     """The catalog as a Markdown table (docs/errors.md's error catalog is exactly this)."""
-    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in catalog_rows()]
+    return markdown_table(_HEADER, catalog_rows())
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table of these columns and rows, as the catalogs print it.
+
+    Cells are written as given: the caller escapes ``|`` and line breaks in free text.
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings
 from server.gateway import create_app, gateway_channel, start_gateway
-from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.gen.octollm.tasks.v1 import reasons_pb2, tasks_pb2, tasks_pb2_grpc
 from server.service import TaskServicer
 from server.store import TaskStore
 
@@ -52,8 +52,10 @@ __all__ = ["Endpoints", "run"]
 
 SERVICE_NAME = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 #: Reflection answers from the default descriptor pool; octollm_grpc.status loads these files
-#: into it, and grpcurl needs them (through reflection) to decode error details.
-DETAIL_FILES = ("google/rpc/error_details.proto", "octollm/errors/v1/errors.proto")
+#: into it, and grpcurl needs them (through reflection) to decode error details. The service's
+#: declared ErrorReason enum is there too, so `grpcurl describe` shows the reasons.
+DETAIL_FILES = ("google/rpc/error_details.proto", "octollm/errors/v1/errors.proto",
+                reasons_pb2.DESCRIPTOR.name)
 
 
 @dataclass(frozen=True, slots=True)
