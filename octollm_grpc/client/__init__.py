@@ -35,6 +35,7 @@ from octollm_grpc.client.interceptors import ResilientInterceptor
 from octollm_grpc.client.observe import CallObserver
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
+from octollm_grpc.client.tls import channel_credentials
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -54,6 +55,7 @@ __all__ = [
     "StackedRetriesWarning",
     "SyncChannelKeywords",
     "SyncKeywords",
+    "channel_credentials",
     "parse_config",
     "resilient_channel",
     "resilient_interceptor",

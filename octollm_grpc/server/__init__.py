@@ -5,7 +5,9 @@
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
 :class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens`), all gathered in one :class:`ServerOptions`. Handlers validate with
+:class:`StaticTokens` or :class:`JWTVerifier`) or :class:`CertificateAuth` (mTLS identities),
+all gathered in one :class:`ServerOptions`. :func:`server_credentials` gives TLS / mTLS
+credentials (reloaded from disk when the files change). Handlers validate with
 :class:`Violations` and read the call's id with :func:`current_request_id`.
 """
 
@@ -17,7 +19,9 @@ import grpc
 
 from octollm_grpc.server._core import Pipeline
 from octollm_grpc.server._sync import ServerInterceptor
-from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
+from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, Grant, StaticTokens
+from octollm_grpc.server.identity import CertificateAuth
+from octollm_grpc.server.jwt import JWTVerifier
 from octollm_grpc.server.logs import (
     FAILED_EVENT,
     CallLogger,
@@ -29,6 +33,7 @@ from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
 from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
+from octollm_grpc.server.tls import server_credentials
 from octollm_grpc.server.validation import Violations
 
 __all__ = [
@@ -37,6 +42,9 @@ __all__ = [
     "BearerAuth",
     "BucketStore",
     "CallLogger",
+    "CertificateAuth",
+    "Grant",
+    "JWTVerifier",
     "LineWriter",
     "MemoryStore",
     "RateLimit",
@@ -52,6 +60,7 @@ __all__ = [
     "current_request_id",
     "flush_logs",
     "serve_metrics",
+    "server_credentials",
     "server_interceptors",
 ]
 

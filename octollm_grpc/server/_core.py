@@ -93,7 +93,8 @@ class Call:
     """
 
     __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "pipeline", "plan",
-                 "rejection", "request", "request_id", "rid_token", "span", "start", "trailers")
+                 "principal", "rejection", "request", "request_id", "rid_token", "span",
+                 "start", "trailers")
 
     start: float
     pipeline: Pipeline
@@ -102,6 +103,7 @@ class Call:
     request: Any
     rejection: Rejection | None  # set when the rate limiter refused the call (the shed path)
     span: otel.ServerSpan | None
+    principal: str | None  # who auth found the caller to be (a certificate's, a token's)
     metadata: Metadata | None
     request_id: str | None
     trailers: tuple[tuple[str, str], ...] | None
@@ -126,6 +128,7 @@ class Call:
         self.request = request
         self.rejection = None
         self.span = None
+        self.principal = None
         request_ids = pipeline.request_ids
         # Read once per call: on aio each invocation_metadata() builds a new tuple.
         self.metadata = (
@@ -283,7 +286,10 @@ class Pipeline:
             self._rate_limit(plan.limit, call)
         if plan.scopes is not None:
             assert self.auth is not None
-            self.auth.check(plan.scopes, call.metadata, wait)
+            principal = self.auth.check(plan.scopes, call.metadata, wait, call.context)
+            if principal is not None:
+                call.principal = principal
+                otel.set_principal(principal)
 
     async def admit_async(self, call: Call) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
@@ -292,19 +298,22 @@ class Pipeline:
             # A shared store (Redis) answers over the network: never block the event loop.
             limiter = self.rate_limiter
             assert limiter is not None
-            key = limiter.key_for(call.metadata, call.context.peer)
+            key = limiter.key_for(call.metadata, call.context.peer, call.context)
             wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
             if wait > 0.0:
                 raise _refuse(call, plan.limit[1], key, wait)
         if plan.scopes is not None:
             assert self.auth is not None
-            await self.auth.check_async(plan.scopes, call.metadata)
+            principal = await self.auth.check_async(plan.scopes, call.metadata, call.context)
+            if principal is not None:
+                call.principal = principal
+                otel.set_principal(principal)
 
     def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> None:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
-        key = limiter.key_for(call.metadata, call.context.peer)
+        key = limiter.key_for(call.metadata, call.context.peer, call.context)
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
             raise _refuse(call, limit[1], key, wait)
@@ -442,6 +451,7 @@ class Pipeline:
                     peer=_peer(call.context) if self.logger.peer else None,
                     message=message,
                     exc=exc,
+                    principal=call.principal,
                 )
             except Exception:  # noqa: BLE001 - a broken log setup must not change the status
                 _fallback_log.exception("octollm_grpc could not log a failed call")

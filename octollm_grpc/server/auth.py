@@ -7,6 +7,13 @@ a rejected token -> :class:`~octollm_grpc.errors.AuthenticationError` (``UNAUTHE
 valid token without a required scope -> :class:`~octollm_grpc.errors.AuthorizationError`
 (``PERMISSION_DENIED``). Open methods (health and reflection by default) need no token.
 Tokens never appear in error messages, details or logs.
+
+A verifier may return a :class:`Grant` (scopes plus the caller's principal, e.g. a JWT's
+``sub``): the principal is then logged with a failed call and set as ``octollm.principal`` on
+the span. A verifier may also raise :class:`~octollm_grpc.errors.AuthenticationError` itself,
+with an ``error_code`` saying why (``TOKEN_EXPIRED``, ...), which becomes ``ErrorInfo.reason``;
+a verifier object with a coroutine method ``verify_async`` is awaited through it on aio servers
+(:class:`~octollm_grpc.server.JWTVerifier` is one).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, TypeAlias
 
 from octollm_grpc.errors import AuthenticationError, AuthorizationError
 
-__all__ = ["DEFAULT_OPEN_METHODS", "BearerAuth", "StaticTokens", "Verifier"]
+__all__ = ["DEFAULT_OPEN_METHODS", "BearerAuth", "Grant", "StaticTokens", "Verifier"]
 
 #: token -> the caller's scopes, or ``None`` if the token is not valid. On an aio server the
 #: verifier may also be a coroutine function.
@@ -30,6 +37,24 @@ DEFAULT_OPEN_METHODS: tuple[str, ...] = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+
+class Grant(frozenset[str]):
+    """Scopes with the principal they were granted to (a verifier's richer answer).
+
+    It is a ``frozenset`` of scopes, so code that only wants the scopes needs nothing else;
+    ``principal`` names the caller (a JWT's ``sub``, a certificate's SPIFFE ID) or is ``None``.
+    """
+
+    principal: str | None
+
+    def __new__(cls, scopes: Iterable[str] = (), principal: str | None = None) -> Grant:
+        grant = super().__new__(cls, scopes)
+        grant.principal = principal
+        return grant
+
+    def __repr__(self) -> str:
+        return f"Grant({sorted(self)!r}, principal={self.principal!r})"
 
 
 class StaticTokens:
@@ -107,7 +132,7 @@ class BearerAuth:
         raise AuthenticationError("Missing bearer token")
 
     @staticmethod
-    def _authorize(required: frozenset[str], granted: Iterable[str] | None) -> None:
+    def _authorize(required: frozenset[str], granted: Iterable[str] | None) -> str | None:
         if granted is None:
             raise AuthenticationError("Invalid bearer token")
         missing = required.difference(granted)
@@ -115,6 +140,7 @@ class BearerAuth:
             raise AuthorizationError(
                 "Missing required scope", details={"required_scopes": sorted(missing)}
             )
+        return granted.principal if isinstance(granted, Grant) else None
 
     @property
     def is_async(self) -> bool:
@@ -129,11 +155,14 @@ class BearerAuth:
         required: frozenset[str],
         metadata: Iterable[Any] | None,
         wait: Callable[[Awaitable[Any]], Any] | None = None,
-    ) -> None:
+        context: Any = None,
+    ) -> str | None:
         """Raise unless ``metadata`` carries a valid token with every ``required`` scope.
 
         ``wait`` blocks until an awaitable verdict is ready (a ``def`` handler on an aio
         server hands it to the event loop); without it a coroutine verifier is a ``TypeError``.
+        ``context`` (the servicer context) is unused here; subclasses that authenticate by
+        the connection read it. Returns the caller's principal when the verifier named one.
         """
         granted = self._verifier(self._token(metadata))
         if inspect.isawaitable(granted) and wait is not None:
@@ -144,11 +173,16 @@ class BearerAuth:
             if callable(close):
                 close()
             raise TypeError("an async verifier needs the aio server interceptors")
-        self._authorize(required, granted)
+        return self._authorize(required, granted)
 
-    async def check_async(self, required: frozenset[str], metadata: Iterable[Any] | None) -> None:
-        """:meth:`check` for aio servers: the verifier may be a coroutine function."""
-        granted = self._verifier(self._token(metadata))
+    async def check_async(
+        self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
+    ) -> str | None:
+        """:meth:`check` for aio servers: the verifier may be a coroutine function, or have a
+        coroutine method ``verify_async`` (used instead of calling it)."""
+        token = self._token(metadata)
+        verify_async = getattr(self._verifier, "verify_async", None)
+        granted = verify_async(token) if verify_async is not None else self._verifier(token)
         if inspect.isawaitable(granted):
             granted = await granted
-        self._authorize(required, granted)
+        return self._authorize(required, granted)
