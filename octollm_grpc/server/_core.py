@@ -33,6 +33,7 @@ from octollm_grpc.server._handlers import (
     split_method,
     undecodable_error,
 )
+from octollm_grpc.server.auth import Grant
 from octollm_grpc.server.errors import (
     Failure,
     HandlerStatus,
@@ -286,10 +287,9 @@ class Pipeline:
             self._rate_limit(plan.limit, call)
         if plan.scopes is not None:
             assert self.auth is not None
-            principal = self.auth.check(plan.scopes, call.metadata, wait, call.context)
-            if principal is not None:
-                call.principal = principal
-                otel.set_principal(principal)
+            granted = self.auth.identify(call.metadata, wait, call.context)
+            _note_principal(call, granted)
+            self.auth.authorize(plan.scopes, granted)
 
     async def admit_async(self, call: Call) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
@@ -304,10 +304,9 @@ class Pipeline:
                 raise _refuse(call, plan.limit[1], key, wait)
         if plan.scopes is not None:
             assert self.auth is not None
-            principal = await self.auth.check_async(plan.scopes, call.metadata, call.context)
-            if principal is not None:
-                call.principal = principal
-                otel.set_principal(principal)
+            granted = await self.auth.identify_async(call.metadata, call.context)
+            _note_principal(call, granted)
+            self.auth.authorize(plan.scopes, granted)
 
     def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> None:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
@@ -466,6 +465,14 @@ class Pipeline:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+def _note_principal(call: Call, granted: object) -> None:
+    """Remember who the caller is (for its log event and span) before scopes are checked,
+    so a refusal for a missing scope still names the caller."""
+    if isinstance(granted, Grant) and granted.principal is not None:
+        call.principal = granted.principal
+        otel.set_principal(granted.principal)
 
 
 def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:

@@ -132,7 +132,15 @@ class BearerAuth:
         raise AuthenticationError("Missing bearer token")
 
     @staticmethod
-    def _authorize(required: frozenset[str], granted: Iterable[str] | None) -> str | None:
+    def authorize(required: frozenset[str], granted: Iterable[str] | None) -> str | None:
+        """Raise unless ``granted`` (what :meth:`identify` gave) has every ``required`` scope.
+
+        Returns the principal when ``granted`` is a :class:`Grant` naming one.
+
+        Raises:
+            AuthenticationError: ``granted`` is ``None`` (the credential was not valid).
+            AuthorizationError: a scope is missing (named in ``details["required_scopes"]``).
+        """
         if granted is None:
             raise AuthenticationError("Invalid bearer token")
         missing = required.difference(granted)
@@ -150,19 +158,20 @@ class BearerAuth:
         return inspect.iscoroutinefunction(verifier) or inspect.iscoroutinefunction(
             type(verifier).__call__)
 
-    def check(
+    def identify(
         self,
-        required: frozenset[str],
         metadata: Iterable[Any] | None,
         wait: Callable[[Awaitable[Any]], Any] | None = None,
         context: Any = None,
-    ) -> str | None:
-        """Raise unless ``metadata`` carries a valid token with every ``required`` scope.
+    ) -> Iterable[str] | None:
+        """The caller's scopes (a :class:`Grant` when the verifier names the caller), or
+        ``None`` when the token is not valid; raises ``AuthenticationError`` for a missing or
+        malformed header (or when the verifier raises it).
 
         ``wait`` blocks until an awaitable verdict is ready (a ``def`` handler on an aio
         server hands it to the event loop); without it a coroutine verifier is a ``TypeError``.
-        ``context`` (the servicer context) is unused here; subclasses that authenticate by
-        the connection read it. Returns the caller's principal when the verifier named one.
+        ``context`` (the servicer context) is unused here; :class:`CertificateAuth` reads the
+        connection's certificate from it.
         """
         granted = self._verifier(self._token(metadata))
         if inspect.isawaitable(granted) and wait is not None:
@@ -173,16 +182,33 @@ class BearerAuth:
             if callable(close):
                 close()
             raise TypeError("an async verifier needs the aio server interceptors")
-        return self._authorize(required, granted)
+        return granted
 
-    async def check_async(
-        self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
-    ) -> str | None:
-        """:meth:`check` for aio servers: the verifier may be a coroutine function, or have a
-        coroutine method ``verify_async`` (used instead of calling it)."""
+    async def identify_async(
+        self, metadata: Iterable[Any] | None, context: Any = None
+    ) -> Iterable[str] | None:
+        """:meth:`identify` for aio servers: the verifier may be a coroutine function, or have
+        a coroutine method ``verify_async`` (used instead of calling it)."""
         token = self._token(metadata)
         verify_async = getattr(self._verifier, "verify_async", None)
         granted = verify_async(token) if verify_async is not None else self._verifier(token)
         if inspect.isawaitable(granted):
             granted = await granted
-        return self._authorize(required, granted)
+        return granted
+
+    def check(
+        self,
+        required: frozenset[str],
+        metadata: Iterable[Any] | None,
+        wait: Callable[[Awaitable[Any]], Any] | None = None,
+        context: Any = None,
+    ) -> str | None:
+        """Raise unless ``metadata`` carries a valid token with every ``required`` scope
+        (:meth:`identify`, then :meth:`authorize`); the caller's principal, if named."""
+        return self.authorize(required, self.identify(metadata, wait, context))
+
+    async def check_async(
+        self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
+    ) -> str | None:
+        """:meth:`check` for aio servers (see :meth:`identify_async`)."""
+        return self.authorize(required, await self.identify_async(metadata, context))

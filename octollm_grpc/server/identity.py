@@ -92,26 +92,23 @@ class CertificateAuth(BearerAuth):
                 granted.update(scopes)
         return Grant(granted, principal)
 
-    def check(
+    def identify(
         self,
-        required: frozenset[str],
         metadata: Iterable[Any] | None,
         wait: Callable[[Awaitable[Any]], Any] | None = None,
         context: Any = None,
-    ) -> str | None:
-        """Raise unless the peer of ``context`` presented a certificate whose principal has
-        every ``required`` scope; return the principal."""
+    ) -> Grant:
+        """The scopes of the certificate the peer of ``context`` presented, with its
+        principal; raises ``AuthenticationError`` (``CERTIFICATE_REQUIRED``) without one."""
         principal = certificate_principal(context) if context is not None else None
         if principal is None:
             raise AuthenticationError("A client certificate is required",
                                       error_code="CERTIFICATE_REQUIRED")
-        return self._authorize(required, self.scopes_of(principal))
+        return self.scopes_of(principal)
 
-    async def check_async(
-        self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
-    ) -> str | None:
-        """:meth:`check` (reading the connection's certificate never blocks)."""
-        return self.check(required, metadata, None, context)
+    async def identify_async(self, metadata: Iterable[Any] | None, context: Any = None) -> Grant:
+        """:meth:`identify` (reading the connection's certificate never blocks)."""
+        return self.identify(metadata, None, context)
 
     def __repr__(self) -> str:
         return f"CertificateAuth(<{len(self._exact) + len(self._globs)} principals>)"
