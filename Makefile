@@ -38,7 +38,7 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-test: $(STAMP) redis-server ## run the whole test suite (newest pinned set)
+test: $(STAMP) redis-server curl ## run the whole test suite (newest pinned set)
 	$(BIN)/python -m pytest
 
 # The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.
@@ -47,6 +47,13 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
+
+# The TLS sample tests call the HTTPS gateway with the real curl; Debian's package when missing.
+.PHONY: curl
+curl:
+	@command -v curl >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+	@command -v curl >/dev/null 2>&1 || { echo "curl could not be installed"; exit 1; }
 
 # Mutation testing of the modules with the most decision logic ([tool.mutmut] in pyproject.toml):
 # one line per module, `mutation: PATH KILLED/TRIED`; fails below 90% killed. Not part of

@@ -81,15 +81,19 @@ class SimulatedArm(arms_pb2_grpc.ArmServiceServicer):
 
 
 async def start_arm(arm: SimulatedArm, host: str, port: int,
-                    interceptors: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
-    """Serve ``arm`` on ``host:port`` (0 picks a free port); return the server and its port."""
+                    interceptors: Sequence[Any] = (),
+                    credentials: grpc.ServerCredentials | None = None,
+                    ) -> tuple[grpc.aio.Server, int]:
+    """Serve ``arm`` on ``host:port`` (0 picks a free port), over TLS with ``credentials``;
+    return the server and its port."""
     # No SO_REUSEPORT (grpcio's default): a taken port must fail, not share the traffic.
     server = grpc.aio.server(interceptors=list(interceptors),
                              options=(("grpc.so_reuseport", 0),))
     # The generated *_pb2_grpc modules have no type stubs.
     arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)  # type: ignore[no-untyped-call]
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = (server.add_secure_port(f"{host}:{port}", credentials)
+                 if credentials is not None else server.add_insecure_port(f"{host}:{port}"))
     except RuntimeError:  # grpcio's way of saying the bind failed
         bound = 0
     if bound == 0:
