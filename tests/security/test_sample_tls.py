@@ -133,7 +133,7 @@ def test_sample_over_mtls_with_grpcurl_and_curl(tmp_path: Path, pki: Pki,
         assert _grpcurl(service, pki, "GetTask", {"task_id": task_id}, client).returncode == 0
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(("flags", "message"), [
     (["--tls-cert", "{cert}"], "--tls-cert and --tls-key go together"),
     (["--tls-key", "{key}"], "--tls-cert and --tls-key go together"),
     (["--tls-client-ca", "{cert}"], "--tls-client-ca needs --tls-cert and --tls-key"),
