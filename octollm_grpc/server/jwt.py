@@ -348,7 +348,8 @@ class JWTVerifier:
         family = _FAMILY.get(alg)
         return [k for k in self._keyset.keys
                 if k.family == family and (k.alg is None or k.alg == alg)
-                and (kid is None or k.kid == kid)]
+                # A key published without a kid serves tokens with any kid (RFC 7517).
+                and (kid is None or k.kid is None or k.kid == kid)]
 
     def _fetch_due(self, header: Mapping[str, Any]) -> bool:
         if self._jwks_url is None:

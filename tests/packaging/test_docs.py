@@ -101,7 +101,7 @@ def test_every_python_block_is_run_by_a_test() -> None:
         "README.md": ["quickstart", "own-errors"],
         "errors.md": ["errors"],
         "own-errors.md": ["own-errors"],
-        "server.md": ["server"],
+        "server.md": ["server", "server-auth"],
         "client.md": ["client"],
         "service.md": ["service-python"],
     }
