@@ -388,3 +388,21 @@ async def test_aio_fetch_does_not_block_the_event_loop(jwks: JwksServer) -> None
     jwks.release.set()
     assert (await asyncio.wait_for(verifying, 5)).principal == "user-7"
     task.cancel()
+
+
+async def test_aio_plain_def_handlers_verify_in_their_thread(jwks: JwksServer) -> None:
+    """aio with plain ``def`` handlers (grpc.aio's thread pool): the same verifier admits a
+    valid token (fetching the JWKS from that thread) and refuses an expired one."""
+    auth = BearerAuth(_verifier(jwks), scopes=SCOPES)
+    key = jwks.keys[0]
+    async with aio_server(handlers(aio=False),
+                          server_aio.server_interceptors(auth=auth, metrics=False)) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            ok = await channel.unary_unary(ECHO)(b"x", timeout=10, metadata=[
+                ("authorization", f"Bearer {key.sign(_claims())}")])
+            assert ok == b"echo:x"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(ECHO)(b"x", timeout=10, metadata=[
+                    ("authorization", f"Bearer {key.sign(_claims(exp=int(NOW) - 600))}")])
+    assert from_rpc_error(caught.value).error_code == "TOKEN_EXPIRED"
+    assert jwks.requests == 1

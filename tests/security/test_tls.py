@@ -291,3 +291,18 @@ def test_channel_credentials_need_both_halves_of_a_client_certificate(pki: Pki) 
         channel_credentials(pki.ca_file, certificate_chain=pair.cert_file)
     with pytest.raises(ValueError, match="both"):
         channel_credentials(pki.ca_file, private_key=pair.key)
+
+
+async def test_aio_certificates_reload_from_disk_without_restart(tmp_path: Path) -> None:
+    """aio: a rotated certificate serves the next new connection, the server never restarted."""
+    old_ca, new_ca = Pki(tmp_path, "old"), Pki(tmp_path, "new")
+    first, second = old_ca.server(), new_ca.server()
+    cert, key = tmp_path / "served.crt", tmp_path / "served.key"
+    _rotate(first.cert_file, first.key_file, cert, key)
+    async with aio_tls_server(server_credentials(cert, key)) as port:
+        target = f"127.0.0.1:{port}"
+        async with grpc.aio.secure_channel(target, channel_credentials(old_ca.ca_file)) as ch:
+            assert await ch.unary_unary(ECHO)(b"1", timeout=5) == b"echo:1"
+        _rotate(second.cert_file, second.key_file, cert, key)
+        async with grpc.aio.secure_channel(target, channel_credentials(new_ca.ca_file)) as ch:
+            assert await ch.unary_unary(ECHO)(b"2", timeout=5) == b"echo:2"
