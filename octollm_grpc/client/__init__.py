@@ -13,6 +13,7 @@ from typing import Unpack
 
 import grpc
 
+from octollm_grpc.client._tls import channel_credentials
 from octollm_grpc.client.breaker import (
     DEFAULT_FAILURE_CODES,
     BreakerSettings,
@@ -35,7 +36,6 @@ from octollm_grpc.client.interceptors import ResilientInterceptor
 from octollm_grpc.client.observe import CallObserver
 from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
-from octollm_grpc.client.tls import channel_credentials
 
 __all__ = [
     "ATTEMPTS_HEADER",

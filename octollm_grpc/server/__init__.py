@@ -7,8 +7,10 @@ its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
 :class:`StaticTokens` or :class:`JWTVerifier`) or :class:`CertificateAuth` (mTLS identities),
 all gathered in one :class:`ServerOptions`. :func:`server_credentials` gives TLS / mTLS
-credentials (reloaded from disk when the files change). Handlers validate with
-:class:`Violations` and read the call's id with :func:`current_request_id`.
+credentials (reloaded from disk when the files change); :func:`certificate_principal` names an
+mTLS caller; a verifier may answer with a :class:`Grant` (scopes and the caller's principal).
+Handlers validate with :class:`Violations` and read the call's id with
+:func:`current_request_id`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Unpack
 import grpc
 
 from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._identity import CertificateAuth, certificate_principal
+from octollm_grpc.server._jwt import JWTVerifier
 from octollm_grpc.server._sync import ServerInterceptor
+from octollm_grpc.server._tls import server_credentials
 from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, Grant, StaticTokens
-from octollm_grpc.server.identity import CertificateAuth
-from octollm_grpc.server.jwt import JWTVerifier
 from octollm_grpc.server.logs import (
     FAILED_EVENT,
     CallLogger,
@@ -33,7 +36,6 @@ from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
 from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.requestid import RequestIds, current_request_id
-from octollm_grpc.server.tls import server_credentials
 from octollm_grpc.server.validation import Violations
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "ServerOptions",
     "StaticTokens",
     "Violations",
+    "certificate_principal",
     "configure_logging",
     "current_request_id",
     "flush_logs",

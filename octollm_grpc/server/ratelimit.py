@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from octollm_grpc.errors import RateLimitError
-from octollm_grpc.server.identity import certificate_principal
+from octollm_grpc.server._identity import certificate_principal
 
 __all__ = ["BucketStore", "MemoryStore", "RateLimit", "RateLimiter", "ceil_ms", "peer_host"]
 
@@ -147,7 +147,7 @@ class RateLimiter:
     ``None`` to exempt them. ``key_metadata`` names the metadata key identifying the caller
     (the peer host is used when it is absent); ``key_certificate=True`` keys a caller that
     presented a client certificate (mTLS) by its principal (see
-    :func:`octollm_grpc.server.identity.certificate_principal`), which, unlike a header, the
+    :func:`octollm_grpc.server.certificate_principal`), which, unlike a header, the
     caller cannot change at will. ``store`` holds the buckets; by default a
     :class:`MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
     which may then not be given with ``store``. Thread-safe.

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from octollm_grpc import errors as e
-from octollm_grpc.server.identity import certificate_principal
+from octollm_grpc.server._identity import certificate_principal
 
 __all__ = ["ECHO", "WHO", "aio_tls_server", "handlers", "sync_tls_server"]
 

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import BearerAuth, JWTVerifier, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.jwt import REASONS
+from octollm_grpc.server._jwt import REASONS
 from octollm_grpc.status import from_rpc_error
 from octollm_grpc.testing import FakeClock
 from tests.security.jwks import JwksServer, SigningKey, jwks_server

@@ -8,7 +8,7 @@ call's ``authorization: Bearer <JWT>`` against an OIDC issuer's signing keys: th
 call and set on the span. Built on PyJWT (the ``[jwt]`` extra).
 
 Every refusal is ``UNAUTHENTICATED`` (:class:`~octollm_grpc.errors.AuthenticationError`) with
-its own ``ErrorInfo.reason`` (:data:`REASONS`) and a fixed message: nothing of the token is
+its own ``ErrorInfo.reason`` (the keys of ``REASONS``) and a fixed message: nothing of the token is
 ever echoed in the status, its details, the logs or the span.
 
 Keys come from ``keys=`` (fixed) or from the issuer's JWKS endpoint (``jwks_url=``), fetched on
@@ -209,7 +209,10 @@ class JWTVerifier:
 
     Called with a token it returns a :class:`~octollm_grpc.server.auth.Grant` (the scopes,
     with ``sub`` as the principal) or raises :class:`~octollm_grpc.errors.AuthenticationError`
-    with one of :data:`REASONS`. On the sync stack a due JWKS fetch blocks the calling handler
+    whose ``error_code`` (``ErrorInfo.reason``) says why: ``TOKEN_MALFORMED``,
+    ``TOKEN_ALGORITHM_REFUSED``, ``TOKEN_UNKNOWN_KEY``, ``TOKEN_BAD_SIGNATURE``,
+    ``TOKEN_EXPIRED``, ``TOKEN_NOT_YET_VALID``, ``TOKEN_WRONG_ISSUER`` or
+    ``TOKEN_WRONG_AUDIENCE``. On the sync stack a due JWKS fetch blocks the calling handler
     thread (at most about ``fetch_timeout``); on aio :meth:`verify_async` awaits it instead.
 
     Args:
