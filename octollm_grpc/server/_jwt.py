@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -290,6 +291,8 @@ class JWTVerifier:
         self._refresh_interval = refresh_interval
         self._cache_ttl = cache_ttl
         self._fetch_timeout = fetch_timeout
+        # urllib's timeout is per socket operation: connect plus the body's deadline.
+        self._wait_limit = 2 * fetch_timeout + 0.25
         self._max_jwks_bytes = max_jwks_bytes
         self._max_token_bytes = max_token_bytes
         self._clock = clock
@@ -318,14 +321,18 @@ class JWTVerifier:
         """Verify ``token``; its scopes and principal (see the class docstring)."""
         header = self._header(token)
         if self._fetch_due(header):
-            self._start_fetch().result()
+            # Bounded even if a custom fetch ignores its timeout: then the known keys decide.
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                self._start_fetch().result(timeout=self._wait_limit)
         return self._verify(token, header)
 
     async def verify_async(self, token: str) -> Grant:
         """:meth:`__call__` for aio servers: a due JWKS fetch is awaited, not waited for."""
         header = self._header(token)
         if self._fetch_due(header):
-            await asyncio.wrap_future(self._start_fetch())
+            fetch = asyncio.wrap_future(self._start_fetch())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fetch), self._wait_limit)
         return self._verify(token, header)
 
     # -- steps ----------------------------------------------------------------------------

@@ -72,10 +72,11 @@ class CertificateFiles:
             key = self.private_key.read_bytes()
             ca = self.client_ca.read_bytes() if self.client_ca is not None else None
             # The key must match the certificate: load the pair the way any TLS server would.
+            # An encrypted key fails here instead of OpenSSL asking a terminal for a password.
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                self.certificate_chain, self.private_key)
+                self.certificate_chain, self.private_key, password=_no_password)
             if ca is not None:
-                ssl.create_default_context(cadata=ca.decode("ascii"))
+                ssl.create_default_context(cadata=ca.decode("latin-1"))
             if self._signature() != before:  # written to while we read: try again next time
                 raise OSError("certificate files changed while being read")
             config = grpc.ssl_server_certificate_configuration([(key, chain)], ca)
@@ -94,6 +95,10 @@ class CertificateFiles:
             _log.warning("TLS certificate reload failed, keeping the current one: %s",
                          type(error).__name__)
             return None
+
+
+def _no_password() -> bytes:
+    return b""
 
 
 def server_credentials(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -406,3 +407,29 @@ async def test_aio_plain_def_handlers_verify_in_their_thread(jwks: JwksServer) -
                     ("authorization", f"Bearer {key.sign(_claims(exp=int(NOW) - 600))}")])
     assert from_rpc_error(caught.value).error_code == "TOKEN_EXPIRED"
     assert jwks.requests == 1
+
+
+def test_a_fetch_that_ignores_its_timeout_does_not_hold_callers(jwks: JwksServer) -> None:
+    """A custom ``fetch`` that hangs: callers wait about twice ``fetch_timeout``, then the
+    known keys (none yet) decide: UNKNOWN_KEY, sync and aio alike."""
+    release = threading.Event()
+
+    def hanging(url: str, timeout: float, max_bytes: int) -> bytes:
+        release.wait(10)
+        return b'{"keys": []}'
+
+    verifier = _verifier(jwks, fetch=hanging, fetch_timeout=0.05)
+    token = jwks.keys[0].sign(_claims())
+    try:
+        started = time.monotonic()
+        with pytest.raises(e.AuthenticationError) as caught:
+            verifier(token)
+        assert caught.value.error_code == "TOKEN_UNKNOWN_KEY"
+        assert time.monotonic() - started < 1.0
+        verifier2 = _verifier(jwks, fetch=hanging, fetch_timeout=0.05)
+        started = time.monotonic()
+        with pytest.raises(e.AuthenticationError):
+            asyncio.run(verifier2.verify_async(token))
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()

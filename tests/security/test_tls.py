@@ -306,3 +306,18 @@ async def test_aio_certificates_reload_from_disk_without_restart(tmp_path: Path)
         _rotate(second.cert_file, second.key_file, cert, key)
         async with grpc.aio.secure_channel(target, channel_credentials(new_ca.ca_file)) as ch:
             assert await ch.unary_unary(ECHO)(b"2", timeout=5) == b"echo:2"
+
+
+@pytest.mark.timeout(20)
+def test_an_encrypted_key_is_refused_without_asking_for_a_password(pki: Pki) -> None:
+    """A passphrase-protected key fails at once (ssl.SSLError), never waits on a terminal."""
+    from cryptography.hazmat.primitives import serialization
+
+    pair = pki.server()
+    key = serialization.load_pem_private_key(pair.key, None)
+    locked = pki.directory / "locked.key"
+    locked.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
+    with pytest.raises(ssl.SSLError):
+        server_credentials(pair.cert_file, locked)
