@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="random seed for --failure-rate")
     parser.add_argument("--arm-id", default="arm-1",
                         help="the arm_id this arm answers with (tells fallback arms apart)")
+    parser.add_argument("--tls-cert", default=None, metavar="FILE",
+                        help="serve over TLS with this PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", default=None, metavar="FILE",
+                        help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                        help="require client certificates this PEM CA signed (mTLS)")
     return parser
 
 
@@ -125,7 +131,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
     faults = ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     arm = SimulatedArm(faults, arm_id=args.arm_id, rng=random.Random(args.seed))
-    server, port = await start_arm(arm, args.host, args.port, server_interceptors())
+    credentials = None
+    if args.tls_cert is not None:
+        from octollm_grpc.server import server_credentials
+
+        credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    server, port = await start_arm(arm, args.host, args.port, server_interceptors(),
+                                   credentials)
     print(f"arm listening on {args.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     except ValueError as error:
         _parser().error(str(error))
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+            args.tls_client_ca is not None and args.tls_cert is None):
+        _parser().error("--tls-cert and --tls-key go together (--tls-client-ca needs both)")
     try:
         asyncio.run(_serve(args))
     except OSError as error:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.security.pki import Pair, Pki
-from tests.service.harness import GRPCURL, SERVICE, RunningService, running_service
+from tests.service.harness import GRPCURL, ROOT, SERVICE, RunningService, running_service
 
 CURL = shutil.which("curl")
 TOKEN = "tls-sample-token-3e9d"
@@ -158,3 +158,33 @@ def test_tls_is_off_by_default() -> None:
 
     settings = parse_args([], env={})
     assert (settings.tls_cert, settings.tls_key, settings.tls_client_ca) == (None, None, None)
+
+
+def test_standalone_arm_over_tls(tmp_path: Path, pki: Pki,
+                                 server_files: tuple[Path, Path]) -> None:
+    """``python -m server.arm --tls-cert --tls-key`` serves over TLS, and a TLS service given
+    it as ``--arm-target`` executes tasks on it."""
+    import subprocess as sp
+    import sys
+
+    chain, key = server_files
+    arm = sp.Popen([sys.executable, "-m", "server.arm", "--port", "0", "--tls-cert", str(chain),
+                    "--tls-key", str(key), "--arm-id", "tls-arm"], cwd=ROOT, stdout=sp.PIPE,
+                   stderr=sp.PIPE, text=True)
+    try:
+        assert arm.stdout is not None
+        line = arm.stdout.readline().strip()
+        assert line.startswith("arm listening on "), arm.stderr.read() if arm.stderr else line
+        target = line.rpartition(" ")[2]
+        with running_service(tmp_path, "--tls-cert", str(chain), "--tls-key", str(key),
+                             "--arm-target", target, "--auth-token", TOKEN) as service:
+            created = _grpcurl(service, pki, "CreateTask", {"description": "remote arm"})
+            task_id = json.loads(created.stdout)["task"]["task_id"]
+            executed = _grpcurl(service, pki, "ExecuteTask", {"task_id": task_id})
+            assert executed.returncode == 0, executed.stderr
+            assert json.loads(executed.stdout)["task"]["status"] == "TASK_STATUS_COMPLETED"
+            history = _grpcurl(service, pki, "GetTask", {"task_id": task_id})
+            assert "completed by tls-arm" in history.stdout
+    finally:
+        arm.terminate()
+        arm.wait(10)
