@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -433,3 +434,23 @@ def test_a_fetch_that_ignores_its_timeout_does_not_hold_callers(jwks: JwksServer
         assert time.monotonic() - started < 1.0
     finally:
         release.set()
+
+
+def test_without_the_jwt_extra_the_verifier_names_it(tmp_path: Path) -> None:
+    """Without PyJWT, ``octollm_grpc.server`` still imports and ``JWTVerifier(...)`` raises
+    ImportError naming ``octollm-grpc[jwt]``."""
+    from tests.packaging.test_extras import run_without_extras
+
+    result = run_without_extras(
+        """
+        from octollm_grpc.server import BearerAuth, JWTVerifier, StaticTokens
+        BearerAuth(StaticTokens({"t": []}))
+        try:
+            JWTVerifier(issuer="i", audience="a", keys=[b"k"])
+        except ImportError as error:
+            print(error)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'octollm-grpc[jwt]'" in result.stdout
