@@ -124,9 +124,11 @@ def _jwk_keys(document: Any, *, allow_secrets: bool) -> tuple[_Key, ...]:
             jwk = _pyjwt.PyJWK(entry)
         except Exception:  # noqa: BLE001, S112 - an unusable key is skipped, not fatal
             continue
-        family = str(jwk.key_type)
-        secret = jwk.key if family == "oct" else None
-        found.append(_Key(kid, family, secret if secret is not None else jwk.key, alg))
+        key = jwk.key
+        public = getattr(key, "public_key", None)
+        if callable(public):  # a private JWK published by mistake: verify with its public half
+            key = public()
+        found.append(_Key(kid, str(jwk.key_type), key, alg))
     seen: dict[str | None, int] = {}
     for key in found:
         seen[key.kid] = seen.get(key.kid, 0) + 1

@@ -454,3 +454,17 @@ def test_without_the_jwt_extra_the_verifier_names_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'octollm-grpc[jwt]'" in result.stdout
+
+
+def test_a_private_jwk_published_by_mistake_verifies_with_its_public_half() -> None:
+    """A JWKS entry carrying a private key (``d``) is used as its public key: tokens it
+    signed verify, others do not."""
+    signer = SigningKey("priv")
+    private_jwk = jwt.algorithms.ECAlgorithm.to_jwk(signer.private, as_dict=True)
+    assert "d" in private_jwk
+    verifier = JWTVerifier(issuer=ISSUER, audience=AUDIENCE, clock=FakeClock(NOW),
+                           keys={"keys": [{**private_jwk, "kid": "priv"}]}, algorithms=("ES256",))
+    assert verifier(signer.sign(_claims())).principal == "user-7"
+    with pytest.raises(e.AuthenticationError) as caught:
+        verifier(SigningKey("priv").sign(_claims()))
+    assert caught.value.error_code == "TOKEN_BAD_SIGNATURE"
