@@ -30,10 +30,17 @@ MAX_PRINCIPAL_LENGTH = 256
 def certificate_principal(context: Any) -> str | None:
     """The principal of the peer's client certificate, or ``None`` when it presented none.
 
-    ``context`` is a servicer context (sync or aio). The SPIFFE ID comes first (grpc core sets
-    it only for a certificate with exactly one URI SAN, and a valid ``spiffe://`` one), then the
-    first DNS SAN, then the subject's common name. Control characters are replaced by ``?``
-    and the result is cut to :data:`MAX_PRINCIPAL_LENGTH`, since the name ends up in logs.
+    The SPIFFE ID comes first (grpc core sets it only for a certificate with exactly one URI
+    SAN, and a valid ``spiffe://`` one), then the first DNS SAN, then the subject's common
+    name. Control characters are replaced by ``?`` and the result is cut to 256 characters
+    (``MAX_PRINCIPAL_LENGTH``), since the name ends up in logs.
+
+    Args:
+        context: The servicer context of the call (sync or aio).
+
+    Returns:
+        The principal, or ``None`` for a plaintext call or a TLS one without a client
+        certificate.
     """
     try:
         auth_context = context.auth_context()
@@ -64,6 +71,13 @@ class CertificateAuth(BearerAuth):
     certificate (plaintext, or TLS where certificates are optional) is
     :class:`~octollm_grpc.errors.AuthenticationError` with reason ``CERTIFICATE_REQUIRED``.
     Pass it as ``server_interceptors(auth=CertificateAuth(...))`` on either stack.
+
+    Args:
+        principals: Principal or glob -> the scopes it is granted.
+        scopes: Scopes required by ``"/pkg.Svc/Method"`` or ``"/pkg.Svc/"``.
+        default_scopes: Scopes required by every other method.
+        open_methods: Methods (or ``"/pkg.Svc/"`` prefixes) open to any caller (default:
+            health and reflection).
     """
 
     def __init__(

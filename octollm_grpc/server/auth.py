@@ -44,6 +44,11 @@ class Grant(frozenset[str]):
 
     It is a ``frozenset`` of scopes, so code that only wants the scopes needs nothing else;
     ``principal`` names the caller (a JWT's ``sub``, a certificate's SPIFFE ID) or is ``None``.
+
+    Args:
+        scopes: The scopes granted.
+        principal: Who they are granted to; logged with a failed call and set as
+            ``octollm.principal`` on the span (never put a credential here).
     """
 
     principal: str | None
