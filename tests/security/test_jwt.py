@@ -468,3 +468,27 @@ def test_a_private_jwk_published_by_mistake_verifies_with_its_public_half() -> N
     with pytest.raises(e.AuthenticationError) as caught:
         verifier(SigningKey("priv").sign(_claims()))
     assert caught.value.error_code == "TOKEN_BAD_SIGNATURE"
+
+
+async def test_aio_token_subject_is_on_the_span(jwks: JwksServer) -> None:
+    """aio: the server span of a call with a valid token carries ``octollm.principal`` (the
+    token's ``sub``), and never the token."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    auth = BearerAuth(_verifier(jwks), scopes=SCOPES)
+    token = jwks.keys[0].sign(_claims(sub="svc-billing"))
+    async with aio_server(handlers(aio=True), server_aio.server_interceptors(
+            auth=auth, metrics=False, tracer_provider=provider)) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            assert await channel.unary_unary(WHO)(
+                b"x", timeout=10, metadata=[("authorization", f"Bearer {token}")]) == b"-"
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes.get("octollm.principal") == "svc-billing"
+    assert all(fragment not in repr(dict(span.attributes)) for fragment in _fragments(token))
+    provider.shutdown()
