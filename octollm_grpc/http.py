@@ -8,9 +8,11 @@ from typing import Any, NamedTuple
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.status import GENERIC_MESSAGE, TIMEOUT_MESSAGE
+from octollm_grpc.status._limits import GENERIC_MESSAGE, TIMEOUT_MESSAGE
 
-__all__ = ["HttpError", "to_http"]
+__all__ = [
+    "to_http",
+]
 
 
 class HttpError(NamedTuple):
@@ -29,6 +31,12 @@ def to_http(exc: BaseException) -> HttpError:
     ``WWW-Authenticate: Bearer error="insufficient_scope"`` (RFC 6750), with ``scope`` naming
     the missing scopes when the error's ``details["required_scopes"]`` lists them.
     Anything else gives the seed's generic 500 body, with none of the exception's text.
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        The HTTP status, headers and JSON body to answer with.
     """
     mapping = codes.mapping_for(exc)
     headers: dict[str, str] = {}

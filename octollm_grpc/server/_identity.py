@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from octollm_grpc.errors import AuthenticationError
-from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, Grant
+from octollm_grpc.server._auth import DEFAULT_OPEN_METHODS, BearerAuth, Grant
 
 __all__ = ["MAX_PRINCIPAL_LENGTH", "CertificateAuth", "certificate_principal"]
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from octollm_grpc.errors import AuthenticationError
-from octollm_grpc.server.auth import Grant
+from octollm_grpc.server._auth import Grant
 
 try:  # the [jwt] extra
     import jwt as _pyjwt
@@ -210,7 +210,7 @@ def _scopes(claims: Mapping[str, Any]) -> list[str]:
 class JWTVerifier:
     """A :class:`~octollm_grpc.server.BearerAuth` verifier for JWTs from an OIDC issuer.
 
-    Called with a token it returns a :class:`~octollm_grpc.server.auth.Grant` (the scopes,
+    Called with a token it returns a :class:`~octollm_grpc.server.Grant` (the scopes,
     with ``sub`` as the principal) or raises :class:`~octollm_grpc.errors.AuthenticationError`
     whose ``error_code`` (``ErrorInfo.reason``) says why: ``TOKEN_MALFORMED``,
     ``TOKEN_ALGORITHM_REFUSED``, ``TOKEN_UNKNOWN_KEY``, ``TOKEN_BAD_SIGNATURE``,
