@@ -54,9 +54,11 @@ class Grant(frozenset[str]):
     principal: str | None
 
     def __new__(cls, scopes: Iterable[str] = (), principal: str | None = None) -> Grant:
-        grant = super().__new__(cls, scopes)
-        grant.principal = principal
-        return grant
+        return super().__new__(cls, scopes)
+
+    def __init__(self, scopes: Iterable[str] = (), principal: str | None = None) -> None:
+        super().__init__()
+        self.principal = principal
 
     def __repr__(self) -> str:
         return f"Grant({sorted(self)!r}, principal={self.principal!r})"
