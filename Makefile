@@ -47,7 +47,7 @@ $(PBJS):
 	npm install --silent --no-save --no-audit --no-fund --prefix $(NODE_INTEROP) \
 	  @grpc/grpc-js@1.14.7 protobufjs@8.8.1 protobufjs-cli@2.7.1
 
-test: $(STAMP) redis-server $(PBJS) $(BUF) ## run the whole test suite (newest pinned set)
+test: $(STAMP) redis-server curl $(PBJS) $(BUF) ## run the whole test suite (newest pinned set)
 	$(BIN)/python -m pytest
 
 # The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.
@@ -56,6 +56,13 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
+
+# The TLS sample tests call the HTTPS gateway with the real curl; Debian's package when missing.
+.PHONY: curl
+curl:
+	@command -v curl >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+	@command -v curl >/dev/null 2>&1 || { echo "curl could not be installed"; exit 1; }
 
 # Mutation testing of the modules with the most decision logic ([tool.mutmut] in pyproject.toml):
 # one line per module, `mutation: PATH KILLED/TRIED`; fails below 90% killed. Not part of

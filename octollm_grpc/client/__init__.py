@@ -28,6 +28,7 @@ from octollm_grpc.client._observe import CallObserver
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client._resilience import Resilience
 from octollm_grpc.client._sync_hedging import HedgingChannel
+from octollm_grpc.client._tls import channel_credentials
 
 __all__ = [
     "BreakerSettings",
@@ -37,6 +38,7 @@ __all__ = [
     "RetryPolicies",
     "RetryPolicy",
     "StackedRetriesWarning",
+    "channel_credentials",
     "resilient_channel",
     "resilient_interceptors",
 ]

@@ -104,9 +104,11 @@ class CallLogger:
         peer: str | None,
         message: str | None = None,
         exc: BaseException | None = None,
+        principal: str | None = None,
     ) -> None:
         """Log one failed call; ``exc`` (when given) is attached as ``exc_info``; ``peer``
-        ``None`` leaves the field out."""
+        ``None`` leaves the field out, and so does ``principal`` (the authenticated caller:
+        a certificate's identity or a token's subject, never the credential itself)."""
         fields: dict[str, Any] = {
             "grpc_method": method,
             "grpc_code": grpc_code,
@@ -118,6 +120,8 @@ class CallLogger:
             fields["peer"] = peer
         if message is not None:
             fields["message"] = message
+        if principal is not None:
+            fields["principal"] = principal
         if exc is not None:
             fields["exc_info"] = exc
         getattr(self._target(), level)(self._event, **fields)

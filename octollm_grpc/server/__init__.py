@@ -5,9 +5,12 @@
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
 :class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens`), :class:`ConcurrencyLimit` (an adaptive limit on calls in flight),
-all gathered in one :class:`ServerOptions`. Handlers validate with :class:`Violations` and
-read the call's id with :func:`current_request_id`.
+:class:`StaticTokens` or :class:`JWTVerifier`) or :class:`CertificateAuth` (mTLS identities),
+:class:`ConcurrencyLimit` (an adaptive limit on calls in flight), all gathered in one
+:class:`ServerOptions`. :func:`server_credentials` gives TLS / mTLS credentials (reloaded
+from disk when the files change); :func:`certificate_principal` names an mTLS caller; a
+verifier may answer with a :class:`Grant` (scopes and the caller's principal). Handlers
+validate with :class:`Violations` and read the call's id with :func:`current_request_id`.
 """
 
 from __future__ import annotations
@@ -25,19 +28,25 @@ from octollm_grpc.observability import (
     flush_logs,
     serve_metrics,
 )
-from octollm_grpc.server._auth import BearerAuth, StaticTokens
+from octollm_grpc.server._auth import BearerAuth, Grant, StaticTokens
 from octollm_grpc.server._concurrency import ConcurrencyLimit
 from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._identity import CertificateAuth, certificate_principal
+from octollm_grpc.server._jwt import JWTVerifier
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server._sync import ServerInterceptor
+from octollm_grpc.server._tls import server_credentials
 from octollm_grpc.server._validation import Violations
 
 # The observability parts are also importable from here, where a server is configured.
 __all__ = [
     "BearerAuth",
     "CallLogger",
+    "CertificateAuth",
     "ConcurrencyLimit",
+    "Grant",
+    "JWTVerifier",
     "MemoryStore",
     "RateLimit",
     "RateLimiter",
@@ -46,10 +55,12 @@ __all__ = [
     "ServerOptions",
     "StaticTokens",
     "Violations",
+    "certificate_principal",
     "configure_logging",
     "current_request_id",
     "flush_logs",
     "serve_metrics",
+    "server_credentials",
     "server_interceptors",
 ]
 

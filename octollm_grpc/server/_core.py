@@ -36,6 +36,7 @@ from octollm_grpc.observability._logs import (
 from octollm_grpc.observability._propagation import Inbound
 from octollm_grpc.observability._requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.observability._server_metrics import MethodMetrics, ServerMetrics
+from octollm_grpc.server._auth import Grant
 from octollm_grpc.server._concurrency import SHED_EVENT, ConcurrencyRejection, Permit, Route
 from octollm_grpc.server._failures import (
     Failure,
@@ -103,8 +104,8 @@ class Call:
     """
 
     __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "permit", "pipeline",
-                 "plan", "rejection", "request", "request_id", "rid_token", "span", "start",
-                 "trailers")
+                 "plan", "principal", "rejection", "request", "request_id", "rid_token", "span",
+                 "start", "trailers")
 
     start: float
     pipeline: Pipeline
@@ -114,6 +115,7 @@ class Call:
     rejection: Refusal | None  # set when a limiter refused the call (the shed path)
     permit: Permit | None  # the call's place under the concurrency limit, given back at end
     span: otel.ServerSpan | None
+    principal: str | None  # who auth found the caller to be (a certificate's, a token's)
     metadata: Metadata | None
     request_id: str | None
     trailers: tuple[tuple[str, str], ...] | None
@@ -137,6 +139,7 @@ class Call:
         self.context = context
         self.request = request
         self.rejection = self.permit = self.span = None
+        self.principal = None
         request_ids = pipeline.request_ids
         # Read once per call: on aio each invocation_metadata() builds a new tuple.
         self.metadata = (
@@ -307,7 +310,9 @@ class Pipeline:
         if plan.scopes is not None:
             assert self.auth is not None
             try:
-                self.auth.check(plan.scopes, call.metadata, wait)
+                granted = self.auth.identify(call.metadata, wait, call.context)
+                _note_principal(call, granted)
+                self.auth.authorize(plan.scopes, granted)
             except BaseException:
                 self._give_place_back(call)
                 raise
@@ -319,7 +324,7 @@ class Pipeline:
             # A shared store (Redis) answers over the network: never block the event loop.
             limiter = self.rate_limiter
             assert limiter is not None
-            key = limiter.key_for(call.metadata, call.context.peer)
+            key = limiter.key_for(call.metadata, call.context.peer, call.context)
             wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
             if wait > 0.0:
                 raise _refuse(call, plan.limit[1], key, wait)
@@ -328,7 +333,9 @@ class Pipeline:
         if plan.scopes is not None:
             assert self.auth is not None
             try:
-                await self.auth.check_async(plan.scopes, call.metadata)
+                granted = await self.auth.identify_async(call.metadata, call.context)
+                _note_principal(call, granted)
+                self.auth.authorize(plan.scopes, granted)
             except BaseException:
                 self._give_place_back(call)
                 raise
@@ -354,7 +361,7 @@ class Pipeline:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
-        key = limiter.key_for(call.metadata, call.context.peer)
+        key = limiter.key_for(call.metadata, call.context.peer, call.context)
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
             raise _refuse(call, limit[1], key, wait)
@@ -496,6 +503,7 @@ class Pipeline:
                     peer=_peer(call.context) if self.logger.peer else None,
                     message=message,
                     exc=exc,
+                    principal=call.principal,
                 )
             except Exception:  # noqa: BLE001 - a broken log setup must not change the status
                 _fallback_log.exception("octollm_grpc could not log a failed call")
@@ -515,6 +523,14 @@ class Pipeline:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+def _note_principal(call: Call, granted: object) -> None:
+    """Remember who the caller is (for its log event and span) before scopes are checked,
+    so a refusal for a missing scope still names the caller."""
+    if isinstance(granted, Grant) and granted.principal is not None:
+        call.principal = granted.principal
+        otel.set_principal(granted.principal)
 
 
 def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:
