@@ -21,11 +21,11 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import uvicorn
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
@@ -37,11 +37,23 @@ from octollm_grpc.client.aio import resilient_channel
 from octollm_grpc.fastapi import install_error_handlers
 from octollm_grpc.server import ServerMetrics, current_request_id
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.http_callers import CallerIdentity
+from server.http_limits import (
+    GatewayGuard,
+    HttpLimits,
+    Refusals,
+    check_authorization,
+    decode_body,
+    gateway_config,
+    read_body,
+    refusal_for,
+    route_uvicorn_logs,
+)
+from server.validation import validate_page_size
 
 __all__ = ["ErrorBody", "Gateway", "create_app", "gateway_channel", "start_gateway"]
 
 SERVICE = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
-_M = TypeVar("_M", bound=Message)
 
 
 class ErrorBody(BaseModel):
@@ -59,10 +71,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "INVALID_INPUT, VALIDATION_ERRORS (every violation), FAILED_PRECONDITION"),
         (401, "AUTHENTICATION_ERROR (with --auth-token)"),
         (404, "TASK_NOT_FOUND"),
+        (408, "REQUEST_TIMEOUT: the body did not arrive within --http-body-timeout"),
+        (413, "PAYLOAD_TOO_LARGE: the body is over --http-max-body"),
         (422, "VALIDATION_ERROR: the request does not fit the route"),
         (429, "RATE_LIMIT_EXCEEDED, with Retry-After"),
+        (431, "HEADER_TOO_LARGE: the authorization header is too large to pass on"),
         (500, "INTERNAL_ERROR: nothing of the cause is sent"),
-        (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN (with Retry-After)"),
+        (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN, CAPACITY_EXCEEDED (with Retry-After)"),
         (504, "TIMEOUT_ERROR"),
     ]
 }
@@ -81,25 +96,22 @@ def gateway_channel(target: str, registry: CollectorRegistry | None = None) -> g
     )
 
 
-def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
+def _metadata(request: Request, limits: HttpLimits,
+              identity: CallerIdentity | None) -> tuple[tuple[str, str], ...]:
     pairs = [("x-request-id", current_request_id() or "")]
     authorization = request.headers.get("authorization")
+    check_authorization(authorization, limits)  # before the call: no budget spent on it
     if authorization is not None:
         pairs.append(("authorization", authorization))
+    if identity is not None:
+        pairs.extend(identity.metadata(request))
     return tuple(pairs)
 
 
-def _parse(data: dict[str, Any], message: _M) -> _M:
-    """``data`` (proto3 JSON) into ``message``; a mismatch is the caller's INVALID_INPUT."""
-    try:
-        return json_format.ParseDict(data, message)
-    except json_format.ParseError:
-        # The parser's text quotes Python internals (int() messages): a fixed message instead.
-        name = message.DESCRIPTOR.full_name
-        raise errors.InvalidInputError(
-            f"The request body is not a valid {name} in the proto3 JSON mapping",
-            details={"message_type": name},
-        ) from None
+_CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {
+        "schema": {"type": "object", "description": "octollm.tasks.v1.CreateTaskRequest"},
+        "example": {"description": "Summarize the quarterly report", "priority": 5}}}}}
 
 
 def _json(message: Message) -> dict[str, Any]:
@@ -108,12 +120,17 @@ def _json(message: Message) -> dict[str, Any]:
 
 
 def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = None,
-               timeout: float | None = None) -> FastAPI:
+               timeout: float | None = None, limits: HttpLimits | None = None,
+               identity: CallerIdentity | None = None) -> FastAPI:
     """The gateway's FastAPI app, calling TaskService on ``channel``.
 
     ``metrics`` counts its error responses (default: none counted); ``timeout`` is each
-    call's deadline in seconds (default: none, the HTTP client decides how long to wait).
+    call's deadline in seconds (default: none, the HTTP client decides how long to wait);
+    ``limits`` bound bodies and headers (default: :class:`HttpLimits`); ``identity`` tells the
+    service which HTTP client each call is for (its rate limit key) and checks credentials
+    first (default: every call is the gateway's own).
     """
+    limits = limits if limits is not None else HttpLimits()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
     app = FastAPI(
         title="octollm-grpc sample task service (HTTP/JSON gateway)",
@@ -127,24 +144,28 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
 
     async def call(rpc: Callable[..., Awaitable[Message]], message: Message,
                    request: Request) -> dict[str, Any]:
+        metadata = _metadata(request, limits, identity)
+        if identity is not None:
+            await identity.authenticate(metadata)
         try:
-            response = await rpc(message, metadata=_metadata(request), timeout=timeout)
+            response = await rpc(message, metadata=metadata, timeout=timeout)
         except errors.CircuitOpenError as error:
             if error.trailing_metadata() is None:
                 # The gateway's own breaker: name the service, not its internal address.
                 raise errors.CircuitOpenError(SERVICE, error.retry_after or 0.0) from None
             raise
+        except (errors.ResourceExhaustedError, errors.CancelledCallError) as error:
+            # grpc's own size limits and the server's overload, in our words (413/431/503).
+            raise refusal_for(error, limits) from None
         return _json(response)
 
-    @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"])
-    async def create_task(
-        request: Request,
-        body: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way of declaring a body
-            ..., description="octollm.tasks.v1.CreateTaskRequest",
-            examples=[{"description": "Summarize the quarterly report", "priority": 5}]),
-    ) -> dict[str, Any]:
+    @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"], openapi_extra=_CREATE_BODY)
+    async def create_task(request: Request) -> dict[str, Any]:
         """Create a task (``CreateTaskResponse``); idempotent on ``request_id``."""
-        return await call(stub.CreateTask, _parse(body, tasks_pb2.CreateTaskRequest()), request)
+        # Read here, not by FastAPI: bounded in size and time, decoded off the event loop.
+        raw = await read_body(request, limits)
+        message = await decode_body(raw, tasks_pb2.CreateTaskRequest())
+        return await call(stub.CreateTask, message, request)
 
     @app.get("/v1/tasks", summary="ListTasks", tags=["tasks"])
     async def list_tasks(
@@ -153,6 +174,7 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         page_token: str = Query("", description="next_page_token of the previous page"),
     ) -> dict[str, Any]:
         """One page of tasks, oldest first (``ListTasksResponse``)."""
+        validate_page_size(page_size)  # the service's own check, before protobuf's int32
         message = tasks_pb2.ListTasksRequest(page_size=page_size, page_token=page_token)
         return await call(stub.ListTasks, message, request)
 
@@ -193,23 +215,46 @@ class _EmbeddedServer(uvicorn.Server):
 class Gateway:
     """A running gateway: its URL, and :meth:`stop`."""
 
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str,
+                 guard: GatewayGuard | None = None, refusals: Refusals | None = None) -> None:
         self._server = server
         self._task = task
+        self._guard = guard
+        self._refusals = refusals
         self.url = url
 
     async def stop(self) -> None:
-        """Stop accepting, let open requests finish (uvicorn's graceful shutdown), return."""
+        """Stop accepting; open requests get the grace period, those cut then get a 503.
+
+        Returns once every request has been answered (uvicorn does not wait for the ones
+        it cancels at the end of its graceful-shutdown timeout; they answer here).
+        """
+        if self._guard is not None:
+            self._guard.stopping = True
         self._server.should_exit = True
         await self._task
+        cut = list(self._server.server_state.tasks)
+        if cut:
+            await asyncio.wait(cut, timeout=1.0)
+        if self._refusals is not None:
+            self._refusals.flush()
 
 
-async def start_gateway(app: FastAPI, host: str, port: int) -> Gateway:
+def bind_host(host: str) -> str:
+    """``host`` as sockets take it: ``[::1]`` -> ``::1``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimits | None = None,
+                        grace: float = 5.0) -> Gateway:
     """Serve ``app`` on ``host:port`` (0: a free port) in the running loop.
 
     The socket is bound here, so a taken port fails at once with ``OSError`` (no silent
     sharing), and requests arriving before uvicorn is up wait in the listen backlog.
+    ``limits`` bound connections, header and body time (default: :class:`HttpLimits`);
+    ``grace`` is how long :meth:`Gateway.stop` lets open requests run.
     """
+    host = bind_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP; without it every response stalls ~40 ms (Nagle + delayed ACK).
@@ -222,9 +267,12 @@ async def start_gateway(app: FastAPI, host: str, port: int) -> Gateway:
         sock.close()
         raise
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5)
+    route_uvicorn_logs()
+    refusals = Refusals()
+    guard = GatewayGuard(app)
+    config = gateway_config(guard, limits if limits is not None else HttpLimits(), refusals,
+                            grace)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http-gateway")
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    return Gateway(server, task, f"http://{shown}:{bound}")
+    return Gateway(server, task, f"http://{shown}:{bound}", guard, refusals)
