@@ -100,6 +100,10 @@ class HttpLimits:
     max_header: int = 8192
     keep_alive: float = 5.0
 
+    def max_head(self) -> int:
+        """The largest request head (request line and headers) read: 431 above it."""
+        return max(16 * 1024, 2 * self.max_header)
+
     def connections(self) -> int:
         """The connection cap in force."""
         return self.max_connections or default_max_connections()
@@ -194,6 +198,7 @@ def guarded_protocol(limits: HttpLimits, refusals: Refusals) -> type[H11Protocol
     connection for ever; ``limit_concurrency`` answers 503 only once a head is complete.
     """
     cap = limits.connections()
+    head_limit = limits.max_head()
     overloaded = _raw_response(
         "503 Service Unavailable",
         errors.CapacityExceededError(
@@ -226,6 +231,20 @@ def guarded_protocol(limits: HttpLimits, refusals: Refusals) -> type[H11Protocol
             refusals.add("header_timeout")
             self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers any request h11 refuses with a plain-text 400; ours is the
+            # envelope, and a head over h11's buffer limit is 431 (it can never succeed).
+            if len(self.conn.trailing_data[0]) >= head_limit:
+                refusals.add("head_too_large")
+                error: errors.OctoLLMError = HeaderTooLargeError("request head", head_limit)
+                status = "431 Request Header Fields Too Large"
+            else:
+                refusals.add("invalid_http")
+                error = errors.InvalidInputError("The request is not valid HTTP/1.1")
+                status = "400 Bad Request"
+            self.transport.write(_raw_response(status, error, None))
+            self.transport.close()
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self._header_timer is not None:
@@ -249,7 +268,7 @@ def gateway_config(app: ASGIApp, limits: HttpLimits, refusals: Refusals,
                   http=guarded_protocol(limits, refusals),
                   timeout_keep_alive=max(1, round(limits.keep_alive)),
                   timeout_graceful_shutdown=max(grace, 0.0),  # type: ignore[arg-type]
-                  h11_max_incomplete_event_size=max(16 * 1024, 2 * limits.max_header))
+                  h11_max_incomplete_event_size=limits.max_head())
 
 
 # -- the body: bounded in size and time, decoded off the event loop --------------------------
@@ -416,6 +435,8 @@ class GatewayGuard:
 
 
 _CLOSING = frozenset({408, 413})
+#: uvicorn's messages for what :func:`guarded_protocol` counts itself.
+_AGGREGATED = frozenset({"Invalid HTTP request received."})
 
 
 class JsonLogHandler(logging.Handler):
@@ -423,6 +444,8 @@ class JsonLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Log ``record`` as ``http.server`` at its level (exception type only)."""
+        if record.msg in _AGGREGATED:
+            return  # counted in http.connections.refused instead: a line per request floods
         with contextlib.suppress(Exception):
             fields: dict[str, Any] = {"message": record.getMessage()}
             if record.exc_info and record.exc_info[0] is not None:

@@ -20,6 +20,7 @@ from octollm_grpc.client.attempts import CallAttempts, WithTimeout
 from octollm_grpc.client.channel import AsyncSleep
 from octollm_grpc.client.delegation import AioDelegatingCall
 from octollm_grpc.client.half_close import WatchedRequests
+from octollm_grpc.client.local_errors import local_error
 from octollm_grpc.client.retry import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
@@ -206,9 +207,13 @@ class RetryingCall(AioDelegatingCall):
             except aio.AioRpcError as error:
                 failed = error
                 continue
-            except BaseException:
+            except BaseException as error:
                 self._call.cancel()
                 attempts.release()
+                local = local_error(error)
+                if local is not None:  # grpc refused to send it: typed, not a traceback
+                    self._error = local
+                    raise local from None
                 raise
             attempts.succeeded()
             return outcome

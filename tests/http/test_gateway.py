@@ -212,6 +212,8 @@ def test_rate_limited_is_429_with_retry_after(tmp_path: Path) -> None:
         assert [r.status_code for r in responses] == [200, 200, 429]
         limited = responses[-1]
         assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # grpcurl is another caller with its own budget: limited at its third call too.
+        assert [service.call("ListTasks").returncode for _ in range(2)] == [0, 0]
         body = same_error(limited, service.call("ListTasks"))
         assert body["error"] == "RATE_LIMIT_EXCEEDED"
         assert body["retry_after"] > 0
