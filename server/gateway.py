@@ -39,6 +39,7 @@ from octollm_grpc.server import ServerMetrics, current_request_id
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from server.http_callers import CallerIdentity
 from server.http_limits import (
+    ACCEPT_BURST,
     GatewayGuard,
     HttpLimits,
     Refusals,
@@ -262,7 +263,7 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(ACCEPT_BURST)
     except OSError:
         sock.close()
         raise

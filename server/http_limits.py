@@ -48,6 +48,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from octollm_grpc import codes, errors
 
 __all__ = [
+    "ACCEPT_BURST",
     "DEFAULT_MAX_BODY",
     "GatewayGuard",
     "HeaderTooLargeError",
@@ -73,6 +74,8 @@ _M = TypeVar("_M", bound=Message)
 DEFAULT_MAX_BODY = 1 << 20
 #: Descriptors kept for everything but HTTP connections (gRPC, the database, the arm, logs).
 FD_RESERVE = 256
+#: The listen backlog, and so the most connections accepted in one go (within FD_RESERVE).
+ACCEPT_BURST = 128
 
 
 def default_max_connections(nofile: int | None = None) -> int:
@@ -264,7 +267,9 @@ def guarded_protocol(limits: HttpLimits, refusals: Refusals) -> type[H11Protocol
 def gateway_config(app: ASGIApp, limits: HttpLimits, refusals: Refusals,
                             grace: float) -> Config:
     """The uvicorn ``Config`` of the embedded gateway."""
-    return Config(app, lifespan="off", log_config=None, access_log=False,
+    # backlog: asyncio listens with it and accepts up to that many connections at once, before
+    # any is closed; uvicorn's 2048 let one burst take every descriptor (EMFILE tracebacks).
+    return Config(app, lifespan="off", log_config=None, access_log=False, backlog=ACCEPT_BURST,
                   http=guarded_protocol(limits, refusals),
                   timeout_keep_alive=max(1, round(limits.keep_alive)),
                   timeout_graceful_shutdown=max(grace, 0.0),  # type: ignore[arg-type]
