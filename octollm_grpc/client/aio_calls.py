@@ -205,6 +205,11 @@ class RetryingCall(AioDelegatingCall):
             try:
                 outcome = await step(self._call)
             except aio.AioRpcError as error:
+                local = local_error(error)
+                if local is not None:  # grpc refused to send it: no verdict, no retry
+                    attempts.release()
+                    self._error = local
+                    raise local from None
                 failed = error
                 continue
             except BaseException as error:
