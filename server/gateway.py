@@ -42,9 +42,9 @@ from server.http_limits import (
     ACCEPT_BURST,
     GatewayGuard,
     HttpLimits,
+    JsonDecoder,
     Refusals,
     check_authorization,
-    decode_body,
     gateway_config,
     read_body,
     refusal_for,
@@ -142,6 +142,8 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         responses=_ERRORS,
     )
     install_error_handlers(app, metrics=metrics if metrics is not None else False)
+    # Bodies are parsed in a worker process; start_gateway starts it, Gateway.stop stops it.
+    decoder = app.state.json_decoder = JsonDecoder()
 
     async def call(rpc: Callable[..., Awaitable[Message]], message: Message,
                    request: Request) -> dict[str, Any]:
@@ -165,7 +167,7 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         """Create a task (``CreateTaskResponse``); idempotent on ``request_id``."""
         # Read here, not by FastAPI: bounded in size and time, decoded off the event loop.
         raw = await read_body(request, limits)
-        message = await decode_body(raw, tasks_pb2.CreateTaskRequest())
+        message = await decoder.decode(raw, tasks_pb2.CreateTaskRequest())
         return await call(stub.CreateTask, message, request)
 
     @app.get("/v1/tasks", summary="ListTasks", tags=["tasks"])
@@ -217,8 +219,10 @@ class Gateway:
     """A running gateway: its URL, and :meth:`stop`."""
 
     def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str,
-                 guard: GatewayGuard | None = None, refusals: Refusals | None = None) -> None:
+                 guard: GatewayGuard | None = None, refusals: Refusals | None = None,
+                 decoder: JsonDecoder | None = None) -> None:
         self._server = server
+        self._decoder = decoder
         self._task = task
         self._guard = guard
         self._refusals = refusals
@@ -239,6 +243,8 @@ class Gateway:
             await asyncio.wait(cut, timeout=1.0)
         if self._refusals is not None:
             self._refusals.flush()
+        if self._decoder is not None:
+            self._decoder.close()
 
 
 def bind_host(host: str) -> str:
@@ -269,6 +275,11 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
         raise
     bound = sock.getsockname()[1]
     route_uvicorn_logs()
+    decoder = getattr(app.state, "json_decoder", None)
+    if not isinstance(decoder, JsonDecoder):
+        decoder = None
+    else:
+        decoder.start()
     refusals = Refusals()
     guard = GatewayGuard(app)
     config = gateway_config(guard, limits if limits is not None else HttpLimits(), refusals,
@@ -276,4 +287,4 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http-gateway")
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    return Gateway(server, task, f"http://{shown}:{bound}", guard, refusals)
+    return Gateway(server, task, f"http://{shown}:{bound}", guard, refusals, decoder)

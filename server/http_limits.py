@@ -13,9 +13,10 @@ so every HTTP resource is bounded here:
   408 ``REQUEST_TIMEOUT``;
 - **body size**: over :attr:`HttpLimits.max_body` bytes is 413 ``PAYLOAD_TOO_LARGE``, decided
   from ``content-length`` before anything is read, or as soon as a chunked body passes it;
-- **JSON**: a body is decoded (``json`` and the proto3 mapping) on a worker thread, never on the
-  event loop that also runs the gRPC server, and any decoding failure (invalid UTF-8, nesting,
-  huge integers) is 400 ``INVALID_INPUT`` in the error envelope, logged and counted;
+- **JSON**: a body is decoded (``json`` and the proto3 mapping) in a worker process
+  (:class:`JsonDecoder`), never on the event loop that also runs the gRPC server, and any
+  decoding failure (invalid UTF-8, nesting, huge integers) is 400 ``INVALID_INPUT`` in the
+  error envelope, logged and counted;
 - **headers passed on**: an ``authorization`` header over :attr:`HttpLimits.max_header` bytes is
   431 ``HEADER_TOO_LARGE``; one with bytes gRPC metadata cannot carry is 401.
 
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import json
 import logging
+import multiprocessing
 import resource
 from collections import Counter
 from dataclasses import dataclass
@@ -39,13 +42,13 @@ import grpc
 import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from octollm_grpc import codes, errors
+from server import json_worker
 
 __all__ = [
     "ACCEPT_BURST",
@@ -53,12 +56,12 @@ __all__ = [
     "GatewayGuard",
     "HeaderTooLargeError",
     "HttpLimits",
+    "JsonDecoder",
     "JsonLogHandler",
     "PayloadTooLargeError",
     "Refusals",
     "RequestTimeoutError",
     "check_authorization",
-    "decode_body",
     "default_max_connections",
     "gateway_config",
     "guarded_protocol",
@@ -302,46 +305,64 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
     return bytes(body)
 
 
-_decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2,
-                                                 thread_name_prefix="http-json")
+class JsonDecoder:
+    """Decodes request bodies in one worker process (:mod:`server.json_worker`).
 
-
-def _decode(raw: bytes, message: _M) -> _M | str:
-    """Run on the worker thread: the message, or why the body is no object (a string)."""
-    try:
-        data = json.loads(raw) if raw else None
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
-        return "json"
-    if not isinstance(data, dict):
-        return "object"
-    try:
-        return json_format.ParseDict(data, message)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError):
-        return "message"
-
-
-async def decode_body(raw: bytes, message: _M) -> _M:
-    """``raw`` (proto3 JSON) into ``message``, on a worker thread: the loop keeps serving.
-
-    Raises:
-        InvalidInputError: not JSON (invalid UTF-8, nesting past the parser's depth, an
-            integer past Python's digit limit), or not the message (unknown field, wrong type,
-            out of range); the message names the expected type, never the parser's text.
-        RequestValidationError: JSON that is not an object (422, as FastAPI says it).
+    One worker: a flood of costly bodies queues behind itself (HTTP callers wait), while the
+    event loop, and so every gRPC caller, only copies bytes. The worker is started by
+    :meth:`start` (spawned, not forked: the process runs gRPC threads) and restarted if it dies.
     """
-    outcome = await asyncio.get_running_loop().run_in_executor(_decoder, _decode, raw, message)
-    if isinstance(outcome, Message):
-        return outcome
-    if outcome == "object":
-        raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a valid "
-                                       "dictionary", "type": "dict_type"}])
-    name = message.DESCRIPTOR.full_name
-    if outcome == "json":
-        raise errors.InvalidInputError("The request body is not valid JSON",
-                                       details={"message_type": name})
-    raise errors.InvalidInputError(
-        f"The request body is not a valid {name} in the proto3 JSON mapping",
-        details={"message_type": name})
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the worker now (in the background), so the first body does not wait for it."""
+        self._executor().submit(json_worker.ready)
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def decode(self, raw: bytes, message: _M) -> _M:
+        """``raw`` (proto3 JSON) into ``message``, parsed in the worker.
+
+        Raises:
+            InvalidInputError: not JSON (invalid UTF-8, nesting past the parser's depth, an
+                integer past Python's digit limit), or not the message (unknown field, wrong
+                type, out of range); the message names the expected type, never the parser's
+                text.
+            RequestValidationError: JSON that is not an object (422, as FastAPI says it).
+        """
+        cls = type(message)
+        loop = asyncio.get_running_loop()
+        try:
+            outcome, data = await loop.run_in_executor(
+                self._executor(), json_worker.decode, raw, cls.__module__, cls.__qualname__)
+        except concurrent.futures.process.BrokenProcessPool:
+            self._pool = None  # the worker died (killed, out of memory): a new one next time
+            raise
+        if outcome == "ok":
+            message.ParseFromString(data)
+            return message
+        if outcome == "object":
+            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a valid "
+                                           "dictionary", "type": "dict_type"}])
+        name = message.DESCRIPTOR.full_name
+        if outcome == "json":
+            raise errors.InvalidInputError("The request body is not valid JSON",
+                                           details={"message_type": name})
+        raise errors.InvalidInputError(
+            f"The request body is not a valid {name} in the proto3 JSON mapping",
+            details={"message_type": name})
+
+    def close(self) -> None:
+        """Stop the worker (a parse in progress is abandoned)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 #: gRPC's default limit on a received message (the service keeps it).

@@ -12,8 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 
+from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from tests.http.test_gateway import http_url
 from tests.service.harness import RunningService, running_service
 
@@ -35,7 +37,22 @@ def _execute_in_flight(service: RunningService, count: int) -> tuple[list[httpx.
     threads = [threading.Thread(target=execute, args=(task_id,)) for task_id in ids]
     for thread in threads:
         thread.start()
+    _wait_running(service, ids)
     return results, threads
+
+
+def _wait_running(service: RunningService, ids: list[str]) -> None:
+    """Until every task is RUNNING (its :execute call is in flight); at most 15 s."""
+    deadline = time.monotonic() + 15
+    with grpc.insecure_channel(service.target) as channel:
+        stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+        while time.monotonic() < deadline:
+            statuses = {stub.GetTask(tasks_pb2.GetTaskRequest(task_id=task_id),
+                                     timeout=5).task.status for task_id in ids}
+            if statuses == {tasks_pb2.TASK_STATUS_RUNNING}:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the :execute calls did not start")
 
 
 def _assert_json_lines(service: RunningService) -> str:
@@ -51,7 +68,6 @@ def test_in_flight_requests_finish_within_grace(tmp_path: Path) -> None:
     with running_service(tmp_path, "--http-port", "0", "--rate-limit", "0", "--grace", "4",
                          "--arm-latency-ms", "1000") as service:
         results, threads = _execute_in_flight(service, 8)
-        time.sleep(0.3)
         service.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(20)
@@ -67,7 +83,6 @@ def test_requests_past_grace_get_503_and_the_stop_takes_grace(tmp_path: Path) ->
     with running_service(tmp_path, "--http-port", "0", "--rate-limit", "0", "--grace", "1",
                          "--arm-latency-ms", "5000") as service:
         results, threads = _execute_in_flight(service, 4)
-        time.sleep(0.3)
         start = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(20) == 0

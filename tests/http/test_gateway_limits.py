@@ -183,10 +183,10 @@ def _send_until_answered(host: str, port: int, head: bytes, chunk: bytes,
                 break
             sent += len(chunk)
         sock.settimeout(10)
-        try:
-            answer = sock.recv(65536)
-        except ConnectionResetError:
-            answer = b""
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):  # until the server closes (connection: close)
+                answer += data
     return answer, sent
 
 
