@@ -24,6 +24,7 @@ import grpc
 import httpx
 import pytest
 
+from server.gateway import create_app, gateway_channel, start_gateway
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from tests.http.test_gateway import http_url
 from tests.service.harness import RunningService, running_service
@@ -348,3 +349,34 @@ def test_message_over_grpc_limit_is_413_in_our_words(client: httpx.Client) -> No
     assert response.status_code == 413, response.text[:300]
     assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
     assert "larger than max" not in response.text and "retry-after" not in response.headers
+
+
+class _Overloaded(tasks_pb2_grpc.TaskServiceServicer):
+    """A TaskService whose GetTask ends CANCELLED, as grpc's server does when it sheds calls."""
+
+    async def GetTask(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
+
+
+async def test_server_cancelled_is_503_with_retry_after_not_499() -> None:
+    """CANCELLED from the server (never the HTTP caller's doing) is 503 CAPACITY_EXCEEDED with
+    Retry-After through a real gateway, not 499 blaming the client."""
+    server = grpc.aio.server()
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        _Overloaded(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = gateway_channel(f"127.0.0.1:{port}")
+    gateway = await start_gateway(create_app(channel), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            response = await http.get("/v1/tasks/any")
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        assert response.json() == {"error": "CAPACITY_EXCEEDED",
+                                   "message": "The service is overloaded; retry later",
+                                   "details": {}, "retry_after": 1.0}
+    finally:
+        await gateway.stop()
+        await channel.close()
+        await server.stop(None)
