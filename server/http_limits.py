@@ -332,8 +332,8 @@ class JsonDecoder:
         Raises:
             InvalidInputError: not JSON (invalid UTF-8, nesting past the parser's depth, an
                 integer past Python's digit limit), or not the message (unknown field, wrong
-                type, out of range); the message names the expected type, never the parser's
-                text.
+                type, out of range: ``details["field"]`` names a known field); the message
+                names the expected type, never the parser's text.
             RequestValidationError: JSON that is not an object (422, as FastAPI says it).
         """
         cls = type(message)
@@ -354,9 +354,12 @@ class JsonDecoder:
         if outcome == "json":
             raise errors.InvalidInputError("The request body is not valid JSON",
                                            details={"message_type": name})
+        details = {"message_type": name}
+        if outcome == "field":
+            details["field"] = data.decode()  # one of the message's own field names
         raise errors.InvalidInputError(
             f"The request body is not a valid {name} in the proto3 JSON mapping",
-            details={"message_type": name})
+            details=details)
 
     def close(self) -> None:
         """Stop the worker (a parse in progress is abandoned)."""

@@ -28,17 +28,26 @@ def _message_class(module: str, qualname: str) -> Any:
 
 
 def decode(raw: bytes, module: str, qualname: str) -> tuple[str, bytes]:
-    """Run in the worker: ``("ok", serialized message)``, or ``(why, b"")`` when ``raw`` is not
-    JSON (``"json"``), not an object (``"object"``) or not the message (``"message"``)."""
+    """Run in the worker: ``("ok", serialized message)``, ``("field", name)`` when a known field
+    has a bad value (wrong type, out of range), or ``(why, b"")`` when ``raw`` is not JSON
+    (``"json"``), not an object (``"object"``) or otherwise not the message (``"message"``)."""
     try:
         data = json.loads(raw) if raw else None
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return "json", b""
     if not isinstance(data, dict):
         return "object", b""
+    message = _message_class(module, qualname)()
     try:
-        message = json_format.ParseDict(data, _message_class(module, qualname)())
-    except (json_format.ParseError, ValueError, TypeError, RecursionError):
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as error:
+        # "Failed to parse FIELD field: ...": the field's name, when it is one of the message's
+        # own (never text the caller sent, such as an unknown field's name).
+        field = str(error).removeprefix("Failed to parse ").partition(" field")[0]
+        if field in message.DESCRIPTOR.fields_by_name:
+            return "field", field.encode()
+        return "message", b""
+    except (ValueError, TypeError, RecursionError):
         return "message", b""
     return "ok", message.SerializeToString()
 

@@ -157,15 +157,22 @@ def test_request_that_does_not_fit_the_route_is_422(client: httpx.Client) -> Non
 
 
 def test_body_that_is_not_the_message_is_invalid_input(client: httpx.Client) -> None:
-    """Unknown fields or wrong JSON types: 400 INVALID_INPUT, no parser internals quoted."""
-    for body in ({"description": "x", "colour": "red"}, {"description": "x", "priority": "hi"}):
+    """Unknown fields or wrong JSON types: 400 INVALID_INPUT, no parser internals quoted; a
+    known field with a bad value (wrong type, out of int32's range) is named."""
+    name = "octollm.tasks.v1.CreateTaskRequest"
+    for body, field in [({"description": "x", "colour": "red"}, None),
+                        ({"description": "x", "priority": "hi"}, "priority"),
+                        ({"description": "x", "priority": 2**31}, "priority"),
+                        ({"description": "x", "timeout_seconds": -(10**300)}, "timeout_seconds"),
+                        ({"description": ["x"]}, "description")]:
         response = client.post("/v1/tasks", json=body)
         assert response.status_code == 400
+        details = {"message_type": name} if field is None else {"message_type": name,
+                                                                  "field": field}
         assert response.json() == {
             "error": "INVALID_INPUT",
-            "message": "The request body is not a valid octollm.tasks.v1.CreateTaskRequest "
-                       "in the proto3 JSON mapping",
-            "details": {"message_type": "octollm.tasks.v1.CreateTaskRequest"}}
+            "message": f"The request body is not a valid {name} in the proto3 JSON mapping",
+            "details": details}
 
 
 def test_request_id_is_echoed_forwarded_logged_and_counted(
