@@ -145,11 +145,18 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
     # Bodies are parsed in a worker process; start_gateway starts it, Gateway.stop stops it.
     decoder = app.state.json_decoder = JsonDecoder()
 
-    async def call(rpc: Callable[..., Awaitable[Message]], message: Message,
-                   request: Request) -> dict[str, Any]:
+    async def admit(request: Request) -> tuple[tuple[str, str], ...]:
+        """The call's metadata, once the credentials are checked (before anything else)."""
         metadata = _metadata(request, limits, identity)
         if identity is not None:
             await identity.authenticate(metadata)
+        return metadata
+
+    async def call(rpc: Callable[..., Awaitable[Message]], message: Message,
+                   request: Request,
+                   metadata: tuple[tuple[str, str], ...] | None = None) -> dict[str, Any]:
+        if metadata is None:
+            metadata = await admit(request)
         try:
             response = await rpc(message, metadata=metadata, timeout=timeout)
         except errors.CircuitOpenError as error:
@@ -166,9 +173,11 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
     async def create_task(request: Request) -> dict[str, Any]:
         """Create a task (``CreateTaskResponse``); idempotent on ``request_id``."""
         # Read here, not by FastAPI: bounded in size and time, decoded off the event loop.
+        # Credentials first: a caller without valid ones costs no body read and no parse.
+        metadata = await admit(request)
         raw = await read_body(request, limits)
         message = await decoder.decode(raw, tasks_pb2.CreateTaskRequest())
-        return await call(stub.CreateTask, message, request)
+        return await call(stub.CreateTask, message, request, metadata)
 
     @app.get("/v1/tasks", summary="ListTasks", tags=["tasks"])
     async def list_tasks(

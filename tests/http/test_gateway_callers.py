@@ -38,9 +38,12 @@ def test_unauthenticated_flood_spends_no_one_s_budget(tmp_path: Path) -> None:
             flood = [attacker.get("/v1/tasks").status_code for _ in range(30)]
             flood += [attacker.get("/v1/tasks", headers={"authorization": "Bearer wrong"})
                       .status_code for _ in range(30)]
+            # Nor do they cost a body read or a parse: 401 before the (invalid) body.
+            flood += [attacker.post("/v1/tasks", content=b"{" * 500_000).status_code
+                      for _ in range(3)]
             served = [user.get("/v1/tasks", headers={"authorization": TOKEN}).status_code
                       for _ in range(5)]
-        assert flood == [401] * 60
+        assert flood == [401] * 63
         assert served == [200] * 5
 
 
