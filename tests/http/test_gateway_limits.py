@@ -7,6 +7,7 @@ on its own channel; its latencies are measured and bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -26,6 +27,7 @@ import pytest
 
 from server.gateway import create_app, gateway_channel, start_gateway
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.http_limits import HttpLimits
 from tests.http.test_gateway import http_url
 from tests.service.harness import RunningService, running_service
 
@@ -380,3 +382,31 @@ async def test_server_cancelled_is_503_with_retry_after_not_499() -> None:
         await gateway.stop()
         await channel.close()
         await server.stop(None)
+
+
+async def test_slow_body_is_408_after_the_body_timeout() -> None:
+    """A body sent too slowly is 408 REQUEST_TIMEOUT in the envelope once --http-body-timeout
+    has passed, and its connection is closed (the rest is never waited for)."""
+    channel = gateway_channel("127.0.0.1:1")  # never called: the body never completes
+    limits = HttpLimits(body_timeout=0.5)
+    gateway = await start_gateway(create_app(channel, limits=limits), "127.0.0.1", 0,
+                                  limits=limits)
+    try:
+        host, port = _port(gateway.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /v1/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100\r\n\r\n{\"descr")
+        await writer.drain()
+        start = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # until the server closes
+        took = time.monotonic() - start
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"connection: close" in answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+            "error": "REQUEST_TIMEOUT", "message": "The request body was not received within 0.5s",
+            "details": {"timeout_seconds": 0.5}}
+        assert 0.4 < took < 3.0, took
+    finally:
+        await gateway.stop()
+        await channel.close()
