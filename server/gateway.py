@@ -13,6 +13,11 @@ The channel does not retry ``RESOURCE_EXHAUSTED`` (the HTTP caller gets 429 and
 ``Retry-After`` at once and decides) nor ``ExecuteTask`` (the service has already retried
 the arm; retrying the execution would multiply arm calls). Its breaker is per method, so an
 arm outage seen by ``ExecuteTask`` cannot close the other routes.
+
+What one HTTP caller may cost the others is bounded by :mod:`server.http_limits`
+(connections, header and body time, body size, JSON decoded in a worker process), and each
+call names its HTTP client to the service's rate limiter (:mod:`server.http_callers`), after
+the gateway has checked its credentials.
 """
 
 from __future__ import annotations
