@@ -53,6 +53,7 @@ from server.http_limits import (
     gateway_config,
     read_body,
     refusal_for,
+    register_errors,
     route_uvicorn_logs,
 )
 from server.validation import validate_page_size
@@ -137,6 +138,7 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
     first (default: every call is the gateway's own).
     """
     limits = limits if limits is not None else HttpLimits()
+    register_errors()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
     app = FastAPI(
         title="octollm-grpc sample task service (HTTP/JSON gateway)",

@@ -67,6 +67,7 @@ __all__ = [
     "guarded_protocol",
     "read_body",
     "refusal_for",
+    "register_errors",
     "route_uvicorn_logs",
 ]
 
@@ -124,6 +125,7 @@ class PayloadTooLargeError(errors.ValidationError):
     error_code = "PAYLOAD_TOO_LARGE"
 
     def __init__(self, limit: int) -> None:
+        register_errors()
         super().__init__(f"The request body is larger than the limit of {limit} bytes",
                          details={"limit_bytes": limit})
 
@@ -134,6 +136,7 @@ class HeaderTooLargeError(errors.ValidationError):
     error_code = "HEADER_TOO_LARGE"
 
     def __init__(self, header: str, limit: int) -> None:
+        register_errors()
         super().__init__(f"The {header} header is larger than the limit of {limit} bytes",
                          details={"header": header, "limit_bytes": limit})
 
@@ -144,13 +147,28 @@ class RequestTimeoutError(errors.ValidationError):
     error_code = "REQUEST_TIMEOUT"
 
     def __init__(self, seconds: float) -> None:
+        register_errors()
         super().__init__(f"The request body was not received within {seconds:g}s",
                          details={"timeout_seconds": seconds})
 
 
-codes.register(PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT, 413)
-codes.register(HeaderTooLargeError, grpc.StatusCode.INVALID_ARGUMENT, 431)
-codes.register(RequestTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED, 408, client_error=True)
+_ROWS: tuple[tuple[type[errors.OctoLLMError], grpc.StatusCode, int], ...] = (
+    (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT, 413),
+    (HeaderTooLargeError, grpc.StatusCode.INVALID_ARGUMENT, 431),
+    (RequestTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED, 408),
+)
+
+
+def register_errors() -> None:
+    """Give the gateway's errors their HTTP statuses in the error table (idempotent).
+
+    Done when a gateway is made and when one of them is raised, not at import: the table is
+    process-wide, and importing the sample must not add rows to every other user of it (the
+    library's catalog, ``octollm-grpc catalog``).
+    """
+    for cls, grpc_code, status in _ROWS:
+        if codes.class_for_error_code(cls.error_code) is not cls:
+            codes.register(cls, grpc_code, status, client_error=True)
 
 
 # -- refusals, logged once per interval ------------------------------------------------------
