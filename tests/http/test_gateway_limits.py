@@ -32,7 +32,7 @@ from tests.http.test_gateway import http_url
 from tests.service.harness import RunningService, running_service
 
 # The abuse lasts at most this long per test (bounded loops, loopback only).
-ABUSE_SECONDS = 3.0
+ABUSE_SECONDS = 2.0
 
 
 def _port(url: str) -> tuple[str, int]:
