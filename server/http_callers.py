@@ -26,7 +26,6 @@ from typing import Any
 from fastapi import Request
 
 from octollm_grpc.server import BearerAuth, RateLimiter
-from octollm_grpc.server.ratelimit import peer_host
 
 __all__ = ["CLIENT_KEY", "PROOF_KEY", "CallerIdentity", "GatewayKeyedLimiter"]
 
@@ -97,6 +96,7 @@ class GatewayKeyedLimiter(RateLimiter):
                 proof.encode(), self._secret):
             return f"http:{client}"
         if client is not None or proof is not None:
-            # Not proven: the peer decides, whatever the caller claimed.
-            return peer_host(peer())
+            # Not proven: keyed as if it had claimed nothing, whatever it claimed.
+            metadata = [(key, value) for key, value in metadata or ()
+                        if key not in (CLIENT_KEY, PROOF_KEY)]
         return super().key_for(metadata, peer)

@@ -159,6 +159,10 @@ _ROWS: tuple[tuple[type[errors.OctoLLMError], grpc.StatusCode, int], ...] = (
 )
 
 
+#: One instance of each, built without ``__init__`` (which registers): what the table is asked.
+_SAMPLES = {cls: cls.restore("") for cls, _, _ in _ROWS}
+
+
 def register_errors() -> None:
     """Give the gateway's errors their HTTP statuses in the error table (idempotent).
 
@@ -167,7 +171,7 @@ def register_errors() -> None:
     library's catalog, ``octollm-grpc catalog``).
     """
     for cls, grpc_code, status in _ROWS:
-        if codes.class_for_error_code(cls.error_code) is not cls:
+        if codes.mapping_for(_SAMPLES[cls]).error_code != cls.error_code:
             codes.register(cls, grpc_code, status, client_error=True)
 
 
