@@ -356,7 +356,7 @@ class JsonDecoder:
                 integer past Python's digit limit), or not the message (unknown field, wrong
                 type, out of range: ``details["field"]`` names a known field); the message
                 names the expected type, never the parser's text.
-            RequestValidationError: JSON that is not an object (422, as FastAPI says it).
+            RequestValidationError: JSON that is not an object (as FastAPI says it).
         """
         cls = type(message)
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ import pytest
 
 from octollm_grpc import errors
 from octollm_grpc.client import BreakerSettings, RetryPolicy
-from octollm_grpc.client.local_errors import LOCAL_ERROR_MESSAGE, local_error
+from octollm_grpc.client._local_errors import LOCAL_ERROR_MESSAGE, local_error
 from octollm_grpc.testing import FakeClock
 from tests.client.channels import aio_channel
 from tests.servers import aio_server

@@ -279,7 +279,7 @@ def test_every_body_parse_failure_gets_the_envelope_logged_and_counted(
         "error": "INVALID_INPUT", "message": "The request body is not valid JSON",
         "details": {"message_type": "octollm.tasks.v1.CreateTaskRequest"}}, reason
     assert _errors_counted(service.metrics_url, "INVALID_INPUT") == before + 1
-    assert any(f'"request_id":"parse-{len(body)}"' in line and "grpc.call.failed" in line
+    assert any(f'"request_id":"parse-{len(body)}"' in line and "http.request.failed" in line
                for line in service.logs().splitlines())
 
 
