@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,11 @@ from octollm_grpc.server._ratelimit import BucketStore
 from octollm_grpc.server.aio import server_interceptors
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
-from server.config import Settings
+from server.config import Settings, address
 from server.gateway import create_app, gateway_channel, https_settings, start_gateway
 from server.gen.octollm.tasks.v1 import reasons_pb2, tasks_pb2, tasks_pb2_grpc
+from server.http_callers import CallerIdentity, GatewayKeyedLimiter
+from server.http_limits import HttpLimits
 from server.service import TaskServicer
 from server.store import TaskStore
 
@@ -83,24 +86,30 @@ UNLIMITED_METHODS = (
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
 
-def _cannot_listen(host: str, port: int, flag: str, hint: str = "") -> OSError:
+def _cannot_listen(host: str, port: int, flag: str, hint: str = "",
+                   reason: str | None = None) -> OSError:
     """Why startup stops: the address, and the flag that chooses another port."""
-    return OSError(f"cannot listen on {host}:{port} (is the port taken?); choose another "
-                   f"port with {flag}{hint}")
+    why = f"({reason})" if reason else "(is the port taken?)"
+    return OSError(f"cannot listen on {address(host, port)} {why}; choose another port "
+                   f"with {flag}{hint}")
 
 
 def _server_interceptors(settings: Settings, metrics: ServerMetrics,
-                         store: BucketStore | None = None) -> list[Any]:
+                         store: BucketStore | None = None,
+                         identity: CallerIdentity | None = None) -> list[Any]:
     """The task service's stack: errors, request ids, logs, metrics; rate limit and auth by flag.
 
     ``store`` holds the rate-limit buckets (``--redis-url``); by default this process's memory.
+    ``identity`` is the gateway's: its calls are limited per HTTP client, checked with its auth.
     """
     limiter = None
     if settings.rate_limit:
-        limiter = RateLimiter(
-            RateLimit(settings.rate_limit, settings.rate_window, settings.burst),
-            methods=dict.fromkeys(UNLIMITED_METHODS), store=store)
-    auth = BearerAuth(StaticTokens({settings.auth_token: ()})) if settings.auth_token else None
+        limit = RateLimit(settings.rate_limit, settings.rate_window, settings.burst)
+        limiter = (RateLimiter(limit, methods=dict.fromkeys(UNLIMITED_METHODS), store=store)
+                   if identity is None else
+                   GatewayKeyedLimiter(identity.secret, limit,
+                                       methods=dict.fromkeys(UNLIMITED_METHODS), store=store))
+    auth = identity.auth if identity is not None else _auth(settings)
     return server_interceptors(metrics=metrics, rate_limit=limiter, auth=auth,
                                debug=settings.dev)
 
@@ -127,14 +136,18 @@ def _tls_client(settings: Settings) -> grpc.ChannelCredentials | None:
 
 def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     """Bind the task service's port (TLS when configured); 0 when the bind failed."""
-    address = f"{settings.host}:{settings.port}"
+    bind = address(settings.host, settings.port)
     credentials = _tls_server(settings)
     try:
         if credentials is not None:
-            return server.add_secure_port(address, credentials)
-        return server.add_insecure_port(address)
+            return server.add_secure_port(bind, credentials)
+        return server.add_insecure_port(bind)
     except RuntimeError:  # grpcio's way of saying the bind failed
         return 0
+
+
+def _auth(settings: Settings) -> BearerAuth | None:
+    return BearerAuth(StaticTokens({settings.auth_token: ()})) if settings.auth_token else None
 
 
 def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> grpc.aio.Channel:
@@ -208,9 +221,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             cleanup.push_async_callback(bucket_store.aclose)
             # Connected before serving; an unreachable Redis is logged, not fatal (local buckets).
             await bucket_store.connect_async()
+        identity = CallerIdentity(_auth(settings))  # the gateway's, shared with the limiter
         server = grpc.aio.server(interceptors=_server_interceptors(
-            settings, ServerMetrics(registry, component="task_service"), bucket_store),
-            options=SERVER_OPTIONS)
+            settings, ServerMetrics(registry, component="task_service"), bucket_store,
+            identity), options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server)
         health_servicer = health.aio.HealthServicer()
@@ -221,8 +235,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         if port == 0:
             raise _cannot_listen(settings.host, settings.port, "--port")
         await server.start()
-        # Refuses new calls at once; in-flight ones get `grace` seconds, then are cancelled.
-        cleanup.push_async_callback(server.stop, settings.grace)
+        # Refuses new calls at once; in-flight ones get what is left of `grace` (the gateway,
+        # stopped first, started the clock), then are cancelled.
+        stopping_since: list[float] = []
+
+        async def stop_server() -> None:
+            used = time.monotonic() - stopping_since[0] if stopping_since else 0.0
+            await server.stop(max(0.0, settings.grace - used))
+
+        cleanup.push_async_callback(stop_server)
         cleanup.callback(servicer.events.close)  # before the stop: watch streams end at once
         cleanup.callback(servicer.begin_shutdown)  # handlers cut short now say why
         cleanup.push_async_callback(health_servicer.enter_graceful_shutdown)
@@ -231,16 +252,33 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         http_url = None
         if settings.http_port >= 0:
-            http_channel = gateway_channel(f"{settings.host}:{port}", registry,
+            http_channel = gateway_channel(address(settings.host, port), registry,
                                            _tls_client(settings))
             cleanup.push_async_callback(http_channel.close)
-            gateway = await start_gateway(
-                create_app(http_channel, metrics=ServerMetrics(registry, component="http")),
-                settings.host, settings.http_port,
-                https_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-                if settings.tls_cert is not None and settings.tls_key is not None else None)
+            limits = HttpLimits(max_body=settings.http_max_body,
+                                header_timeout=settings.http_header_timeout,
+                                body_timeout=settings.http_body_timeout,
+                                max_connections=settings.http_max_connections)
+            tls = (https_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                   if settings.tls_cert is not None and settings.tls_key is not None
+                   else None)
+            try:
+                gateway = await start_gateway(
+                    create_app(http_channel, metrics=ServerMetrics(registry, component="http"),
+                               limits=limits, identity=identity),
+                    settings.host, settings.http_port, limits=limits, grace=settings.grace,
+                    tls=tls)
+            except OSError as error:
+                raise _cannot_listen(settings.host, settings.http_port, "--http-port",
+                                     "; -1 turns the gateway off",
+                                     error.strerror) from error
+
+            async def stop_gateway() -> None:
+                stopping_since.append(time.monotonic())
+                await gateway.stop()
+
             # Stops before the gRPC server does (exit stack: last in, first out).
-            cleanup.push_async_callback(gateway.stop)
+            cleanup.push_async_callback(stop_gateway)
             http_url = gateway.url
 
         metrics_url = None
@@ -252,7 +290,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                 raise _cannot_listen(settings.host, settings.metrics_port, "--metrics-port",
                                      "; -1 turns metrics off") from error
             cleanup.callback(metrics_server.shutdown)
-            metrics_url = f"http://{settings.host}:{metrics_server.server_port}/metrics"
+            metrics_url = f"http://{address(settings.host, metrics_server.server_port)}/metrics"
 
         if stop is None:
             # Before the ready lines: a SIGTERM sent as soon as they appear must stop us
@@ -261,7 +299,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
-        endpoints = Endpoints(f"{settings.host}:{port}", arm_target, metrics_url, http_url)
+        endpoints = Endpoints(address(settings.host, port), arm_target, metrics_url, http_url)
         print(f"task service listening on {endpoints.target}", flush=True)
         print(f"arm listening on {arm_target}", flush=True)
         if http_url:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from server.arm import ArmFaults
 
-__all__ = ["Settings", "parse_args"]
+__all__ = ["Settings", "address", "parse_args"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +41,21 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    http_max_body: int = 1 << 20
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    #: ``None``: derived from the descriptor limit (``server.http_limits``).
+    http_max_connections: int | None = None
 
     @property
     def arm_targets(self) -> tuple[str, ...]:
         """``--arm-target`` as a list: the primary arm first, then its fallbacks in order."""
         return _targets(self.arm_target) if self.arm_target else ()
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as gRPC and URLs take it: an IPv6 host in brackets (``[::1]:50051``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _targets(value: str) -> tuple[str, ...]:
@@ -75,6 +85,19 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     net.add_argument("--http-port", type=int, default=8080,
                      help="port of the HTTP/JSON gateway (on --host); 0 picks a free one, "
                           "-1 turns it off (default: %(default)s)")
+    net.add_argument("--http-max-body", type=int, default=1 << 20,
+                     help="largest HTTP request body in bytes; a larger one is 413 before it "
+                          "is read (default: %(default)s, 1 MiB)")
+    net.add_argument("--http-header-timeout", type=float, default=10.0,
+                     help="seconds an HTTP connection may take to send a request's headers "
+                          "before it is closed (default: %(default)s)")
+    net.add_argument("--http-body-timeout", type=float, default=30.0,
+                     help="seconds an HTTP request may take to send its body; then 408 "
+                          "(default: %(default)s)")
+    net.add_argument("--http-max-connections", type=int, default=None,
+                     help="open HTTP connections at most; more are answered 503 and closed "
+                          "(default: half of what the descriptor limit leaves after 256 "
+                          "kept for gRPC, within 16..4096)")
     net.add_argument("--rate-limit", type=int, default=100,
                      help="requests per --rate-window allowed per caller (health checks and "
                           "reflection are exempt); 0 turns rate limiting off "
@@ -160,6 +183,12 @@ def parse_args(argv: Sequence[str] | None = None,
         (-1 <= args.http_port <= 65535, "--http-port must be within -1..65535"),
         (0 <= args.arm_port <= 65535, "--arm-port must be within 0..65535"),
         (args.grace >= 0, "--grace must not be negative"),
+        (args.http_max_body >= 1, "--http-max-body must be at least 1"),
+        (args.http_header_timeout > 0, "--http-header-timeout must be positive"),
+        (args.http_body_timeout > 0, "--http-body-timeout must be positive"),
+        (args.http_max_connections is None or args.http_max_connections >= 1,
+         "--http-max-connections must be at least 1"),
+        (args.host.strip("[]") != "", "--host must not be empty"),
         (args.rate_limit >= 0, "--rate-limit must not be negative"),
         (args.rate_window >= 1, "--rate-window must be at least 1"),
         (args.burst is None or args.burst >= 1, "--burst must be at least 1"),
@@ -193,7 +222,8 @@ def parse_args(argv: Sequence[str] | None = None,
             parser.error(message)
     faults = ArmFaults(args.arm_failure_rate, args.arm_latency_ms / 1000.0, args.arm_down)
     return Settings(
-        host=args.host, port=args.port, db=args.db, grace=args.grace,
+        host=args.host.removeprefix("[").removesuffix("]"), port=args.port, db=args.db,
+        grace=args.grace,
         metrics_port=args.metrics_port, http_port=args.http_port,
         rate_limit=args.rate_limit,
         rate_window=args.rate_window, burst=args.burst,
@@ -205,4 +235,7 @@ def parse_args(argv: Sequence[str] | None = None,
         arm_breaker_reset=args.arm_breaker_reset,
         redis_url=args.redis_url, redis_timeout=args.redis_timeout,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        http_max_body=args.http_max_body, http_header_timeout=args.http_header_timeout,
+        http_body_timeout=args.http_body_timeout,
+        http_max_connections=args.http_max_connections,
     )

@@ -13,6 +13,11 @@ The channel does not retry ``RESOURCE_EXHAUSTED`` (the HTTP caller gets 429 and
 ``Retry-After`` at once and decides) nor ``ExecuteTask`` (the service has already retried
 the arm; retrying the execution would multiply arm calls). Its breaker is per method, so an
 arm outage seen by ``ExecuteTask`` cannot close the other routes.
+
+What one HTTP caller may cost the others is bounded by :mod:`server.http_limits`
+(connections, header and body time, body size, JSON decoded in a worker process), and each
+call names its HTTP client to the service's rate limiter (:mod:`server.http_callers`), after
+the gateway has checked its credentials.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import uvicorn
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
@@ -38,11 +43,25 @@ from octollm_grpc.client.aio import resilient_channel
 from octollm_grpc.fastapi import install_error_handlers
 from octollm_grpc.server import ServerMetrics, current_request_id
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.http_callers import CallerIdentity
+from server.http_limits import (
+    ACCEPT_BURST,
+    GatewayGuard,
+    HttpLimits,
+    JsonDecoder,
+    Refusals,
+    check_authorization,
+    gateway_config,
+    read_body,
+    refusal_for,
+    register_errors,
+    route_uvicorn_logs,
+)
+from server.validation import validate_page_size
 
 __all__ = ["ErrorBody", "Gateway", "create_app", "gateway_channel", "start_gateway"]
 
 SERVICE = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
-_M = TypeVar("_M", bound=Message)
 
 
 class ErrorBody(BaseModel):
@@ -61,9 +80,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
               "does not fit the route), FAILED_PRECONDITION"),
         (401, "AUTHENTICATION_ERROR (with --auth-token)"),
         (404, "TASK_NOT_FOUND"),
+        (408, "REQUEST_TIMEOUT: the body did not arrive within --http-body-timeout"),
+        (413, "PAYLOAD_TOO_LARGE: the body is over --http-max-body"),
         (429, "RATE_LIMIT_EXCEEDED, with Retry-After"),
+        (431, "HEADER_TOO_LARGE: the authorization header is too large to pass on"),
         (500, "INTERNAL_ERROR: nothing of the cause is sent"),
-        (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN (with Retry-After)"),
+        (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN, CAPACITY_EXCEEDED (with Retry-After)"),
         (504, "TIMEOUT_ERROR"),
     ]
 }
@@ -85,25 +107,22 @@ def gateway_channel(target: str, registry: CollectorRegistry | None = None,
     )
 
 
-def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
+def _metadata(request: Request, limits: HttpLimits,
+              identity: CallerIdentity | None) -> tuple[tuple[str, str], ...]:
     pairs = [("x-request-id", current_request_id() or "")]
     authorization = request.headers.get("authorization")
+    check_authorization(authorization, limits)  # before the call: no budget spent on it
     if authorization is not None:
         pairs.append(("authorization", authorization))
+    if identity is not None:
+        pairs.extend(identity.metadata(request))
     return tuple(pairs)
 
 
-def _parse(data: dict[str, Any], message: _M) -> _M:
-    """``data`` (proto3 JSON) into ``message``; a mismatch is the caller's INVALID_INPUT."""
-    try:
-        return json_format.ParseDict(data, message)
-    except json_format.ParseError:
-        # The parser's text quotes Python internals (int() messages): a fixed message instead.
-        name = message.DESCRIPTOR.full_name
-        raise errors.InvalidInputError(
-            f"The request body is not a valid {name} in the proto3 JSON mapping",
-            details={"message_type": name},
-        ) from None
+_CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {
+        "schema": {"type": "object", "description": "octollm.tasks.v1.CreateTaskRequest"},
+        "example": {"description": "Summarize the quarterly report", "priority": 5}}}}}
 
 
 def _json(message: Message) -> dict[str, Any]:
@@ -112,12 +131,18 @@ def _json(message: Message) -> dict[str, Any]:
 
 
 def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = None,
-               timeout: float | None = None) -> FastAPI:
+               timeout: float | None = None, limits: HttpLimits | None = None,
+               identity: CallerIdentity | None = None) -> FastAPI:
     """The gateway's FastAPI app, calling TaskService on ``channel``.
 
     ``metrics`` counts its error responses (default: none counted); ``timeout`` is each
-    call's deadline in seconds (default: none, the HTTP client decides how long to wait).
+    call's deadline in seconds (default: none, the HTTP client decides how long to wait);
+    ``limits`` bound bodies and headers (default: :class:`HttpLimits`); ``identity`` tells the
+    service which HTTP client each call is for (its rate limit key) and checks credentials
+    first (default: every call is the gateway's own).
     """
+    limits = limits if limits is not None else HttpLimits()
+    register_errors()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
     app = FastAPI(
         title="octollm-grpc sample task service (HTTP/JSON gateway)",
@@ -128,27 +153,42 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         responses=_ERRORS,
     )
     install_error_handlers(app, metrics=metrics if metrics is not None else False)
+    # Bodies are parsed in a worker process; start_gateway starts it, Gateway.stop stops it.
+    decoder = app.state.json_decoder = JsonDecoder()
+
+    async def admit(request: Request) -> tuple[tuple[str, str], ...]:
+        """The call's metadata, once the credentials are checked (before anything else)."""
+        metadata = _metadata(request, limits, identity)
+        if identity is not None:
+            await identity.authenticate(metadata)
+        return metadata
 
     async def call(rpc: Callable[..., Awaitable[Message]], message: Message,
-                   request: Request) -> dict[str, Any]:
+                   request: Request,
+                   metadata: tuple[tuple[str, str], ...] | None = None) -> dict[str, Any]:
+        if metadata is None:
+            metadata = await admit(request)
         try:
-            response = await rpc(message, metadata=_metadata(request), timeout=timeout)
+            response = await rpc(message, metadata=metadata, timeout=timeout)
         except errors.CircuitOpenError as error:
             if error.trailing_metadata() is None:
                 # The gateway's own breaker: name the service, not its internal address.
                 raise errors.CircuitOpenError(SERVICE, error.retry_after or 0.0) from None
             raise
+        except (errors.ResourceExhaustedError, errors.CancelledCallError) as error:
+            # grpc's own size limits and the server's overload, in our words (413/431/503).
+            raise refusal_for(error, limits) from None
         return _json(response)
 
-    @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"])
-    async def create_task(
-        request: Request,
-        body: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way of declaring a body
-            ..., description="octollm.tasks.v1.CreateTaskRequest",
-            examples=[{"description": "Summarize the quarterly report", "priority": 5}]),
-    ) -> dict[str, Any]:
+    @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"], openapi_extra=_CREATE_BODY)
+    async def create_task(request: Request) -> dict[str, Any]:
         """Create a task (``CreateTaskResponse``); idempotent on ``request_id``."""
-        return await call(stub.CreateTask, _parse(body, tasks_pb2.CreateTaskRequest()), request)
+        # Read here, not by FastAPI: bounded in size and time, decoded off the event loop.
+        # Credentials first: a caller without valid ones costs no body read and no parse.
+        metadata = await admit(request)
+        raw = await read_body(request, limits)
+        message = await decoder.decode(raw, tasks_pb2.CreateTaskRequest())
+        return await call(stub.CreateTask, message, request, metadata)
 
     @app.get("/v1/tasks", summary="ListTasks", tags=["tasks"])
     async def list_tasks(
@@ -157,6 +197,7 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         page_token: str = Query("", description="next_page_token of the previous page"),
     ) -> dict[str, Any]:
         """One page of tasks, oldest first (``ListTasksResponse``)."""
+        validate_page_size(page_size)  # the service's own check, before protobuf's int32
         message = tasks_pb2.ListTasksRequest(page_size=page_size, page_token=page_token)
         return await call(stub.ListTasks, message, request)
 
@@ -197,25 +238,51 @@ class _EmbeddedServer(uvicorn.Server):
 class Gateway:
     """A running gateway: its URL, and :meth:`stop`."""
 
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str,
+                 guard: GatewayGuard | None = None, refusals: Refusals | None = None,
+                 decoder: JsonDecoder | None = None) -> None:
         self._server = server
+        self._decoder = decoder
         self._task = task
+        self._guard = guard
+        self._refusals = refusals
         self.url = url
 
     async def stop(self) -> None:
-        """Stop accepting, let open requests finish (uvicorn's graceful shutdown), return."""
+        """Stop accepting; open requests get the grace period, those cut then get a 503.
+
+        Returns once every request has been answered (uvicorn does not wait for the ones
+        it cancels at the end of its graceful-shutdown timeout; they answer here).
+        """
+        if self._guard is not None:
+            self._guard.stopping = True
         self._server.should_exit = True
         await self._task
+        cut = list(self._server.server_state.tasks)
+        if cut:
+            await asyncio.wait(cut, timeout=1.0)
+        if self._refusals is not None:
+            self._refusals.flush()
+        if self._decoder is not None:
+            self._decoder.close()
 
 
-async def start_gateway(app: FastAPI, host: str, port: int,
-                        tls: Mapping[str, Any] | None = None) -> Gateway:
+def bind_host(host: str) -> str:
+    """``host`` as sockets take it: ``[::1]`` -> ``::1``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimits | None = None,
+                        grace: float = 5.0, tls: Mapping[str, Any] | None = None) -> Gateway:
     """Serve ``app`` on ``host:port`` (0: a free port) in the running loop; over HTTPS when
     ``tls`` gives uvicorn's ``ssl_*`` settings (see :func:`https_settings`).
 
     The socket is bound here, so a taken port fails at once with ``OSError`` (no silent
     sharing), and requests arriving before uvicorn is up wait in the listen backlog.
+    ``limits`` bound connections, header and body time (default: :class:`HttpLimits`);
+    ``grace`` is how long :meth:`Gateway.stop` lets open requests run.
     """
+    host = bind_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP; without it every response stalls ~40 ms (Nagle + delayed ACK).
@@ -223,18 +290,26 @@ async def start_gateway(app: FastAPI, host: str, port: int,
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(ACCEPT_BURST)
     except OSError:
         sock.close()
         raise
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, **(tls or {}))
+    route_uvicorn_logs()
+    decoder = getattr(app.state, "json_decoder", None)
+    if not isinstance(decoder, JsonDecoder):
+        decoder = None
+    else:
+        decoder.start()
+    refusals = Refusals()
+    guard = GatewayGuard(app)
+    config = gateway_config(guard, limits if limits is not None else HttpLimits(), refusals,
+                            grace, tls)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http-gateway")
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     scheme = "https" if tls else "http"
-    return Gateway(server, task, f"{scheme}://{shown}:{bound}")
+    return Gateway(server, task, f"{scheme}://{shown}:{bound}", guard, refusals, decoder)
 
 
 def https_settings(cert: str, key: str, client_ca: str | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from octollm_grpc.client._attempts import CallAttempts, WithTimeout
 from octollm_grpc.client._channel import AsyncSleep
 from octollm_grpc.client._delegation import AioDelegatingCall
 from octollm_grpc.client._half_close import WatchedRequests
+from octollm_grpc.client._local_errors import local_error
 from octollm_grpc.client._resilience import ATTEMPTS_HEADER
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.status import from_rpc_error
@@ -204,11 +205,20 @@ class RetryingCall(AioDelegatingCall):
             try:
                 outcome = await step(self._call)
             except aio.AioRpcError as error:
+                local = local_error(error)
+                if local is not None:  # grpc refused to send it: no verdict, no retry
+                    attempts.release()
+                    self._error = local
+                    raise local from None
                 failed = error
                 continue
-            except BaseException:
+            except BaseException as error:
                 self._call.cancel()
                 attempts.release()
+                local = local_error(error)
+                if local is not None:  # grpc refused to send it: typed, not a traceback
+                    self._error = local
+                    raise local from None
                 raise
             attempts.succeeded()
             return outcome

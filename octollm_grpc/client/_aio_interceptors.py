@@ -28,6 +28,7 @@ from octollm_grpc.client._aio_calls import (
 from octollm_grpc.client._aio_shapes import per_shape
 from octollm_grpc.client._attempts import capped_from_start
 from octollm_grpc.client._half_close import watch
+from octollm_grpc.client._local_errors import local_error
 from octollm_grpc.client._replay import AsyncReplay
 from octollm_grpc.client._resilience import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
@@ -113,11 +114,14 @@ class AioRetryLayer:
             except OctoLLMError as typed:
                 return FailedCall(typed, retrying.current)
             return retrying.current
-        except BaseException:
+        except BaseException as error:
             # Cancelled by the caller, or not a status at all: no verdict on the server.
             call.cancel()
             if plan.breaker is not None:
                 plan.breaker.release(token)
+            local = local_error(error)
+            if local is not None:  # grpc refused to send it: typed, not a traceback
+                return FailedCall(local)
             raise
         plan.succeeded(token)
         return call

@@ -158,15 +158,22 @@ def test_request_that_does_not_fit_the_route_is_400(client: httpx.Client) -> Non
 
 
 def test_body_that_is_not_the_message_is_invalid_input(client: httpx.Client) -> None:
-    """Unknown fields or wrong JSON types: 400 INVALID_INPUT, no parser internals quoted."""
-    for body in ({"description": "x", "colour": "red"}, {"description": "x", "priority": "hi"}):
+    """Unknown fields or wrong JSON types: 400 INVALID_INPUT, no parser internals quoted; a
+    known field with a bad value (wrong type, out of int32's range) is named."""
+    name = "octollm.tasks.v1.CreateTaskRequest"
+    for body, field in [({"description": "x", "colour": "red"}, None),
+                        ({"description": "x", "priority": "hi"}, "priority"),
+                        ({"description": "x", "priority": 2**31}, "priority"),
+                        ({"description": "x", "timeout_seconds": -(10**300)}, "timeout_seconds"),
+                        ({"description": ["x"]}, "description")]:
         response = client.post("/v1/tasks", json=body)
         assert response.status_code == 400
+        details = {"message_type": name} if field is None else {"message_type": name,
+                                                                  "field": field}
         assert response.json() == {
             "error": "INVALID_INPUT",
-            "message": "The request body is not a valid octollm.tasks.v1.CreateTaskRequest "
-                       "in the proto3 JSON mapping",
-            "details": {"message_type": "octollm.tasks.v1.CreateTaskRequest"}}
+            "message": f"The request body is not a valid {name} in the proto3 JSON mapping",
+            "details": details}
 
 
 def test_request_id_is_echoed_forwarded_logged_and_counted(
@@ -216,6 +223,8 @@ def test_rate_limited_is_429_with_retry_after(tmp_path: Path) -> None:
         assert [r.status_code for r in responses] == [200, 200, 429]
         limited = responses[-1]
         assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # grpcurl is another caller with its own budget: limited at its third call too.
+        assert [service.call("ListTasks").returncode for _ in range(2)] == [0, 0]
         body = same_error(limited, service.call("ListTasks"))
         assert body["error"] == "RATE_LIMIT_EXCEEDED"
         assert body["retry_after"] > 0
