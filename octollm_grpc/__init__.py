@@ -8,7 +8,7 @@ The curated public API. Modules: ``errors`` (the hierarchy), ``codes`` (the mapp
 from __future__ import annotations
 
 from octollm_grpc import errors as errors  # the hierarchy's module, importable from here
-from octollm_grpc.codes import ErrorMapping, mapping_for, register
+from octollm_grpc.codes import ErrorMapping, map_exception, mapping_for, register
 from octollm_grpc.errors import _base
 from octollm_grpc.errors import _classes as _catalog
 from octollm_grpc.errors._base import *  # noqa: F403 - ErrorDetails, OctoLLMError
@@ -22,6 +22,7 @@ __all__ = [
     "ErrorMapping",
     "__version__",
     "from_rpc_error",
+    "map_exception",
     "mapping_for",
     "register",
     "to_http",

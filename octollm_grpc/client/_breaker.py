@@ -18,15 +18,16 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.breaker import BreakerCore, BreakerLimits, BreakerListener
 from octollm_grpc.client._policy import status_codes
+from octollm_grpc.codes import BREAKER_FAILURES
 from octollm_grpc.errors import CircuitOpenError
 
 __all__ = ["DEFAULT_FAILURE_CODES", "BreakerSettings", "ChannelBreaker", "ChannelBreakers"]
 
 _C = grpc.StatusCode
 
-#: Codes that count as a failure by default; client errors such as INVALID_ARGUMENT never do.
-DEFAULT_FAILURE_CODES = frozenset(
-    {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS})
+#: Codes that count as a failure by default (``breaker_failure`` in
+#: ``octollm_grpc.codes.CODE_BEHAVIOUR``); client errors such as INVALID_ARGUMENT never do.
+DEFAULT_FAILURE_CODES = BREAKER_FAILURES
 
 
 @dataclass(frozen=True, slots=True)

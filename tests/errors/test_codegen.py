@@ -113,7 +113,8 @@ def test_catalog_command_prints_the_docs_table() -> None:
     result = subprocess.run([sys.executable, "-m", "octollm_grpc", "catalog"],
                             capture_output=True, text=True, check=True)
     assert result.stdout == catalog.render_markdown()
-    assert "| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | no |" in result.stdout
+    assert ("| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | warning | no | no | no |"
+            in result.stdout)
     assert result.stdout in (ROOT / "docs" / "errors.md").read_text()
 
 
