@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,7 +22,13 @@ from octollm_grpc.client._policy import status_codes
 from octollm_grpc.codes import BREAKER_FAILURES
 from octollm_grpc.errors import CircuitOpenError
 
-__all__ = ["DEFAULT_FAILURE_CODES", "BreakerSettings", "ChannelBreaker", "ChannelBreakers"]
+__all__ = [
+    "DEFAULT_FAILURE_CODES",
+    "MAX_SHARED_TARGETS",
+    "BreakerSettings",
+    "ChannelBreaker",
+    "ChannelBreakers",
+]
 
 _C = grpc.StatusCode
 
@@ -125,13 +132,20 @@ class ChannelBreaker(BreakerCore):
             self.on_success(token)  # the server answered, if with an error of the caller's
 
 
+#: How many targets' breaker groups :meth:`ChannelBreakers.for_target` keeps (LRU).
+MAX_SHARED_TARGETS = 1024
+
+
 class ChannelBreakers:
     """The breakers of one target: one for all methods, or one per method (``per_method``).
 
-    :meth:`for_target` returns the group every channel to a target shares.
+    :meth:`for_target` returns the group every channel to a target shares. The process keeps
+    the groups of the :data:`MAX_SHARED_TARGETS` most recently used targets: an older one is
+    dropped (channels holding it keep using it, its metric series are removed, and the next
+    channel to that target starts with a fresh, closed breaker).
     """
 
-    _shared: ClassVar[dict[tuple[object, ...], ChannelBreakers]] = {}
+    _shared: ClassVar[OrderedDict[tuple[object, ...], ChannelBreakers]] = OrderedDict()
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -162,11 +176,25 @@ class ChannelBreakers:
     ) -> ChannelBreakers:
         """The process-wide group for ``target`` with these settings, clock and registry."""
         key = (target, settings or BreakerSettings(), clock, registry)
+        evicted = None
         with cls._shared_lock:
             group = cls._shared.get(key)
             if group is None:
                 group = cls._shared[key] = cls(target, settings, clock=clock, registry=registry)
-            return group
+                if len(cls._shared) > MAX_SHARED_TARGETS:
+                    evicted = cls._shared.popitem(last=False)[1]
+            else:
+                cls._shared.move_to_end(key)
+        if evicted is not None:
+            evicted.forget()
+        return group
+
+    def forget(self) -> None:
+        """Drop the metric series of this group's breakers (it is no longer shared)."""
+        with self._lock:
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.forget()
 
     def for_method(self, method: str) -> ChannelBreaker:
         """The breaker guarding ``method`` (the target's only one unless ``per_method``)."""
