@@ -16,7 +16,8 @@ Operators can :meth:`BreakerCore.reset` a breaker (closed, counters cleared) or
 Listeners: a plain callable hears state changes, ``listener(breaker, old, new)``. An object with
 any of the methods ``state_change(breaker, old, new)``, ``success(breaker)`` and
 ``failure(breaker)`` (pybreaker's names) hears what it defines: every call reported a success
-or a failure, and the state changes. A listener that raises is logged and ignored.
+or a failure, and the state changes (a change a call causes is heard before that call's
+verdict). A listener that raises is logged and ignored.
 
 A call holds an integer *token* from :meth:`BreakerCore.acquire` and reports it once
 (``on_success``, ``on_failure`` or ``release`` for "no verdict", e.g. cancelled). The lock is
@@ -179,6 +180,8 @@ class BreakerCore:
         self._rejected = metrics.rejected.labels(target, method)
         self._transitions = metrics.transitions
         self._metrics = metrics
+        # The labelled series this breaker created beyond state and rejected (for forget()).
+        self._series: set[tuple[str, ...]] = set()
         self._state_gauge.set(CircuitState.CLOSED.gauge)
 
     # -- reading --------------------------------------------------------------------------
@@ -251,6 +254,7 @@ class BreakerCore:
 
     def _operated(self, operation: str, event: str,
                   changed: tuple[CircuitState, CircuitState, float]) -> None:
+        self._series.add((operation,))
         self._metrics.operations.labels(self.target, self.method, operation).inc()
         old, new, open_for = changed
         (_log.warning if new is CircuitState.OPEN else _log.info)(
@@ -270,12 +274,11 @@ class BreakerCore:
         metrics = self._metrics
         metrics.state.remove(self.target, self.method)
         metrics.rejected.remove(self.target, self.method)
-        names = [state.name.lower() for state in CircuitState]
-        for old in names:
-            for new in names:
-                metrics.transitions.remove(self.target, self.method, old, new)
-        for operation in ("reset", "force_open"):
-            metrics.operations.remove(self.target, self.method, operation)
+        for series in list(self._series):
+            if len(series) == 2:
+                metrics.transitions.remove(self.target, self.method, *series)
+            else:
+                metrics.operations.remove(self.target, self.method, *series)
 
     # -- the call protocol ----------------------------------------------------------------
 
@@ -411,6 +414,7 @@ class BreakerCore:
             return
         old, new, open_for = change
         self._state_gauge.set(new.gauge)
+        self._series.add((old.name.lower(), new.name.lower()))
         self._transitions.labels(self.target, self.method, old.name.lower(),
                                  new.name.lower()).inc()
         log = _log.warning if new is CircuitState.OPEN else _log.info

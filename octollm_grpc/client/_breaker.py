@@ -79,6 +79,10 @@ class BreakerSettings(BreakerLimits):
         object.__setattr__(self, "failure_codes", codes)
 
 
+# Built once: BreakerSettings() validates its codes, which costs more than a lookup.
+_DEFAULT_SETTINGS = BreakerSettings()
+
+
 class ChannelBreaker(BreakerCore):
     """One target's (or one method's) breaker on a resilient channel.
 
@@ -106,7 +110,7 @@ class ChannelBreaker(BreakerCore):
         registry: CollectorRegistry | None = None,
         listeners: Iterable[BreakerListener] = (),
     ) -> None:
-        super().__init__(target, settings or BreakerSettings(), open_error=self._rejection,
+        super().__init__(target, settings or _DEFAULT_SETTINGS, open_error=self._rejection,
                          method=method, clock=clock, registry=registry, listeners=listeners)
 
     def _rejection(self, target: str, retry_after: float) -> BaseException:
@@ -158,7 +162,7 @@ class ChannelBreakers:
         listeners: Iterable[BreakerListener] = (),
     ) -> None:
         self.target = target
-        self.settings = settings or BreakerSettings()
+        self.settings = settings or _DEFAULT_SETTINGS
         self._clock = clock
         self._registry = registry
         self._listeners = list(listeners)
@@ -175,7 +179,7 @@ class ChannelBreakers:
         registry: CollectorRegistry | None = None,
     ) -> ChannelBreakers:
         """The process-wide group for ``target`` with these settings, clock and registry."""
-        key = (target, settings or BreakerSettings(), clock, registry)
+        key = (target, settings or _DEFAULT_SETTINGS, clock, registry)
         evicted = None
         with cls._shared_lock:
             group = cls._shared.get(key)
