@@ -41,7 +41,7 @@ def catalog_rows() -> list[tuple[str, ...]]:
 
 
 def behaviour_rows() -> list[tuple[str, ...]]:
-    """One row per status code: :data:`octollm_grpc.codes.CODE_BEHAVIOUR` as printed."""
+    """One row per status code: ``octollm_grpc.codes.CODE_BEHAVIOUR`` as printed."""
     return [
         (row.code.name, "none" if row.fault == "none" else f"{row.fault} ({row.level})",
          _client_retry(row), _yes(row.pushback_honoured), _yes(row.helper_retry),

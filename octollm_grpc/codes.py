@@ -1,7 +1,7 @@
 """Two tables: what each gRPC status code means to every consumer, and which code, HTTP
 status and retryability each exception class has.
 
-:data:`CODE_BEHAVIOUR` says once, for each of the 17 status codes, whether it is the caller's
+``CODE_BEHAVIOUR`` says once, for each of the 17 status codes, whether it is the caller's
 fault or the server's (the log level), whether the gRPC client retries it by default, whether
 it is retried only on the server's pushback, whether ``resilience.retry`` retries it and whether
 it counts as a breaker failure. Every default elsewhere is computed from it
@@ -11,7 +11,7 @@ server's log level for a status, :func:`register`'s ``retryable``), and the cata
 Class lookup walks the exception's MRO, so the most specific registered class wins whatever
 order the table was written in (the standard's ``isinstance`` chain sent ``TaskNotFoundError``
 to 400 because it tested ``ValidationError`` first). Users add their own subclasses with
-:func:`register`, and map exceptions they do not own with :func:`map_exception`.
+:func:`register`, and map exceptions they do not own with ``map_exception``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ Fault = Literal["none", "client", "server"]
 
 @dataclass(frozen=True, slots=True)
 class CodeBehaviour:
-    """What one status code means to each consumer of it (one row of :data:`CODE_BEHAVIOUR`).
+    """What one status code means to each consumer of it (one row of ``CODE_BEHAVIOUR``).
 
     Args:
         code: The status code.
@@ -139,7 +139,7 @@ _BEHAVIOUR: dict[grpc.StatusCode, CodeBehaviour] = {row.code: row for row in COD
 
 
 def behaviour(code: grpc.StatusCode) -> CodeBehaviour:
-    """The :data:`CODE_BEHAVIOUR` row of ``code``."""
+    """The ``CODE_BEHAVIOUR`` row of ``code``."""
     return _BEHAVIOUR[code]
 
 
@@ -181,7 +181,7 @@ def register(
     """Map ``cls`` (and its subclasses that are not registered themselves) to a status.
 
     ``cls.error_code`` must be unique among registered classes: it is how a client picks the
-    class to rebuild. ``retryable`` defaults to what :data:`CODE_BEHAVIOUR` says
+    class to rebuild. ``retryable`` defaults to what ``CODE_BEHAVIOUR`` says
     ``resilience.retry`` does with ``grpc_code``; ``client_error`` to ``http_status < 500``.
     It is a plain call, not a decorator: call it after the class statement,
     ``register(MyError, StatusCode.ABORTED, 409)``. It returns ``cls`` so the call can also
@@ -192,7 +192,7 @@ def register(
         grpc_code: The status code it travels as.
         http_status: The HTTP status a gateway answers with.
         retryable: Whether the standard's retry helpers retry it (default: the code's
-            ``helper_retry`` in :data:`CODE_BEHAVIOUR`).
+            ``helper_retry`` in ``CODE_BEHAVIOUR``).
         client_error: The caller's fault (logged as a warning); default ``http_status < 500``.
 
     Returns:
@@ -321,15 +321,15 @@ def map_exception(
 
 
 class ConverterFailed(Exception):
-    """What a failed :func:`map_exception` converter leaves: sent as ``INTERNAL``, generic."""
+    """What a failed ``map_exception`` converter leaves: sent as ``INTERNAL``, generic."""
 
 
 def converted(exc: BaseException) -> BaseException:
-    """``exc`` as its :func:`map_exception` converter makes it, else ``exc`` unchanged.
+    """``exc`` as its ``map_exception`` converter makes it, else ``exc`` unchanged.
 
     A registered ``OctoLLMError`` class nearer in the MRO than any mapped type wins (``exc``
     is returned). A converter that raises or returns a non-``OctoLLMError`` gives a
-    :class:`ConverterFailed` (logged), which every boundary sends as ``INTERNAL``.
+    ``ConverterFailed`` (logged), which every boundary sends as ``INTERNAL``.
     """
     if not _converters:
         return exc  # the common case: nothing mapped, no lookup

@@ -8,8 +8,8 @@ reset timeout: exactly ``half_open_probes`` calls may be in flight at a time; ``
 successful probes close the breaker, one failed probe opens it again (for longer, when the
 reset timeout grows).
 
-Operators can :meth:`BreakerCore.reset` a breaker (closed, counters cleared) or
-:meth:`BreakerCore.force_open` it (open now, for a given time); each logs an event
+Operators can ``reset()`` a breaker (closed, counters cleared) or
+``force_open()`` it (open now, for a given time); each logs an event
 (``circuit_breaker_reset``, ``circuit_breaker_forced_open``) and counts
 ``octollm_client_circuit_operations_total{operation}``.
 
@@ -236,7 +236,7 @@ class BreakerCore:
 
         Args:
             open_for: Seconds open before probing resumes (default: the open time the next
-                trip would get). ``math.inf`` keeps it open until :meth:`reset`.
+                trip would get). ``math.inf`` keeps it open until ``reset()``.
 
         Raises:
             ValueError: ``open_for`` is not a number > 0.

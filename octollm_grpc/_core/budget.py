@@ -62,7 +62,7 @@ class RetryBudget:
     ) -> RetryBudget:
         """The process-wide budget for ``target`` with these settings (created on first use).
 
-        The process keeps the budgets of the :data:`MAX_SHARED_TARGETS` most recently used
+        The process keeps the budgets of the ``MAX_SHARED_TARGETS`` most recently used
         targets; an older one is dropped (channels holding it keep using it, the next channel
         to that target starts with a full bucket).
         """

@@ -136,7 +136,7 @@ class ChannelBreaker(BreakerCore):
             self.on_success(token)  # the server answered, if with an error of the caller's
 
 
-#: How many targets' breaker groups :meth:`ChannelBreakers.for_target` keeps (LRU).
+#: How many targets' breaker groups ``ChannelBreakers.for_target`` keeps (LRU).
 MAX_SHARED_TARGETS = 1024
 
 
@@ -144,7 +144,7 @@ class ChannelBreakers:
     """The breakers of one target: one for all methods, or one per method (``per_method``).
 
     :meth:`for_target` returns the group every channel to a target shares. The process keeps
-    the groups of the :data:`MAX_SHARED_TARGETS` most recently used targets: an older one is
+    the groups of the ``MAX_SHARED_TARGETS`` most recently used targets: an older one is
     dropped (channels holding it keep using it, its metric series are removed, and the next
     channel to that target starts with a fresh, closed breaker).
     """

@@ -122,7 +122,7 @@ class CircuitBreaker(Decorator):
 
         Args:
             open_for: Seconds open before a probe is let through (default: ``timeout``);
-                ``math.inf`` keeps it open until :meth:`reset`.
+                ``math.inf`` keeps it open until ``reset()``.
 
         Raises:
             ValueError: ``open_for`` is not a number > 0.
