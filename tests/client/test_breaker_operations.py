@@ -4,10 +4,7 @@ registries bounded by LRU so many targets keep memory flat."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
-import tracemalloc
 from typing import Any
 
 import grpc
@@ -24,9 +21,6 @@ from octollm_grpc.client import _breaker as breaker_module
 from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.resilience import CircuitBreaker
 from octollm_grpc.testing import FakeClock
-from tests.client.backend import FAIL, SUCCEED, UNARY, Backend
-from tests.client.channels import aio_channel, sync_channel
-from tests.servers import sync_server
 
 _C = grpc.StatusCode
 
@@ -115,22 +109,6 @@ def test_force_open_refuses_a_bad_time(bad: Any, registry: CollectorRegistry) ->
     assert breaker.state is CircuitState.CLOSED
 
 
-def test_sync_channel_refuses_calls_while_forced_open(clock: FakeClock,
-                                                      registry: CollectorRegistry) -> None:
-    """A real channel whose breaker is forced open sends nothing; after reset it calls again."""
-    backend = Backend([SUCCEED])
-    breaker = ChannelBreaker("forced", clock=clock.now, registry=registry)
-    with sync_server([backend.handler()]) as target, \
-            sync_channel(target, clock, breaker=breaker) as channel:
-        breaker.force_open()
-        with pytest.raises(errors.CircuitOpenError):
-            channel.unary_unary(UNARY)(b"x", timeout=5)
-        assert backend.attempts == []
-        breaker.reset()
-        assert channel.unary_unary(UNARY)(b"x", timeout=5) == b"ok"
-    assert len(backend.attempts) == 1
-
-
 def test_resilience_breaker_reset_and_force_open(clock: FakeClock,
                                                  registry: CollectorRegistry) -> None:
     """resilience.CircuitBreaker has the same operations, on the same metric."""
@@ -203,20 +181,6 @@ def test_a_listener_must_be_callable_or_have_hooks(registry: CollectorRegistry) 
         ChannelBreaker("odd", registry=registry, listeners=[object()])
 
 
-async def test_aio_channel_calls_reach_the_listener(clock: FakeClock,
-                                                    registry: CollectorRegistry) -> None:
-    """Over a real aio channel, each call's verdict reaches the listener."""
-    backend, recorder = Backend([SUCCEED, FAIL, SUCCEED]), _Recorder()
-    breaker = ChannelBreaker("aio-listened", clock=clock.now, registry=registry,
-                             listeners=[recorder])
-    with sync_server([backend.handler()]) as target:
-        async with aio_channel(target, clock, breaker=breaker, retry=None) as channel:
-            for _ in range(3):
-                with contextlib.suppress(errors.NetworkError):
-                    await channel.unary_unary(UNARY)(b"x", timeout=5)
-    assert recorder.heard == ["success", "failure", "success"]
-
-
 def test_shared_breaker_groups_are_lru_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_SHARED_TARGETS the least recently used group goes, with its metric series."""
     monkeypatch.setattr(breaker_module, "MAX_SHARED_TARGETS", 3)
@@ -251,45 +215,3 @@ def test_default_registry_bounds_are_documented_sizes() -> None:
     assert breaker_module.MAX_SHARED_TARGETS == budget_module.MAX_SHARED_TARGETS == 1024
 
 
-def _traced(run: Any, start: int, stop: int) -> int:
-    run(start, stop)
-    gc.collect()
-    return tracemalloc.get_traced_memory()[0]
-
-
-def test_a_hundred_thousand_targets_keep_memory_flat(monkeypatch: pytest.MonkeyPatch) -> None:
-    """100,000 targets through both shared registries: traced memory grows < 64 KiB past 4,096."""
-    monkeypatch.setattr(ChannelBreakers, "_shared", type(ChannelBreakers._shared)())
-    monkeypatch.setattr(RetryBudget, "_shared", type(RetryBudget._shared)())
-    registry = CollectorRegistry()
-
-    def run(start: int, stop: int) -> None:
-        for index in range(start, stop):
-            ChannelBreakers.for_target(f"t{index}", registry=registry)
-            RetryBudget.for_target(f"t{index}")
-
-    tracemalloc.start()
-    try:
-        warm = _traced(run, 0, 4096)  # the registries are full from here on
-        after = _traced(run, 4096, 100_000)
-    finally:
-        tracemalloc.stop()
-    print(f"\ntraced after 4,096 targets: {warm} B; after 100,000: {after} B")
-    assert len(ChannelBreakers._shared) == len(RetryBudget._shared) == 1024
-    assert after - warm < 64 * 1024
-
-
-def test_evicted_breakers_leave_no_metric_series(monkeypatch: pytest.MonkeyPatch) -> None:
-    """2,500 targets with live breakers: the registry exports series for 1,024 at most."""
-    monkeypatch.setattr(ChannelBreakers, "_shared", type(ChannelBreakers._shared)())
-    registry = CollectorRegistry()
-    clock = FakeClock()
-    for index in range(2500):
-        breaker = ChannelBreakers.for_target(f"t{index}", registry=registry,
-                                             clock=clock.now).for_method("")
-        if index % 2:
-            breaker.force_open(1)  # transitions and operations series too
-    families = {family.name: len(family.samples) for family in registry.collect()}
-    assert families["octollm_client_circuit_state"] == 1024
-    assert families["octollm_client_circuit_operations"] <= 2 * 1024  # _total and _created
-    assert families["octollm_client_circuit_transitions"] <= 2 * 1024

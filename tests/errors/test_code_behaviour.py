@@ -12,16 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from octollm_grpc import _catalog_markdown as catalog
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.client import BreakerSettings, ChannelBreaker, RetryPolicy
-from octollm_grpc.client._breaker import DEFAULT_FAILURE_CODES
+from octollm_grpc.client import BreakerSettings
 from octollm_grpc.observability._logs import FAILED_EVENT
 from octollm_grpc.resilience import retry
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
-from octollm_grpc.server._failures import level_for_code
 from octollm_grpc.status import from_rpc_error
 from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
@@ -46,38 +43,6 @@ def _expected_attempts(row: codes.CodeBehaviour, pushback: bool) -> int:
         return 1
     retried = row.pushback_honoured if pushback else row.client_retry
     return 2 if retried else 1
-
-
-def test_the_table_has_every_code_once_in_numeric_order() -> None:
-    """17 rows, one per grpc.StatusCode, in the codes' numeric order; OK is no error at all."""
-    assert [row.code for row in ROWS] == sorted(_C, key=lambda code: code.value[0])
-    assert len(ROWS) == 17
-    ok = codes.behaviour(_C.OK)
-    assert (ok.fault, ok.client_retry, ok.pushback_retry, ok.helper_retry,
-            ok.breaker_failure) == ("none", False, False, False, False)
-    # Where consumers differ, the table says why.
-    for row in ROWS:
-        differ = len({row.client_retry, row.helper_retry}) > 1 or row.pushback_retry
-        assert row.why or not differ, row.code
-
-
-def test_defaults_elsewhere_are_computed_from_the_table() -> None:
-    """RetryPolicy, BreakerSettings, the server's log level and ErrorMapping use the table."""
-    policy = RetryPolicy()
-    assert policy.retryable_codes == {r.code for r in ROWS if r.client_retry} == {_C.UNAVAILABLE}
-    assert policy.pushback_codes == {r.code for r in ROWS if r.pushback_retry} == {
-        _C.RESOURCE_EXHAUSTED}
-    assert BreakerSettings().failure_codes == DEFAULT_FAILURE_CODES == {
-        r.code for r in ROWS if r.breaker_failure}
-    for row in ROWS:
-        if row.code is not OK:
-            assert level_for_code(row.code) == row.level, row.code
-    for cls, mapping in codes.registered():
-        row = codes.behaviour(mapping.grpc_code)
-        assert mapping.retryable is row.helper_retry, cls
-        assert mapping.client_error is (row.fault == "client"), cls
-    for mapping in (codes.UNEXPECTED, codes.BUILTIN_TIMEOUT):
-        assert mapping.retryable is codes.behaviour(mapping.grpc_code).helper_retry
 
 
 @pytest.mark.parametrize("pushback", [False, True], ids=["plain", "pushback"])
@@ -251,50 +216,3 @@ async def test_server_logs_each_code_at_the_tables_level(stack: str) -> None:
     assert "/test.Codes/OK" not in levels  # success: no event
 
 
-def test_catalog_prints_the_table() -> None:
-    """The catalog's code table is the table, and each class row's columns are its code's."""
-    printed = {row[0]: row[1:] for row in catalog.behaviour_rows()}
-    for row in ROWS:
-        fault, client, pushback, helper, breaker, why = printed[row.code.name]
-        assert fault == ("none" if row.code is OK else f"{row.fault} ({row.level})")
-        assert client == ("yes" if row.client_retry else
-                          "on pushback" if row.pushback_retry else "no")
-        assert pushback == ("yes" if row.pushback_honoured else "no")
-        assert helper == ("yes" if row.helper_retry else "no")
-        assert breaker == ("yes" if row.breaker_failure else "no")
-        assert why == row.why
-    for name, _code, grpc_code, _http, level, client, helper, breaker in catalog.catalog_rows():
-        row = codes.behaviour(_C[grpc_code])
-        assert client == printed[grpc_code][1], name
-        assert breaker == printed[grpc_code][4], name
-        assert helper == printed[grpc_code][3], name
-        if name != "any other exception":
-            assert level == row.level, name
-    aborted = {row[0]: row for row in catalog.catalog_rows()}["AbortedError"]
-    assert aborted[5:] == ("no", "yes", "no")  # channel no, resilience.retry yes: the split
-
-
-def test_register_defaults_retryable_from_the_code() -> None:
-    """A class registered without retryable= gets its code's resilience.retry column."""
-
-    class Busy(e.OctoLLMError):
-        error_code = "TEST_BEHAVIOUR_BUSY"
-
-    class Gone(e.OctoLLMError):
-        error_code = "TEST_BEHAVIOUR_GONE"
-
-    codes.register(Busy, _C.UNAVAILABLE, 503)
-    codes.register(Gone, _C.NOT_FOUND, 404)
-    assert codes.mapping_for_class(Busy).retryable is True
-    assert codes.mapping_for_class(Gone).retryable is False
-    codes.register(Gone, _C.NOT_FOUND, 404, retryable=True)  # explicit wins
-    assert codes.mapping_for_class(Gone).retryable is True
-
-
-def test_breaker_record_walk_matches_the_table() -> None:
-    """ChannelBreaker.record: failure codes open it, CANCELLED gives no verdict, others succeed."""
-    for row in ROWS:
-        breaker = ChannelBreaker("walk", BreakerSettings(failure_threshold=1),
-                                 registry=CollectorRegistry(), clock=FakeClock().now)
-        breaker.record(breaker.acquire(), row.code)
-        assert (breaker.state.name == "OPEN") is row.breaker_failure, row.code
