@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.breaker_metrics import BreakerMetrics
+from octollm_grpc._core.log import get_logger
 
 __all__ = [
     "HALF_OPEN_RETRY_AFTER",
@@ -49,7 +49,7 @@ __all__ = [
     "OpenError",
 ]
 
-_log = structlog.get_logger("octollm_grpc.client.breaker")
+_log = get_logger("octollm_grpc.client.breaker")
 
 
 #: What a call rejected in half-open (all probe permits taken) is told to wait, at most.

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypedDict
 
 import grpc
-import structlog
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.client._breaker import BreakerSettings, ChannelBreaker, ChannelBreakers
 from octollm_grpc.client._config import ClientConfig, parse_config
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
@@ -48,7 +48,7 @@ __all__ = [
     "without_channel",
 ]
 
-_log = structlog.get_logger("octollm_grpc.client")
+_log = get_logger("octollm_grpc.client")
 
 
 class _Default(enum.Enum):

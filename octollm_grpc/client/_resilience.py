@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import structlog
 
 from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
 from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.client._breaker import ChannelBreaker, ChannelBreakers
 from octollm_grpc.client._policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
 from octollm_grpc.observability._client_metrics import ClientMethodMetrics, ClientMetrics
@@ -34,7 +34,7 @@ __all__ = [
 ATTEMPTS_HEADER = "grpc-previous-rpc-attempts"
 
 _C = grpc.StatusCode
-_log = structlog.get_logger("octollm_grpc.client.retry")
+_log = get_logger("octollm_grpc.client.retry")
 
 
 class MethodPlan:

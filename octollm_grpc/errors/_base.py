@@ -72,7 +72,9 @@ class OctoLLMError(grpc.RpcError):
     """Base exception for all OctoLLM errors.
 
     ``error_code`` defaults to the class's own code, so a subclass that only sets the class
-    attribute needs no ``__init__``.
+    attribute needs no ``__init__``. A subclass with neither an ``error_code`` of its own nor
+    a registration travels as its parent: the parent's reason, code and HTTP status, decoded
+    to the parent's class by the caller.
 
     Args:
         message: What went wrong, for people.

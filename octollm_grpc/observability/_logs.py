@@ -29,6 +29,7 @@ import structlog
 from structlog.contextvars import bind_contextvars, unbind_contextvars
 
 from octollm_grpc import codes
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability import _otel as otel
 
@@ -63,7 +64,7 @@ def level_for_exception(exc: BaseException, mapping: codes.ErrorMapping) -> Leve
 class CallLogger:
     """Writes the one event of a failed call.
 
-    ``logger`` is any structlog logger (default: ``structlog.get_logger("octollm_grpc.server")``).
+    ``logger`` is any structlog logger (default: ``get_logger("octollm_grpc.server")``).
     Request metadata is never logged, so bearer tokens cannot leak through this event.
 
     ``peer=False`` leaves the caller's address out of the event. On a busy ``grpc.server``
@@ -76,7 +77,7 @@ class CallLogger:
     with any cached structlog logger; otherwise each event goes through ``logger`` itself.
 
     Args:
-        logger: A structlog logger (default: ``structlog.get_logger("octollm_grpc.server")``).
+        logger: A structlog logger (default: ``get_logger("octollm_grpc.server")``).
         event: The failed call's event name.
         peer: Log the caller's address.
     """
@@ -85,7 +86,7 @@ class CallLogger:
 
     def __init__(self, logger: Any = None, *, event: str = FAILED_EVENT,
                  peer: bool = True) -> None:
-        self._logger = logger if logger is not None else structlog.get_logger("octollm_grpc.server")
+        self._logger = logger if logger is not None else get_logger("octollm_grpc.server")
         self._event = event
         self._resolved: Any = None
         #: Whether the event carries ``peer`` (the stack reads it only then).

@@ -9,7 +9,8 @@ and its request id. A resilient channel applies it to every outbound call it mak
 - a call that sets one gets the shorter of the two (a downstream call cannot outlive the
   call it serves: its caller has stopped waiting);
 - the incoming request id is sent as ``x-request-id`` (the header the server reads it from),
-  unless the call sets that header itself.
+  unless the call sets that header itself; outside a served call a fresh id is sent, the same
+  for every attempt of the call.
 
 The state is a ``contextvars`` variable: each sync call runs in its own thread and each aio
 call in its own task, so concurrent calls never see each other's deadline or id, and code
@@ -22,6 +23,8 @@ import contextvars
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from octollm_grpc.observability._requestid import DEFAULT_HEADER, _random_hex
 
 __all__ = ["Inbound", "enter", "inbound", "leave", "outbound_metadata", "outbound_timeout"]
 
@@ -86,14 +89,20 @@ def outbound_timeout(timeout: float | None) -> float | None:
 
 def outbound_metadata(metadata: Sequence[tuple[str, Any]] | None,
                       ) -> Sequence[tuple[str, Any]] | None:
-    """``metadata`` plus the incoming request id, unless absent or already set."""
+    """``metadata`` plus the call's request id, unless the caller set that header itself.
+
+    Inside a served call the id is the incoming one; elsewhere a fresh id is drawn. It is
+    added once per logical call (the observer runs before the retry layer), so every attempt,
+    retry or hedge of one call carries the same id and the server's log lines of it join.
+    """
     current = _inbound.get()
-    if current is None or current.request_id is None:
-        return metadata
-    header = current.header
+    if current is None:
+        header, request_id = DEFAULT_HEADER, None
+    else:
+        header, request_id = current.header, current.request_id
     if metadata:
         for key, _value in metadata:
             if key == header:
                 return metadata
-        return (*metadata, (header, current.request_id))
-    return ((header, current.request_id),)
+        return (*metadata, (header, request_id or _random_hex()))
+    return ((header, request_id or _random_hex()),)

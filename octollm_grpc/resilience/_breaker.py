@@ -16,10 +16,11 @@ HTTP call behaves, logs and is graphed exactly like one around a gRPC channel:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -43,6 +44,27 @@ def breaker_of(func: Callable[..., Any]) -> CircuitBreaker | None:
     """The breaker that guards ``func`` when it was decorated with ``@breaker``, else ``None``."""
     found = getattr(func, _BREAKER_ATTR, None)
     return found if isinstance(found, CircuitBreaker) else None
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    # An object whose class has an ``async def __call__`` is awaited like a coroutine function.
+    dunder_call = vars(type(func)).get("__call__")
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(dunder_call)
+
+
+class _Ready:
+    """The awaitable result of a plain function that already ran."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._value
+        yield  # a generator: awaiting it finishes at once
 
 
 class CircuitBreaker(Decorator):
@@ -137,17 +159,57 @@ class CircuitBreaker(Decorator):
         else:
             self.core.release(token)  # not ours to judge: no verdict, the permit is freed
 
-    async def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``await func(*args, **kwargs)`` guarded by the breaker (a sync ``func`` is called).
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """``await breaker.call(func, *args, **kwargs)``: ``func`` guarded by the breaker.
 
-        Raises :class:`~octollm_grpc.errors.CircuitOpenError` without calling ``func`` when
-        the breaker is open (or half-open with every probe permit taken).
+        A coroutine function (or a callable that returns an awaitable) runs when the result is
+        awaited, as in the OctoLLM error-handling standard. A plain function runs at once,
+        inside this call, so ``breaker.call(fn)`` without ``await`` still calls it and records
+        its verdict; awaiting the result then gives its return value. For blocking code,
+        :meth:`call_sync` returns the value itself.
+
+        Args:
+            func: The function to call.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            An awaitable of ``func``'s result.
+
+        Raises:
+            CircuitOpenError: The breaker is open (or half-open with every probe permit
+                taken); ``func`` is not called. For a plain ``func`` it is raised at once.
         """
+        if _is_async(func):
+            return self._call_async(func, *args, **kwargs)
+        token = self.core.acquire()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            self._settle(token, error)
+            raise
+        if inspect.isawaitable(result):
+            # A plain function that returned an awaitable (a lambda around a coroutine): its
+            # verdict is the awaitable's outcome.
+            return self._settle_awaited(token, result)
+        self._settle(token, None)
+        return _Ready(result)
+
+    async def _call_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         token = self.core.acquire()
         try:
             result = func(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
+        except BaseException as error:
+            self._settle(token, error)
+            raise
+        self._settle(token, None)
+        return result
+
+    async def _settle_awaited(self, token: int, pending: Awaitable[Any]) -> Any:
+        try:
+            result = await pending
         except BaseException as error:
             self._settle(token, error)
             raise
@@ -166,7 +228,7 @@ class CircuitBreaker(Decorator):
         return result
 
     # ``@breaker`` (Decorator): every call of a decorated function goes through here.
-    _run_async = call
+    _run_async = _call_async
     _run = call_sync
 
     def _decorated(self, wrapper: Callable[P, Any]) -> Callable[P, Any]:

@@ -12,15 +12,14 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final
 
-import structlog
-
 from octollm_grpc._core.breaker import CircuitState
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
 from octollm_grpc.resilience._breaker import breaker_of
 
 __all__ = ["with_fallback"]
 
-_log = structlog.get_logger("octollm_grpc.resilience")
+_log = get_logger("octollm_grpc.resilience")
 
 
 class _Missing:

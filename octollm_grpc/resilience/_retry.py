@@ -19,11 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-import structlog
-
 from octollm_grpc._core.backoff import Exponential, full_jitter
 from octollm_grpc._core.budget import RetryBudget
 from octollm_grpc._core.decorate import Decorator
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.codes import mapping_for
 from octollm_grpc.errors import OctoLLMError
 
@@ -32,7 +31,7 @@ __all__ = ["RetryDecorator", "retry", "retry_with_backoff"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_log = structlog.get_logger("octollm_grpc.resilience")
+_log = get_logger("octollm_grpc.resilience")
 #: Shared default source: seeding a new Random per call costs ~100 us (it reads os.urandom).
 _RANDOM = random.Random()
 

@@ -12,15 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-import structlog
-
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.errors import DatabaseError
 
 __all__ = ["Transactional", "database_transaction"]
 
 C = TypeVar("C", bound="Transactional")
 
-_log = structlog.get_logger("octollm_grpc.resilience")
+_log = get_logger("octollm_grpc.resilience")
 
 
 class Transactional(Protocol):

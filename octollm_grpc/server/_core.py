@@ -54,7 +54,7 @@ from octollm_grpc.server._handlers import (
 from octollm_grpc.server._options import ServerOptions, part
 from octollm_grpc.server._ratelimit import RateLimit
 from octollm_grpc.server._shedding import Rejection, RejectionLog, RejectionStatuses
-from octollm_grpc.status import to_status
+from octollm_grpc.status._encode import to_status_or_raise, unencodable_status
 
 __all__ = [
     "AsyncCall",
@@ -358,8 +358,11 @@ class Pipeline:
             code = handler_code if handler_code is not None else grpc.StatusCode.UNKNOWN
             trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
             if aborted:
-                self._record(call, code, None, level_for_code(code), None, None)
-                otel.call_failed(code, None, message_of(context.details()), call.request_id)
+                # What the caller decodes a bare status of this code to (NOT_FOUND: NotFoundError).
+                aborted_code = codes.class_for_status_code(code).error_code
+                self._record(call, code, aborted_code, level_for_code(code), None, None)
+                otel.call_failed(code, aborted_code, message_of(context.details()),
+                                 call.request_id)
                 return Failure(None, trailers)
             mapping = codes.mapping_for(exc)
             if isinstance(exc, OctoLLMError):
@@ -377,11 +380,11 @@ class Pipeline:
         exc = codes.converted(exc)  # map_exception: a type the application does not own
         mapping = codes.mapping_for(exc)
         try:
-            status = to_status(exc, request_id=call.request_id, domain=self.domain,
-                               debug=self.debug)
+            status = to_status_or_raise(exc, request_id=call.request_id, domain=self.domain,
+                                        debug=self.debug)
         except Exception:  # noqa: BLE001 - e.g. a __str__ that raises: still end the call safely
             mapping = codes.UNEXPECTED
-            status = to_status(_Unencodable(), request_id=call.request_id, domain=self.domain)
+            status = unencodable_status(call.request_id, self.domain)
         current = context.trailing_metadata()
         if call.trailers is not None and current is call.trailers:
             # The handler set no trailers of its own: only our request id is there, and
@@ -471,10 +474,6 @@ def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitErr
     """Mark ``call`` as refused by the rate limiter; the error it ends with."""
     call.rejection = Rejection(limit, key, wait)
     return call.rejection.error()
-
-
-class _Unencodable(Exception):
-    """What the status is built from when the real exception cannot be encoded."""
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")

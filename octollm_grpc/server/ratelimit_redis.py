@@ -31,12 +31,12 @@ from typing import Any
 
 import redis
 import redis.asyncio
-import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
 
 __all__ = [
@@ -78,7 +78,7 @@ return 0
 # error), socket errors it lets through, and asyncio's deadline.
 _STORE_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
-_log = structlog.get_logger("octollm_grpc.ratelimit")
+_log = get_logger("octollm_grpc.ratelimit")
 
 
 class _Families:

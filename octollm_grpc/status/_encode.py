@@ -263,6 +263,10 @@ def _generic(plan: _Plan, message: str, request_id: str | None) -> _Encoding:
     return base._replace(data=template.data(request_id))
 
 
+class _Unencodable(Exception):
+    """Stands for an error of the hierarchy whose message or details cannot be rendered."""
+
+
 class _Encoding(NamedTuple):
     """What :func:`to_status` sends, worked out once per error."""
 
@@ -273,6 +277,22 @@ class _Encoding(NamedTuple):
 
 
 def _encode(
+    exc: BaseException, request_id: str | None, domain: str, debug: bool
+) -> _Encoding:
+    try:
+        return _encode_strict(exc, request_id, domain, debug)
+    except Exception:  # noqa: BLE001 - a message, detail or code whose __str__ raises
+        # Nothing of it can be trusted on the wire: it goes as an unexpected exception.
+        return _unencodable(request_id, domain)
+
+
+def _unencodable(request_id: str | None, domain: str) -> _Encoding:
+    unexpected = codes.UNEXPECTED
+    return _generic(_plan(_Unencodable, unexpected.error_code, unexpected, domain), _GENERIC,
+                    identifier(request_id) if request_id else None)
+
+
+def _encode_strict(
     exc: BaseException, request_id: str | None, domain: str, debug: bool
 ) -> _Encoding:
     mapping = codes.mapping_for(exc)
@@ -357,8 +377,10 @@ def to_status(
     Its trailing metadata holds ``grpc-status-details-bin`` and, when the error has a
     ``retry_after``, ``grpc-retry-pushback-ms``. An exception outside the hierarchy gives the
     generic message; its text is never put on the wire (``debug=True`` adds ``DebugInfo``
-    with the traceback, for development only). It never raises for any error (a failing
-    ``status_details()`` hook only loses its own details).
+    with the traceback, for development only). It never raises for any ``Exception``: a
+    failing ``status_details()`` hook only loses its own details, and an error whose message,
+    details or code cannot be rendered (a ``__str__`` that raises) is sent as an unexpected
+    exception (``INTERNAL``, the generic message).
 
     Args:
         exc: Any exception.
@@ -370,6 +392,28 @@ def to_status(
         A ``grpc.Status`` (code, details, trailing metadata).
     """
     data, message, mapping, retry_after = _encode(exc, request_id, domain, debug)
+    return _rich_status(mapping.grpc_code, message, data, retry_after)
+
+
+def to_status_or_raise(
+    exc: BaseException,
+    *,
+    request_id: str | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    debug: bool = False,
+) -> RichStatus:
+    """:func:`to_status`, but an error that cannot be rendered raises what rendering raised.
+
+    For the server stack, which then sends :func:`unencodable_status` and logs the failure as
+    the unexpected exception it is.
+    """
+    data, message, mapping, retry_after = _encode_strict(exc, request_id, domain, debug)
+    return _rich_status(mapping.grpc_code, message, data, retry_after)
+
+
+def unencodable_status(request_id: str | None, domain: str = DEFAULT_DOMAIN) -> RichStatus:
+    """What :func:`to_status` sends for an error whose message or details cannot be rendered."""
+    data, message, mapping, retry_after = _unencodable(request_id, domain)
     return _rich_status(mapping.grpc_code, message, data, retry_after)
 
 

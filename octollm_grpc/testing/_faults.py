@@ -132,7 +132,19 @@ class FaultScript:
         self._plan(Fault("fail", _check_error(error)), n, method)
 
     def delay_next(self, n: int, seconds: float, *, method: str | None = None) -> None:
-        """Sleep ``seconds`` (with the injector's sleep) before each of the next ``n`` calls."""
+        """Sleep ``seconds`` (with the injector's sleep) before each of the next ``n`` calls.
+
+        A call whose deadline leaves less than ``seconds`` ends with ``DEADLINE_EXCEEDED``
+        when its deadline is spent, and its handler does not run.
+
+        Args:
+            n: How many matching calls to delay.
+            seconds: The delay (finite, >= 0).
+            method: Only calls of this full method name (default: any).
+
+        Raises:
+            ValueError: ``seconds`` is negative, infinite or NaN.
+        """
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"seconds must be finite and >= 0, not {seconds!r}")
         self._plan(Fault("delay", seconds=float(seconds)), n, method)

@@ -39,6 +39,14 @@ if TYPE_CHECKING:  # grpc's handler class is generic only in its type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
+#: The message of a call a delay ends at its deadline (grpc's own words for it).
+DEADLINE_MESSAGE = "Deadline Exceeded"
+
+
+def _outlives(seconds: float, remaining: float | None) -> bool:
+    return remaining is not None and seconds >= remaining
+
+
 class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerInterceptor):
     """A server interceptor that fails, delays or pushes back the calls it is told to.
 
@@ -46,7 +54,10 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
     :func:`~octollm_grpc.testing.serve` does, so injected failures are logged and counted
     like real ones), then plan with :meth:`fail_next`, :meth:`delay_next` and
     :meth:`pushback_next`, and read :attr:`records`. Faults apply before the handler runs
-    (before it reads a request stream or sends a message), for all four RPC shapes.
+    (before it reads a request stream or sends a message), for all four RPC shapes. A delay
+    as long as the call's remaining deadline or longer ends the call with
+    ``DEADLINE_EXCEEDED`` once the deadline is spent (on the injected clock), as a server
+    too slow for the caller would; the handler does not run.
 
     ``sleep`` / ``async_sleep`` carry out delays (pass a
     :class:`~octollm_grpc.testing.FakeClock`'s so tests never wait for real). On grpc.aio,
@@ -83,11 +94,18 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
     # -- sync -------------------------------------------------------------------------------
 
     def _before(self, method: str, context: Any) -> None:
-        fault = self.take(method, time_remaining(context))
+        remaining = time_remaining(context)
+        fault = self.take(method, remaining)
         if fault is None:
             return
         if fault.action == "delay":
             assert fault.seconds is not None
+            if _outlives(fault.seconds, remaining):
+                # With a fake clock the caller's real deadline never passes: end the call as
+                # a server too slow for it would end.
+                assert remaining is not None
+                self._sleep(max(remaining, 0.0))
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
             self._sleep(fault.seconds)
             return
         context.abort_with_status(status_for(fault, context.trailing_metadata()))
@@ -107,11 +125,16 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
     # -- aio --------------------------------------------------------------------------------
 
     async def _before_async(self, method: str, context: Any) -> None:
-        fault = self.take(method, time_remaining(context))
+        remaining = time_remaining(context)
+        fault = self.take(method, remaining)
         if fault is None:
             return
         if fault.action == "delay":
             assert fault.seconds is not None
+            if _outlives(fault.seconds, remaining):
+                assert remaining is not None
+                await self._async_sleep(max(remaining, 0.0))
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
             await self._async_sleep(fault.seconds)
             return
         await context.abort_with_status(status_for(fault, context.trailing_metadata()))
