@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar, overload
 
 import grpc
-import structlog
 
 from octollm_grpc import errors as e
+from octollm_grpc._core.log import get_logger
 from octollm_grpc.errors import _base
 
 __all__ = [
@@ -260,7 +260,7 @@ X = TypeVar("X", bound=BaseException)
 #: Turns an exception the application does not own into the ``OctoLLMError`` to send.
 Converter = Callable[[X], e.OctoLLMError]
 
-_log = structlog.get_logger("octollm_grpc.codes")
+_log = get_logger("octollm_grpc.codes")
 _converters: dict[type[BaseException], Callable[[BaseException], e.OctoLLMError]] = {}
 # Resolved converter lookups per concrete class (None: no converter applies).
 _converter_for: dict[type[BaseException], Callable[[BaseException], e.OctoLLMError] | None] = {}

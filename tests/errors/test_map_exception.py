@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 import octollm_grpc
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.fastapi import install_error_handlers
+from octollm_grpc.fastapi import HTTP_FAILED_EVENT, install_error_handlers
 from octollm_grpc.observability._logs import FAILED_EVENT
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
@@ -61,8 +61,8 @@ def _broken(exc: KeyError) -> e.OctoLLMError:
     raise RuntimeError(f"converter blew up near {SECRET}")
 
 
-def _failed(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [event for event in logs if event["event"] == FAILED_EVENT]
+def _failed(logs: list[dict[str, Any]], event: str = FAILED_EVENT) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]
 
 
 def _check_mapped(outcome: Outcome, logs: list[dict[str, Any]]) -> None:
@@ -174,7 +174,7 @@ def test_fastapi_handlers_send_the_converted_error(http_url: str) -> None:
     assert duplicate.status_code == 409
     assert duplicate.json()["error"] == "ALREADY_EXISTS"
     assert SECRET not in duplicate.text
-    events = _failed(logs)
+    events = _failed(logs, HTTP_FAILED_EVENT)
     assert [(ev["log_level"], ev["grpc_code"]) for ev in events] == [
         ("warning", "NOT_FOUND"), ("warning", "ALREADY_EXISTS")]
 
@@ -188,9 +188,9 @@ def test_fastapi_converter_that_raises_is_a_generic_500(http_url: str) -> None:
     assert response.json() == {"error": "INTERNAL_ERROR", "message": GENERIC_MESSAGE,
                                "details": {}}
     assert SECRET not in response.text and "blew up" not in response.text
-    assert [ev["event"] for ev in logs if ev["event"] != FAILED_EVENT] == [
+    assert [ev["event"] for ev in logs if ev["event"] != HTTP_FAILED_EVENT] == [
         "exception_converter_failed"]
-    [event] = _failed(logs)
+    [event] = _failed(logs, HTTP_FAILED_EVENT)
     assert (event["log_level"], event["error_code"]) == ("critical", "INTERNAL_ERROR")
 
 
