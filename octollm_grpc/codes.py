@@ -361,7 +361,7 @@ def converted(exc: BaseException) -> BaseException:
         failed.__cause__ = failure
         failed.__context__ = exc
         return failed
-    if result.__cause__ is None and result is not exc:
+    if result.__cause__ is None:
         result.__cause__ = exc  # the log's traceback shows what was converted
     return result
 

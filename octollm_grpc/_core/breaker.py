@@ -261,8 +261,6 @@ class BreakerCore:
             event, target=self.target, method=self.method, from_state=old.name.lower(),
             **({"open_for": open_for} if new is CircuitState.OPEN else {}))
         self._announce(changed if old is not new else None)
-        if old is new:
-            self._state_gauge.set(new.gauge)
 
     def forget(self) -> None:
         """Drop this breaker's labelled series from the metrics (it is no longer tracked).

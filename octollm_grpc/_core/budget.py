@@ -72,7 +72,7 @@ class RetryBudget:
             if budget is None:
                 budget = cls._shared[key] = cls(max_tokens, token_ratio)
                 if len(cls._shared) > MAX_SHARED_TARGETS:
-                    cls._shared.popitem(last=False)
+                    del cls._shared[next(iter(cls._shared))]  # the least recently used
             else:
                 cls._shared.move_to_end(key)
             return budget

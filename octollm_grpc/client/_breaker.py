@@ -186,7 +186,7 @@ class ChannelBreakers:
             if group is None:
                 group = cls._shared[key] = cls(target, settings, clock=clock, registry=registry)
                 if len(cls._shared) > MAX_SHARED_TARGETS:
-                    evicted = cls._shared.popitem(last=False)[1]
+                    evicted = cls._shared.pop(next(iter(cls._shared)))  # least recently used
             else:
                 cls._shared.move_to_end(key)
         if evicted is not None:

@@ -215,3 +215,72 @@ def test_default_registry_bounds_are_documented_sizes() -> None:
     assert breaker_module.MAX_SHARED_TARGETS == budget_module.MAX_SHARED_TARGETS == 1024
 
 
+
+
+def test_operation_events_name_the_breaker_and_the_change(clock: FakeClock,
+                                                          registry: CollectorRegistry) -> None:
+    """force_open then reset: each event has target, method, from_state; open_for only opening."""
+    breaker = ChannelBreaker("svc-f", clock=clock.now, registry=registry, method="/s/M")
+    with capture_logs() as logs:
+        breaker.force_open(10)
+        breaker.reset()
+    picked = [(ev["event"], ev["target"], ev["method"], ev.get("from_state"),
+               ev.get("to_state"), ev.get("open_for")) for ev in logs]
+    assert picked == [
+        ("circuit_breaker_forced_open", "svc-f", "/s/M", "closed", None, 10.0),
+        ("circuit_breaker_state_changed", "svc-f", "/s/M", "closed", "open", 10.0),
+        ("circuit_breaker_reset", "svc-f", "/s/M", "open", None, None),
+        ("circuit_breaker_state_changed", "svc-f", "/s/M", "open", "closed", None),
+    ]
+
+
+def test_forget_removes_exactly_this_breakers_series(clock: FakeClock,
+                                                     registry: CollectorRegistry) -> None:
+    """forget(): state, rejected, transitions and operations of this breaker only."""
+    gone = ChannelBreaker("gone", BreakerSettings(failure_threshold=1), clock=clock.now,
+                          registry=registry)
+    kept = ChannelBreaker("kept", BreakerSettings(failure_threshold=1), clock=clock.now,
+                          registry=registry)
+    for breaker in (gone, kept):
+        breaker.record(breaker.acquire(), _C.UNAVAILABLE)
+        with pytest.raises(errors.CircuitOpenError):
+            breaker.acquire()
+        breaker.reset()
+
+    def series(target: str) -> list[float | None]:
+        labels = {"target": target, "method": ""}
+        sample = registry.get_sample_value
+        return [sample("octollm_client_circuit_state", labels),
+                sample("octollm_client_circuit_rejected_total", labels),
+                sample("octollm_client_circuit_transitions_total",
+                       {**labels, "from_state": "closed", "to_state": "open"}),
+                sample("octollm_client_circuit_transitions_total",
+                       {**labels, "from_state": "open", "to_state": "closed"}),
+                sample("octollm_client_circuit_operations_total",
+                       {**labels, "operation": "reset"})]
+
+    assert series("gone") == series("kept") == [0, 1, 1, 1, 1]
+    gone.forget()
+    assert series("gone") == [None] * 5
+    assert series("kept") == [0, 1, 1, 1, 1]
+
+
+def test_listeners_get_the_breaker_and_failures_name_it(clock: FakeClock,
+                                                        registry: CollectorRegistry) -> None:
+    """Call listeners receive the breaker itself; a failing one is logged with its target."""
+    seen: list[Any] = []
+
+    class Hooks:
+        def success(self, breaker: Any) -> None:
+            seen.append(breaker)
+
+        def failure(self, breaker: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    breaker = ChannelBreaker("named", clock=clock.now, registry=registry, listeners=[Hooks()])
+    breaker.record(breaker.acquire(), _C.OK)
+    with capture_logs() as logs:
+        breaker.record(breaker.acquire(), _C.UNAVAILABLE)
+    assert seen == [breaker]
+    assert [(ev["event"], ev["target"]) for ev in logs] == [
+        ("circuit_breaker_listener_failed", "named")]

@@ -104,3 +104,62 @@ def test_map_exception_refuses_bad_arguments(exc_type: Any, converter: Any,
         octollm_grpc.map_exception(exc_type, converter)
 
 
+
+
+def test_a_resolved_lookup_is_reused() -> None:
+    """The second exception of a class is converted like the first (the lookup is cached)."""
+    octollm_grpc.map_exception(KeyError, _not_found)
+    first, second = codes.converted(KeyError("a")), codes.converted(KeyError("b"))
+    assert type(first) is type(second) is e.NotFoundError
+
+
+def test_a_failed_converter_is_logged_with_what_failed() -> None:
+    """The event names the exception type and the converter; the chain keeps both errors."""
+
+    class Converter:
+        def __call__(self, exc: BaseException) -> e.OctoLLMError:
+            raise ValueError("bug in the converter")
+
+        def __repr__(self) -> str:
+            return "<Converter>"
+
+    octollm_grpc.map_exception(KeyError, _broken_by_name)
+    octollm_grpc.map_exception(IndexError, Converter())
+    original = KeyError("k")
+    with capture_logs() as logs:
+        failed = codes.converted(original)
+        codes.converted(IndexError("i"))
+    assert isinstance(failed, codes.ConverterFailed)
+    assert str(failed) == "the exception converter failed"
+    assert isinstance(failed.__cause__, RuntimeError)
+    assert failed.__context__ is original
+    assert [(ev["event"], ev["exception_type"], ev["converter"], ev["log_level"])
+            for ev in logs] == [
+        ("exception_converter_failed", "KeyError", "_broken_by_name", "error"),
+        ("exception_converter_failed", "IndexError", "<Converter>", "error")]
+    assert str(logs[0]["exc_info"]) == "converter bug"
+
+
+def _broken_by_name(exc: KeyError) -> e.OctoLLMError:
+    raise RuntimeError("converter bug")
+
+
+def test_a_non_error_result_is_named_in_the_failure() -> None:
+    """The TypeError logged for a wrong result names what the converter returned."""
+    octollm_grpc.map_exception(KeyError, lambda exc: 42)  # type: ignore[arg-type,return-value]
+    with capture_logs() as logs:
+        codes.converted(KeyError("k"))
+    assert str(logs[0]["exc_info"]) == "the converter returned int, not an OctoLLMError"
+
+
+def test_a_converted_error_keeps_its_own_cause() -> None:
+    """A converter that sets a cause keeps it; otherwise the original becomes the cause."""
+    root = OSError("disk")
+
+    def with_cause(exc: KeyError) -> e.OctoLLMError:
+        error = e.NotFoundError("gone")
+        error.__cause__ = root
+        return error
+
+    octollm_grpc.map_exception(KeyError, with_cause)
+    assert codes.converted(KeyError("k")).__cause__ is root
