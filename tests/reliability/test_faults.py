@@ -33,7 +33,7 @@ DEADLINE = 0.3
 SLACK = 0.7
 RESET = 5.0  # breaker reset timeout, on the fake clock
 #: The hang is cut by the policy's own per-attempt timeout: that counts against the server
-#: (the caller's own deadline running out would not, see tests/client/test_trust_deadlines.py).
+#: (the caller's own deadline running out would not: tests/client/test_caller_deadline_verdicts.py).
 PER_ATTEMPT = RetryPolicy(max_attempts=1, per_attempt_timeout=DEADLINE)
 
 

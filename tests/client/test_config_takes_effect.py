@@ -1,8 +1,7 @@
 """Config that is accepted must take effect: fields we do not implement are refused.
 
-``hedgingPolicy`` used to be dropped without a word. Implementing hedging is not this round's
-work, so it (and every field neither we nor gRPC act on, e.g. a misspelt one) is a
-``ValueError`` naming the field. Fields gRPC itself implements are handed to it and work.
+A field neither we nor gRPC act on (e.g. a misspelt one) is a ``ValueError`` naming the
+field, never dropped without a word. Fields gRPC itself implements are handed to it and work.
 """
 
 from __future__ import annotations

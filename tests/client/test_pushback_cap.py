@@ -1,7 +1,7 @@
 """Server pushback is capped by the policy's ``max_pushback`` (default 30 s).
 
-A server's 1-day ``grpc-retry-pushback-ms`` used to leave a call with no deadline asleep for a
-day. Past ``max_pushback`` the call does not retry: it raises the typed error at once, with
+A server's 1-day ``grpc-retry-pushback-ms`` must not leave a call with no deadline asleep for
+a day. Past ``max_pushback`` the call does not retry: it raises the typed error at once, with
 the server's advice as ``retry_after``. Fake clock and sleep: nothing waits for real.
 """
 

@@ -1,4 +1,5 @@
-"""Smaller defects found in review (issue 11 item 7), one test each."""
+"""Error values compare and hash by value, messages count right, and a foreign BadRequest keeps
+its reasons when decoded."""
 
 from __future__ import annotations
 

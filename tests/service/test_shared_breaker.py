@@ -1,4 +1,4 @@
-"""One caller must not open the shared arm breaker (issue 12 item 3, with issue 11 item 3).
+"""One caller must not open the shared arm breaker: its own short deadline is not a failure.
 
 Against the real service (real ports, a real SQLite file, the real arm in the process): five
 tasks created with ``timeout_seconds=1`` against a 1.5 s arm each end ``DEADLINE_EXCEEDED``:
