@@ -38,7 +38,16 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-test: $(STAMP) redis-server ## run the whole test suite (newest pinned set)
+# The Node.js client of the declared-errors interop test (tests/errors/test_declared_errors.py):
+# grpc-js for the call, protobufjs-cli (pbjs) to generate the JS enums and messages from the protos.
+NODE_INTEROP := $(TOOLS)/node-interop
+PBJS := $(NODE_INTEROP)/node_modules/.bin/pbjs
+$(PBJS):
+	mkdir -p $(NODE_INTEROP)
+	npm install --silent --no-save --no-audit --no-fund --prefix $(NODE_INTEROP) \
+	  @grpc/grpc-js@1.14.7 protobufjs@8.8.1 protobufjs-cli@2.7.1
+
+test: $(STAMP) redis-server curl $(PBJS) $(BUF) ## run the whole test suite (newest pinned set)
 	$(BIN)/python -m pytest
 
 # The shared rate-limit tests run a real Redis (tests/redis/); Debian's package when missing.
@@ -47,6 +56,13 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
+
+# The TLS sample tests call the HTTPS gateway with the real curl; Debian's package when missing.
+.PHONY: curl
+curl:
+	@command -v curl >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+	@command -v curl >/dev/null 2>&1 || { echo "curl could not be installed"; exit 1; }
 
 # Mutation testing of the modules with the most decision logic ([tool.mutmut] in pyproject.toml):
 # one line per module, `mutation: PATH KILLED/TRIED`; fails below 90% killed. Not part of
@@ -64,7 +80,7 @@ lint: $(STAMP) $(BUF) ## ruff, mypy --strict, buf lint + breaking, generated-cod
 	$(BIN)/mypy octollm_grpc
 	$(MAKE) --no-print-directory buf-lint buf-breaking check-generated dist docs
 
-oldest: $(STAMP) ## the library's suite on the oldest supported set (nox -s oldest)
+oldest: $(STAMP) $(PBJS) $(BUF) ## the library's suite on the oldest supported set (nox -s oldest)
 	$(BIN)/nox -s oldest
 
 # The sdist and the wheel (built from that sdist, in an isolated env with the build-system
@@ -97,7 +113,7 @@ buf-breaking: $(BUF) $(GOOGLEAPIS) ## breaking-change check of the protos agains
 protos: $(CODEGEN)/.installed ## regenerate octollm_grpc/_proto and server/gen (grpcio-tools 1.66)
 	rm -rf .build/gen && mkdir -p .build/gen
 	PYTHONPATH=. $(CODEGEN)/bin/python -m octollm_grpc generate protos --out .build/gen --package octollm_grpc._proto \
-	  --no-grpc --copy-protos octollm/errors/v1/errors.proto >/dev/null
+	  --no-grpc --copy-protos octollm/errors/v1/errors.proto octollm/errors/v1/options.proto >/dev/null
 	if [ -d protos/octollm/tasks ]; then PYTHONPATH=. $(CODEGEN)/bin/python -m octollm_grpc generate protos --out .build/gen \
 	  --package server.gen $$(cd protos && find octollm/tasks octollm/arms -name '*.proto' | sort) \
 	  >/dev/null; fi

@@ -18,7 +18,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import codec, overhead, pathcost, procs, readme, report, storm
+from benchmarks import (
+    brownout,
+    codec,
+    hedging,
+    overhead,
+    pathcost,
+    procs,
+    readme,
+    report,
+    storm,
+)
 from benchmarks.config import FULL, SMOKE, BenchConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,6 +70,14 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
     log(f"storm: {', '.join(config.storm_modes)} x none, naive, ours")
     document["storm"] = storm.run(config.storm, config.storm_modes)
     document.update(report.storm_headlines(document["storm"], config.storm.breaker_reset_s))
+    log("brownout: our server stack with and without the concurrency limit, sync and aio")
+    document["brownout"] = brownout.run(brownout.SMOKE if config.name == "smoke"
+                                        else brownout.FULL)
+    for stack in brownout.STACKS:
+        document[stack].update(brownout.headlines(document["brownout"], stack))
+    log("hedging: sync and aio clients, 5% of attempts stalled; outage amplification")
+    document["hedging"] = hedging.run(config.hedging)
+    document.update(hedging.headlines(document["hedging"]))
     document["targets"] = report.targets(document)
     document["load_average_at_end"] = report.load_average()
     document["duration_s"] = round(time.monotonic() - started, 1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from benchmarks.hedging import HedgingBenchConfig
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class BenchConfig:
     codec_number: int
     storm: StormConfig
     storm_modes: tuple[str, ...]
+    hedging: HedgingBenchConfig = field(default_factory=HedgingBenchConfig)
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.warmup_s < 0 or self.reps < 1:
@@ -103,4 +106,5 @@ SMOKE = BenchConfig(
     storm=StormConfig(callers=4, before_s=0.2, trigger_s=0.5, after_s=0.5, bin_s=0.1,
                       breaker_reset_s=0.2),
     storm_modes=("outage", "brownout"),
+    hedging=HedgingBenchConfig(calls=200, warmup_calls=20, outage_calls=60),
 )

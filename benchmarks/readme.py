@@ -64,6 +64,46 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   succeeding; the whole after-phase when that never happens). In the brownout, retries that
   time out in the queue feed the queue: naive retries can keep the server saturated with
   abandoned work long after its capacity is back (a metastable failure).
+- **Brownout with the adaptive concurrency limit** (`benchmarks/brownout.py`; alone:
+  `python -m benchmarks.brownout --merge`). The same brownout (capacity 200 calls/s halved
+  for 4 s, 120 calls/s offered, one attempt per call with a 0.5 s deadline) against our own
+  server stack, sync and aio, with `concurrency=ConcurrencyLimit(min_limit=1, max_limit=64,
+  initial_limit=8)` (limited) and without (unlimited). The server queues without bound and
+  finishes abandoned work, as thread pools and event loops do. Figures per stack:
+  `brownout_goodput_ratio_*` (calls succeeding in the window per second / the reduced
+  capacity, 100/s), `brownout_p99_ratio_*` (p99 latency of the calls started in the window
+  that the server admitted, timeouts at their deadline / the p99 at half capacity),
+  `brownout_recovery_s_*` (as in the storm) and `half_capacity_refusals_*` (calls refused at
+  100 calls/s with no trigger). Targets for the limited server: goodput >= 0.9, p99 <= 3x,
+  recovery <= 1 s, no refusal at half capacity. Without the limit the queue grows 20 calls a
+  second and admitted calls wait up to the deadline; with it, about a fifth of the calls in
+  the window are refused at once with pushback and the admitted ones keep their latency.
+  Capacities are nominal (`slots / service_s`): on a busy machine each call takes longer than
+  `service_s` (scheduling delays), the real capacity is lower, "half capacity" is not half,
+  and a latency-based limiter rightly sheds more; read the load average given with the
+  brownout table. `python -m benchmarks.brownout_model` compares limiter designs on a model
+  of the same brownout, free of that noise.
+- **Hedging** (`benchmarks/hedging.py`; alone: `python -m benchmarks.hedging`, `--merge` puts
+  its figures into `latest.json` beside the last full run's). An asyncio server answers each
+  attempt in ~1 ms, but 5 % of attempts, drawn independently, first stall 100 ms (a slow
+  replica, a GC pause). Four closed-loop callers, 4,000 calls per phase, each phase in a fresh
+  client process, sync and aio clients: the p95 of the same server without stalls (the
+  *unloaded p95*), then p99 without hedging and with `hedgingPolicy` (`maxAttempts` 2,
+  `hedgingDelay` at that p95, the default budget and breaker), and the extra attempts the
+  server received (cancelled losers included). Then a total outage (every attempt
+  `UNAVAILABLE` at once, 1,000 calls, no breaker so that the budget alone caps them): attempts
+  per call with hedging (`maxAttempts` 3, `UNAVAILABLE` non-fatal) against retries
+  (`maxAttempts` 3), and hedging without a budget for scale. Keys:
+  `hedging_p99_reduction_{sync,aio}` (p99 without / with hedging; target >= 3),
+  `hedging_extra_attempts_{sync,aio}` (target <= 0.10),
+  `hedging_outage_amplification_{sync,aio}` and `retry_outage_amplification_{sync,aio}`
+  (target: hedging <= retries). The unloaded p95 sets the delay, so a busy machine (a p95 of
+  ~13-20 ms instead of ~4 ms) makes the hedged p99 about delay + one fast call, and the
+  machine's own p99 without any stall (the calibration row) is a floor no hedging gets under:
+  read the figures with the run's load average. Each hedge spends a budget token, and the
+  default bucket (10 tokens, half of them usable at once) throttles bursts of slow calls (the
+  "hedges sent / throttled" column); `hedged_burst_budget` repeats the phase with a bucket of
+  100 tokens at the same `tokenRatio` 0.1 (the same long-run cap of 10 % extra attempts).
 
 Reading the figures: a ratio of 1 means "costs nothing measurable"; ratios above 1 are noise.
 On a shared machine the spread grows, so read the [min-max] range and the load average printed

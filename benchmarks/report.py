@@ -14,6 +14,8 @@ import platform
 import subprocess
 from typing import Any
 
+from benchmarks import hedging
+
 HEADLINE_STACK_KEYS = (
     "server_error_cpu_ratio",
     "server_error_vs_peer_cpu_ratio",
@@ -24,11 +26,17 @@ HEADLINE_STACK_KEYS = (
     "server_error_ratio",
     "peer_error_ratio",
     "client_success_ratio",
+    "brownout_goodput_ratio_limited",
+    "brownout_p99_ratio_limited",
+    "brownout_recovery_s_limited",
 )
 HEADLINE_STORM_KEYS = (
     "storm_amplification_naive",
     "storm_amplification_ours",
     "storm_recovery_s_ours",
+    *(f"{key}_{stack}" for stack in ("sync", "aio") for key in (
+        "hedging_p99_reduction", "hedging_extra_attempts", "hedging_outage_amplification",
+        "retry_outage_amplification")),
 )
 _PACKAGES = ("grpcio", "protobuf", "grpc-interceptor", "structlog", "prometheus-client",
              "octollm-grpc")
@@ -61,8 +69,14 @@ DEFINITIONS = {
                              "started during the trigger / those calls",
     "storm_recovery_s_*": "outage trigger: seconds from its end until every later bin has at "
                           "least recovered_share of its calls succeeding (after_s if never)",
+    "brownout_*": "our server stack with (limited) and without (unlimited) the adaptive "
+                  "concurrency limit; capacity halved for the window, callers keep their rate: "
+                  "goodput in the window / reduced capacity, p99 of admitted calls / p99 at "
+                  "half capacity, seconds to recover (see benchmarks/brownout.py)",
+    "half_capacity_refusals_*": "calls refused at half the server's capacity",
     "server_python_us": "CPU microseconds per call of the sync stack's own Python, no gRPC",
     "codec": "CPU microseconds per to_status / from_rpc_error",
+    **hedging.DEFINITIONS,
 }
 
 
@@ -190,6 +204,14 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         document["storm_amplification_naive"], 0.9 * max_attempts, True)
     add("storm recovery with our stack, s (breaker reset + 1 s)",
         document["storm_recovery_s_ours"], document["storm_breaker_reset_s"] + 1.0, False)
+    if "brownout" in document:
+        from benchmarks.brownout import TARGETS
+        for stack in ("sync", "aio"):
+            for key, bound, at_least in TARGETS:
+                add(f"{stack} {key}", document[stack][key], bound, at_least)
+    if "hedging" in document:
+        for name, value, bound, at_least in hedging.target_rows(document):
+            add(name, value, bound, at_least)
     return rows
 
 
@@ -391,9 +413,13 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{share['trigger']:.0%} / {share['after']:.0%} | "
                 f"{_n(r['goodput_per_s']['trigger'])} | {_n(r['peak_attempts_per_s'])} | "
                 f"{r['recovery_s']:.2f}{'' if r['recovered'] else ' (not recovered)'} |")
+    if "brownout" in document:
+        from benchmarks.brownout import markdown as brownout_markdown
+        lines += brownout_markdown(document["brownout"])
     lags = [r["client_max_lag_s"] for kinds in document["storm"].values() for r in kinds.values()]
     if max(lags, default=0.0) > _LAG_WARNING_S:
         lines += ["", f"Caution: a storm client fell up to {max(lags):.2f} s behind its schedule "
                       "(the machine was busy), so its calls came in bursts; the storm figures "
                       "of this run are disturbed."]
+    lines += hedging.markdown_lines(document)
     return "\n".join(lines) + "\n"

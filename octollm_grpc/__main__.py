@@ -10,6 +10,7 @@ _USAGE = """usage: octollm-grpc COMMAND [ARGS]
 commands:
   generate PROTO_DIR --out DIR [--package PKG]   generate Python code (+ .pyi) from .proto files
   catalog                                        print the error catalog as a Markdown table
+  catalog PROTO_DIR [-I DIR]                     the same for the errors PROTO_DIR's protos declare
 """
 
 
@@ -24,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from octollm_grpc.codegen import main as generate_main
 
         return generate_main(rest)
+    if command == "catalog" and rest:
+        from octollm_grpc._proto_catalog import main as proto_catalog_main
+
+        return proto_catalog_main(rest)
     if command == "catalog":
         from octollm_grpc._catalog_markdown import render_markdown
 

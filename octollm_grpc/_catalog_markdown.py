@@ -3,9 +3,11 @@ it, then the one table of code behaviour (``octollm_grpc.codes.CODE_BEHAVIOUR``)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from octollm_grpc import codes
 
-__all__ = ["behaviour_rows", "catalog_rows", "render_markdown"]
+__all__ = ["behaviour_rows", "catalog_rows", "markdown_table", "render_markdown"]
 
 _HEADER = ("class", "error_code", "gRPC code", "HTTP", "log level", "gRPC client retries",
            "resilience.retry", "breaker failure")
@@ -50,15 +52,19 @@ def behaviour_rows() -> list[tuple[str, ...]]:
     ]
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def render_markdown() -> str:
     """The catalog, then the code table, as Markdown (docs/errors.md shows exactly this)."""
-    lines = _table(_HEADER, catalog_rows())
-    lines += ["", "What each status code means to each consumer (one table, "
-              "`octollm_grpc.codes.CODE_BEHAVIOUR`; every default is computed from it):", ""]
-    lines += _table(_BEHAVIOUR_HEADER, behaviour_rows())
+    return (markdown_table(_HEADER, catalog_rows())
+            + "\nWhat each status code means to each consumer (one table, "
+            "`octollm_grpc.codes.CODE_BEHAVIOUR`; every default is computed from it):\n\n"
+            + markdown_table(_BEHAVIOUR_HEADER, behaviour_rows()))
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table of these columns and rows, as the catalogs print it.
+
+    Cells are written as given: the caller escapes ``|`` and line breaks in free text.
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,10 @@ message classes' module accordingly (so they pickle), adds the
 ``octollm_grpc._proto``; ``google/rpc/*`` and the well-known types resolve to the installed
 ``googleapis-common-protos`` and ``protobuf``.
 
+A file that declares errors with the ``(octollm.errors.v1.error)`` options also gets
+``x_errors.py`` and ``x_errors.pyi`` beside its ``x_pb2.py`` (docs/errors.md, "Errors declared
+in protos"); a declaration that cannot work is a :class:`CodegenError`.
+
     octollm-grpc generate PROTO_DIR --out OUT_DIR [--package PREFIX]
 """
 
@@ -20,6 +24,9 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
+
+from octollm_grpc._declared_errors import DeclaredError, DeclaredErrorProblem, read_declared_errors
+from octollm_grpc._errors_codegen import render_module, render_stub
 
 __all__ = [
     "CodegenError",
@@ -121,8 +128,9 @@ def generate(
     it, in ``out_dir/acme/v1/`` for an ``out_dir`` that is on ``sys.path``. ``files`` limits
     the run to those protos (paths relative to ``proto_dir``); ``copy_protos`` also copies the
     .proto files next to their code, so others can import them. Returns the files written.
-    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr) or if
-    grpcio-tools (the ``[codegen]`` extra) is not installed.
+    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr), if a declared
+    error is unusable (the message names the file, enum and value), or if grpcio-tools (the
+    ``[codegen]`` extra) is not installed.
 
     Args:
         proto_dir: The directory searched for ``.proto`` files.
@@ -137,8 +145,8 @@ def generate(
         The paths written.
 
     Raises:
-        CodegenError: grpcio-tools is missing, no ``.proto`` file was found, or ``protoc``
-            failed.
+        CodegenError: grpcio-tools is missing, no ``.proto`` file was found, ``protoc``
+            failed, or a declared error is unusable (naming the file, enum and value).
     """
     protoc = _grpc_tools().protoc
 
@@ -167,12 +175,18 @@ def generate(
                 f"--python_out={scratch}", f"--pyi_out={scratch}"]
         if grpc:
             args.append(f"--grpc_python_out={scratch}")
+        # Declared errors are read from protoc's own view of the protos, options resolved.
+        descriptors = Path(tmp) / "descriptors.binpb"
+        args += [f"--descriptor_set_out={descriptors}", "--include_imports",
+                 "--include_source_info"]
         args += [str(p) for p in relative]
         # protoc resolves relative file names against the -I roots; the first root is ours.
         code = _run_protoc(protoc, args, cwd=proto_root)
         if code != 0:
             raise CodegenError(f"protoc failed (exit {code}); see the messages above")
 
+        declared = _declared_errors(descriptors.read_bytes(), relative)
+        descriptors.unlink()
         local_packages = {_module_of(r) for r in relative if r.parent.parts}
         local_root_modules = {f"{r.stem}_pb2" for r in relative if not r.parent.parts}
         written: list[Path] = []
@@ -186,12 +200,40 @@ def generate(
                             local_root_modules, package)
             destination.write_text(text, encoding="utf-8")
             written.append(destination)
+        written += _write_error_modules(declared, target_root)
         if copy_protos:
             for proto, rel in zip(protos, relative, strict=True):
                 destination = target_root / rel
                 shutil.copyfile(proto, destination)
                 written.append(destination)
         written += _add_init_files(target_root, written, Path(out_dir).resolve())
+    return written
+
+
+def _declared_errors(descriptor_set: bytes, relative: Sequence[Path]) -> list[DeclaredError]:
+    """The errors the generated files declare, checked against the library's names."""
+    from octollm_grpc import codes, errors
+
+    library = {cls.error_code: f"the library's {cls.__name__}" for cls, _ in codes.registered()}
+    try:
+        return read_declared_errors(descriptor_set, [r.as_posix() for r in relative],
+                                    taken_names=errors.__all__, taken_reasons=library)
+    except DeclaredErrorProblem as problem:
+        raise CodegenError(str(problem)) from None
+
+
+def _write_error_modules(declared: Sequence[DeclaredError], target_root: Path) -> list[Path]:
+    """``x_errors.py`` and ``x_errors.pyi`` beside ``x_pb2.py``, per file declaring errors."""
+    by_file: dict[str, list[DeclaredError]] = {}
+    for error in declared:
+        by_file.setdefault(error.proto_file, []).append(error)
+    written: list[Path] = []
+    for proto_file, found in sorted(by_file.items()):
+        stem = target_root / Path(proto_file).with_suffix("")
+        for suffix, render in (("_errors.py", render_module), ("_errors.pyi", render_stub)):
+            destination = stem.with_name(stem.name + suffix)
+            destination.write_text(render(proto_file, found), encoding="utf-8")
+            written.append(destination)
     return written
 
 

@@ -18,6 +18,7 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client import BreakerSettings, RetryPolicy
+from octollm_grpc.client import BreakerSettings, RetryPolicy, channel_credentials
 from octollm_grpc.client.aio import resilient_channel
 from octollm_grpc.server import (
     BearerAuth,
@@ -37,14 +38,15 @@ from octollm_grpc.server import (
     configure_logging,
     current_request_id,
     serve_metrics,
+    server_credentials,
 )
 from octollm_grpc.server._ratelimit import BucketStore
 from octollm_grpc.server.aio import server_interceptors
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings
-from server.gateway import create_app, gateway_channel, start_gateway
-from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.gateway import create_app, gateway_channel, https_settings, start_gateway
+from server.gen.octollm.tasks.v1 import reasons_pb2, tasks_pb2, tasks_pb2_grpc
 from server.service import TaskServicer
 from server.store import TaskStore
 
@@ -52,8 +54,10 @@ __all__ = ["Endpoints", "run"]
 
 SERVICE_NAME = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 #: Reflection answers from the default descriptor pool; octollm_grpc.status loads these files
-#: into it, and grpcurl needs them (through reflection) to decode error details.
-DETAIL_FILES = ("google/rpc/error_details.proto", "octollm/errors/v1/errors.proto")
+#: into it, and grpcurl needs them (through reflection) to decode error details. The service's
+#: declared ErrorReason enum is there too, so `grpcurl describe` shows the reasons.
+DETAIL_FILES = ("google/rpc/error_details.proto", "octollm/errors/v1/errors.proto",
+                reasons_pb2.DESCRIPTOR.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,38 @@ def _server_interceptors(settings: Settings, metrics: ServerMetrics,
                                debug=settings.dev)
 
 
+def _tls_server(settings: Settings) -> grpc.ServerCredentials | None:
+    """``--tls-cert``/``--tls-key`` (mTLS with ``--tls-client-ca``), or ``None``: plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+def _tls_client(settings: Settings) -> grpc.ChannelCredentials | None:
+    """What the service's own clients (gateway -> service, service -> arm) use over TLS: they
+    trust the certificates of ``--tls-cert`` and ``--tls-client-ca`` and, with mTLS, present
+    the service's own certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    roots = b"".join(Path(p).read_bytes() + b"\n"
+                     for p in (settings.tls_cert, settings.tls_client_ca) if p is not None)
+    if settings.tls_client_ca is None:
+        return channel_credentials(roots)
+    return channel_credentials(roots, settings.tls_cert, settings.tls_key)
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the task service's port (TLS when configured); 0 when the bind failed."""
+    address = f"{settings.host}:{settings.port}"
+    credentials = _tls_server(settings)
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        return 0
+
+
 def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -> grpc.aio.Channel:
     """The channel to the arm: retry (``--arm-attempts``), the retry budget, the breaker.
 
@@ -116,7 +152,7 @@ def _arm_channel(settings: Settings, target: str, registry: CollectorRegistry) -
             failure_threshold=settings.arm_breaker_failures,
             reset_timeout=settings.arm_breaker_reset,
             max_reset_timeout=max(settings.arm_breaker_reset, 300.0)),
-        registry=registry)
+        registry=registry, credentials=_tls_client(settings))
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None,
@@ -144,7 +180,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
                 arm_server, arm_port = await start_arm(
                     arm, "127.0.0.1", settings.arm_port,
                     server_interceptors(metrics=ServerMetrics(registry, component="arm"),
-                                        debug=settings.dev))
+                                        debug=settings.dev),
+                    _tls_server(settings))
             except OSError as error:
                 raise _cannot_listen("127.0.0.1", settings.arm_port, "--arm-port") from error
             cleanup.push_async_callback(arm_server.stop, 1.0)
@@ -180,10 +217,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        try:
-            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-        except RuntimeError:  # grpcio's way of saying the bind failed
-            port = 0
+        port = _listen(server, settings)
         if port == 0:
             raise _cannot_listen(settings.host, settings.port, "--port")
         await server.start()
@@ -197,11 +231,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
 
         http_url = None
         if settings.http_port >= 0:
-            http_channel = gateway_channel(f"{settings.host}:{port}", registry)
+            http_channel = gateway_channel(f"{settings.host}:{port}", registry,
+                                           _tls_client(settings))
             cleanup.push_async_callback(http_channel.close)
             gateway = await start_gateway(
                 create_app(http_channel, metrics=ServerMetrics(registry, component="http")),
-                settings.host, settings.http_port)
+                settings.host, settings.http_port,
+                https_settings(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                if settings.tls_cert is not None and settings.tls_key is not None else None)
             # Stops before the gRPC server does (exit stack: last in, first out).
             cleanup.push_async_callback(gateway.stop)
             http_url = gateway.url

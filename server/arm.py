@@ -81,15 +81,19 @@ class SimulatedArm(arms_pb2_grpc.ArmServiceServicer):
 
 
 async def start_arm(arm: SimulatedArm, host: str, port: int,
-                    interceptors: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
-    """Serve ``arm`` on ``host:port`` (0 picks a free port); return the server and its port."""
+                    interceptors: Sequence[Any] = (),
+                    credentials: grpc.ServerCredentials | None = None,
+                    ) -> tuple[grpc.aio.Server, int]:
+    """Serve ``arm`` on ``host:port`` (0 picks a free port), over TLS with ``credentials``;
+    return the server and its port."""
     # No SO_REUSEPORT (grpcio's default): a taken port must fail, not share the traffic.
     server = grpc.aio.server(interceptors=list(interceptors),
                              options=(("grpc.so_reuseport", 0),))
     # The generated *_pb2_grpc modules have no type stubs.
     arms_pb2_grpc.add_ArmServiceServicer_to_server(arm, server)  # type: ignore[no-untyped-call]
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = (server.add_secure_port(f"{host}:{port}", credentials)
+                 if credentials is not None else server.add_insecure_port(f"{host}:{port}"))
     except RuntimeError:  # grpcio's way of saying the bind failed
         bound = 0
     if bound == 0:
@@ -113,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="random seed for --failure-rate")
     parser.add_argument("--arm-id", default="arm-1",
                         help="the arm_id this arm answers with (tells fallback arms apart)")
+    parser.add_argument("--tls-cert", default=None, metavar="FILE",
+                        help="serve over TLS with this PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", default=None, metavar="FILE",
+                        help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                        help="require client certificates this PEM CA signed (mTLS)")
     return parser
 
 
@@ -121,7 +131,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
     faults = ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     arm = SimulatedArm(faults, arm_id=args.arm_id, rng=random.Random(args.seed))
-    server, port = await start_arm(arm, args.host, args.port, server_interceptors())
+    credentials = None
+    if args.tls_cert is not None:
+        from octollm_grpc.server import server_credentials
+
+        credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    server, port = await start_arm(arm, args.host, args.port, server_interceptors(),
+                                   credentials)
     print(f"arm listening on {args.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -138,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ArmFaults(args.failure_rate, args.latency_ms / 1000.0, args.down)
     except ValueError as error:
         _parser().error(str(error))
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+            args.tls_client_ca is not None and args.tls_cert is None):
+        _parser().error("--tls-cert and --tls-key go together (--tls-client-ca needs both)")
     try:
         asyncio.run(_serve(args))
     except OSError as error:

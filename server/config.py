@@ -38,6 +38,9 @@ class Settings:
     arm_breaker_reset: float
     redis_url: str | None = None
     redis_timeout: float = 0.05
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     @property
     def arm_targets(self) -> tuple[str, ...]:
@@ -91,6 +94,20 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     net.add_argument("--auth-token", default=env.get("OCTOLLM_AUTH_TOKEN") or None,
                      help="require 'authorization: Bearer TOKEN' on every call "
                           "(default: env OCTOLLM_AUTH_TOKEN, else no auth)")
+    tls = parser.add_argument_group(
+        "TLS (off by default: plaintext on loopback)",
+        "With --tls-cert and --tls-key, gRPC is served over TLS and the HTTP gateway over "
+        "HTTPS with the same certificate (reloaded from disk when it changes; the gateway "
+        "reads it at start), and the service calls its arm over TLS. The certificate must "
+        "name the address served (e.g. 127.0.0.1); the service's own clients trust the "
+        "certificates in --tls-cert and --tls-client-ca, so give the full chain.")
+    tls.add_argument("--tls-cert", default=None, metavar="FILE",
+                     help="PEM certificate chain of the service (and of the built-in arm)")
+    tls.add_argument("--tls-key", default=None, metavar="FILE",
+                     help="PEM private key of --tls-cert")
+    tls.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                     help="PEM CA certificates: require a client certificate they signed "
+                          "(mTLS) on gRPC and HTTPS; the service presents --tls-cert to its arm")
     net.add_argument("--dev", action="store_true",
                      help="development mode: unexpected errors carry DebugInfo (traceback)")
     net.add_argument("--log-level", default="info",
@@ -157,6 +174,14 @@ def parse_args(argv: Sequence[str] | None = None,
         (0 <= args.arm_failure_rate <= 1, "--arm-failure-rate must be within 0..1"),
         (args.arm_latency_ms >= 0, "--arm-latency-ms must not be negative"),
     ]
+    checks += [
+        ((args.tls_cert is None) == (args.tls_key is None),
+         "--tls-cert and --tls-key go together"),
+        (args.tls_client_ca is None or args.tls_cert is not None,
+         "--tls-client-ca needs --tls-cert and --tls-key"),
+    ]
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        checks.append((path is None or os.path.isfile(path), f"no such file: {path}"))
     if args.arm_target:
         targets = _targets(args.arm_target)
         checks += [
@@ -179,4 +204,5 @@ def parse_args(argv: Sequence[str] | None = None,
         arm_breaker_failures=args.arm_breaker_failures,
         arm_breaker_reset=args.arm_breaker_reset,
         redis_url=args.redis_url, redis_timeout=args.redis_timeout,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
     )

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -68,10 +69,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def gateway_channel(target: str, registry: CollectorRegistry | None = None) -> grpc.aio.Channel:
-    """The resilient channel the gateway calls the service on (see the module's policy)."""
+def gateway_channel(target: str, registry: CollectorRegistry | None = None,
+                    credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """The resilient channel the gateway calls the service on (see the module's policy);
+    over TLS with ``credentials``."""
     return resilient_channel(
         target,
+        credentials=credentials,
         retry=RetryPolicies(
             default=RetryPolicy(pushback_codes=frozenset()),
             methods={f"{SERVICE}/ExecuteTask": None},
@@ -204,8 +208,10 @@ class Gateway:
         await self._task
 
 
-async def start_gateway(app: FastAPI, host: str, port: int) -> Gateway:
-    """Serve ``app`` on ``host:port`` (0: a free port) in the running loop.
+async def start_gateway(app: FastAPI, host: str, port: int,
+                        tls: Mapping[str, Any] | None = None) -> Gateway:
+    """Serve ``app`` on ``host:port`` (0: a free port) in the running loop; over HTTPS when
+    ``tls`` gives uvicorn's ``ssl_*`` settings (see :func:`https_settings`).
 
     The socket is bound here, so a taken port fails at once with ``OSError`` (no silent
     sharing), and requests arriving before uvicorn is up wait in the listen backlog.
@@ -223,8 +229,18 @@ async def start_gateway(app: FastAPI, host: str, port: int) -> Gateway:
         raise
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, **(tls or {}))
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http-gateway")
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    return Gateway(server, task, f"http://{shown}:{bound}")
+    scheme = "https" if tls else "http"
+    return Gateway(server, task, f"{scheme}://{shown}:{bound}")
+
+
+def https_settings(cert: str, key: str, client_ca: str | None = None) -> dict[str, Any]:
+    """uvicorn's settings for HTTPS with ``cert`` and ``key``; with ``client_ca``, a client
+    certificate signed by it is required (mTLS), as on the gRPC port."""
+    settings: dict[str, Any] = {"ssl_certfile": cert, "ssl_keyfile": key}
+    if client_ca is not None:
+        settings.update(ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return settings

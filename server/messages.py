@@ -9,8 +9,8 @@ import contextlib
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
-from octollm_grpc.errors import InvalidInputError
 from server.gen.octollm.tasks.v1 import tasks_pb2
+from server.gen.octollm.tasks.v1.reasons_errors import InvalidPageTokenError
 from server.store import HistoryEntry, Status, TaskRecord
 
 __all__ = ["MAX_SEQ", "decode_page_token", "encode_page_token", "history_message", "status_enum",
@@ -75,7 +75,8 @@ def encode_page_token(after_seq: int) -> str:
 
 
 def decode_page_token(token: str) -> int:
-    """The position a token stands for (0 for ""); :class:`InvalidInputError` if it is not ours.
+    """The position a token stands for (0 for ""); :class:`InvalidPageTokenError` (declared in
+    ``reasons.proto``) if it is not ours.
 
     Strict: a token is ours only if it is exactly what :func:`encode_page_token` gives for a
     position within SQLite's integer range, so a forged one (signs, spaces, other digits,
@@ -92,4 +93,4 @@ def decode_page_token(token: str) -> int:
                 value = int(digits)
                 if value <= MAX_SEQ and encode_page_token(value) == token:
                     return value
-    raise InvalidInputError("page_token is not a token this service issued", field="page_token")
+    raise InvalidPageTokenError(field="page_token")

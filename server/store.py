@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from octollm_grpc.errors import DatabaseError, InvalidStateError, TaskNotFoundError
+from octollm_grpc.errors import DatabaseError, TaskNotFoundError
+from server.gen.octollm.tasks.v1.reasons_errors import TaskStateConflictError
 
 __all__ = ["HistoryEntry", "Status", "TaskRecord", "TaskStore"]
 
@@ -217,8 +218,9 @@ class TaskStore:
                    error: bytes | None = None) -> TaskRecord:
         """Move a task to ``to`` if its status is one of ``allowed_from``; return it after.
 
-        Raises :class:`TaskNotFoundError` for an unknown id and :class:`InvalidStateError`
-        (``FAILED_PRECONDITION``) when the task is in another status. ``error`` is stored on
+        Raises :class:`TaskNotFoundError` for an unknown id and :class:`TaskStateConflictError`
+        (declared in ``reasons.proto``; an ``InvalidStateError``, ``FAILED_PRECONDITION``)
+        when the task is in another status. ``error`` is stored on
         FAILED and cleared otherwise; ``result`` is kept unless given.
         """
         with self._transaction("update") as conn:
@@ -228,10 +230,8 @@ class TaskStore:
                 raise TaskNotFoundError(task_id)
             current = _record(row)
             if current.status not in allowed_from:
-                raise InvalidStateError(
-                    f"Task {task_id} is {current.status.value}; cannot move it to {to.value}",
-                    details={"subject": task_id, "status": current.status.value,
-                             "requested": to.value})
+                raise TaskStateConflictError(
+                    subject=task_id, status=current.status.value, requested=to.value)
             now = self._clock()
             conn.execute(
                 "UPDATE tasks SET status = ?, result = ?, error = ?, update_time = ?, "

@@ -27,6 +27,8 @@ from octollm_grpc.client._interceptors import ResilientInterceptor
 from octollm_grpc.client._observe import CallObserver
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
 from octollm_grpc.client._resilience import Resilience
+from octollm_grpc.client._sync_hedging import HedgingChannel
+from octollm_grpc.client._tls import channel_credentials
 
 __all__ = [
     "BreakerSettings",
@@ -36,6 +38,7 @@ __all__ = [
     "RetryPolicies",
     "RetryPolicy",
     "StackedRetriesWarning",
+    "channel_credentials",
     "resilient_channel",
     "resilient_interceptors",
 ]
@@ -120,4 +123,6 @@ def resilient_channel(
                                       settings.compression)
     else:
         channel = grpc.insecure_channel(target, channel_opts, settings.compression)
-    return grpc.intercept_channel(channel, *_interceptors(settings, core))
+    intercepted = grpc.intercept_channel(channel, *_interceptors(settings, core))
+    # Hedged methods' blocking calls wait on .future(), so their hedges can run beside them.
+    return HedgingChannel(intercepted, core) if core.hedging is not None else intercepted

@@ -15,6 +15,7 @@ from typing import Any
 
 from grpc import aio
 
+from octollm_grpc.client import _aio_hedging
 from octollm_grpc.client._aio_calls import (
     AsyncSleep,
     Attempts,
@@ -52,6 +53,9 @@ class AioRetryLayer:
                          wrap: type[StreamUnary | ResponseStream]) -> Any:
         """``wrap``'s call object for a streaming call, its first attempt started."""
         plan = self._core.plan(details.method)
+        if plan.hedging is not None and not streaming_requests:  # hedged to the first message
+            return await _aio_hedging.hedged_stream(self._core, plan, plan.hedging, continuation,
+                                                   details, requests, self._sleep)
         replay = watcher = None
         if streaming_requests:
             requests, watcher = watch(requests)
@@ -73,6 +77,9 @@ class AioRetryLayer:
                           request: Any) -> Any:
         """Retries a unary call whole; a final failure awaits as the typed error."""
         plan = self._core.plan(client_call_details.method)
+        if plan.hedging is not None:  # a hedged method: concurrent attempts, not retries
+            return await _aio_hedging.hedged_unary(self._core, plan, plan.hedging, continuation,
+                                                  client_call_details, request, self._sleep)
         attempts: Attempts | None = None  # made on the first failure only, unless capped
         if capped_from_start(plan):
             attempts = self._attempts(plan, continuation, client_call_details, request)

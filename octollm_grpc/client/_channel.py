@@ -166,7 +166,8 @@ class ClientOptions:
             breaker = ChannelBreakers.for_target(self.target, breaker, clock=self.clock,
                                                  registry=self.registry)
         core = Resilience(retry=retry, budget=budget, breakers=breaker, clock=self.clock,
-                          rng=self.rng, metrics=ClientMetrics(self.registry))
+                          rng=self.rng, metrics=ClientMetrics(self.registry),
+                          hedging=parsed.hedging)
         return core, parsed
 
     def channel_options(self, parsed: ClientConfig) -> list[tuple[str, Any]]:

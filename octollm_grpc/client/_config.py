@@ -13,15 +13,18 @@
 }
 ```
 
-``retryPolicy`` takes A6's fields plus ``pushbackStatusCodes``, ``perAttemptTimeout`` and
-``replayableRequests``; a ``methodConfig`` entry without one means "never retry" (as in
-gRPC). A name ``{}`` (or ``{"service": ""}``) sets the default; methods matched by no entry
-keep the product default (3 attempts). ``retryThrottling: null`` turns the budget off,
-``circuitBreaker: null`` the breaker. The fields gRPC itself acts on (``loadBalancingConfig``,
-``loadBalancingPolicy``, ``healthCheckConfig``; a method's ``timeout``, ``waitForReady``,
-``maxRequestMessageBytes``, ``maxResponseMessageBytes``) are handed to it unchanged. Any other
-field, ``hedgingPolicy`` included (not implemented: our retry layer replaces gRPC's), is a
-``ValueError`` naming it: a config that is accepted takes effect.
+``hedgingPolicy`` (gRFC A6: ``maxAttempts``, ``hedgingDelay``, ``nonFatalStatusCodes``) hedges
+a method's unary and response-stream calls instead of retrying them
+(:mod:`octollm_grpc.client._hedging`); an entry with both it and ``retryPolicy`` is a
+``ValueError``, as A6 says. ``retryPolicy`` takes A6's fields plus ``pushbackStatusCodes``,
+``perAttemptTimeout`` and ``replayableRequests``; a ``methodConfig`` entry without one means
+"never retry" (as in gRPC). A name ``{}`` (or ``{"service": ""}``) sets the default; methods
+matched by no entry keep the product default (3 attempts). ``retryThrottling: null`` turns the
+budget off, ``circuitBreaker: null`` the breaker. The fields gRPC itself acts on
+(``loadBalancingConfig``, ``loadBalancingPolicy``, ``healthCheckConfig``; a method's
+``timeout``, ``waitForReady``, ``maxRequestMessageBytes``, ``maxResponseMessageBytes``) are
+handed to it unchanged. Any other field is a ``ValueError`` naming it: a config that is
+accepted takes effect.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 from octollm_grpc._core.budget import RetryBudget
 from octollm_grpc.client._breaker import BreakerSettings
+from octollm_grpc.client._hedging import HedgingPolicies, HedgingPolicy
 from octollm_grpc.client._policy import RetryPolicies, RetryPolicy, status_codes
 
 __all__ = ["ClientConfig", "parse_config"]
@@ -50,6 +54,8 @@ class ClientConfig:
     breaker: BreakerSettings | None = field(default_factory=BreakerSettings)
     grpc_service_config: dict[str, Any] | None = None
     """The rest of the config, for gRPC's own ``grpc.service_config`` option."""
+    hedging: HedgingPolicies | None = None
+    """The ``hedgingPolicy`` entries (``None``: no method is hedged)."""
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -84,6 +90,12 @@ _RETRY_FIELDS: dict[str, _Field] = {
     "replayableRequests": ("replayable_requests", _identity),
 }
 
+_HEDGING_FIELDS: dict[str, _Field] = {
+    "maxAttempts": ("max_attempts", _identity),
+    "hedgingDelay": ("hedging_delay", _seconds),
+    "nonFatalStatusCodes": ("non_fatal_codes", _codes),
+}
+
 _BREAKER_FIELDS: dict[str, _Field] = {
     "failureThreshold": ("failure_threshold", _identity),
     "failureRateThreshold": ("failure_rate_threshold", _identity),
@@ -116,16 +128,13 @@ def _kwargs(section: Any, fields: dict[str, _Field], what: str) -> dict[str, Any
 _TOP_FIELDS = frozenset({"methodConfig", "retryThrottling", "circuitBreaker",
                          "loadBalancingConfig", "loadBalancingPolicy", "healthCheckConfig"})
 #: A methodConfig entry's fields: ours (``retryPolicy``), and those gRPC acts on.
-_METHOD_FIELDS = frozenset({"name", "retryPolicy", "timeout", "waitForReady",
+_METHOD_FIELDS = frozenset({"name", "retryPolicy", "hedgingPolicy", "timeout", "waitForReady",
                             "maxRequestMessageBytes", "maxResponseMessageBytes"})
 _NAME_FIELDS = frozenset({"service", "method"})
 
 
 def _refuse_unknown(section: Mapping[str, Any], known: frozenset[str], what: str) -> None:
     unknown = sorted(str(k) for k in set(section) - known)
-    if "hedgingPolicy" in unknown:
-        raise ValueError(f"{what}.hedgingPolicy is not supported (hedging is not implemented; "
-                         "use retryPolicy)")
     if unknown:
         raise ValueError(f"{what}: unsupported field(s) {unknown}; supported: {sorted(known)}")
 
@@ -147,6 +156,23 @@ def _names(entry: Mapping[str, Any], index: int) -> list[str]:
     return keys
 
 
+def _hedging(entry: Mapping[str, Any], index: int) -> HedgingPolicy | None:
+    section = entry.get("hedgingPolicy")
+    if section is None:
+        return None
+    what = f"methodConfig[{index}]"
+    if entry.get("retryPolicy") is not None:
+        raise ValueError(f"{what} has both retryPolicy and hedgingPolicy: a method is either "
+                         "retried or hedged (gRFC A6)")
+    kwargs = _kwargs(section, _HEDGING_FIELDS, f"{what}.hedgingPolicy")
+    if "max_attempts" not in kwargs:
+        raise ValueError(f"{what}.hedgingPolicy.maxAttempts is required")
+    try:
+        return HedgingPolicy(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}.hedgingPolicy: {error}") from None
+
+
 def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
     """Parse a service-config-style dict or JSON text; raises ``ValueError`` on mistakes."""
     if isinstance(config, str):
@@ -160,6 +186,7 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
 
     default: RetryPolicy | None = RetryPolicy()
     methods: dict[str, RetryPolicy | None] = {}
+    hedged: dict[str, HedgingPolicy | None] = {}
     passthrough_methods = []
     entries = config.get("methodConfig", [])
     if not isinstance(entries, list):
@@ -171,16 +198,21 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
         section = entry.get("retryPolicy")
         policy = None if section is None else RetryPolicy(
             **_kwargs(section, _RETRY_FIELDS, f"methodConfig[{index}].retryPolicy"))
+        hedging = _hedging(entry, index)
         for key in _names(entry, index):
             if key in methods or (key == "" and "" in methods):
                 raise ValueError(f"methodConfig: {key or 'the default'!r} is configured twice")
             if key == "":
                 default = policy
             methods[key] = policy
-        rest = {k: v for k, v in entry.items() if k != "retryPolicy"}
+            hedged[key] = hedging
+        rest = {k: v for k, v in entry.items() if k not in ("retryPolicy", "hedgingPolicy")}
         if set(rest) - {"name"}:
             passthrough_methods.append(rest)
     methods.pop("", None)
+    hedging_default = hedged.pop("", None)
+    hedging_policies = (HedgingPolicies(hedging_default, hedged)
+                        if hedging_default is not None or any(hedged.values()) else None)
 
     budget: tuple[float, float] | None = (10.0, 0.1)
     if "retryThrottling" in config:
@@ -204,4 +236,5 @@ def parse_config(config: Mapping[str, Any] | str) -> ClientConfig:
             if k not in ("methodConfig", "retryThrottling", "circuitBreaker")}
     if passthrough_methods:
         rest["methodConfig"] = passthrough_methods
-    return ClientConfig(RetryPolicies(default, methods), budget, breaker, rest or None)
+    return ClientConfig(RetryPolicies(default, methods), budget, breaker, rest or None,
+                        hedging_policies)

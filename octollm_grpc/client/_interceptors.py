@@ -27,6 +27,7 @@ from octollm_grpc.client._sync_calls import (
     ResponseStream,
     UnaryFuture,
 )
+from octollm_grpc.client._sync_hedging import hedged_stream, hedged_unary
 from octollm_grpc.errors import CircuitOpenError
 
 __all__ = ["ResilientInterceptor"]
@@ -63,6 +64,10 @@ class ResilientInterceptor(
     def intercept_unary_unary(self, continuation: UnaryContinuation,
                               client_call_details: grpc.ClientCallDetails,
                               request: Any) -> Any:
+        plan = self._core.plan(client_call_details.method)
+        if plan.hedging is not None:  # a hedged method: concurrent attempts, not retries
+            return hedged_unary(self._core, plan, plan.hedging, continuation,
+                                client_call_details, request, self._sleep)
         return self._unary(continuation, client_call_details, request, None, False)
 
     def intercept_stream_unary(self, continuation: UnaryContinuation,
@@ -127,6 +132,10 @@ class ResilientInterceptor(
     def intercept_unary_stream(self, continuation: StreamContinuation,
                                client_call_details: grpc.ClientCallDetails,
                                request: Any) -> Any:
+        plan = self._core.plan(client_call_details.method)
+        if plan.hedging is not None:  # hedged until the first message
+            return hedged_stream(self._core, plan, plan.hedging, continuation,
+                                 client_call_details, request, self._sleep)
         return self._stream(continuation, client_call_details, request, None, True)
 
     def intercept_stream_stream(self, continuation: StreamContinuation,

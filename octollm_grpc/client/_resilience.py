@@ -18,6 +18,7 @@ from octollm_grpc._core.backoff import STOP, full_jitter, server_delay
 from octollm_grpc._core.budget import RetryBudget
 from octollm_grpc._core.log import get_logger
 from octollm_grpc.client._breaker import ChannelBreaker, ChannelBreakers
+from octollm_grpc.client._hedging import HedgingPolicies, HedgingPolicy
 from octollm_grpc.client._policy import NEVER_RETRIED, RetryPolicies, RetryPolicy
 from octollm_grpc.observability._client_metrics import ClientMethodMetrics, ClientMetrics
 from octollm_grpc.observability._otel import retry_event
@@ -41,9 +42,11 @@ class MethodPlan:
     """What guards one method: its retry policy, breaker and the target's budget.
 
     ``metrics``, when set, counts the method's attempts, retries and throttled retries.
+    ``hedging``, when set, makes the method's unary and response-stream calls hedged
+    (:mod:`octollm_grpc.client._hedging`) instead of retried.
     """
 
-    __slots__ = ("breaker", "budget", "method", "metrics", "policy")
+    __slots__ = ("breaker", "budget", "hedging", "method", "metrics", "policy")
 
     def __init__(
         self,
@@ -52,7 +55,9 @@ class MethodPlan:
         breaker: ChannelBreaker | None,
         budget: RetryBudget | None,
         metrics: ClientMethodMetrics | None = None,
+        hedging: HedgingPolicy | None = None,
     ) -> None:
+        self.hedging = hedging
         self.method = method
         self.policy = policy
         self.breaker = breaker
@@ -128,7 +133,9 @@ class Resilience:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         metrics: ClientMetrics | None = None,
+        hedging: HedgingPolicies | None = None,
     ) -> None:
+        self.hedging = hedging
         self.metrics = metrics
         self.retry = retry
         self.budget = budget
@@ -149,7 +156,8 @@ class Resilience:
                 breaker = self.breakers
             plan = self._plans[method] = MethodPlan(
                 name, policy, breaker, self.budget,
-                self.metrics.method(name) if self.metrics is not None else None)
+                self.metrics.method(name) if self.metrics is not None else None,
+                self.hedging.policy_for(name) if self.hedging is not None else None)
         return plan
 
 

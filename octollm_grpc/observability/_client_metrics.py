@@ -13,7 +13,9 @@ Ours, about the attempts inside a call:
 - ``octollm_client_attempts_total{..., grpc_code}``: every attempt sent, with the code the
   retry layer saw (a response stream's attempt is ``OK`` once its first message arrived);
 - ``octollm_client_retries_total{...}``: retries started (the backoff was waited);
-- ``octollm_client_throttled_total{...}``: retries the retry budget refused.
+- ``octollm_client_throttled_total{...}``: retries (and hedges) the retry budget refused;
+- ``octollm_client_hedges_total{...}``: hedges sent (attempts of a hedged call beyond its
+  first; a hedged method's attempts, losers cancelled included, are in the attempts count).
 
 Label values stay bounded: a method name that is not ``/service/method``, or any method past
 the first ``max_methods`` a registry has seen, is counted under ``grpc_service`` and
@@ -68,6 +70,9 @@ class _Families:
         self.throttled = Counter(
             "octollm_client_throttled_total", "Retries the retry budget refused.", _LABELS,
             registry=registry)
+        self.hedges = Counter(
+            "octollm_client_hedges_total", "Hedged attempts the client sent.", _LABELS,
+            registry=registry)
         self.methods: dict[str, ClientMethodMetrics] = {}
         self.unknown: dict[str, ClientMethodMetrics] = {}  # by grpc_type
         self.lock = threading.Lock()
@@ -80,8 +85,8 @@ _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.Wea
 class ClientMethodMetrics:
     """The label-bound children of one method: per call, only ``inc`` and ``observe``."""
 
-    __slots__ = ("_attempts", "_families", "_handled", "_labels", "handling", "retries",
-                 "started", "throttled")
+    __slots__ = ("_attempts", "_families", "_handled", "_labels", "handling", "hedges",
+                 "retries", "started", "throttled")
 
     def __init__(self, families: _Families, labels: tuple[str, str, str]) -> None:
         self._families = families
@@ -90,6 +95,7 @@ class ClientMethodMetrics:
         self.handling: Any = families.handling.labels(*labels)
         self.retries: Any = families.retries.labels(*labels)
         self.throttled: Any = families.throttled.labels(*labels)
+        self.hedges: Any = families.hedges.labels(*labels)
         self._handled: dict[grpc.StatusCode, Any] = {}
         self._attempts: dict[grpc.StatusCode, Any] = {}
 

@@ -104,9 +104,11 @@ class CallLogger:
         peer: str | None,
         message: str | None = None,
         exc: BaseException | None = None,
+        principal: str | None = None,
     ) -> None:
         """Log one failed call; ``exc`` (when given) is attached as ``exc_info``; ``peer``
-        ``None`` leaves the field out."""
+        ``None`` leaves the field out, and so does ``principal`` (the authenticated caller:
+        a certificate's identity or a token's subject, never the credential itself)."""
         fields: dict[str, Any] = {
             "grpc_method": method,
             "grpc_code": grpc_code,
@@ -118,18 +120,21 @@ class CallLogger:
             fields["peer"] = peer
         if message is not None:
             fields["message"] = message
+        if principal is not None:
+            fields["principal"] = principal
         if exc is not None:
             fields["exc_info"] = exc
         getattr(self._target(), level)(self._event, **fields)
 
     def rate_limited(
         self, *, method: str, caller: str, count: int, interval: float,
-        request_id: str | None,
+        request_id: str | None, event: str = RATE_LIMITED_EVENT,
     ) -> None:
         """Log ``count`` rate-limit refusals of ``caller`` (one event per interval), at
-        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server._shedding`)."""
+        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server._shedding`), or
+        ``event`` (``grpc.call.shed`` for the concurrency limit, ``caller`` its partition)."""
         self._target().warning(
-            RATE_LIMITED_EVENT, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
+            event, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
             error_code="RATE_LIMIT_EXCEEDED", caller=caller, count=count,
             interval_s=interval, request_id=request_id)
 

@@ -38,6 +38,7 @@ __all__ = [
     "end_server_span",
     "inject",
     "retry_event",
+    "set_principal",
     "start_server_span",
     ]
 
@@ -80,6 +81,14 @@ def call_failed(code: grpc.StatusCode, error_code: str | None, message: str,
     if request_id is not None:
         span.set_attribute("octollm.request_id", request_id)
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, message))
+
+
+def set_principal(principal: str) -> None:
+    """Name the authenticated caller on the current span: ``octollm.principal`` (a
+    certificate's identity or a token's subject; never a credential)."""
+    span = _recording_span()
+    if span is not None:
+        span.set_attribute("octollm.principal", principal)
 
 
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,12 @@
 its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
 :class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
 shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens`), all gathered in one :class:`ServerOptions`. Handlers validate with
-:class:`Violations` and read the call's id with :func:`current_request_id`.
+:class:`StaticTokens` or :class:`JWTVerifier`) or :class:`CertificateAuth` (mTLS identities),
+:class:`ConcurrencyLimit` (an adaptive limit on calls in flight), all gathered in one
+:class:`ServerOptions`. :func:`server_credentials` gives TLS / mTLS credentials (reloaded
+from disk when the files change); :func:`certificate_principal` names an mTLS caller; a
+verifier may answer with a :class:`Grant` (scopes and the caller's principal). Handlers
+validate with :class:`Violations` and read the call's id with :func:`current_request_id`.
 """
 
 from __future__ import annotations
@@ -24,17 +28,25 @@ from octollm_grpc.observability import (
     flush_logs,
     serve_metrics,
 )
-from octollm_grpc.server._auth import BearerAuth, StaticTokens
+from octollm_grpc.server._auth import BearerAuth, Grant, StaticTokens
+from octollm_grpc.server._concurrency import ConcurrencyLimit
 from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._identity import CertificateAuth, certificate_principal
+from octollm_grpc.server._jwt import JWTVerifier
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server._sync import ServerInterceptor
+from octollm_grpc.server._tls import server_credentials
 from octollm_grpc.server._validation import Violations
 
 # The observability parts are also importable from here, where a server is configured.
 __all__ = [
     "BearerAuth",
     "CallLogger",
+    "CertificateAuth",
+    "ConcurrencyLimit",
+    "Grant",
+    "JWTVerifier",
     "MemoryStore",
     "RateLimit",
     "RateLimiter",
@@ -43,10 +55,12 @@ __all__ = [
     "ServerOptions",
     "StaticTokens",
     "Violations",
+    "certificate_principal",
     "configure_logging",
     "current_request_id",
     "flush_logs",
     "serve_metrics",
+    "server_credentials",
     "server_interceptors",
 ]
 
@@ -57,15 +71,17 @@ def server_interceptors(
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
     Takes the fields of :class:`ServerOptions` as keywords (``request_ids``, ``logger``,
-    ``metrics``, ``rate_limit``, ``auth``, ``domain``, ``debug``, ``tracer_provider``), or a
+    ``metrics``, ``rate_limit``, ``auth``, ``concurrency``, ``domain``, ``debug``,
+    ``tracer_provider``), or a
     ``ServerOptions`` whose fields the keywords replace. With no arguments: error mapping,
     request ids, logging and metrics (on prometheus-client's default registry). ``True``
     keeps a part with its defaults, ``False`` drops it, an object configures it;
-    ``rate_limit`` and ``auth`` are off unless given. Error mapping is always on. The parts
-    run as one interceptor (one wrapper per call, not one per part), in this order: request
-    id, started counter, rate limit, auth, handler; then the status is decided, logged once
-    and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds the traceback of
-    unexpected exceptions as ``DebugInfo`` (never in production). ``tracer_provider``
+    ``rate_limit``, ``auth`` and ``concurrency`` are off unless given. Error mapping is always
+    on. The parts run as one interceptor (one wrapper per call, not one per part), in this
+    order: request id, started counter, rate limit, concurrency limit, auth, handler; then
+    the status is decided, logged once and counted. ``domain`` is ``ErrorInfo.domain``;
+    ``debug=True`` adds the traceback of unexpected exceptions as ``DebugInfo`` (never in
+    production). ``tracer_provider``
     (OpenTelemetry; default: the global one) starts a server span for a call no
     instrumentation traces already (see :mod:`octollm_grpc.observability._otel`).
 

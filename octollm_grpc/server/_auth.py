@@ -7,6 +7,13 @@ a rejected token -> :class:`~octollm_grpc.errors.AuthenticationError` (``UNAUTHE
 valid token without a required scope -> :class:`~octollm_grpc.errors.AuthorizationError`
 (``PERMISSION_DENIED``). Open methods (health and reflection by default) need no token.
 Tokens never appear in error messages, details or logs.
+
+A verifier may return a :class:`Grant` (scopes plus the caller's principal, e.g. a JWT's
+``sub``): the principal is then logged with a failed call and set as ``octollm.principal`` on
+the span. A verifier may also raise :class:`~octollm_grpc.errors.AuthenticationError` itself,
+with an ``error_code`` saying why (``TOKEN_EXPIRED``, ...), which becomes ``ErrorInfo.reason``;
+a verifier object with a coroutine method ``verify_async`` is awaited through it on aio servers
+(:class:`~octollm_grpc.server.JWTVerifier` is one).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, TypeAlias
 
 from octollm_grpc.errors import AuthenticationError, AuthorizationError
 
-__all__ = ["DEFAULT_OPEN_METHODS", "BearerAuth", "StaticTokens", "Verifier"]
+__all__ = ["DEFAULT_OPEN_METHODS", "BearerAuth", "Grant", "StaticTokens", "Verifier"]
 
 #: token -> the caller's scopes, or ``None`` if the token is not valid. On an aio server the
 #: verifier may also be a coroutine function.
@@ -30,6 +37,31 @@ DEFAULT_OPEN_METHODS: tuple[str, ...] = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+
+class Grant(frozenset[str]):
+    """Scopes with the principal they were granted to (a verifier's richer answer).
+
+    It is a ``frozenset`` of scopes, so code that only wants the scopes needs nothing else;
+    ``principal`` names the caller (a JWT's ``sub``, a certificate's SPIFFE ID) or is ``None``.
+
+    Args:
+        scopes: The scopes granted.
+        principal: Who they are granted to; logged with a failed call and set as
+            ``octollm.principal`` on the span (never put a credential here).
+    """
+
+    principal: str | None
+
+    def __new__(cls, scopes: Iterable[str] = (), principal: str | None = None) -> Grant:
+        return super().__new__(cls, scopes)
+
+    def __init__(self, scopes: Iterable[str] = (), principal: str | None = None) -> None:
+        super().__init__()
+        self.principal = principal
+
+    def __repr__(self) -> str:
+        return f"Grant({sorted(self)!r}, principal={self.principal!r})"
 
 
 class StaticTokens:
@@ -119,7 +151,15 @@ class BearerAuth:
         raise AuthenticationError("Missing bearer token")
 
     @staticmethod
-    def _authorize(required: frozenset[str], granted: Iterable[str] | None) -> None:
+    def authorize(required: frozenset[str], granted: Iterable[str] | None) -> str | None:
+        """Raise unless ``granted`` (what :meth:`identify` gave) has every ``required`` scope.
+
+        Returns the principal when ``granted`` is a :class:`Grant` naming one.
+
+        Raises:
+            AuthenticationError: ``granted`` is ``None`` (the credential was not valid).
+            AuthorizationError: a scope is missing (named in ``details["required_scopes"]``).
+        """
         if granted is None:
             raise AuthenticationError("Invalid bearer token")
         missing = required.difference(granted)
@@ -127,6 +167,7 @@ class BearerAuth:
             raise AuthorizationError(
                 "Missing required scope", details={"required_scopes": sorted(missing)}
             )
+        return granted.principal if isinstance(granted, Grant) else None
 
     @property
     def is_async(self) -> bool:
@@ -136,16 +177,20 @@ class BearerAuth:
         return inspect.iscoroutinefunction(verifier) or inspect.iscoroutinefunction(
             type(verifier).__call__)
 
-    def check(
+    def identify(
         self,
-        required: frozenset[str],
         metadata: Iterable[Any] | None,
         wait: Callable[[Awaitable[Any]], Any] | None = None,
-    ) -> None:
-        """Raise unless ``metadata`` carries a valid token with every ``required`` scope.
+        context: Any = None,
+    ) -> Iterable[str] | None:
+        """The caller's scopes (a :class:`Grant` when the verifier names the caller), or
+        ``None`` when the token is not valid; raises ``AuthenticationError`` for a missing or
+        malformed header (or when the verifier raises it).
 
         ``wait`` blocks until an awaitable verdict is ready (a ``def`` handler on an aio
         server hands it to the event loop); without it a coroutine verifier is a ``TypeError``.
+        ``context`` (the servicer context) is unused here; :class:`CertificateAuth` reads the
+        connection's certificate from it.
         """
         granted = self._verifier(self._token(metadata))
         if inspect.isawaitable(granted) and wait is not None:
@@ -156,11 +201,33 @@ class BearerAuth:
             if callable(close):
                 close()
             raise TypeError("an async verifier needs the aio server interceptors")
-        self._authorize(required, granted)
+        return granted
 
-    async def check_async(self, required: frozenset[str], metadata: Iterable[Any] | None) -> None:
-        """:meth:`check` for aio servers: the verifier may be a coroutine function."""
-        granted = self._verifier(self._token(metadata))
+    async def identify_async(
+        self, metadata: Iterable[Any] | None, context: Any = None
+    ) -> Iterable[str] | None:
+        """:meth:`identify` for aio servers: the verifier may be a coroutine function, or have
+        a coroutine method ``verify_async`` (used instead of calling it)."""
+        token = self._token(metadata)
+        verify_async = getattr(self._verifier, "verify_async", None)
+        granted = verify_async(token) if verify_async is not None else self._verifier(token)
         if inspect.isawaitable(granted):
             granted = await granted
-        self._authorize(required, granted)
+        return granted
+
+    def check(
+        self,
+        required: frozenset[str],
+        metadata: Iterable[Any] | None,
+        wait: Callable[[Awaitable[Any]], Any] | None = None,
+        context: Any = None,
+    ) -> str | None:
+        """Raise unless ``metadata`` carries a valid token with every ``required`` scope
+        (:meth:`identify`, then :meth:`authorize`); the caller's principal, if named."""
+        return self.authorize(required, self.identify(metadata, wait, context))
+
+    async def check_async(
+        self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
+    ) -> str | None:
+        """:meth:`check` for aio servers (see :meth:`identify_async`)."""
+        return self.authorize(required, await self.identify_async(metadata, context))

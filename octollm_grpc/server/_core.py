@@ -36,6 +36,8 @@ from octollm_grpc.observability._logs import (
 from octollm_grpc.observability._propagation import Inbound
 from octollm_grpc.observability._requestid import DEFAULT_HEADER, RequestIds
 from octollm_grpc.observability._server_metrics import MethodMetrics, ServerMetrics
+from octollm_grpc.server._auth import Grant
+from octollm_grpc.server._concurrency import SHED_EVENT, ConcurrencyRejection, Permit, Route
 from octollm_grpc.server._failures import (
     Failure,
     HandlerStatus,
@@ -53,7 +55,7 @@ from octollm_grpc.server._handlers import (
 )
 from octollm_grpc.server._options import ServerOptions, part
 from octollm_grpc.server._ratelimit import RateLimit
-from octollm_grpc.server._shedding import Rejection, RejectionLog, RejectionStatuses
+from octollm_grpc.server._shedding import Refusal, Rejection, RejectionLog, RejectionStatuses
 from octollm_grpc.status._encode import to_status_or_raise, unencodable_status
 
 __all__ = [
@@ -73,7 +75,7 @@ _perf_counter = time.perf_counter
 class MethodPlan:
     """What one method needs on each call, resolved once."""
 
-    __slots__ = ("guarded", "limit", "method", "metrics", "rpc_type", "scopes")
+    __slots__ = ("concurrency", "guarded", "limit", "method", "metrics", "rpc_type", "scopes")
 
     def __init__(
         self,
@@ -82,13 +84,15 @@ class MethodPlan:
         metrics: MethodMetrics | None,
         limit: tuple[str, RateLimit] | None,
         scopes: frozenset[str] | None,
+        concurrency: Route | None = None,
     ) -> None:
         self.method = method
         self.rpc_type = rpc_type
         self.metrics = metrics
         self.limit = limit
         self.scopes = scopes
-        self.guarded = limit is not None or scopes is not None
+        self.concurrency = concurrency
+        self.guarded = limit is not None or scopes is not None or concurrency is not None
 
 
 class Call:
@@ -99,16 +103,19 @@ class Call:
     :class:`SyncCall` and :class:`AsyncCall` add the prologue and epilogue.
     """
 
-    __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "pipeline", "plan",
-                 "rejection", "request", "request_id", "rid_token", "span", "start", "trailers")
+    __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "permit", "pipeline",
+                 "plan", "principal", "rejection", "request", "request_id", "rid_token", "span",
+                 "start", "trailers")
 
     start: float
     pipeline: Pipeline
     plan: MethodPlan
     context: ServicerContext
     request: Any
-    rejection: Rejection | None  # set when the rate limiter refused the call (the shed path)
+    rejection: Refusal | None  # set when a limiter refused the call (the shed path)
+    permit: Permit | None  # the call's place under the concurrency limit, given back at end
     span: otel.ServerSpan | None
+    principal: str | None  # who auth found the caller to be (a certificate's, a token's)
     metadata: Metadata | None
     request_id: str | None
     trailers: tuple[tuple[str, str], ...] | None
@@ -131,8 +138,8 @@ class Call:
         self.plan = plan
         self.context = context
         self.request = request
-        self.rejection = None
-        self.span = None
+        self.rejection = self.permit = self.span = None
+        self.principal = None
         request_ids = pipeline.request_ids
         # Read once per call: on aio each invocation_metadata() builds a new tuple.
         self.metadata = (
@@ -254,6 +261,7 @@ class Pipeline:
         self.metrics = part(options.metrics, ServerMetrics)
         self.rate_limiter = options.rate_limit
         self.auth = options.auth
+        self.concurrency = options.concurrency
         self.domain = options.domain
         self.debug = options.debug
         # Refusals are shed cheaply: one status per limit and wait, one log event per caller
@@ -263,6 +271,10 @@ class Pipeline:
         if self.logger is not None and self.rate_limiter is not None:
             self.rejection_log = RejectionLog(
                 self.logger, secret_keys=self.rate_limiter.key_metadata is not None)
+        # Concurrency refusals: one grpc.call.shed event per partition and second.
+        self.shed_log = None
+        if self.logger is not None and self.concurrency is not None:
+            self.shed_log = RejectionLog(self.logger, event=SHED_EVENT)
 
     # -- per method ---------------------------------------------------------------------
 
@@ -276,6 +288,10 @@ class Pipeline:
             # "is not None", not truthiness: an empty RateLimiter (it has __len__) is falsy.
             self.rate_limiter.limit_for(method) if self.rate_limiter is not None else None,
             self.auth.requirement(method) if self.auth is not None else None,
+            self.concurrency.route(
+                method, self.metrics.registry if self.metrics is not None else None,
+                streaming=rpc_type != "unary")
+            if self.concurrency is not None else None,
         )
 
     # -- per call -----------------------------------------------------------------------
@@ -289,9 +305,17 @@ class Pipeline:
         plan = call.plan
         if plan.limit is not None:
             self._rate_limit(plan.limit, call)
+        if plan.concurrency is not None:
+            self._take_place(plan.concurrency, call)
         if plan.scopes is not None:
             assert self.auth is not None
-            self.auth.check(plan.scopes, call.metadata, wait)
+            try:
+                granted = self.auth.identify(call.metadata, wait, call.context)
+                _note_principal(call, granted)
+                self.auth.authorize(plan.scopes, granted)
+            except BaseException:
+                self._give_place_back(call)
+                raise
 
     async def admit_async(self, call: Call) -> None:
         """:meth:`admit` for aio: the verifier may be a coroutine function."""
@@ -300,19 +324,44 @@ class Pipeline:
             # A shared store (Redis) answers over the network: never block the event loop.
             limiter = self.rate_limiter
             assert limiter is not None
-            key = limiter.key_for(call.metadata, call.context.peer)
+            key = limiter.key_for(call.metadata, call.context.peer, call.context)
             wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
             if wait > 0.0:
                 raise _refuse(call, plan.limit[1], key, wait)
+        if plan.concurrency is not None:
+            self._take_place(plan.concurrency, call)
         if plan.scopes is not None:
             assert self.auth is not None
-            await self.auth.check_async(plan.scopes, call.metadata)
+            try:
+                granted = await self.auth.identify_async(call.metadata, call.context)
+                _note_principal(call, granted)
+                self.auth.authorize(plan.scopes, granted)
+            except BaseException:
+                self._give_place_back(call)
+                raise
+
+    def _take_place(self, route: Route, call: Call) -> None:
+        # After the rate limit (a caller over its own limit takes no place), before auth
+        # (an overloaded server spends nothing on verifying a call it refuses).
+        assert self.concurrency is not None
+        admitted = self.concurrency.acquire(route, call.metadata)
+        if isinstance(admitted, ConcurrencyRejection):
+            call.rejection = admitted
+            raise admitted.error()
+        call.permit = admitted
+
+    def _give_place_back(self, call: Call) -> None:
+        # Refused by auth: the handler never ran, so its time is no latency sample.
+        if call.permit is not None:
+            assert self.concurrency is not None
+            self.concurrency.release(call.permit, sample=False)
+            call.permit = None
 
     def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> None:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
-        key = limiter.key_for(call.metadata, call.context.peer)
+        key = limiter.key_for(call.metadata, call.context.peer, call.context)
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
             raise _refuse(call, limit[1], key, wait)
@@ -401,7 +450,7 @@ class Pipeline:
         otel.call_failed(status.code, error_code, status.details, call.request_id)
         return Failure(status._replace(trailing_metadata=trailers), None)
 
-    def _shed(self, call: Call, rejection: Rejection) -> Failure:
+    def _shed(self, call: Call, rejection: Refusal) -> Failure:
         """A refused call: the cached status, counted per call, logged per caller and second."""
         status = self.rejection_statuses.status(rejection, call.request_id)
         current = call.context.trailing_metadata()
@@ -418,10 +467,11 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.error("RATE_LIMIT_EXCEEDED", duration)
         otel.call_failed(status.code, "RATE_LIMIT_EXCEEDED", status.details, call.request_id)
-        if self.rejection_log is not None and self.logger is not None \
-                and self.logger.enabled_for("warning"):
+        log = self.shed_log if isinstance(rejection, ConcurrencyRejection) \
+            else self.rejection_log
+        if log is not None and self.logger is not None and self.logger.enabled_for("warning"):
             try:
-                self.rejection_log.note(call.plan.method, rejection.key, call.request_id)
+                log.note(call.plan.method, rejection.key, call.request_id)
             except Exception:  # noqa: BLE001 - a broken log setup must not change the status
                 _fallback_log.exception("octollm_grpc could not log a refused call")
         return Failure(status._replace(trailing_metadata=trailers), None)
@@ -454,12 +504,18 @@ class Pipeline:
                     peer=_peer(call.context) if self.logger.peer else None,
                     message=message,
                     exc=exc,
+                    principal=call.principal,
                 )
             except Exception:  # noqa: BLE001 - a broken log setup must not change the status
                 _fallback_log.exception("octollm_grpc could not log a failed call")
 
     def end(self, call: Call) -> None:
-        """Unbind the call's context variables (always, after success or failure)."""
+        """Give back the call's place under the concurrency limit (its time is a latency
+        sample) and unbind its context variables (always, after success or failure)."""
+        if call.permit is not None:
+            assert self.concurrency is not None
+            self.concurrency.release(call.permit)
+            call.permit = None
         if call.inbound_token is not None:
             propagation.leave(call.inbound_token)
         if call.span is not None:
@@ -468,6 +524,14 @@ class Pipeline:
             requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
+
+
+def _note_principal(call: Call, granted: object) -> None:
+    """Remember who the caller is (for its log event and span) before scopes are checked,
+    so a refusal for a missing scope still names the caller."""
+    if isinstance(granted, Grant) and granted.principal is not None:
+        call.principal = granted.principal
+        otel.set_principal(granted.principal)
 
 
 def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:

@@ -16,6 +16,7 @@ from octollm_grpc.observability._logs import CallLogger
 from octollm_grpc.observability._requestid import RequestIds
 from octollm_grpc.observability._server_metrics import ServerMetrics
 from octollm_grpc.server._auth import BearerAuth
+from octollm_grpc.server._concurrency import ConcurrencyLimit
 from octollm_grpc.server._ratelimit import RateLimiter
 from octollm_grpc.status._limits import DEFAULT_DOMAIN
 
@@ -28,8 +29,9 @@ class ServerOptions:
 
     For ``request_ids``, ``logger`` and ``metrics``: ``True`` keeps the part with its defaults
     (made when a stack is built, so each stack gets its own), ``False`` drops it, an object
-    configures it. ``rate_limit`` and ``auth`` are off unless given. Error mapping is always
-    on. The defaults are what ``server_interceptors()`` gives with no arguments.
+    configures it. ``rate_limit``, ``auth`` and ``concurrency`` are off unless given. Error
+    mapping is always on. The defaults are what ``server_interceptors()`` gives with no
+    arguments.
 
     Args:
         request_ids: The request-id part (``True``: defaults, ``False``: off).
@@ -37,6 +39,7 @@ class ServerOptions:
         metrics: The metrics.
         rate_limit: A :class:`RateLimiter`, or ``None`` for none.
         auth: A :class:`BearerAuth`, or ``None`` for none.
+        concurrency: A :class:`~octollm_grpc.server.ConcurrencyLimit`, or ``None`` for none.
         domain: ``ErrorInfo.domain`` of the statuses sent.
         debug: Send the traceback of unexpected exceptions (never in production).
         tracer_provider: The OpenTelemetry tracer provider (default: the global one).
@@ -52,6 +55,8 @@ class ServerOptions:
     """Token buckets per caller; a refused call gets ``RateLimitError``."""
     auth: BearerAuth | None = None
     """Bearer tokens and scopes per method."""
+    concurrency: ConcurrencyLimit | None = None
+    """An adaptive limit on calls in flight; a call over it is refused before its handler."""
     domain: str = DEFAULT_DOMAIN
     """``ErrorInfo.domain`` of every error the stack encodes."""
     debug: bool = False
@@ -72,6 +77,7 @@ class ServerKeywords(TypedDict, total=False):
     metrics: ServerMetrics | bool
     rate_limit: RateLimiter | None
     auth: BearerAuth | None
+    concurrency: ConcurrencyLimit | None
     domain: str
     debug: bool
     tracer_provider: Any

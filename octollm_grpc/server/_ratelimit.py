@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from octollm_grpc.errors import RateLimitError
+from octollm_grpc.server._identity import certificate_principal
 
 __all__ = ["BucketStore", "MemoryStore", "RateLimit", "RateLimiter", "ceil_ms", "peer_host"]
 
@@ -160,7 +161,10 @@ class RateLimiter:
     ``default`` applies to every method not in ``methods`` (``None``: unlimited). ``methods``
     maps full method names (``/pkg.Service/Method``) to their own :class:`RateLimit`, or to
     ``None`` to exempt them. ``key_metadata`` names the metadata key identifying the caller
-    (the peer host is used when it is absent). ``store`` holds the buckets; by default a
+    (the peer host is used when it is absent); ``key_certificate=True`` keys a caller that
+    presented a client certificate (mTLS) by its principal (see
+    :func:`octollm_grpc.server.certificate_principal`), which, unlike a header, the
+    caller cannot change at will. ``store`` holds the buckets; by default a
     :class:`MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
     which may then not be given with ``store``. Thread-safe.
 
@@ -186,6 +190,7 @@ class RateLimiter:
         max_keys: int | None = None,
         clock: Callable[[], float] | None = None,
         store: BucketStore | None = None,
+        key_certificate: bool = False,
     ) -> None:
         if store is None:
             store = MemoryStore(
@@ -198,6 +203,7 @@ class RateLimiter:
         self._default = default
         self._methods = dict(methods or {})
         self._key_metadata = key_metadata.lower() if key_metadata else None
+        self._key_certificate = key_certificate
         self.store = store
 
     def __len__(self) -> int:
@@ -211,8 +217,16 @@ class RateLimiter:
             return None if own is None else (method, own)
         return None if self._default is None else ("", self._default)
 
-    def key_for(self, metadata: Iterable[Any] | None, peer: Callable[[], str]) -> str:
-        """The caller key: the configured metadata value, else the peer host."""
+    def key_for(
+        self, metadata: Iterable[Any] | None, peer: Callable[[], str], context: Any = None
+    ) -> str:
+        """The caller key: the certificate's principal (with ``key_certificate`` and a
+        servicer ``context`` whose peer presented one), else the configured metadata value,
+        else the peer host."""
+        if self._key_certificate and context is not None:
+            principal = certificate_principal(context)
+            if principal is not None:
+                return "principal:" + principal
         wanted = self._key_metadata
         if wanted is not None and metadata:
             for key, value in metadata:

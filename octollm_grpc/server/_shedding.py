@@ -19,6 +19,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from octollm_grpc.errors import RateLimitError
 from octollm_grpc.observability._logs import RATE_LIMITED_EVENT, CallLogger
@@ -27,7 +28,7 @@ from octollm_grpc.status import to_status
 from octollm_grpc.status._encode import StatusTemplate
 from octollm_grpc.status._limits import DEFAULT_DOMAIN, RichStatus
 
-__all__ = ["RATE_LIMITED_EVENT", "Rejection", "RejectionLog", "RejectionStatuses"]
+__all__ = ["RATE_LIMITED_EVENT", "Refusal", "Rejection", "RejectionLog", "RejectionStatuses"]
 
 
 def advertised_wait(wait: float) -> float:
@@ -58,9 +59,27 @@ class Rejection:
         return RateLimitError(limit=self.limit.limit, window=self.limit.window,
                               retry_after=self.wait)
 
+    def cache_key(self) -> tuple[object, ...]:
+        """What the refusal's status depends on (besides the request id)."""
+        return (self.limit.limit, self.limit.window, self.limit.burst,
+                round(self.wait * 1000.0))
+
+
+class Refusal(Protocol):
+    """A refused call as :class:`RejectionStatuses` and :class:`RejectionLog` see it: a
+    rate-limit :class:`Rejection`, or a concurrency-limit one."""
+
+    key: str
+    wait: float
+
+    def error(self) -> RateLimitError: ...
+
+    def cache_key(self) -> tuple[object, ...]: ...
+
 
 class RejectionStatuses:
-    """The rich status of a refusal, built once per (limit, advertised wait) and reused.
+    """The rich status of a refusal, built once per ``cache_key()`` (limit and advertised
+    wait) and reused.
 
     Only the request id differs between two refusals with the same limit and wait: it is
     added to the cached status per call (:class:`octollm_grpc.status.StatusTemplate`). The
@@ -70,14 +89,12 @@ class RejectionStatuses:
     def __init__(self, *, domain: str = DEFAULT_DOMAIN, size: int = 256) -> None:
         self._domain = domain
         self._size = size
-        self._cache: OrderedDict[tuple[int, int, int | None, int], StatusTemplate] = \
-            OrderedDict()
+        self._cache: OrderedDict[tuple[object, ...], StatusTemplate] = OrderedDict()
         self._lock = threading.Lock()
 
-    def status(self, rejection: Rejection, request_id: str | None) -> RichStatus:
+    def status(self, rejection: Refusal, request_id: str | None) -> RichStatus:
         """The status that ends the refused call, with ``request_id`` in ``RequestInfo``."""
-        limit = rejection.limit
-        key = (limit.limit, limit.window, limit.burst, round(rejection.wait * 1000.0))
+        key = rejection.cache_key()
         with self._lock:
             template = self._cache.get(key)
             if template is not None:
@@ -103,7 +120,9 @@ class RejectionLog:
     ``count``, ``interval_s`` and the ``request_id`` of the refusal that wrote it. ``caller``
     is the limiter's key when it is the peer address; a key taken from request metadata
     (``key_metadata``, often an API key) is logged only as a short SHA-256 digest. At most
-    ``max_keys`` callers are tracked (the oldest windows are written out first).
+    ``max_keys`` callers are tracked (the oldest windows are written out first). ``event``
+    names the event (the concurrency limit's refusals are ``grpc.call.shed``, keyed by
+    partition).
     """
 
     def __init__(
@@ -114,6 +133,7 @@ class RejectionLog:
         secret_keys: bool = False,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 10_000,
+        event: str = RATE_LIMITED_EVENT,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive, not {interval!r}")
@@ -124,6 +144,7 @@ class RejectionLog:
         self._secret = secret_keys
         self._clock = clock
         self._max_keys = max_keys
+        self._event = event
         self._lock = threading.Lock()
         # Caller key -> its current interval, oldest first (so only the front can have ended).
         self._windows: OrderedDict[str, _Window] = OrderedDict()
@@ -174,7 +195,8 @@ class RejectionLog:
         caller = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16] \
             if self._secret else key
         self._logger.rate_limited(method=method, caller=caller, count=count,
-                                  interval=self._interval, request_id=request_id)
+                                  interval=self._interval, request_id=request_id,
+                                  event=self._event)
 
 
 class _Window:

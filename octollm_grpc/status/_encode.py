@@ -316,6 +316,9 @@ def _encode_error(
 ) -> _Encoding:
     """The status of an error of the hierarchy: its message, details and class details."""
     error_code, raw, details = exc.error_code, exc.message, exc.details
+    declared = getattr(type(exc), "domain", None)
+    if type(declared) is str and declared:
+        domain = declared  # a class declared in an API's protos names its own domain
     message = truncate_message(safe_text(str(raw)))
     retry_after = _details.valid_retry_after(exc.retry_after)
     plan = _plan(type(exc), error_code if type(error_code) is str else str(error_code),
@@ -385,7 +388,9 @@ def to_status(
     Args:
         exc: Any exception.
         request_id: Put in ``RequestInfo`` (and so seen by the caller) when given.
-        domain: ``ErrorInfo.domain``.
+        domain: ``ErrorInfo.domain``, except for a class that names its own (a non-empty
+            ``domain`` class attribute, as the classes generated from errors declared in
+            protos do).
         debug: Add the traceback of an unexpected exception as ``DebugInfo``.
 
     Returns:

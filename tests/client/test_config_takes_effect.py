@@ -1,7 +1,8 @@
 """Config that is accepted must take effect: fields we do not implement are refused.
 
 A field neither we nor gRPC act on (e.g. a misspelt one) is a ``ValueError`` naming the
-field, never dropped without a word. Fields gRPC itself implements are handed to it and work.
+field, never dropped without a word, and so is a method with both ``retryPolicy`` and
+``hedgingPolicy`` (gRFC A6). Fields gRPC itself implements are handed to it and work.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ RETRY = {"maxAttempts": 2, "initialBackoff": "0.1s", "maxBackoff": "1s",
          "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
 
 REFUSED: list[tuple[dict[str, Any], str]] = [
-    ({"methodConfig": [{"name": NAME, "hedgingPolicy": {
-        "maxAttempts": 3, "hedgingDelay": "0.1s"}}]}, "hedgingPolicy"),
     ({"methodConfig": [{"name": NAME, "retryPolicy": RETRY, "hedgingPolicy": {}}]},
      "hedgingPolicy"),
+    ({"methodConfig": [{"name": NAME, "hedgingPolicy": {"maxAttempts": 2, "delay": "1s"}}]},
+     "delay"),
     ({"retryThrotling": {"maxTokens": 10, "tokenRatio": 0.1}}, "retryThrotling"),
     ({"methodConfig": [{"name": NAME, "timout": "1s"}]}, "timout"),
     ({"methodConfig": [{"name": [{"service": "test.Echo", "methd": "Unary"}]}]}, "methd"),
@@ -43,9 +44,10 @@ def test_unimplemented_fields_are_refused_by_name(config: dict[str, Any], field:
         parse_config(config)
 
 
-def test_resilient_channels_refuse_hedging() -> None:
-    """Both channel factories refuse hedging before any call is made."""
-    config = {"methodConfig": [{"name": NAME, "hedgingPolicy": {"maxAttempts": 2}}]}
+def test_resilient_channels_refuse_retry_and_hedging_together() -> None:
+    """Both channel factories refuse a method both retried and hedged before any call."""
+    config = {"methodConfig": [{"name": NAME, "retryPolicy": RETRY,
+                                "hedgingPolicy": {"maxAttempts": 2}}]}
     with pytest.raises(ValueError, match="hedgingPolicy"):
         resilient_channel("127.0.0.1:1", config=config, registry=CollectorRegistry())
     with pytest.raises(ValueError, match="hedgingPolicy"):

@@ -55,7 +55,8 @@ def test_every_builtin_row_is_as_designed() -> None:
         assert codes.mapping_for_class(cls) == codes.ErrorMapping(*row), cls.__name__
         assert cls.error_code == row[0]
         assert codes.class_for_error_code(row[0]) is cls
-    assert [cls for cls, _ in codes.registered()] == list(TABLE)
+    # The sample service's declared errors register when its modules are imported.
+    assert [cls for cls, _ in codes.registered() if cls.__module__ == e.__name__] == list(TABLE)
 
 
 def test_unregistered_classes_and_builtins() -> None:

@@ -111,3 +111,14 @@ async def test_aio_server_error_info_reaches_the_client() -> None:
     async with aio_server(aio_handlers(script),
                           server_aio.server_interceptors(domain="tasks.example")) as target:
         _check_wire(await call_aio(target, "server_stream"))
+
+
+def test_a_class_that_names_its_domain_answers_it() -> None:
+    """A class with its own ``domain`` (declared in protos) answers and sends that domain."""
+
+    class Declared(e.NotFoundError):
+        error_code = "TEST_DECLARED_DOMAIN"
+        domain = "orders.acme.example"
+
+    error = Declared("o-1")
+    assert error.domain == _sent_info(error).domain == "orders.acme.example"

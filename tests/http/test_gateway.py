@@ -119,13 +119,14 @@ def test_not_found_is_404_with_the_grpc_error(
 def test_finished_task_cannot_be_cancelled_same_as_grpc(
     client: httpx.Client, service: RunningService,
 ) -> None:
-    """A rejected state change: 400 FAILED_PRECONDITION on both sides."""
+    """A rejected state change: 400 TASK_STATE_CONFLICT (declared in reasons.proto) on both
+    sides."""
     task_id = _create(client)
     assert client.post(f"/v1/tasks/{task_id}:cancel").status_code == 200
     response = client.post(f"/v1/tasks/{task_id}:cancel")
     assert response.status_code == 400
     body = same_error(response, service.call("CancelTask", {"task_id": task_id}))
-    assert body["error"] == "FAILED_PRECONDITION"
+    assert body["error"] == "TASK_STATE_CONFLICT"
 
 
 def test_every_violation_is_reported_as_on_grpc(

@@ -103,7 +103,7 @@ def test_every_python_block_is_run_by_a_test() -> None:
         "README.md": ["quickstart", "own-errors"],
         "errors.md": ["errors"],
         "own-errors.md": ["own-errors", "map-exception"],
-        "server.md": ["server"],
+        "server.md": ["server", "concurrency", "server-auth"],
         "client.md": ["client"],
         "service.md": ["service-python"],
     }

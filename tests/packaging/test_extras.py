@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Installed by the extras, never by the runtime dependencies.
-EXTRA_MODULES = ("grpc_tools", "grpc_reflection", "grpc_health")
+EXTRA_MODULES = ("grpc_tools", "grpc_reflection", "grpc_health", "jwt", "cryptography")
 
 _BLOCKER = textwrap.dedent(
     f"""

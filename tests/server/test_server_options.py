@@ -29,11 +29,12 @@ def _domain(error: Any) -> str:
 
 
 def test_defaults_are_the_no_argument_stack() -> None:
-    """The defaults: request ids, logging and metrics on; rate limit and auth off."""
+    """The defaults: request ids, logging and metrics on; rate limit, auth and concurrency off."""
     options = ServerOptions()
     assert dataclasses.asdict(options) == {
         "request_ids": True, "logger": True, "metrics": True, "rate_limit": None,
-        "auth": None, "domain": DEFAULT_DOMAIN, "debug": False, "tracer_provider": None,
+        "auth": None, "concurrency": None, "domain": DEFAULT_DOMAIN, "debug": False,
+        "tracer_provider": None,
     }
 
 

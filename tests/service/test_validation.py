@@ -6,6 +6,7 @@ import pytest
 
 from octollm_grpc.errors import InvalidInputError, ValidationErrors
 from server import messages, validation
+from server.gen.octollm.tasks.v1.reasons_errors import InvalidPageTokenError
 
 
 def test_every_violation_is_reported_at_once() -> None:
@@ -61,7 +62,8 @@ def test_batch_rules() -> None:
 
 
 def test_page_size_and_token() -> None:
-    """page_size 0 means the default; out of range or foreign tokens are INVALID_INPUT."""
+    """page_size 0 means the default; out of range is INVALID_INPUT, a foreign token
+    INVALID_PAGE_TOKEN (declared in reasons.proto) on field page_token."""
     assert validation.validate_page_size(0) == 50
     assert validation.validate_page_size(1000) == 1000
     with pytest.raises(InvalidInputError) as raised:
@@ -70,8 +72,10 @@ def test_page_size_and_token() -> None:
     assert messages.decode_page_token(messages.encode_page_token(17)) == 17
     assert messages.decode_page_token("") == 0
     for token in ("garbage!", "YWZ0ZXI6LTE", messages.encode_page_token(3)[:-1] + "%"):
-        with pytest.raises(InvalidInputError):
+        with pytest.raises(InvalidPageTokenError) as foreign:
             messages.decode_page_token(token)
+        assert foreign.value.details == {"field": "page_token"}
+        assert foreign.value.error_code == "INVALID_PAGE_TOKEN"
 
 
 def test_task_id_required() -> None:
