@@ -18,9 +18,10 @@ from octollm_grpc.status import from_rpc_error, to_status
 
 __version__ = "0.1.0"
 
+# __version__ is module metadata (also in the wheel's metadata), not an API object: it is an
+# attribute here, outside __all__, like other packages' __version__.
 __all__ = [
     "ErrorMapping",
-    "__version__",
     "from_rpc_error",
     "map_exception",
     "mapping_for",
