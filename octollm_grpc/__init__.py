@@ -8,7 +8,7 @@ The curated public API. Modules: ``errors`` (the hierarchy), ``codes`` (the mapp
 from __future__ import annotations
 
 from octollm_grpc import errors as errors  # the hierarchy's module, importable from here
-from octollm_grpc.codes import ErrorMapping, mapping_for, register
+from octollm_grpc.codes import ErrorMapping, map_exception, mapping_for, register
 from octollm_grpc.errors import _base
 from octollm_grpc.errors import _classes as _catalog
 from octollm_grpc.errors._base import *  # noqa: F403 - ErrorDetails, OctoLLMError
@@ -18,10 +18,12 @@ from octollm_grpc.status import from_rpc_error, to_status
 
 __version__ = "0.1.0"
 
+# __version__ is module metadata (also in the wheel's metadata), not an API object: it is an
+# attribute here, outside __all__, like other packages' __version__.
 __all__ = [
     "ErrorMapping",
-    "__version__",
     "from_rpc_error",
+    "map_exception",
     "mapping_for",
     "register",
     "to_http",

@@ -134,7 +134,15 @@ class ErrorHandlers:
         return self._with_id(request, JSONResponse(body, status, headers=headers))
 
     async def unexpected_error(self, request: Request, exc: Exception) -> JSONResponse:
-        """Any other exception -> the generic 500 body; the exception goes to the log only."""
+        """Any other exception -> the generic 500 body; the exception goes to the log only.
+
+        An exception type given to :func:`octollm_grpc.map_exception` is answered as the
+        ``OctoLLMError`` its converter returns.
+        """
+        mapped = codes.converted(exc)
+        if isinstance(mapped, OctoLLMError) and mapped is not exc:
+            return await self.octollm_error(request, mapped)
+        exc = mapped if isinstance(mapped, Exception) else exc
         mapping = codes.mapping_for(exc)
         if isinstance(exc, OctoLLMError) or mapping is not codes.BUILTIN_TIMEOUT:
             mapping = codes.UNEXPECTED

@@ -8,6 +8,17 @@ reset timeout: exactly ``half_open_probes`` calls may be in flight at a time; ``
 successful probes close the breaker, one failed probe opens it again (for longer, when the
 reset timeout grows).
 
+Operators can ``reset()`` a breaker (closed, counters cleared) or
+``force_open()`` it (open now, for a given time); each logs an event
+(``circuit_breaker_reset``, ``circuit_breaker_forced_open``) and counts
+``octollm_client_circuit_operations_total{operation}``.
+
+Listeners: a plain callable hears state changes, ``listener(breaker, old, new)``. An object with
+any of the methods ``state_change(breaker, old, new)``, ``success(breaker)`` and
+``failure(breaker)`` (pybreaker's names) hears what it defines: every call reported a success
+or a failure, and the state changes (a change a call causes is heard before that call's
+verdict). A listener that raises is logged and ignored.
+
 A call holds an integer *token* from :meth:`BreakerCore.acquire` and reports it once
 (``on_success``, ``on_failure`` or ``release`` for "no verdict", e.g. cancelled). The lock is
 held only to update counters, never while a call runs, so the breaker is safe to share by
@@ -119,8 +130,9 @@ class BreakerLimits:
         _check("probe_timeout", self.probe_timeout)
 
 
-#: Called after each state change as ``listener(breaker, old_state, new_state)``.
-BreakerListener = Callable[["BreakerCore", CircuitState, CircuitState], None]
+#: Called after each state change as ``listener(breaker, old_state, new_state)``; or an object
+#: with ``state_change`` / ``success`` / ``failure`` methods (see the module docstring).
+BreakerListener = Callable[["BreakerCore", CircuitState, CircuitState], None] | object
 
 #: Builds the exception an open breaker raises: ``open_error(target, retry_after)``.
 OpenError = Callable[[str, float], BaseException]
@@ -145,7 +157,11 @@ class BreakerCore:
         self.settings = settings
         self._open_error = open_error
         self._clock = clock
-        self._listeners = list(listeners)
+        self._listeners: list[Callable[[BreakerCore, CircuitState, CircuitState], None]] = []
+        self._on_success: list[Callable[[BreakerCore], None]] = []
+        self._on_failure: list[Callable[[BreakerCore], None]] = []
+        for listener in listeners:
+            self.add_listener(listener)
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
         self._epoch = 0  # bumped on every transition: late reports of older calls are ignored
@@ -163,6 +179,9 @@ class BreakerCore:
         self._state_gauge = metrics.state.labels(target, method)
         self._rejected = metrics.rejected.labels(target, method)
         self._transitions = metrics.transitions
+        self._metrics = metrics
+        # The labelled series this breaker created beyond state and rejected (for forget()).
+        self._series: set[tuple[str, ...]] = set()
         self._state_gauge.set(CircuitState.CLOSED.gauge)
 
     # -- reading --------------------------------------------------------------------------
@@ -175,8 +194,89 @@ class BreakerCore:
         return self._state
 
     def add_listener(self, listener: BreakerListener) -> None:
-        """Call ``listener(breaker, old, new)`` after every state change (outside the lock)."""
-        self._listeners.append(listener)
+        """Add a listener, called outside the lock (see the module docstring for the kinds).
+
+        Args:
+            listener: ``listener(breaker, old, new)``, or an object with any of
+                ``state_change(breaker, old, new)``, ``success(breaker)``, ``failure(breaker)``.
+
+        Raises:
+            TypeError: ``listener`` is neither callable nor has any of those methods.
+        """
+        hooks = [getattr(listener, name, None) for name in ("state_change", "success", "failure")]
+        if not any(callable(hook) for hook in hooks):
+            if not callable(listener):
+                raise TypeError(f"a breaker listener must be callable or have state_change, "
+                                f"success or failure methods, not {listener!r}")
+            self._listeners.append(listener)
+            return
+        state_change, success, failure = hooks
+        if callable(state_change):
+            self._listeners.append(state_change)
+        if callable(success):
+            self._on_success.append(success)
+        if callable(failure):
+            self._on_failure.append(failure)
+
+    # -- operating it ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Close the breaker now and forget its failures (an operator's "the backend is back").
+
+        Logs ``circuit_breaker_reset`` (info) and counts
+        ``octollm_client_circuit_operations_total{operation="reset"}``; a state change is
+        announced as usual.
+        """
+        with self._lock:
+            changed = self._move(CircuitState.CLOSED)
+        self._operated("reset", "circuit_breaker_reset", changed)
+
+    def force_open(self, open_for: float | None = None) -> None:
+        """Open the breaker now: calls fail fast until ``open_for`` seconds have passed.
+
+        Args:
+            open_for: Seconds open before probing resumes (default: the open time the next
+                trip would get). ``math.inf`` keeps it open until ``reset()``.
+
+        Raises:
+            ValueError: ``open_for`` is not a number > 0.
+        """
+        if open_for is not None and (isinstance(open_for, bool)
+                                     or not isinstance(open_for, (int, float))
+                                     or not open_for > 0):
+            raise ValueError(f"open_for must be a number of seconds > 0, not {open_for!r}")
+        with self._lock:
+            changed = self._move(CircuitState.OPEN)
+            if open_for is not None:
+                self._open_until = self._clock() + open_for
+                changed = (changed[0], changed[1], float(open_for))
+        self._operated("force_open", "circuit_breaker_forced_open", changed)
+
+    def _operated(self, operation: str, event: str,
+                  changed: tuple[CircuitState, CircuitState, float]) -> None:
+        self._series.add((operation,))
+        self._metrics.operations.labels(self.target, self.method, operation).inc()
+        old, new, open_for = changed
+        (_log.warning if new is CircuitState.OPEN else _log.info)(
+            event, target=self.target, method=self.method, from_state=old.name.lower(),
+            **({"open_for": open_for} if new is CircuitState.OPEN else {}))
+        self._announce(changed if old is not new else None)
+
+    def forget(self) -> None:
+        """Drop this breaker's labelled series from the metrics (it is no longer tracked).
+
+        A registry that evicts a breaker calls it, so a process talking to many targets over
+        time keeps a bounded number of series. The breaker still works; its state is simply
+        no longer exported.
+        """
+        metrics = self._metrics
+        metrics.state.remove(self.target, self.method)
+        metrics.rejected.remove(self.target, self.method)
+        for series in list(self._series):
+            if len(series) == 2:
+                metrics.transitions.remove(self.target, self.method, *series)
+            else:
+                metrics.operations.remove(self.target, self.method, *series)
 
     # -- the call protocol ----------------------------------------------------------------
 
@@ -221,6 +321,8 @@ class BreakerCore:
     def on_success(self, token: int) -> None:
         """The call admitted with ``token`` succeeded (the server answered normally)."""
         if token >= 0 and self._consecutive == 0 and not self._windowed:
+            if self._on_success:
+                self._tell(self._on_success)
             return  # the common case, lock-free: a success in a healthy closed breaker
         changed = None
         with self._lock:
@@ -234,6 +336,8 @@ class BreakerCore:
                 if self._probe_successes >= self.settings.half_open_probes:
                     changed = self._move(CircuitState.CLOSED)
         self._announce(changed)
+        if self._on_success:
+            self._tell(self._on_success)
 
     def on_failure(self, token: int) -> None:
         """The call admitted with ``token`` failed in a way that counts against the server."""
@@ -249,6 +353,8 @@ class BreakerCore:
             elif self._probes.pop(-token, None) is not None:
                 changed = self._move(CircuitState.OPEN)
         self._announce(changed)
+        if self._on_failure:
+            self._tell(self._on_failure)
 
     def release(self, token: int) -> None:
         """The call gives no verdict (cancelled by its caller): free a probe permit."""
@@ -306,6 +412,7 @@ class BreakerCore:
             return
         old, new, open_for = change
         self._state_gauge.set(new.gauge)
+        self._series.add((old.name.lower(), new.name.lower()))
         self._transitions.labels(self.target, self.method, old.name.lower(),
                                  new.name.lower()).inc()
         log = _log.warning if new is CircuitState.OPEN else _log.info
@@ -315,6 +422,13 @@ class BreakerCore:
         for listener in self._listeners:
             try:
                 listener(self, old, new)
+            except Exception:  # noqa: BLE001 - a broken listener must not break calls
+                _log.exception("circuit_breaker_listener_failed", target=self.target)
+
+    def _tell(self, hooks: list[Callable[[BreakerCore], None]]) -> None:
+        for hook in hooks:
+            try:
+                hook(self)
             except Exception:  # noqa: BLE001 - a broken listener must not break calls
                 _log.exception("circuit_breaker_listener_failed", target=self.target)
 

@@ -3,6 +3,8 @@
 - ``octollm_client_circuit_state{target,method}``: 0 closed, 1 half-open, 2 open.
 - ``octollm_client_circuit_transitions_total{target,method,from_state,to_state}``.
 - ``octollm_client_circuit_rejected_total{target,method}``: calls failed fast, never sent.
+- ``octollm_client_circuit_operations_total{target,method,operation}``: ``reset`` and
+  ``force_open`` calls by an operator.
 
 ``method`` is ``""`` for a breaker shared by all methods of a target.
 """
@@ -23,7 +25,7 @@ _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, BreakerMetrics] = (
 
 
 class BreakerMetrics:
-    """The three breaker metrics in one registry; get one with :meth:`for_registry`."""
+    """The four breaker metrics in one registry; get one with :meth:`for_registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.state = Gauge(
@@ -42,6 +44,12 @@ class BreakerMetrics:
             "octollm_client_circuit_rejected",
             "Calls a circuit breaker failed fast without sending them.",
             ["target", "method"],
+            registry=registry,
+        )
+        self.operations = Counter(
+            "octollm_client_circuit_operations",
+            "Circuit breaker resets and forced openings by an operator.",
+            ["target", "method", "operation"],
             registry=registry,
         )
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from typing import ClassVar
 
-__all__ = ["RetryBudget"]
+__all__ = ["MAX_SHARED_TARGETS", "RetryBudget"]
+
+#: How many targets' budgets :meth:`RetryBudget.for_target` keeps (least recently used dropped).
+MAX_SHARED_TARGETS = 1024
 
 
 class RetryBudget:
@@ -31,7 +35,7 @@ class RetryBudget:
             ``token_ratio`` above ``max_tokens``.
     """
 
-    _shared: ClassVar[dict[tuple[str, float, float], RetryBudget]] = {}
+    _shared: ClassVar[OrderedDict[tuple[str, float, float], RetryBudget]] = OrderedDict()
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     __slots__ = ("_lock", "_threshold", "_tokens", "max_tokens", "token_ratio")
@@ -56,12 +60,21 @@ class RetryBudget:
     def for_target(
         cls, target: str, max_tokens: float = 10, token_ratio: float = 0.1
     ) -> RetryBudget:
-        """The process-wide budget for ``target`` with these settings (created on first use)."""
+        """The process-wide budget for ``target`` with these settings (created on first use).
+
+        The process keeps the budgets of the ``MAX_SHARED_TARGETS`` most recently used
+        targets; an older one is dropped (channels holding it keep using it, the next channel
+        to that target starts with a full bucket).
+        """
         key = (target, float(max_tokens), float(token_ratio))
         with cls._shared_lock:
             budget = cls._shared.get(key)
             if budget is None:
                 budget = cls._shared[key] = cls(max_tokens, token_ratio)
+                if len(cls._shared) > MAX_SHARED_TARGETS:
+                    del cls._shared[next(iter(cls._shared))]  # the least recently used
+            else:
+                cls._shared.move_to_end(key)
             return budget
 
     @property

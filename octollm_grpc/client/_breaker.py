@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,15 +19,22 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.breaker import BreakerCore, BreakerLimits, BreakerListener
 from octollm_grpc.client._policy import status_codes
+from octollm_grpc.codes import BREAKER_FAILURES
 from octollm_grpc.errors import CircuitOpenError
 
-__all__ = ["DEFAULT_FAILURE_CODES", "BreakerSettings", "ChannelBreaker", "ChannelBreakers"]
+__all__ = [
+    "DEFAULT_FAILURE_CODES",
+    "MAX_SHARED_TARGETS",
+    "BreakerSettings",
+    "ChannelBreaker",
+    "ChannelBreakers",
+]
 
 _C = grpc.StatusCode
 
-#: Codes that count as a failure by default; client errors such as INVALID_ARGUMENT never do.
-DEFAULT_FAILURE_CODES = frozenset(
-    {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS})
+#: Codes that count as a failure by default (``breaker_failure`` in
+#: ``octollm_grpc.codes.CODE_BEHAVIOUR``); client errors such as INVALID_ARGUMENT never do.
+DEFAULT_FAILURE_CODES = BREAKER_FAILURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,10 @@ class BreakerSettings(BreakerLimits):
         object.__setattr__(self, "failure_codes", codes)
 
 
+# Built once: BreakerSettings() validates its codes, which costs more than a lookup.
+_DEFAULT_SETTINGS = BreakerSettings()
+
+
 class ChannelBreaker(BreakerCore):
     """One target's (or one method's) breaker on a resilient channel.
 
@@ -98,7 +110,7 @@ class ChannelBreaker(BreakerCore):
         registry: CollectorRegistry | None = None,
         listeners: Iterable[BreakerListener] = (),
     ) -> None:
-        super().__init__(target, settings or BreakerSettings(), open_error=self._rejection,
+        super().__init__(target, settings or _DEFAULT_SETTINGS, open_error=self._rejection,
                          method=method, clock=clock, registry=registry, listeners=listeners)
 
     def _rejection(self, target: str, retry_after: float) -> BaseException:
@@ -124,13 +136,20 @@ class ChannelBreaker(BreakerCore):
             self.on_success(token)  # the server answered, if with an error of the caller's
 
 
+#: How many targets' breaker groups ``ChannelBreakers.for_target`` keeps (LRU).
+MAX_SHARED_TARGETS = 1024
+
+
 class ChannelBreakers:
     """The breakers of one target: one for all methods, or one per method (``per_method``).
 
-    :meth:`for_target` returns the group every channel to a target shares.
+    :meth:`for_target` returns the group every channel to a target shares. The process keeps
+    the groups of the ``MAX_SHARED_TARGETS`` most recently used targets: an older one is
+    dropped (channels holding it keep using it, its metric series are removed, and the next
+    channel to that target starts with a fresh, closed breaker).
     """
 
-    _shared: ClassVar[dict[tuple[object, ...], ChannelBreakers]] = {}
+    _shared: ClassVar[OrderedDict[tuple[object, ...], ChannelBreakers]] = OrderedDict()
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -143,7 +162,7 @@ class ChannelBreakers:
         listeners: Iterable[BreakerListener] = (),
     ) -> None:
         self.target = target
-        self.settings = settings or BreakerSettings()
+        self.settings = settings or _DEFAULT_SETTINGS
         self._clock = clock
         self._registry = registry
         self._listeners = list(listeners)
@@ -160,12 +179,26 @@ class ChannelBreakers:
         registry: CollectorRegistry | None = None,
     ) -> ChannelBreakers:
         """The process-wide group for ``target`` with these settings, clock and registry."""
-        key = (target, settings or BreakerSettings(), clock, registry)
+        key = (target, settings or _DEFAULT_SETTINGS, clock, registry)
+        evicted = None
         with cls._shared_lock:
             group = cls._shared.get(key)
             if group is None:
                 group = cls._shared[key] = cls(target, settings, clock=clock, registry=registry)
-            return group
+                if len(cls._shared) > MAX_SHARED_TARGETS:
+                    evicted = cls._shared.pop(next(iter(cls._shared)))  # least recently used
+            else:
+                cls._shared.move_to_end(key)
+        if evicted is not None:
+            evicted.forget()
+        return group
+
+    def forget(self) -> None:
+        """Drop the metric series of this group's breakers (it is no longer shared)."""
+        with self._lock:
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.forget()
 
     def for_method(self, method: str) -> ChannelBreaker:
         """The breaker guarding ``method`` (the target's only one unless ``per_method``)."""

@@ -14,6 +14,7 @@ from types import MappingProxyType
 import grpc
 
 from octollm_grpc._core.backoff import backoff_ceiling, positive
+from octollm_grpc.codes import CLIENT_RETRIED, PUSHBACK_RETRIED
 
 __all__ = ["NEVER_RETRIED", "RetryPolicies", "RetryPolicy", "status_codes"]
 
@@ -64,8 +65,10 @@ class RetryPolicy:
         initial_backoff: The first retry's delay ceiling, in seconds.
         max_backoff: The largest delay ceiling.
         backoff_multiplier: The ceiling's growth per retry.
-        retryable_codes: Status codes retried.
-        pushback_codes: Status codes retried only when the server sent pushback.
+        retryable_codes: Status codes retried (default ``UNAVAILABLE``, from
+            ``octollm_grpc.codes.CODE_BEHAVIOUR``).
+        pushback_codes: Status codes retried only when the server sent pushback (default
+            ``RESOURCE_EXHAUSTED``, from the same table).
         per_attempt_timeout: Seconds each attempt may take (``None``: the call's deadline).
         replayable_requests: Retry client-streaming calls by replaying the requests sent.
         max_pushback: The longest server-requested wait honoured.
@@ -80,8 +83,9 @@ class RetryPolicy:
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     backoff_multiplier: float = 2.0
-    retryable_codes: frozenset[grpc.StatusCode] = frozenset({_C.UNAVAILABLE})
-    pushback_codes: frozenset[grpc.StatusCode] = frozenset({_C.RESOURCE_EXHAUSTED})
+    # Defaults from the one table of code behaviour (octollm_grpc.codes.CODE_BEHAVIOUR).
+    retryable_codes: frozenset[grpc.StatusCode] = CLIENT_RETRIED
+    pushback_codes: frozenset[grpc.StatusCode] = PUSHBACK_RETRIED
     per_attempt_timeout: float | None = None
     """Cap on each attempt's time (the caller's deadline still covers all attempts)."""
     replayable_requests: bool = False

@@ -18,6 +18,26 @@ __all__ = ["ErrorDetails", "OctoLLMError"]
 _code_of: Callable[[BaseException], grpc.StatusCode]
 
 
+# ErrorInfo's domain and metadata of a raised error, as the status package sends them (installed
+# by octollm_grpc.status at import: errors sits below status and must not import it).
+_info_domain = "octollm.grpc"
+
+
+def _str_metadata(details: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in details.items()}
+
+
+_info_metadata: Callable[[Mapping[str, Any]], dict[str, str]] = _str_metadata
+
+
+def install_error_info(domain: str, metadata: Callable[[Mapping[str, Any]], dict[str, str]]
+                       ) -> None:
+    """Set the domain and the details -> ``ErrorInfo.metadata`` rule (``octollm_grpc.status``)."""
+    global _info_domain, _info_metadata
+    _info_domain = domain
+    _info_metadata = metadata
+
+
 def install_code_lookup(lookup: Callable[[BaseException], grpc.StatusCode]) -> None:
     """Set how a local error finds its status code (called once, by ``octollm_grpc.codes``)."""
     global _code_of
@@ -76,6 +96,8 @@ class OctoLLMError(grpc.RpcError):
     request_id: str | None = None
     #: The decoded ``google.rpc.Status`` of an error that came over the wire, else ``None``.
     rich_status: status_pb2.Status | None = None
+    #: ErrorInfo's (reason, domain, metadata) as received; ``None`` for a local error.
+    _error_info: tuple[str | None, str | None, dict[str, str]] | None = None
 
     details: ErrorDetails  # a dict and a method at once, see the module docstring
     #: The class's own details a decoded error arrived with (see :meth:`status_details`).
@@ -120,6 +142,33 @@ class OctoLLMError(grpc.RpcError):
         overrides this method; so re-raising it sends the same details on.
         """
         return self._received_details or ()
+
+    # -- google.rpc.ErrorInfo's fields, as google-api-core exposes them ------------------
+
+    @property
+    def reason(self) -> str | None:
+        """``ErrorInfo.reason``: the one received, else (a local error) its ``error_code``.
+
+        ``None`` for a decoded error whose status carried no ``ErrorInfo``.
+        """
+        return self.error_code if self._error_info is None else self._error_info[0]
+
+    @property
+    def domain(self) -> str | None:
+        """``ErrorInfo.domain``: the one received, else the library's (``"octollm.grpc"``).
+
+        A server configured with another domain sends that one. ``None`` for a decoded error
+        whose status carried no ``ErrorInfo``.
+        """
+        return _info_domain if self._error_info is None else self._error_info[1]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """``ErrorInfo.metadata``: the map received, else the details as they would be sent
+        (the scalar ones, as strings). A new ``dict`` each time."""
+        if self._error_info is None:
+            return _info_metadata(self.details)
+        return dict(self._error_info[2])
 
     # -- the seed's API ------------------------------------------------------------------
 

@@ -83,7 +83,9 @@ class CircuitBreaker(Decorator):
         half_open_probes: Calls admitted at a time while half-open.
         clock: Monotonic seconds.
         registry: The Prometheus registry (default: the global one).
-        listeners: Called as ``listener(breaker, old_state, new_state)`` on each change.
+        listeners: Called as ``listener(breaker, old_state, new_state)`` on each change; or
+            objects with ``state_change(breaker, old, new)``, ``success(breaker)`` and / or
+            ``failure(breaker)`` methods, which also hear every call's verdict.
 
     Raises:
         ValueError: A threshold, timeout or probe count out of range.
@@ -125,6 +127,29 @@ class CircuitBreaker(Decorator):
     def state(self) -> core.CircuitState:
         """The state now: ``CircuitState.CLOSED``, ``OPEN`` or ``HALF_OPEN``."""
         return self.core.state
+
+    def reset(self) -> None:
+        """Close the breaker now and forget its failures.
+
+        Logs ``circuit_breaker_reset`` and counts
+        ``octollm_client_circuit_operations_total{operation="reset"}``.
+        """
+        self.core.reset()
+
+    def force_open(self, open_for: float | None = None) -> None:
+        """Open the breaker now: calls fail fast with ``CircuitOpenError`` meanwhile.
+
+        Logs ``circuit_breaker_forced_open`` and counts
+        ``octollm_client_circuit_operations_total{operation="force_open"}``.
+
+        Args:
+            open_for: Seconds open before a probe is let through (default: ``timeout``);
+                ``math.inf`` keeps it open until ``reset()``.
+
+        Raises:
+            ValueError: ``open_for`` is not a number > 0.
+        """
+        self.core.force_open(open_for)
 
     def _settle(self, token: int, error: BaseException | None) -> None:
         if error is None:

@@ -426,6 +426,7 @@ class Pipeline:
 
         if call.rejection is not None:
             return self._shed(call, call.rejection)
+        exc = codes.converted(exc)  # map_exception: a type the application does not own
         mapping = codes.mapping_for(exc)
         try:
             status = to_status_or_raise(exc, request_id=call.request_id, domain=self.domain,

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from octollm_grpc.codes import CLIENT_FAULTS
 from octollm_grpc.observability._logs import Level
 from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE, RichStatus
 
@@ -29,13 +30,9 @@ __all__ = [
 
 Trailers = tuple[tuple[str, str | bytes], ...]
 
-_C = grpc.StatusCode
-#: Codes that say the caller got something wrong: logged at warning, like 4xx errors.
-_CLIENT_CODES = frozenset({
-    _C.CANCELLED, _C.INVALID_ARGUMENT, _C.NOT_FOUND, _C.ALREADY_EXISTS, _C.PERMISSION_DENIED,
-    _C.RESOURCE_EXHAUSTED, _C.FAILED_PRECONDITION, _C.ABORTED, _C.OUT_OF_RANGE,
-    _C.UNAUTHENTICATED,
-})
+#: Codes that say the caller got something wrong: logged at warning, like 4xx errors
+#: (``fault == "client"`` in ``octollm_grpc.codes.CODE_BEHAVIOUR``).
+_CLIENT_CODES = CLIENT_FAULTS
 
 
 class HandlerStatus(NamedTuple):

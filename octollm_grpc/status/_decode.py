@@ -204,6 +204,7 @@ def _build(
     retry_after: float | None = None
     request_id = ""
     info_metadata: dict[str, str] = {}
+    info: error_details_pb2.ErrorInfo | None = None
     violations: list[dict[str, str]] = []
     received: list[Message] = []
     if status is not None:
@@ -258,6 +259,8 @@ def _build(
     error = cls.restore(message, error_code or None, details, retry_after)
     error._wire_code = code
     error._received_details = tuple(received)
+    error._error_info = ((info.reason, info.domain, info_metadata) if info is not None
+                         else (None, None, {}))
     if request_id:
         error.request_id = request_id
     error.rich_status = status

@@ -32,6 +32,7 @@ from google.rpc import error_details_pb2, status_pb2
 from octollm_grpc import codes
 from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
+from octollm_grpc.errors import _base
 from octollm_grpc.status import _details
 from octollm_grpc.status._limits import (
     DEFAULT_DOMAIN,
@@ -67,6 +68,8 @@ def type_url(message_class: type[Message] | Message) -> str:
 
 
 _ERROR_INFO = type_url(_ErrorInfo)
+# A raised error answers .domain and .metadata as this module would send them.
+_base.install_error_info(DEFAULT_DOMAIN, _details.metadata)
 _RETRY_INFO = type_url(_RetryInfo)
 _REQUEST_INFO = type_url(_RequestInfo)
 _DEBUG_INFO = type_url(error_details_pb2.DebugInfo)

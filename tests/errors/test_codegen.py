@@ -116,7 +116,8 @@ def test_catalog_command_prints_the_docs_table() -> None:
                             "as c; print(c.render_markdown(), end='')"],
                            capture_output=True, text=True, check=True)
     assert result.stdout == fresh.stdout
-    assert "| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | no |" in result.stdout
+    assert ("| TaskNotFoundError | TASK_NOT_FOUND | NOT_FOUND | 404 | warning | no | no | no |"
+            in result.stdout)
     assert result.stdout in (ROOT / "docs" / "errors.md").read_text()
 
 

@@ -117,7 +117,8 @@ def test_register_accepts_the_status_range_edges(http: int) -> None:
     codes.register(Edge, _C.ABORTED, http)
     mapping = codes.mapping_for_class(Edge)
     assert mapping.http_status == http
-    assert mapping.retryable is False  # the default
+    # The default comes from the code table: resilience.retry retries ABORTED.
+    assert mapping.retryable is codes.behaviour(_C.ABORTED).helper_retry is True
 
 
 @pytest.mark.parametrize(("args", "error", "message"), [
