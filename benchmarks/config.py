@@ -71,6 +71,11 @@ class BenchConfig:
     codec_number: int
     storm: StormConfig
     storm_modes: tuple[str, ...]
+    #: Instruction counts (callgrind): counted calls per path, uncounted warm-up calls before
+    #: them, and how many back-to-back runs (the second shows the counts repeat); 0 runs: none.
+    ir_calls: int = 200
+    ir_warmup: int = 100
+    ir_runs: int = 2
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.warmup_s < 0 or self.reps < 1:
@@ -90,6 +95,9 @@ FULL = BenchConfig(
     codec_number=2000,
     storm=StormConfig(),
     storm_modes=("outage", "brownout"),
+    ir_calls=200,
+    ir_warmup=100,
+    ir_runs=2,
 )
 
 SMOKE = BenchConfig(
@@ -103,4 +111,6 @@ SMOKE = BenchConfig(
     storm=StormConfig(callers=4, before_s=0.2, trigger_s=0.5, after_s=0.5, bin_s=0.1,
                       breaker_reset_s=0.2),
     storm_modes=("outage", "brownout"),
+    # A valgrind'ed server takes ~20 s to start: far beyond a smoke run's seconds.
+    ir_runs=0,
 )
