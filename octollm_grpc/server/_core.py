@@ -390,21 +390,24 @@ class Pipeline:
         return Failure(status._replace(trailing_metadata=trailers), None)
 
     def _shed(self, call: Call, rejection: Rejection) -> Failure:
-        """A refused call: the cached status, counted per call, logged per caller and second."""
-        status = self.rejection_statuses.status(rejection, call.request_id)
+        """A refused call: the cached status, counted per call, logged per caller and second.
+
+        Shed as cheaply as it can be: the status is the cached one as is (no ``RequestInfo``:
+        the request id still goes back as its trailer), and the call is counted but not timed
+        (no latency histogram: a refusal's latency says nothing about the service).
+        """
+        status = self.rejection_statuses.status(rejection, None)
         current = call.context.trailing_metadata()
         if call.trailers is not None and current is call.trailers:
             trailers = status.trailing_metadata + call.trailers
         else:  # e.g. trailers set by an earlier interceptor
             trailers = merge_trailers(current, status.trailing_metadata,
                                       call.trailers[0] if call.trailers is not None else None)
-        duration = _perf_counter() - call.start
         metrics = call.plan.metrics
         if metrics is not None:
             metrics.handled(status.code).inc()
-            metrics.handling.observe(duration)
         if self.metrics is not None:
-            self.metrics.error("RATE_LIMIT_EXCEEDED", duration)
+            self.metrics.error("RATE_LIMIT_EXCEEDED")
         otel.call_failed(status.code, "RATE_LIMIT_EXCEEDED", status.details, call.request_id)
         if self.rejection_log is not None and self.logger is not None \
                 and self.logger.enabled_for("warning"):
