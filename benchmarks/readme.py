@@ -15,14 +15,33 @@ What the framework costs, measured against bare grpcio and its peers in the same
 it does in a retry storm (`benchmarks/`; every figure in `benchmarks/results/latest.json`).
 
 ```sh
-make bench                            # full run, a few minutes on 2 cores
+make bench                            # full run, ~15 minutes on 2 cores (installs valgrind)
 python -m benchmarks --smoke          # seconds; part of make test; no targets asserted
 python -m benchmarks --update-readme  # copy results/latest.md into this page
+python -m benchmarks.instructions     # the instruction counts alone (~4 minutes)
+python -m benchmarks.pathcost --profile  # where each path's instructions go (~8 minutes)
 ```
 
 The full run writes `benchmarks/results/latest.json` and `latest.md`. What is measured:
 
-- **Server and client overhead.** Unary calls carrying a ~1.1 KiB task record
+- **Instructions per call (the headline).** CPU time on a shared 2-core machine moves by up to
+  10 % from run to run; the number of instructions a process executes for a call does not. The
+  server process runs under `valgrind --tool=callgrind --instr-atstart=no`
+  (`benchmarks/ir_server.py`), one call in flight from a client outside valgrind: per path, 100
+  warm-up calls uncounted, `callgrind_control -i on`, 200 calls, `callgrind_control -d` (the
+  dump's `totals:` over 200 is the count: every thread of the process, grpc's core, the
+  interpreter and the stack). For the client side the client runs under callgrind against a
+  bare server (`benchmarks/ir_client.py`). One part is kept out of every count: absl::Mutex's
+  spin-wait in grpc's core (the loop that polls a held lock up to 1500 times before it sleeps,
+  found by its machine code in the installed `cygrpc`). Under valgrind threads run one at a
+  time, so how long a waiter spins depends on when valgrind switches threads, not on the work:
+  between two runs it alone moved from 2k to 20k instructions per call while every other
+  function stayed within 0.5 %; it is kept apart in the dumps. `make bench` counts everything
+  twice, back to back, and writes both runs and their largest difference. Headline keys per
+  stack: `server_success_ir_ratio`, `server_error_ir_ratio`, `server_rejection_ir_ratio`,
+  `client_success_ir_ratio` (bare / ours) and `server_error_vs_peer_ir_ratio` (peer / ours);
+  above 1, ours is cheaper. The raw counts are under `ir`.
+- **Server and client overhead under load (the second view).** Unary calls carrying a ~1.1 KiB task record
   (`google.protobuf.Value`), client and server in separate processes on 127.0.0.1, at 1 and 32
   calls in flight, for `grpc` and `grpc.aio`. Variants: bare grpcio; our server stack
   (`server_interceptors()`: error mapping, request ids, logging as JSON lines, metrics), alone
@@ -30,22 +49,27 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   client stack (`resilient_channel`: retry, budget, breaker); a do-nothing client interceptor
   (the floor any Python client interceptor pays). Each repetition runs every variant back to
   back in a rotating order (A B C, B C A, ...) and each ratio is taken against the bare run of
-  the same repetition; tables give the median and [min-max] over repetitions. The headline
-  keys, per stack at 32 calls in flight, are CPU ratios (server or client CPU per call, steadier
-  than throughput on a busy machine): `server_error_cpu_ratio`, `server_error_vs_peer_cpu_ratio`,
-  `server_rejection_cpu_ratio`, `server_success_cpu_ratio`, `client_success_cpu_ratio`; the
-  throughput ratios (`server_success_ratio`, `server_error_ratio`, ...), the 1-in-flight twins
-  and p50/p99 latencies stay in the JSON and the tables.
+  the same repetition; tables give the median and [min-max] over repetitions. The CPU ratios
+  per stack at 32 calls in flight (server or client CPU per call): `server_error_cpu_ratio`,
+  `server_error_vs_peer_cpu_ratio`, `server_rejection_cpu_ratio`, `server_success_cpu_ratio`,
+  `client_success_cpu_ratio`; the throughput ratios (`server_success_ratio`, ...), the
+  1-in-flight twins and p50/p99 latencies stay in the JSON and the tables.
 - **Error path.** A handler raising `TaskNotFoundError` through our stack (rich details, one log
   line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`; against
   grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics); and
-  against **the same work assembled from peers** (`benchmarks/peer_stack.py`: grpc-interceptor,
-  a grpcio-status rich status with `ErrorInfo`, `ResourceInfo` and `RequestInfo`, one structlog
-  JSON line, a prometheus counter and histogram, a request id), which is what a team would
-  write by hand instead of using this framework.
+  against **the same work assembled from peers** (`benchmarks/peer_stack.py`), which is what a
+  team would write by hand instead of using this framework: grpc-interceptor; on every call a
+  request id (the caller's or a new one, bound for the handler's logs and sent back as a
+  trailer), `grpc_server_started_total`, and per finished call `grpc_server_handled_total` and
+  the `grpc_server_handling_seconds` histogram; on a failure also `octollm_errors_total` and
+  `octollm_error_duration_seconds`, a grpcio-status rich status with `ErrorInfo`,
+  `ResourceInfo` and `RequestInfo`, and one structlog JSON line. The metric names and labels
+  are ours (on its own registry); `tests/bench/test_variants.py` checks, on real servers, that
+  a successful and a failed call move the same samples on both and send the same details and
+  request ids.
 - **Load shedding.** A call our rate limiter refuses (`RESOURCE_EXHAUSTED` with `RetryInfo`,
-  `QuotaFailure` and the pushback trailer, before any handler runs) against a bare handler
-  calling `context.abort(RESOURCE_EXHAUSTED, ...)`.
+  `QuotaFailure` and the pushback trailer, before any handler runs; counted, not timed, and
+  without `RequestInfo`) against a bare handler calling `context.abort(RESOURCE_EXHAUSTED, ...)`.
 - **Codec and stack cost.** `to_status` and `from_rpc_error` per error, and the Python time our
   sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
   `--profile error` shows where it goes), in CPU microseconds.

@@ -22,7 +22,7 @@ from typing import Any, Self
 import grpc
 
 from octollm_grpc import codes, otel, propagation
-from octollm_grpc.errors import OctoLLMError, RateLimitError
+from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.propagation import Inbound
 from octollm_grpc.server import requestid
 from octollm_grpc.server._handlers import (
@@ -461,10 +461,20 @@ class Pipeline:
             unbind_request_id(call.log_tokens)
 
 
-def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:
-    """Mark ``call`` as refused by the rate limiter; the error it ends with."""
+def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> Exception:
+    """Mark ``call`` as refused by the rate limiter; what to raise to unwind it to its end.
+
+    Not the ``RateLimitError`` itself: the call ends with the cached status of its
+    :class:`Rejection` (see :meth:`Pipeline._shed`), so nothing reads the exception, and
+    building an error per refused call is most of what shedding is there to save.
+    """
     call.rejection = Rejection(limit, key, wait)
-    return call.rejection.error()
+    return _Refused()
+
+
+class _Refused(Exception):
+    """Unwinds a refused call from admission to :meth:`Pipeline.fail` (never leaves the stack:
+    the call ends with its rejection's status)."""
 
 
 class _Unencodable(Exception):
