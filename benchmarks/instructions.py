@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -399,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--client", action="append", help="client variants (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="keep the dumps in this directory (default: removed)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the counts here")
     args = parser.parse_args(argv)
     counts = run(args.n, args.warmup, args.out, args.server or SERVER_VARIANTS,
                  args.client if args.client is not None else CLIENT_VARIANTS,
@@ -412,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{stack} client {variant}: {value:,.0f}")
     if args.out is not None:
         print(f"dumps in {args.out}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(counts, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -163,8 +163,8 @@ def parts(server: dict[str, dict[str, float]], path: str) -> dict[str, float]:
     out = {
         "bare grpcio": server["bare"][path],
         "interception machinery (floor - bare)": server["floor"][path] - server["bare"][path],
-        "our core: error mapping, deadline propagation, OTel check (ours_core - floor)":
-            server["ours_core"][path] - server["floor"][path],
+        # Error mapping, deadline propagation, the OpenTelemetry check.
+        "our core (ours_core - floor)": server["ours_core"][path] - server["floor"][path],
         "request ids (ours - ours_no_ids)": ours - server["ours_no_ids"][path],
         "metrics (ours - ours_no_metrics)": ours - server["ours_no_metrics"][path],
         "logging (ours - ours_no_logs)": ours - server["ours_no_logs"][path],
