@@ -15,8 +15,7 @@ needs_valgrind = pytest.mark.skipif(
 
 @needs_valgrind
 def test_server_counts_come_from_the_dump_and_its_self_costs_add_up(tmp_path: Path) -> None:
-    """A bare sync server under callgrind: each path's count is the dump's totals over the calls,
-    the per-function self costs sum to it exactly, and a gRPC call costs 100k-5M instructions."""
+    """Under callgrind a path's count is its dump's totals (self costs summing to it exactly)."""
     counts = instructions.count_server("bare", "sync", tmp_path, n=10, warmup=5,
                                        paths=("success", "error"))
     for kind, count in counts.items():

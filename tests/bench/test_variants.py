@@ -137,8 +137,7 @@ def test_rejection_scenario_refuses_every_call_on_both_servers(
 def test_equal_work_peer_moves_the_metrics_ours_moves(
     handles: dict[tuple[str, str], procs.ServerHandle], stack: str
 ) -> None:
-    """A successful and a failed call move the same metric samples (names, labels, counts)
-    on peer_full as on ours."""
+    """A successful and a failed call move the same metric samples on peer_full as on ours."""
     moved = {}
     for variant in ("peer_full", "ours"):
         handle = handles[(variant, stack)]
@@ -172,8 +171,7 @@ def test_equal_work_peer_moves_the_metrics_ours_moves(
 def test_equal_work_peer_sends_a_request_id_on_success_as_ours_does(
     servers: dict[tuple[str, str], str], stack: str
 ) -> None:
-    """A successful call gets the caller's x-request-id back, or a new 32-character one, on
-    peer_full as on ours."""
+    """On success peer_full, like ours, echoes x-request-id or sends a new 32-character one."""
     for variant in ("peer_full", "ours"):
         target = servers[(variant, stack)]
         assert _succeed(target, (("x-request-id", "rid-7"),))["x-request-id"] == "rid-7"
