@@ -128,8 +128,16 @@ check-generated: protos ## fail if the committed generated code differs from the
 run: $(STAMP) ## start the sample task service on 127.0.0.1:50051 (or PORT)
 	$(BIN)/python -m server --port $(PORT)
 
-bench: $(STAMP) ## run the benchmarks (a few minutes)
+bench: $(STAMP) valgrind ## run the benchmarks (instruction counts and CPU; ~15 minutes)
 	$(BIN)/python -m benchmarks
+
+# The benchmark's headline figures are instruction counts (valgrind's callgrind); Debian's
+# package when missing, as for redis-server.
+.PHONY: valgrind
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+	@command -v callgrind_control >/dev/null 2>&1 || { echo "valgrind could not be installed"; exit 1; }
 
 # The shared (Redis) rate limit's added latency per call next to the local one (docs/redis.md).
 .PHONY: bench-redis

@@ -22,6 +22,7 @@ from benchmarks import (
     brownout,
     codec,
     hedging,
+    instructions,
     overhead,
     pathcost,
     procs,
@@ -59,6 +60,17 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
             **asdict(config.storm), "scale": config.storm.scale,
             "capacity": config.storm.capacity}},
     }
+    runs = []
+    for number in range(config.ir_runs):
+        log(f"instructions per call (callgrind), run {number + 1} of {config.ir_runs}")
+        runs.append(instructions.run(config.ir_calls, config.ir_warmup, log=log))
+    if runs:
+        document["instructions"] = {
+            "runs": runs,
+            "max_relative_difference": max(
+                (instructions.max_relative_difference(runs[0], other) for other in runs[1:]),
+                default=0.0),
+        }
     log("codec: encode/decode per error; Python time of the sync server stack per call")
     document["codec"] = codec.run(config.codec_repeat, config.codec_number)
     document["server_python_us"] = pathcost.run(config.codec_repeat, config.codec_number)
@@ -67,6 +79,10 @@ def run(config: BenchConfig, log: Any = print) -> dict[str, Any]:
         raw = procs.run_in_process(overhead.run_phase, stack, config)
         detail = overhead.summarise(raw)
         document[stack] = {**report.stack_headlines(detail), "detail": detail, "raw": raw}
+        if runs:
+            # The headline counts are the first run's; the others are under "instructions".
+            document[stack].update(instructions.headlines(runs[0][stack]))
+            document[stack]["ir"] = runs[0][stack]
     log(f"storm: {', '.join(config.storm_modes)} x none, naive, ours")
     document["storm"] = storm.run(config.storm, config.storm_modes)
     document.update(report.storm_headlines(document["storm"], config.storm.breaker_reset_s))

@@ -74,6 +74,11 @@ class BenchConfig:
     storm: StormConfig
     storm_modes: tuple[str, ...]
     hedging: HedgingBenchConfig = field(default_factory=HedgingBenchConfig)
+    #: Instruction counts (callgrind): counted calls per path, uncounted warm-up calls before
+    #: them, and how many back-to-back runs (the second shows the counts repeat); 0 runs: none.
+    ir_calls: int = 200
+    ir_warmup: int = 100
+    ir_runs: int = 2
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.warmup_s < 0 or self.reps < 1:
@@ -93,6 +98,9 @@ FULL = BenchConfig(
     codec_number=2000,
     storm=StormConfig(),
     storm_modes=("outage", "brownout"),
+    ir_calls=200,
+    ir_warmup=100,
+    ir_runs=2,
 )
 
 SMOKE = BenchConfig(
@@ -107,4 +115,6 @@ SMOKE = BenchConfig(
                       breaker_reset_s=0.2),
     storm_modes=("outage", "brownout"),
     hedging=HedgingBenchConfig(calls=200, warmup_calls=20, outage_calls=60),
+    # A valgrind'ed server takes ~20 s to start: far beyond a smoke run's seconds.
+    ir_runs=0,
 )

@@ -1,10 +1,26 @@
-"""The Python time our sync server stack adds per call, measured without gRPC around it.
+"""Where a call's cost goes: per part of our stack, per object file, per Python function.
 
-A unary handler is wrapped exactly as a server would wrap it (``intercept_service``) and called
-with a minimal stand-in for the servicer context, so the figure is the stack's own work per call
-(request id, metrics, and on the error path the rich status, the log line and the trailers),
-free of network and scheduling noise. ``python -m benchmarks.pathcost --profile`` prints where
-that time goes (cProfile, sorted by own time).
+Without options: the Python time our sync server stack adds per call, measured without gRPC
+around it (a unary handler wrapped exactly as a server wraps it, called with a minimal stand-in
+for the servicer context), free of network and scheduling noise.
+
+``python -m benchmarks.pathcost --profile`` attributes each path's instructions (success,
+error, refusal; sync and aio), all counted by callgrind on real servers (see
+:mod:`benchmarks.instructions`):
+
+- **per part**: bare grpcio, a do-nothing interceptor (the floor: grpc's interception
+  machinery), ``ours`` and ``ours`` with request ids, metrics, logging, or all three switched
+  off (:data:`benchmarks.variants.ABLATIONS`); a part's cost is ``ours`` minus ``ours`` without
+  it;
+- **per object file** (self instructions, as ``callgrind_annotate`` lists them): the
+  interpreter (all Python code: ours, grpcio's Python layer, prometheus-client, structlog),
+  grpc's core, protobuf (upb), libc;
+- **per C function**: the functions whose self instructions grew most from bare to ours;
+- **per Python function**: cProfile, inclusive time per call of each function of the in-process
+  sync stack (the interpreter's instructions cannot be split per Python function by callgrind:
+  every Python function runs inside ``_PyEval_EvalFrameDefault``).
+
+The figures go to stdout and, with ``--json PATH``, to a file.
 """
 
 from __future__ import annotations
@@ -13,16 +29,19 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import json
 import pstats
 import statistics
+import tempfile
 import time
 import timeit
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from benchmarks import payload, variants
+from benchmarks import instructions, payload, variants
 
 _Details = collections.namedtuple("_Details", "method invocation_metadata")
 
@@ -118,23 +137,156 @@ def run(repeat: int = 5, number: int = 2000) -> dict[str, float]:
     return out
 
 
+#: The variants counted for the attribution: bare, the floor, ours and ours without each part.
+PROFILE_VARIANTS = ("bare", "floor", "ours", *variants.ABLATIONS)
+#: How object files are grouped (the first pattern found in the object's path wins).
+_OBJECT_GROUPS = (
+    ("libpython", "interpreter (all Python code)"),
+    ("cygrpc", "grpc core (C/C++, Cython)"),
+    ("_upb", "protobuf (upb)"),
+    ("libc.so", "libc (malloc, memcpy, syscalls)"),
+    ("ld-linux", "loader (thread-local storage)"),
+)
+
+
+def _group(obj: str) -> str:
+    for pattern, name in _OBJECT_GROUPS:
+        if pattern in obj:
+            return name
+    return "other"
+
+
+def parts(server: dict[str, dict[str, float]], path: str) -> dict[str, float]:
+    """Instructions per call of ``path`` per part: grpc's own, its interception machinery,
+    our core, each optional part of ours, and what is left (the parts' interplay)."""
+    ours = server["ours"][path]
+    out = {
+        "bare grpcio": server["bare"][path],
+        "interception machinery (floor - bare)": server["floor"][path] - server["bare"][path],
+        # Error mapping, deadline propagation, the OpenTelemetry check.
+        "our core (ours_core - floor)": server["ours_core"][path] - server["floor"][path],
+        "request ids (ours - ours_no_ids)": ours - server["ours_no_ids"][path],
+        "metrics (ours - ours_no_metrics)": ours - server["ours_no_metrics"][path],
+        "logging (ours - ours_no_logs)": ours - server["ours_no_logs"][path],
+    }
+    known = sum(list(out.values())[1:]) + server["bare"][path]
+    out["interplay (ours - the sum above)"] = ours - known
+    out["ours"] = ours
+    return out
+
+
+def profile_instructions(
+    n: int, warmup: int, stacks: Sequence[str], out_dir: Path,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Count every :data:`PROFILE_VARIANTS` server on every path; attribute the counts."""
+    result: dict[str, Any] = {"calls": n, "warmup": warmup}
+    for stack in stacks:
+        server: dict[str, dict[str, float]] = {}
+        dumps: dict[str, dict[str, Path]] = {}
+        for variant in PROFILE_VARIANTS:
+            log(f"callgrind: {stack} {variant}")
+            counts = instructions.count_server(variant, stack, out_dir / stack / variant,
+                                               n, warmup)
+            server[variant] = {kind: c.per_call for kind, c in counts.items()}
+            dumps[variant] = {kind: c.dump for kind, c in counts.items()}
+        by_path: dict[str, Any] = {}
+        for kind in instructions.PATHS:
+            costs = {v: instructions.self_costs(dumps[v][kind]) for v in ("bare", "ours")}
+            groups: dict[str, dict[str, float]] = {}
+            for variant, cost in costs.items():
+                summed: collections.Counter[str] = collections.Counter()
+                for (obj, _fn), value in cost.items():
+                    summed[_group(obj)] += value
+                groups[variant] = {g: v / n for g, v in summed.most_common()}
+            grown: collections.Counter[str] = collections.Counter()
+            for (obj, fn), value in costs["ours"].items():
+                grown[f"{fn} [{Path(obj).name}]"] += value
+            for (obj, fn), value in costs["bare"].items():
+                grown[f"{fn} [{Path(obj).name}]"] -= value
+            by_path[kind] = {
+                "parts": parts(server, kind),
+                "objects": groups,
+                "c_functions_grown": {f: v / n for f, v in grown.most_common(15)},
+            }
+        result[stack] = {"server": server, "paths": by_path}
+    return result
+
+
+def profile_python(path: str, calls: int = 5000, top: int = 30) -> list[dict[str, Any]]:
+    """cProfile of ``calls`` in-process calls of ``path`` through our sync stack: per function,
+    calls per call and inclusive / own CPU µs per call, by inclusive time."""
+    call = wrapped_call("ours", path)
+    call()
+    profiler = cProfile.Profile(time.thread_time)
+    profiler.enable()
+    for _ in range(calls):
+        call()
+    profiler.disable()
+    stats: Any = getattr(pstats.Stats(profiler), "stats")  # noqa: B009 - untyped attribute
+    rows = []
+    for (filename, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.items():
+        if "octollm_grpc" not in filename and "benchmarks" not in filename:
+            continue
+        module = filename.split("octollm_grpc/")[-1] if "octollm_grpc" in filename else \
+            filename.split("/")[-1]
+        rows.append({"function": f"{module}:{line}({name})", "calls": ncalls / calls,
+                     "inclusive_us": cumtime / calls * 1e6, "own_us": tottime / calls * 1e6})
+    rows.sort(key=lambda row: -row["inclusive_us"])
+    return rows[:top]
+
+
+def _print_profile(document: dict[str, Any]) -> None:
+    for stack in ("sync", "aio"):
+        if stack not in document:
+            continue
+        for kind, entry in document[stack]["paths"].items():
+            print(f"\n== {stack}, {kind}: instructions per call, by part")
+            for name, value in entry["parts"].items():
+                print(f"  {value:>12,.0f}  {name}")
+            print(f"-- {stack}, {kind}: self instructions per call by object, bare -> ours")
+            bare, ours = entry["objects"]["bare"], entry["objects"]["ours"]
+            for group in ours:
+                print(f"  {bare.get(group, 0.0):>12,.0f} -> {ours[group]:>12,.0f}  {group}")
+            print(f"-- {stack}, {kind}: C functions whose self instructions grew most")
+            for name, value in entry["c_functions_grown"].items():
+                print(f"  {value:>12,.0f}  {name}")
+    for kind, rows in document.get("python", {}).items():
+        print(f"\n== sync stack in-process, {kind}: our functions by inclusive CPU µs per call "
+              "(cProfile)")
+        for row in rows:
+            print(f"  {row['inclusive_us']:>7.2f} incl {row['own_us']:>6.2f} own "
+                  f"{row['calls']:>4.1f}x  {row['function']}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Print the per-call figures; with ``--profile``, where the error path's time goes."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pathcost", description=__doc__)
-    parser.add_argument("--profile", choices=("success", "error", "reject"), default=None)
+    """Print the per-call figures; with ``--profile``, where each path's instructions go."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pathcost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", action="store_true",
+                        help="attribute each path's instructions (callgrind, real servers)")
+    parser.add_argument("--stack", choices=("sync", "aio"), action="append")
+    parser.add_argument("-n", type=int, default=200, help="counted calls per path")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the callgrind dumps in this directory")
     args = parser.parse_args(argv)
-    for key, value in run().items():
-        print(f"{key}: {value:.1f}")
-    if args.profile:
-        path = {"success": payload.GET_TASK_PATH, "error": payload.GET_MISSING_TASK_PATH,
-                "reject": payload.GET_THROTTLED_TASK_PATH}[args.profile]
-        call = wrapped_call("ours", path)
-        profile = cProfile.Profile(time.thread_time)
-        profile.enable()
-        for _ in range(5000):
-            call()
-        profile.disable()
-        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    if not args.profile:
+        for key, value in run().items():
+            print(f"{key}: {value:.1f}")
+        return
+    stacks = args.stack or ("sync", "aio")
+    with tempfile.TemporaryDirectory(prefix="octollm-pathcost-") as scratch:
+        document = profile_instructions(
+            args.n, args.warmup, stacks, args.keep or Path(scratch),
+            log=lambda text: print(f"[pathcost] {text}", flush=True))
+    document["python"] = {kind: profile_python(path) for kind, path in (
+        ("success", payload.GET_TASK_PATH), ("error", payload.GET_MISSING_TASK_PATH),
+        ("reject", payload.GET_THROTTLED_TASK_PATH))}
+    _print_profile(document)
+    if args.json is not None:
+        args.json.write_text(json.dumps(document, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
-"""The equal-work peer: the same failed-call work as our stack, assembled from other libraries.
+"""The equal-work peer: the same work as our stack on every path, assembled from other libraries.
 
 What a team would write by hand instead of using octollm-grpc, doing what our default stack does
-for a ``TaskNotFoundError``:
+on a call, successful or failing with ``TaskNotFoundError``:
 
 - grpc-interceptor's ``ServerInterceptor`` / ``AsyncServerInterceptor`` (``intercept``) catch
   the handler's exception;
-- a request id: the caller's ``x-request-id`` when sent, else a new one, sent back as a trailer;
-- grpcio-status builds the rich status: ``ErrorInfo`` (reason, domain, the task id),
-  ``ResourceInfo`` (the task) and ``RequestInfo`` (the request id), the same details our stack
-  sends (less our envelope);
-- one structlog JSON line per failed call with the same fields as ours (method, code, error
-  code, request id, duration, peer), through structlog's own ``WriteLoggerFactory``;
-- prometheus-client: a handled counter and a handling-time histogram per method and code.
+- a request id on every call: the caller's ``x-request-id`` when sent, else a new one, bound
+  for the handler's logs (structlog's ``bind_contextvars``) and sent back as a trailer;
+- prometheus-client, under the names ours uses (on the peer's own registry, :data:`REGISTRY`):
+  ``grpc_server_started_total`` per call; ``grpc_server_handled_total`` (by code) and the
+  ``grpc_server_handling_seconds`` histogram per finished call; ``octollm_errors_total`` and
+  ``octollm_error_duration_seconds`` per failed call;
+- on a failure, grpcio-status builds the rich status: ``ErrorInfo`` (reason, domain, the task
+  id), ``ResourceInfo`` (the task) and ``RequestInfo`` (the request id), the same details our
+  stack sends (less our envelope), and one structlog JSON line with the same fields as ours
+  (method, code, error code, request id, duration, peer), through structlog's own
+  ``WriteLoggerFactory``.
 
 Used by the ``peer_full`` variant of :mod:`benchmarks.variants`.
 """
@@ -53,6 +57,7 @@ class _Instruments:
         sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server process
         structlog.configure(
             processors=[
+                structlog.contextvars.merge_contextvars,  # the bound request id
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.JSONRenderer(),
@@ -61,11 +66,24 @@ class _Instruments:
             cache_logger_on_first_use=True,
         )
         self.log = structlog.get_logger("peer")
-        labels = ("grpc_type", "grpc_service", "grpc_method", "grpc_code")
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = prometheus_client.Counter(
+            "grpc_server_started_total", "Calls started", labels, registry=REGISTRY)
         self.handled = prometheus_client.Counter(
-            "peer_grpc_server_handled_total", "Calls completed, by code", labels)
+            "grpc_server_handled_total", "Calls completed, by code", (*labels, "grpc_code"),
+            registry=REGISTRY)
         self.handling = prometheus_client.Histogram(
-            "peer_grpc_server_handling_seconds", "Time to handle a call", labels[:3])
+            "grpc_server_handling_seconds", "Time to handle a call", labels, registry=REGISTRY)
+        self.errors = prometheus_client.Counter(
+            "octollm_errors_total", "Errors by type", ("error_type", "component"),
+            registry=REGISTRY)
+        self.error_duration = prometheus_client.Histogram(
+            "octollm_error_duration_seconds", "Time to handle an error", ("error_type",),
+            registry=REGISTRY)
+
+
+#: The peer's metrics (its own registry: ours may live in the same process, on the default one).
+REGISTRY = prometheus_client.CollectorRegistry()
 
 
 _instruments: _Instruments | None = None
@@ -109,27 +127,46 @@ def _split(method_name: str) -> tuple[str, str]:
     return service, name
 
 
-def _finish(
-    context: Any, method_name: str, start: float, request_id: str,
-    ex: Exception | None,
-) -> grpc.Status | None:
-    """Count and time the call; for a failure, log it and return the status to abort with."""
-    inst = _get_instruments()
-    duration = time.perf_counter() - start
-    service, name = _split(method_name)
-    if ex is None:
-        inst.handled.labels("unary", service, name, "OK").inc()
-        inst.handling.labels("unary", service, name).observe(duration)
-        return None
-    if not isinstance(ex, PeerTaskNotFound):
-        raise ex
-    inst.handled.labels("unary", service, name, "NOT_FOUND").inc()
-    inst.handling.labels("unary", service, name).observe(duration)
-    inst.log.warning(
-        "grpc.call.failed", grpc_method=method_name, grpc_code="NOT_FOUND",
-        error_code="TASK_NOT_FOUND", request_id=request_id,
-        duration_ms=round(duration * 1000.0, 3), peer=context.peer(), message=ex.details)
-    return _rich_status(ex, request_id)
+class _PeerCall:
+    """One call's bookkeeping: start time, labels, request id (bound and set as a trailer)."""
+
+    __slots__ = ("labels", "request_id", "start", "tokens")
+
+    def __init__(self, context: Any, method_name: str) -> None:
+        self.start = time.perf_counter()
+        service, name = _split(method_name)
+        self.labels = ("unary", service, name)
+        _get_instruments().started.labels(*self.labels).inc()
+        self.request_id = _request_id(context.invocation_metadata())
+        self.tokens = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
+
+    def succeeded(self) -> None:
+        """Count and time the call."""
+        inst = _get_instruments()
+        inst.handled.labels(*self.labels, "OK").inc()
+        inst.handling.labels(*self.labels).observe(time.perf_counter() - self.start)
+
+    def failed(self, context: Any, method_name: str, ex: Exception) -> grpc.Status:
+        """Count, time and log the failure; the status to abort with. Re-raises what the peer
+        does not map."""
+        if not isinstance(ex, PeerTaskNotFound):
+            raise ex
+        inst = _get_instruments()
+        duration = time.perf_counter() - self.start
+        inst.handled.labels(*self.labels, "NotFound").inc()
+        inst.handling.labels(*self.labels).observe(duration)
+        inst.errors.labels("TASK_NOT_FOUND", "grpc_server").inc()
+        inst.error_duration.labels("TASK_NOT_FOUND").observe(duration)
+        inst.log.warning(
+            "grpc.call.failed", grpc_method=method_name, grpc_code="NOT_FOUND",
+            error_code="TASK_NOT_FOUND", duration_ms=round(duration * 1000.0, 3),
+            peer=context.peer(), message=ex.details)
+        return _rich_status(ex, self.request_id)
+
+    def end(self) -> None:
+        """Unbind the request id."""
+        structlog.contextvars.reset_contextvars(**self.tokens)
 
 
 class PeerStack(ServerInterceptor):  # type: ignore[misc]
@@ -142,17 +179,17 @@ class PeerStack(ServerInterceptor):  # type: ignore[misc]
         self, method: Callable[..., Any], request_or_iterator: Any, context: Any,
         method_name: str,
     ) -> Any:
-        start = time.perf_counter()
-        request_id = _request_id(context.invocation_metadata())
+        call = _PeerCall(context, method_name)
         try:
             response = method(request_or_iterator, context)
         except Exception as ex:  # the peer maps what it knows, re-raises the rest
-            status = _finish(context, method_name, start, request_id, ex)
-            assert status is not None
-            context.abort_with_status(status)
+            context.abort_with_status(call.failed(context, method_name, ex))
             raise  # pragma: no cover - abort_with_status raises
-        _finish(context, method_name, start, request_id, None)
-        return response
+        else:
+            call.succeeded()
+            return response
+        finally:
+            call.end()
 
 
 class AioPeerStack(AsyncServerInterceptor):  # type: ignore[misc]
@@ -165,14 +202,15 @@ class AioPeerStack(AsyncServerInterceptor):  # type: ignore[misc]
         self, method: Callable[..., Any], request_or_iterator: Any, context: Any,
         method_name: str,
     ) -> Any:
-        start = time.perf_counter()
-        request_id = _request_id(context.invocation_metadata())
+        call = _PeerCall(context, method_name)
         try:
             response = await method(request_or_iterator, context)
         except Exception as ex:  # as above
-            status = _finish(context, method_name, start, request_id, ex)
-            assert status is not None
+            status = call.failed(context, method_name, ex)
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise  # pragma: no cover - abort raises
-        _finish(context, method_name, start, request_id, None)
-        return response
+        else:
+            call.succeeded()
+            return response
+        finally:
+            call.end()

@@ -86,22 +86,37 @@ async def serve_aio(
     conn.send("stopped")
 
 
+def _metrics_of(variant: str) -> Callable[[Any], Any]:
+    """Answers ``"metrics"``: the prometheus exposition text of the variant's registry."""
+    def answer(message: Any) -> Any:
+        if message != "metrics":
+            return None
+        import prometheus_client
+
+        registry = prometheus_client.REGISTRY
+        if variant == "peer_full":
+            from benchmarks.peer_stack import REGISTRY as registry
+        return prometheus_client.generate_latest(registry).decode()
+    return answer
+
+
 def overhead_server_main(
     variant: str, stack: str, conn: multiprocessing.connection.Connection
 ) -> None:
-    """Process entry point: the Bench service for one variant and stack."""
+    """Process entry point: the Bench service for one variant and stack (the pipe also answers
+    ``"metrics"`` with the variant's prometheus exposition text)."""
     handler = variants.handlers(variant, stack)
     chain = list(variants.interceptors(variant, stack))
     if stack == "sync":
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=SYNC_SERVER_WORKERS), interceptors=chain)
         server.add_generic_rpc_handlers((handler,))
-        serve_sync(server, conn)
+        serve_sync(server, conn, _metrics_of(variant))
     else:
         async def main() -> None:
             aio_server = grpc.aio.server(interceptors=chain)
             aio_server.add_generic_rpc_handlers((handler,))
-            await serve_aio(aio_server, conn)
+            await serve_aio(aio_server, conn, _metrics_of(variant))
         asyncio.run(main())
 
 

@@ -15,37 +15,62 @@ What the framework costs, measured against bare grpcio and its peers in the same
 it does in a retry storm (`benchmarks/`; every figure in `benchmarks/results/latest.json`).
 
 ```sh
-make bench                            # full run, a few minutes on 2 cores
+make bench                            # full run, ~15 minutes on 2 cores (installs valgrind)
 python -m benchmarks --smoke          # seconds; part of make test; no targets asserted
 python -m benchmarks --update-readme  # copy results/latest.md into this page
+python -m benchmarks.instructions     # the instruction counts alone (~4 minutes)
+python -m benchmarks.pathcost --profile  # where each path's instructions go (~8 minutes)
 ```
 
 The full run writes `benchmarks/results/latest.json` and `latest.md`. What is measured:
 
-- **Server and client overhead.** Unary calls carrying a ~1.1 KiB task record
-  (`google.protobuf.Value`), client and server in separate processes on 127.0.0.1, at 1 and 32
-  calls in flight, for `grpc` and `grpc.aio`. Variants: bare grpcio; our server stack
-  (`server_interceptors()`: error mapping, request ids, logging as JSON lines, metrics), alone
-  and with rate limiting and auth added; grpc-interceptor's `ExceptionToStatusInterceptor`; our
-  client stack (`resilient_channel`: retry, budget, breaker); a do-nothing client interceptor
-  (the floor any Python client interceptor pays). Each repetition runs every variant back to
-  back in a rotating order (A B C, B C A, ...) and each ratio is taken against the bare run of
-  the same repetition; tables give the median and [min-max] over repetitions. The headline
-  keys, per stack at 32 calls in flight, are CPU ratios (server or client CPU per call, steadier
-  than throughput on a busy machine): `server_error_cpu_ratio`, `server_error_vs_peer_cpu_ratio`,
+- **Instructions per call (the headline).** CPU time on a shared 2-core machine moves by up to
+  10 % from run to run; the number of instructions a process executes for a call does not. The
+  server process runs under `valgrind --tool=callgrind --instr-atstart=no`
+  (`benchmarks/ir_server.py`), one call in flight from a client outside valgrind: per path, 100
+  warm-up calls uncounted, `callgrind_control -i on`, 200 calls, `callgrind_control -d` (the
+  dump's `totals:` over 200 is the count: every thread of the process, grpc's core, the
+  interpreter and the stack). For the client side the client runs under callgrind against a
+  bare server (`benchmarks/ir_client.py`). One part is kept out of every count: absl::Mutex's
+  spin-wait in grpc's core (the loop that polls a held lock up to 1500 times before it sleeps,
+  found by its machine code in the installed `cygrpc`). Under valgrind threads run one at a
+  time, so how long a waiter spins depends on when valgrind switches threads, not on the work:
+  between two runs it alone moved from 2k to 20k instructions per call while every other
+  function stayed within 0.5 %; it is kept apart in the dumps. `make bench` counts everything
+  twice, back to back, and writes both runs and their largest difference. Headline keys per
+  stack: `server_success_ir_ratio`, `server_error_ir_ratio`, `server_rejection_ir_ratio`,
+  `client_success_ir_ratio` (bare / ours) and `server_error_vs_peer_ir_ratio` (peer / ours);
+  above 1, ours is cheaper. The raw counts are under `ir`.
+- **Server and client overhead under load (the second view).** Unary calls carrying a ~1.1 KiB
+  task record (`google.protobuf.Value`), client and server in separate processes on 127.0.0.1,
+  at 1 and 32 calls in flight, for `grpc` and `grpc.aio`. Variants: bare grpcio; our server
+  stack (`server_interceptors()`: error mapping, request ids, logging as JSON lines, metrics),
+  alone and with rate limiting and auth added; grpc-interceptor's
+  `ExceptionToStatusInterceptor`; our client stack (`resilient_channel`: retry, budget,
+  breaker); a do-nothing client interceptor (the floor any Python client interceptor pays). Each
+  repetition runs every variant back to back in a rotating order (A B C, B C A, ...) and each
+  ratio is taken against the bare run of the same repetition; tables give the median and
+  [min-max] over repetitions. The CPU ratios per stack at 32 calls in flight (server or client
+  CPU per call): `server_error_cpu_ratio`, `server_error_vs_peer_cpu_ratio`,
   `server_rejection_cpu_ratio`, `server_success_cpu_ratio`, `client_success_cpu_ratio`; the
-  throughput ratios (`server_success_ratio`, `server_error_ratio`, ...), the 1-in-flight twins
-  and p50/p99 latencies stay in the JSON and the tables.
+  throughput ratios (`server_success_ratio`, ...), the 1-in-flight twins and p50/p99 latencies
+  stay in the JSON and the tables.
 - **Error path.** A handler raising `TaskNotFoundError` through our stack (rich details, one log
   line, metrics) against a bare handler calling `context.abort(NOT_FOUND, ...)`; against
   grpc-interceptor raising its `NotFound` (plain string details, no log, no metrics); and
-  against **the same work assembled from peers** (`benchmarks/peer_stack.py`: grpc-interceptor,
-  a grpcio-status rich status with `ErrorInfo`, `ResourceInfo` and `RequestInfo`, one structlog
-  JSON line, a prometheus counter and histogram, a request id), which is what a team would
-  write by hand instead of using this framework.
+  against **the same work assembled from peers** (`benchmarks/peer_stack.py`), which is what a
+  team would write by hand instead of using this framework: grpc-interceptor; on every call a
+  request id (the caller's or a new one, bound for the handler's logs and sent back as a
+  trailer), `grpc_server_started_total`, and per finished call `grpc_server_handled_total` and
+  the `grpc_server_handling_seconds` histogram; on a failure also `octollm_errors_total` and
+  `octollm_error_duration_seconds`, a grpcio-status rich status with `ErrorInfo`,
+  `ResourceInfo` and `RequestInfo`, and one structlog JSON line. The metric names and labels
+  are ours (on its own registry); `tests/bench/test_variants.py` checks, on real servers, that
+  a successful and a failed call move the same samples on both and send the same details and
+  request ids.
 - **Load shedding.** A call our rate limiter refuses (`RESOURCE_EXHAUSTED` with `RetryInfo`,
-  `QuotaFailure` and the pushback trailer, before any handler runs) against a bare handler
-  calling `context.abort(RESOURCE_EXHAUSTED, ...)`.
+  `QuotaFailure` and the pushback trailer, before any handler runs; counted, not timed, and
+  without `RequestInfo`) against a bare handler calling `context.abort(RESOURCE_EXHAUSTED, ...)`.
 - **Codec and stack cost.** `to_status` and `from_rpc_error` per error, and the Python time our
   sync server stack adds per call with no gRPC around it (`python -m benchmarks.pathcost`;
   `--profile error` shows where it goes), in CPU microseconds.
@@ -112,10 +137,160 @@ iterable response as a response stream, so a unary method returning a `google.pr
 (which iterates its keys) fails with "Failed to serialize response!" under it; the benchmark
 message is a `Value` for that reason.
 
-**Where the targets are missed, and why (this round).** The targets are CPU ratios per call
-(bare / ours) at 32 in flight. Two full runs an hour apart on this machine (an Intel Xeon, where
-bare grpcio needs about 250 µs of server CPU per call, against about 430 µs on the AMD machine
-of the previous round, so every µs of Python weighs more) gave, sync then aio:
+**Where the instructions go (`python -m benchmarks.pathcost --profile`).** Every figure is
+server instructions per call (thousands), callgrind on real servers as above. Per part: `ours`
+with one part switched off (`benchmarks/variants.py`, `ABLATIONS`), so a part's figure is what
+switching it off saves; "our core" (error mapping, deadline propagation, the OpenTelemetry
+check) is `ours` with request ids, logging and metrics all off against the do-nothing
+interceptor (the floor); the floor against bare grpcio is grpc's own
+interception machinery. The parts do not add up exactly (a part switched off also skips work
+the others share, e.g. the log event's request id): the rest is the last row. Refusal figures
+are before → after this round's two refusal changes (the cached status without `RequestInfo`,
+no latency observations, no `RateLimitError` built per refusal); success and error were not
+changed (their before/after differ by the run-to-run noise only).
+
+| sync | success | error (`NOT_FOUND`) | refusal |
+|---|---|---|---|
+| bare grpcio | 400.6 | 393.7 | 387.4 → 387.6 |
+| interception machinery (floor - bare) | 3.8 | 4.4 | 6.0 → 7.3 |
+| our core (ours_core - floor) | 30.9 | 178.7 | 138.1 → 114.8 |
+| request ids (ours - ours_no_ids) | 32.4 | 24.7 | 43.9 → 24.1 |
+| metrics (ours - ours_no_metrics) | 23.6 | 41.5 | 29.8 → 13.8 |
+| logging (ours - ours_no_logs) | 5.3 | 86.8 | 11.9 → 21.6 |
+| interplay (ours - the sum above) | -8.9 | 1.6 | 1.1 → -6.5 |
+| ours | 487.7 | 731.3 | 618.2 → 562.7 |
+
+| aio | success | error (`NOT_FOUND`) | refusal |
+|---|---|---|---|
+| bare grpcio | 514.1 | 527.5 | 519.2 → 524.2 |
+| interception machinery (floor - bare) | 8.7 | 5.6 | 6.1 → 1.7 |
+| our core (ours_core - floor) | 31.8 | 186.3 | 225.0 → 207.7 |
+| request ids (ours - ours_no_ids) | 31.0 | 44.2 | 46.2 → 19.6 |
+| metrics (ours - ours_no_metrics) | 19.1 | 38.5 | 32.9 → 15.7 |
+| logging (ours - ours_no_logs) | -7.9 | 82.4 | 18.5 → 17.3 |
+| interplay (ours - the sum above) | 6.8 | -8.6 | -70.9 → -80.8 |
+| ours | 603.6 | 875.9 | 777.0 → 705.4 |
+
+Per object file (self instructions, as `callgrind_annotate` lists them; bare grpcio → ours,
+this round's code): grpc's core costs the same under our stack as without it; what ours adds is
+almost all interpreter, i.e. Python code, plus protobuf for the rich status and libc for the
+allocations.
+
+| sync, object | success | error | refusal |
+|---|---|---|---|
+| interpreter (all Python code) | 240.4 → 318.9 | 249.6 → 539.3 | 247.3 → 404.1 |
+| grpc core (C/C++, Cython) | 101.9 → 101.4 | 95.4 → 100.0 | 95.7 → 99.9 |
+| protobuf (upb) | 32.1 → 32.1 | 24.2 → 47.3 | 21.9 → 22.2 |
+| libc (malloc, memcpy, syscalls) | 27.9 → 30.9 | 25.3 → 40.9 | 25.0 → 32.3 |
+| loader (thread-local storage) | 7.2 → 7.3 | 6.6 → 6.6 | 6.6 → 6.6 |
+| other | 1.4 → 1.6 | 2.3 → 5.2 | 2.2 → 3.1 |
+
+| aio, object | success | error | refusal |
+|---|---|---|---|
+| interpreter (all Python code) | 336.9 → 416.6 | 360.6 → 659.8 | 360.0 → 525.8 |
+| grpc core (C/C++, Cython) | 116.7 → 125.1 | 123.3 → 131.1 | 124.9 → 138.6 |
+| protobuf (upb) | 32.1 → 32.1 | 24.2 → 47.5 | 21.9 → 21.8 |
+| libc (malloc, memcpy, syscalls) | 26.9 → 29.8 | 25.4 → 41.3 | 25.4 → 31.3 |
+| other | 8.6 → 8.7 | 9.6 → 12.5 | 9.6 → 10.3 |
+| loader (thread-local storage) | 7.2 → 7.3 | 6.6 → 6.6 | 6.6 → 6.6 |
+
+Per Python function: callgrind cannot split the interpreter's instructions by Python function
+(every one runs inside `_PyEval_EvalFrameDefault`), so this is cProfile on the sync stack run
+in-process (`pathcost.wrapped_call`), inclusive, as a share of the whole wrapped call (the
+handler included) and before → after for the refusal:
+
+| success: function | share of the call |
+|---|---|
+| `server/_core.py(begin)` | 56% |
+| `server/_core.py(__exit__)` | 38% |
+| `server/_core.py(succeed)` | 25% |
+| `otel.py(active_tracer)` | 13% |
+| `server/_core.py(end)` | 10% |
+| `propagation.py(enter)` | 8% |
+| `server/logs.py(bind_request_id)` | 6% |
+| `server/requestid.py(from_metadata)` | 5% |
+| `server/requestid.py(_random_hex)` | 3% |
+| `propagation.py(leave)` | 2% |
+| `server/requestid.py(bind)` | 2% |
+| `server/logs.py(unbind_request_id)` | 2% |
+
+| error: function | share of the call |
+|---|---|
+| `server/_core.py(__exit__)` | 79% |
+| `server/_core.py(fail)` | 72% |
+| `server/_core.py(_record)` | 35% |
+| `status/encode.py(to_status)` | 27% |
+| `status/encode.py(_encode)` | 25% |
+| `status/encode.py(_encode_error)` | 22% |
+| `server/logs.py(failed)` | 19% |
+| `server/_core.py(begin)` | 14% |
+| `status/encode.py(_build)` | 7% |
+| `status/encode.py(extra)` | 6% |
+| `status/encode.py(_class_details)` | 6% |
+
+| refusal: function | share of the call |
+|---|---|
+| `server/_core.py(__enter__)` | 79% → 73% |
+| `server/_core.py(__exit__)` | 59% → 51% |
+| `server/_core.py(fail)` | 49% → 39% |
+| `server/_core.py(_shed)` | 47% → 37% |
+| `server/_core.py(begin)` | 20% → 26% |
+| `server/_core.py(admit)` | 19% → 20% |
+| `server/_core.py(_rate_limit)` | 19% → 19% |
+| `server/ratelimit.py(acquire)` | 7% → 9% |
+| `server/ratelimit.py(take)` | 6% → 8% |
+| `otel.py(active_tracer)` | 5% → 6% |
+| `otel.py(call_failed)` | 4% → 6% |
+| `status/encode.py(with_request_id)` | 11% → below the list |
+| `status/encode.py(data)` | 6% → below the list |
+| `server/shedding.py(error)` | 4% → below the list |
+| `errors/catalog.py(__init__)` | 3% → below the list |
+
+**The targets: what is grpc's own and what is ours.** This round's targets are on the
+instruction ratios, both stacks: success >= 0.93 of bare grpcio, the error path >= 1.25x cheaper
+than the equal-work peer, a refusal >= 0.85 of a bare `abort(RESOURCE_EXHAUSTED)`, client
+success through `resilient_channel` >= 0.93 of a bare channel. The latest run's values are in
+the targets table below; none is met (success 0.82 / 0.85, error 1.05x / 1.04x, refusal
+0.70 / 0.74, client 0.70 / 0.69, sync / aio). Where each stands, from the attribution above:
+
+- **After merging the 1.0 API (not in the latest run below).** A count of bare, ours, the
+  peer and the clients on the merged code: the server counts moved by at most 1 %, but
+  `resilient_channel` now costs 405k (sync) and 495k (aio) per call against 392-394k and 461k
+  before, so the client ratios fell to 0.68 (sync) and 0.65 (aio); the merged client work
+  (one request id per call for all attempts, the restructured core) is the place to look.
+- **The floor.** A do-nothing server interceptor costs 4-9k instructions per call (grpc's
+  interception machinery: 0.98-0.99 of bare), so every server target is above the floor and
+  reachable in principle. On the client a do-nothing client interceptor alone costs about 55k
+  (sync) and 80k (aio) on top of a bare channel's 275k / 327k: the floor is 0.83 / 0.80, below
+  the 0.93 target. No client stack built on `grpc.intercept_channel` / `interceptors=` can
+  meet it; `resilient_channel` would have to wrap the channel's multicallables itself.
+- **Success (0.82 sync, 0.85 aio).** Ours adds about 87k (sync) / 90k (aio) per call: our core
+  ~31k (the call object, the per-call OpenTelemetry provider lookup, 13 % of the stack's Python
+  time, because `opentelemetry.trace.get_tracer_provider()` tests `os.environ` on every call;
+  deadline propagation), request ids ~31k (the id, two context variables, the trailer),
+  metrics ~20-24k (three prometheus-client updates, each under a lock). 0.93 leaves about 30k
+  (sync) and 38k (aio): it needs all three parts cut by two thirds (metrics in lock-free
+  per-method cells behind a custom collector, one context variable for the id, the provider
+  lookup cached), which means moving code between modules that the 1.0 API is renaming now.
+- **Error path (1.05x sync, 1.04x aio cheaper than the peer).** Ours 726k (sync) / 877k
+  (aio) per failed call against the equal-work peer's 765k / 910k. 1.25x needs ours at 612k /
+  728k: the log event (~87k: structlog's
+  processor chain and the JSON line), the rich status (`to_status`, a quarter of the stack's
+  Python time on this path, plus 23k of protobuf), five metric updates (~40k) and the request
+  id (~25-45k). The peer does the same work with less generality (one fixed status, no
+  envelope); ours is within a few percent of it.
+- **Refusal (0.63 -> 0.70 sync, 0.67 -> 0.74 aio).** The cached status without `RequestInfo`,
+  no latency observations and no `RateLimitError` per refusal saved 55k (sync) and 72k (aio)
+  per refused call. 0.85 needs ours <= 456k (sync): what is left is the work a call does before
+  the limiter decides (request id, context variables, the provider lookup, the started counter)
+  and the limiter's key (`context.peer()`). Deciding admission before the call is started (no
+  request id for a refused call) restructures `Call.begin`; left for after the 1.0 renames.
+
+**The previous round, on CPU ratios.** Its targets were CPU ratios per call (bare / ours) at 32
+in flight; these figures are kept for the record. Two full runs an hour apart on this machine
+(an Intel Xeon, where bare grpcio needs about 250 µs of server CPU per call, against about
+430 µs on the AMD machine of the previous round, so every µs of Python weighs more) gave,
+sync then aio:
 
 | headline | run 1 | run 2 | target |
 |---|---|---|---|

@@ -15,6 +15,9 @@
   request id); the error handler raises its ``PeerTaskNotFound``.
 - ``floor``: one do-nothing server interceptor: what gRPC's interception machinery alone costs,
   the floor under every interceptor stack.
+- ``ours_no_logs``, ``ours_no_metrics``, ``ours_no_ids``, ``ours_core``: ``ours`` with one part
+  (or, for ``ours_core``, all three) switched off, for attributing its cost per part
+  (``python -m benchmarks.pathcost --profile``).
 
 Every variant answers GetTask with the same ~1 KiB message, so only the stack differs.
 """
@@ -31,6 +34,16 @@ from google.protobuf import struct_pb2
 from benchmarks import payload
 
 SERVER_VARIANTS = ("bare", "ours", "ours_all", "peer", "peer_full", "floor")
+#: ``ours`` with parts switched off: variant -> the keywords of ``server_interceptors``.
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "ours_no_logs": {"logger": False},
+    "ours_no_metrics": {"metrics": False},
+    "ours_no_ids": {"request_ids": False},
+    "ours_core": {"logger": False, "metrics": False, "request_ids": False},
+}
+#: Every variant whose handlers are ours (they raise our errors; the throttled method is
+#: refused by our rate limiter).
+_OURS = ("ours", *ABLATIONS)
 TOKEN = "bench-token-5d1f0c"
 #: Sent by every client of the overhead benchmark (only ``ours_all`` checks it).
 AUTH_METADATA = (("authorization", f"Bearer {TOKEN}"),)
@@ -83,7 +96,7 @@ def _sync_raiser(variant: str) -> Callable[[struct_pb2.Value, grpc.ServicerConte
         def abort(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
             context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
         return abort
-    if variant in ("ours", "ours_all"):
+    if variant in (*_OURS, "ours_all"):
         from octollm_grpc.errors import TaskNotFoundError
 
         def raise_ours(request: struct_pb2.Value, context: grpc.ServicerContext) -> Any:
@@ -109,7 +122,7 @@ def _aio_raiser(variant: str) -> Callable[..., Any]:
         async def abort(request: struct_pb2.Value, context: Any) -> Any:
             await context.abort(grpc.StatusCode.NOT_FOUND, _not_found_message(request))
         return abort
-    if variant in ("ours", "ours_all"):
+    if variant in (*_OURS, "ours_all"):
         from octollm_grpc.errors import TaskNotFoundError
 
         async def raise_ours(request: struct_pb2.Value, context: Any) -> Any:
@@ -137,7 +150,7 @@ def handlers(variant: str, stack: str) -> grpc.GenericRpcHandler:
             return _RESPONSE
 
         def throttled(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
-            if variant == "ours":
+            if variant in _OURS:
                 # Reached by the first call only (the limiter refuses the rest): it fails
                 # the same way, so every call of the scenario ends RESOURCE_EXHAUSTED.
                 raise _throttled_error()
@@ -148,7 +161,7 @@ def handlers(variant: str, stack: str) -> grpc.GenericRpcHandler:
             return _RESPONSE
 
         async def throttled_aio(request: struct_pb2.Value, context: Any) -> struct_pb2.Value:
-            if variant == "ours":
+            if variant in _OURS:
                 raise _throttled_error()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED_MESSAGE)
         get_task = get_task_aio  # type: ignore[assignment]
@@ -184,17 +197,18 @@ def interceptors(variant: str, stack: str) -> Sequence[Any]:
         from benchmarks.peer_stack import AioPeerStack, PeerStack
 
         return (PeerStack(),) if stack == "sync" else (AioPeerStack(),)
-    if variant in ("ours", "ours_all"):
+    if variant in (*_OURS, "ours_all"):
         from octollm_grpc.server import BearerAuth, RateLimit, RateLimiter, StaticTokens
         from octollm_grpc.server import server_interceptors as sync_stack
         from octollm_grpc.server.aio import server_interceptors as aio_stack
 
         configure_production_logging()
         stack_of: Callable[..., Sequence[Any]] = sync_stack if stack == "sync" else aio_stack
-        if variant == "ours":
+        if variant in _OURS:
             return tuple(stack_of(rate_limit=RateLimiter(None, methods={
                 payload.GET_THROTTLED_TASK_PATH: RateLimit(
-                    limit=THROTTLE_LIMIT, window=THROTTLE_WINDOW_S)})))
+                    limit=THROTTLE_LIMIT, window=THROTTLE_WINDOW_S)}),
+                **ABLATIONS.get(variant, {})))
         return tuple(stack_of(
             rate_limit=RateLimiter(RateLimit(limit=1_000_000_000)),
             auth=BearerAuth(StaticTokens({TOKEN: ["tasks.read"]}), default_scopes=["tasks.read"]),

@@ -154,8 +154,9 @@ class ServerMetrics:
         """The bound children for one method (build once per method, keep it)."""
         return MethodMetrics(self._families, (rpc_type, service, method))
 
-    def error(self, error_type: str, duration: float) -> None:
-        """Count one error of ``error_type`` that took ``duration`` seconds to handle."""
+    def error(self, error_type: str, duration: float | None = None) -> None:
+        """Count one error of ``error_type`` that took ``duration`` seconds to handle (not
+        timed when ``None``: a refused call is only counted)."""
         children = self._errors.get(error_type)
         if children is None:
             children = self._errors[error_type] = (
@@ -163,7 +164,8 @@ class ServerMetrics:
                 self._families.error_duration.labels(error_type),
             )
         children[0].inc()
-        children[1].observe(duration)
+        if duration is not None:
+            children[1].observe(duration)
 
 
 def serve_metrics(

@@ -22,7 +22,7 @@ from typing import Any, Self
 import grpc
 
 from octollm_grpc import codes
-from octollm_grpc.errors import OctoLLMError, RateLimitError
+from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability import _otel as otel
 from octollm_grpc.observability import _propagation as propagation
 from octollm_grpc.observability import _requestid as requestid
@@ -347,7 +347,7 @@ class Pipeline:
         admitted = self.concurrency.acquire(route, call.metadata)
         if isinstance(admitted, ConcurrencyRejection):
             call.rejection = admitted
-            raise admitted.error()
+            raise _Refused()  # ends with the rejection's cached status (see _shed)
         call.permit = admitted
 
     def _give_place_back(self, call: Call) -> None:
@@ -451,21 +451,24 @@ class Pipeline:
         return Failure(status._replace(trailing_metadata=trailers), None)
 
     def _shed(self, call: Call, rejection: Refusal) -> Failure:
-        """A refused call: the cached status, counted per call, logged per caller and second."""
-        status = self.rejection_statuses.status(rejection, call.request_id)
+        """A refused call: the cached status, counted per call, logged per caller and second.
+
+        Shed as cheaply as it can be: the status is the cached one as is (no ``RequestInfo``:
+        the request id still goes back as its trailer), and the call is counted but not timed
+        (no latency histogram: a refusal's latency says nothing about the service).
+        """
+        status = self.rejection_statuses.status(rejection, None)
         current = call.context.trailing_metadata()
         if call.trailers is not None and current is call.trailers:
             trailers = status.trailing_metadata + call.trailers
         else:  # e.g. trailers set by an earlier interceptor
             trailers = merge_trailers(current, status.trailing_metadata,
                                       call.trailers[0] if call.trailers is not None else None)
-        duration = _perf_counter() - call.start
         metrics = call.plan.metrics
         if metrics is not None:
             metrics.handled(status.code).inc()
-            metrics.handling.observe(duration)
         if self.metrics is not None:
-            self.metrics.error("RATE_LIMIT_EXCEEDED", duration)
+            self.metrics.error("RATE_LIMIT_EXCEEDED")
         otel.call_failed(status.code, "RATE_LIMIT_EXCEEDED", status.details, call.request_id)
         log = self.shed_log if isinstance(rejection, ConcurrencyRejection) \
             else self.rejection_log
@@ -534,10 +537,20 @@ def _note_principal(call: Call, granted: object) -> None:
         otel.set_principal(granted.principal)
 
 
-def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitError:
-    """Mark ``call`` as refused by the rate limiter; the error it ends with."""
+def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> Exception:
+    """Mark ``call`` as refused by the rate limiter; what to raise to unwind it to its end.
+
+    Not the ``RateLimitError`` itself: the call ends with the cached status of its
+    :class:`Rejection` (see :meth:`Pipeline._shed`), so nothing reads the exception, and
+    building an error per refused call is most of what shedding is there to save.
+    """
     call.rejection = Rejection(limit, key, wait)
-    return call.rejection.error()
+    return _Refused()
+
+
+class _Refused(Exception):
+    """Unwinds a refused call from admission to :meth:`Pipeline.fail` (never leaves the stack:
+    the call ends with its rejection's status)."""
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")

@@ -55,8 +55,10 @@ def _check_refusals(outcomes: list[Any], registry: CollectorRegistry,
         error = from_rpc_error(outcome.error)
         assert isinstance(error, e.RateLimitError)
         assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        # The status is shared, the request id is the call's own.
-        assert error.request_id == f"rid-{index + 1}"
+        # The status is the shared one as is: no RequestInfo; the call's own request id
+        # still comes back as its trailer.
+        assert error.request_id is None
+        assert outcome.trailers["x-request-id"] == f"rid-{index + 1}"
         assert error.details == {"limit": 1, "window": 3600}
         assert error.retry_after is not None and 3500 < error.retry_after <= 3600
         assert int(outcome.trailers["grpc-retry-pushback-ms"]) > 3_500_000
@@ -65,6 +67,11 @@ def _check_refusals(outcomes: list[Any], registry: CollectorRegistry,
         "grpc_code": "ResourceExhausted"}) == CALLS - 1
     assert registry.get_sample_value("octollm_errors_total", {
         "error_type": "RATE_LIMIT_EXCEEDED", "component": "grpc_server"}) == CALLS - 1
+    # Counted, not timed: only the call that went through is in the latency histogram.
+    assert registry.get_sample_value("grpc_server_handling_seconds_count", {
+        "grpc_type": "unary", "grpc_service": "test.Shapes", "grpc_method": "Unary"}) == 1
+    assert not registry.get_sample_value("octollm_error_duration_seconds_count", {
+        "error_type": "RATE_LIMIT_EXCEEDED"})
     # Logged in aggregate: the first refusal at once, none of the others one by one.
     assert _events(logs, FAILED_EVENT) == []
     shed = _events(logs, RATE_LIMITED_EVENT)
@@ -77,8 +84,8 @@ def _check_refusals(outcomes: list[Any], registry: CollectorRegistry,
 
 
 def test_sync_refusals_are_counted_each_and_logged_once() -> None:
-    """Sync: 29 refusals give 29 in the metrics, the same status with each call's request id,
-    and one log event (the first refusal), not 29."""
+    """Sync: 29 refusals give 29 in the counters (none timed), the same status (no RequestInfo;
+    each call's request id as a trailer), and one log event (the first refusal), not 29."""
     registry = CollectorRegistry()
     stack = server_interceptors(metrics=ServerMetrics(registry), rate_limit=_limiter())
     with capture_logs() as logs, sync_server(sync_handlers(Script()), stack) as target:
