@@ -8,6 +8,12 @@
 from __future__ import annotations
 
 from octollm_grpc.status import limits
+from octollm_grpc.status.budget import (
+    CALLERS_BUDGET,
+    TIMEOUT_CAUSE_KEY,
+    callers_budget,
+    spent_callers_budget,
+)
 from octollm_grpc.status.decode import from_rpc_error, from_status_proto
 from octollm_grpc.status.encode import StatusTemplate, to_status, to_status_proto
 from octollm_grpc.status.limits import *  # noqa: F403 - the public bounds and RichStatus
@@ -20,9 +26,13 @@ from octollm_grpc.status.limits import TIMEOUT_MESSAGE as TIMEOUT_MESSAGE
 from octollm_grpc.status.limits import TRAILER_BUDGET as TRAILER_BUDGET
 
 __all__ = [
+    "CALLERS_BUDGET",
+    "TIMEOUT_CAUSE_KEY",
     "StatusTemplate",
+    "callers_budget",
     "from_rpc_error",
     "from_status_proto",
+    "spent_callers_budget",
     "to_status",
     "to_status_proto",
 ]
