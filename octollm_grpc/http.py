@@ -9,7 +9,11 @@ from octollm_grpc import codes
 from octollm_grpc import errors as e
 from octollm_grpc.status import GENERIC_MESSAGE, TIMEOUT_MESSAGE
 
-__all__ = ["HttpError", "to_http"]
+__all__ = ["MAX_RETRY_AFTER_HEADER", "HttpError", "to_http"]
+
+#: The longest ``Retry-After`` sent, in seconds (a day): longer advice, however it arrived,
+#: is sent as this; a client asks again then.
+MAX_RETRY_AFTER_HEADER = 86_400
 
 
 class HttpError(NamedTuple):
@@ -23,7 +27,8 @@ class HttpError(NamedTuple):
 def to_http(exc: BaseException) -> HttpError:
     """Render any exception as (HTTP status, headers, the seed's JSON body).
 
-    ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up.
+    ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up,
+    at most :data:`MAX_RETRY_AFTER_HEADER` (none for a ``retry_after`` of 0 or less).
     Anything else gives the seed's generic 500 body, with none of the exception's text.
     """
     mapping = codes.mapping_for(exc)
@@ -32,7 +37,7 @@ def to_http(exc: BaseException) -> HttpError:
         body = exc.to_dict()
         retry_after = exc.retry_after
         if isinstance(retry_after, (int, float)) and math.isfinite(retry_after) and retry_after > 0:
-            headers["Retry-After"] = str(math.ceil(retry_after))
+            headers["Retry-After"] = str(min(math.ceil(retry_after), MAX_RETRY_AFTER_HEADER))
     else:
         message = TIMEOUT_MESSAGE if mapping is codes.BUILTIN_TIMEOUT else GENERIC_MESSAGE
         body = {"error": mapping.error_code, "message": message, "details": {}}
