@@ -148,9 +148,10 @@ def _depth_of(value: Any, limit: int) -> int:
     return 1 + max((_depth_of(v, limit - 1) for v in items), default=0)
 
 
-def _call(method: Any) -> Any:
+def _ask(err: object, name: str) -> Any:
+    """``err.<name>()``, or ``None`` when it has no such method or the call fails."""
     try:
-        return method()
+        return getattr(err, name)()
     except Exception:  # noqa: BLE001 - a broken call object must not break decoding
         return None
 
@@ -317,11 +318,11 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     """
     if isinstance(err, e.OctoLLMError):
         return err
-    code = _as_code(_call(getattr(err, "code", lambda: None)))
-    message = _call(getattr(err, "details", lambda: None))
+    code = _as_code(_ask(err, "code"))
+    message = _ask(err, "details")
     if not isinstance(message, str):
         message = "" if message is None else str(message)
-    trailers = _call(getattr(err, "trailing_metadata", lambda: None))
+    trailers = _ask(err, "trailing_metadata")
     status = _parse_status(trailers)
     # grpcio-status's rule: details whose code differs from the call's are not this call's.
     if status is not None and status.code != code.value[0]:
@@ -331,8 +332,8 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
         # Retry advice sent only as grpc-retry-pushback-ms (not as RetryInfo) is kept too.
         error.retry_after = _pushback_seconds(trailers)
     error._trailing_metadata = trailers
-    error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
-    debug_string = _call(getattr(err, "debug_error_string", lambda: None))
+    error._initial_metadata = _ask(err, "initial_metadata")
+    debug_string = _ask(err, "debug_error_string")
     error._debug_error_string = debug_string if isinstance(debug_string, str) else ""
     if isinstance(err, BaseException):
         error.__cause__ = err
