@@ -48,7 +48,8 @@ def test_pushback_first_key_decides_and_garbage_trailers_give_none() -> None:
 
 
 @pytest.mark.parametrize(("text", "limit", "within"), [
-    ("[[1]]", 2, True), ("[[1]]", 1, False), ("[[[]]]", 2, False), ("[[],[],[]]", 2, True), ("[[],[],[]]", 1, False),
+    ("[[1]]", 2, True), ("[[1]]", 1, False), ("[[[]]]", 2, False), ("[[],[],[]]", 2, True),
+    ("[[],[],[]]", 1, False),
     ('{"a": {"b": 1}}', 2, True), ('{"a": {"b": 1}}', 1, False),
     ('["[[[[", "{{{{"]', 1, True), ('["\\"[[[["]', 1, True), ('["\\\\", [[1]]]', 2, False),
     ('["\\\\", [[1]]]', 3, True), ('["unterminated [[[[[', 1, True), ("[]]][[", 1, True),
@@ -234,3 +235,47 @@ def test_a_broken_detail_is_skipped_and_the_rest_decoded() -> None:
     kept = from_status_proto(status_pb2.Status(code=5, message="m", details=[unknown_type]))
     assert kept.status_details() == (unknown_type,)
     assert DETAILS_KEY == "grpc-status-details-bin"
+
+
+class RestoreFails(errors.OctoLLMError):
+    """A registered class whose rebuilding raises (a user's broken override)."""
+
+    error_code = "TEST_RESTORE_FAILS"
+
+    @classmethod
+    def restore(cls, *args: Any, **kwargs: Any) -> errors.OctoLLMError:
+        raise RuntimeError("cannot rebuild")
+
+
+def test_a_class_that_cannot_be_rebuilt_decodes_as_its_code(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding never raises: a broken class falls back to the code's class, message kept."""
+    from octollm_grpc import codes
+
+    found = {"TEST_RESTORE_FAILS": RestoreFails}
+    monkeypatch.setattr(codes, "class_for_error_code", found.get)
+    info = error_details_pb2.ErrorInfo(reason="TEST_RESTORE_FAILS")
+    error = from_status_proto(status_pb2.Status(code=10, message="conflict",
+                                                details=[_packed(info)]))
+    assert type(error) is errors.AbortedError
+    assert error.message == "conflict" and error.code() is grpc.StatusCode.ABORTED
+    assert error.rich_status is None
+
+
+def test_detail_classes_are_looked_up_once_and_the_cache_stays_bounded() -> None:
+    """Known types unpack to their classes (cached); the cache is cleared past 1024 names."""
+    from octollm_grpc.status import decode
+
+    decode._classes.clear()
+    url = "type.googleapis.com/google.rpc.ResourceInfo"
+    assert decode._message_class(url) is error_details_pb2.ResourceInfo
+    assert decode._classes == {url: error_details_pb2.ResourceInfo}
+    assert decode._message_class("type.googleapis.com/no.such.Type") is None
+    assert decode._message_class("example.com/google.rpc.ResourceInfo") is None
+    for n in range(1021):
+        decode._message_class(f"type.googleapis.com/none.T{n}")
+    assert len(decode._classes) == 1024
+    decode._message_class("type.googleapis.com/none.Last")
+    assert decode._classes == {"type.googleapis.com/none.Last": None}
+    garbage = any_pb2.Any(type_url=url, value=b"\xff\xff")
+    assert decode._unpacked(garbage) == garbage
