@@ -201,3 +201,57 @@ def test_a_call_object_without_qualname_is_named_by_its_type() -> None:
     with capture_logs() as logs, pytest.raises(OSError):
         retry_sync(Job(), max_retries=0)
     assert logs[-1]["function"] == "Job"
+
+
+def test_retry_sync_defaults_are_the_seeds() -> None:
+    """Defaults: 3 retries, 1 s base, doubling, 60 s cap (60 waited, 60.5 not), budget used."""
+    from octollm_grpc.client import RetryBudget
+
+    clock = FakeClock()
+    script = Script(*[OSError(str(n)) for n in range(4)])
+    with pytest.raises(OSError, match="3"):
+        retry_sync(script.sync, jitter=False, sleep=clock.sleep)
+    assert script.calls == 4 and clock.sleeps == [1.0, 2.0, 4.0]
+    clock = FakeClock()
+    assert retry_sync(Script(_limited(60)).sync, sleep=clock.sleep) == "ok"
+    assert clock.sleeps == [60.0]
+    with pytest.raises(errors.RateLimitError):
+        retry_sync(Script(_limited(60.5)).sync, sleep=clock.sleep)
+    budget = RetryBudget(max_tokens=4, token_ratio=0.5)
+    for _ in range(3):
+        budget.on_failure()
+    drained = budget.tokens
+    assert retry_sync(Script().sync, budget=budget) == "ok"
+    assert budget.tokens == drained + 0.5
+
+
+def test_retry_decorator_defaults_and_checks() -> None:
+    """@retry(): the same defaults; a bad deadline fails at decoration; kwargs are passed."""
+    clock = FakeClock()
+    seen: list[dict[str, object]] = []
+
+    @retry(jitter=False, sleep=clock.sleep)
+    def always(**kwargs: object) -> None:
+        seen.append(kwargs)
+        raise OSError("x")
+
+    with pytest.raises(OSError):
+        always(a=1)
+    assert seen == [{"a": 1}] * 4 and clock.sleeps == [1.0, 2.0, 4.0]
+
+    @retry(sleep=clock.sleep)
+    def limited() -> str:
+        if len(clock.sleeps) < 4:
+            raise _limited(60)
+        return "ok"
+
+    assert limited() == "ok" and clock.sleeps[-1] == 60.0
+
+    @retry(sleep=clock.sleep)
+    def too_long() -> None:
+        raise _limited(60.5)
+
+    with pytest.raises(errors.RateLimitError):
+        too_long()
+    with pytest.raises(ValueError, match="deadline must be positive"):
+        retry(deadline=-1)
