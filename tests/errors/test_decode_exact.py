@@ -279,3 +279,11 @@ def test_detail_classes_are_looked_up_once_and_the_cache_stays_bounded() -> None
     assert decode._classes == {"type.googleapis.com/none.Last": None}
     garbage = any_pb2.Any(type_url=url, value=b"\xff\xff")
     assert decode._unpacked(garbage) == garbage
+
+
+def test_known_class_details_arrive_unpacked() -> None:
+    """A detail of a known type comes back as its generated class, with its fields."""
+    info = error_details_pb2.ResourceInfo(resource_type="task", resource_name="t-1")
+    error = from_status_proto(status_pb2.Status(code=5, message="m", details=[_packed(info)]))
+    (got,) = error.status_details()
+    assert type(got) is error_details_pb2.ResourceInfo and got == info
