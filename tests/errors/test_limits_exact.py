@@ -25,6 +25,7 @@ from octollm_grpc.status.limits import (
 @pytest.mark.parametrize(("message", "length"), [
     ("", 0), ("abc", 3), ("a b", 3), ("100%", 6), ("%", 3), ("%%", 6), ("a\nb", 5),
     ("\t", 3), ("\x7f", 3), ("~", 1), (" ", 1), ("é", 6), ("日本", 18), ("😀", 12),
+    ("a b\n", 6), (" \x1f!", 5),
     ("a%é", 1 + 3 + 6),
 ])
 def test_wire_length_counts_percent_encoding(message: str, length: int) -> None:
