@@ -170,7 +170,8 @@ def test_only_an_async_client_gives_no_sync_path() -> None:
     """With only async_client=, a sync decision is a RuntimeError (not a silent fallback)."""
     async_client = redis.asyncio.Redis(host="127.0.0.1", port=1)
     store = RedisStore(async_client=async_client, registry=None)
-    with pytest.raises(RuntimeError, match="RedisStore has no sync client: pass url or client"):
+    with pytest.raises(RuntimeError,
+                       match=r"^RedisStore has no sync client: pass url or client$"):
         store.take("", "k", RateLimit(limit=1))
 
 
@@ -179,7 +180,7 @@ async def test_only_a_sync_client_gives_no_aio_path() -> None:
     client = redis.Redis(host="127.0.0.1", port=1)
     store = RedisStore(client=client, registry=None)
     with pytest.raises(RuntimeError,
-                       match="RedisStore has no async client: pass url or async_client"):
+                       match=r"^RedisStore has no async client: pass url or async_client$"):
         await store.take_async("", "k", RateLimit(limit=1))
     client.close()
 
@@ -204,4 +205,87 @@ async def test_sync_and_aio_clients_are_built_once_and_closed(redis_server: Redi
     assert store._client is None and store._script is None
     assert store.take("", "k", limit) == 0.0  # a closed store builds a client again
     assert store._client is not None
+    store.close()
+
+
+async def test_the_fallback_keeps_scopes_and_keys_apart() -> None:
+    """Redis down: each (scope, key) has its own local bucket, on both stacks."""
+    clock = FakeClock()
+    store = RedisStore(DEAD, clock=clock.now, registry=None, timeout=1.0)
+    limit = RateLimit(limit=1, window=60)
+    with capture_logs() as logs:
+        assert [store.take("s", "a", limit), store.take("s", "b", limit),
+                store.take("t", "a", limit), store.take("s", "a", limit)] == [0, 0, 0, 60]
+    assert logs[0]["error"] == "ConnectionError"
+    aio = RedisStore(DEAD, clock=clock.now, registry=None, timeout=1.0)
+    with capture_logs() as logs:
+        assert [await aio.take_async("s", "a", limit), await aio.take_async("s", "b", limit),
+                await aio.take_async("t", "a", limit), await aio.take_async("s", "a", limit)] \
+            == [0, 0, 0, 60]
+    assert logs[0]["error"] == "ConnectionError"
+    connecting = RedisStore(DEAD, registry=None, timeout=1.0)
+    with capture_logs() as logs:
+        assert connecting.connect() is False
+    assert logs[0]["error"] == "ConnectionError"
+    with capture_logs() as logs:
+        assert await RedisStore(DEAD, registry=None).connect_async(timeout=1.0) is False
+    assert logs[0]["error"] == "ConnectionError"
+    store.close()
+    await aio.aclose()
+    connecting.close()
+
+
+def test_the_error_counter_is_documented() -> None:
+    """The counter's help text says what it counts."""
+    registry = CollectorRegistry()
+    _families_for(registry)
+    family = next(m for m in registry.collect() if m.name == "octollm_ratelimit_store_errors")
+    assert family.documentation == (
+        "Rate-limit decisions the shared store failed to answer in time (the fallback "
+        "decided them)")
+
+
+async def test_clients_are_built_with_the_short_options_and_owned_ones_closed(
+        redis_server: RedisServer) -> None:
+    """Built clients carry the timeout; a given sync client is kept on close(); aclose() of a
+    store that built no aio client is a no-op."""
+    store = RedisStore(redis_server.url, timeout=0.7, registry=None)
+    assert await store.take_async("", "k", RateLimit(limit=5)) == 0.0
+    assert store._aio is not None
+    kwargs = store._aio[1].connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.7
+    await store.aclose()
+    await store.aclose()
+    given = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    mine = RedisStore(client=given, registry=None)
+    mine.close()
+    assert mine._client is given
+    given.close()
+    await RedisStore(redis_server.url, registry=None).aclose()
+
+
+class Interrupted(BaseException):
+    """What a signal handler might raise in the middle of a blocking call."""
+
+
+def test_an_interrupted_sync_probe_frees_the_probe() -> None:
+    """A sync probe interrupted by a BaseException gives no verdict: the next call probes."""
+    clock = FakeClock()
+    store = RedisStore(DEAD, clock=clock.now, registry=None, timeout=1.0, probe_interval=1)
+    limit = RateLimit(limit=100)
+    store.take("", "k", limit)  # down
+    calls: list[int] = []
+
+    def interrupted(**kwargs: object) -> None:
+        calls.append(1)
+        raise Interrupted
+
+    store._script = interrupted
+    clock.advance(1)
+    with pytest.raises(Interrupted):
+        store.take("", "k", limit)
+    with pytest.raises(Interrupted):
+        store.take("", "k", limit)  # asked again at once: the probe was freed
+    assert calls == [1, 1]
+    store._script = None
     store.close()
