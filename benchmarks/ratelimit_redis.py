@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from benchmarks.stats import percentile
 from octollm_grpc.server import RateLimit, RateLimiter, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.ratelimit import MemoryStore
+from octollm_grpc.server._ratelimit import MemoryStore
 from octollm_grpc.server.ratelimit_redis import RedisStore
 from tests.redis.server import RedisServer
 

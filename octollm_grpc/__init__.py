@@ -7,29 +7,25 @@ The curated public API. Modules: ``errors`` (the hierarchy), ``codes`` (the mapp
 
 from __future__ import annotations
 
-from octollm_grpc import errors
+from octollm_grpc import errors as errors  # the hierarchy's module, importable from here
 from octollm_grpc.codes import ErrorMapping, mapping_for, register
-from octollm_grpc.errors import base as _base
-from octollm_grpc.errors import catalog as _catalog
-from octollm_grpc.errors.base import *  # noqa: F403 - ErrorDetails, OctoLLMError
-from octollm_grpc.errors.catalog import *  # noqa: F403 - the hierarchy's classes
-from octollm_grpc.http import HttpError, to_http
-from octollm_grpc.status import from_rpc_error, from_status_proto, to_status, to_status_proto
+from octollm_grpc.errors import _base
+from octollm_grpc.errors import _classes as _catalog
+from octollm_grpc.errors._base import *  # noqa: F403 - ErrorDetails, OctoLLMError
+from octollm_grpc.errors._classes import *  # noqa: F403 - the hierarchy's classes
+from octollm_grpc.http import to_http
+from octollm_grpc.status import from_rpc_error, to_status
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ErrorMapping",
-    "HttpError",
     "__version__",
-    "errors",
     "from_rpc_error",
-    "from_status_proto",
     "mapping_for",
     "register",
     "to_http",
     "to_status",
-    "to_status_proto",
 ]
 # The error classes, named once where they are defined. errors.SystemError and
 # errors.TimeoutError are reached through `errors`: re-exporting them here would shadow

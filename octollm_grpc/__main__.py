@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return generate_main(rest)
     if command == "catalog":
-        from octollm_grpc.catalog import render_markdown
+        from octollm_grpc._catalog_markdown import render_markdown
 
         print(render_markdown(), end="")
         return 0

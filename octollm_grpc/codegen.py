@@ -21,7 +21,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["CodegenError", "generate", "include_paths"]
+__all__ = [
+    "CodegenError",
+    "generate",
+]
 
 #: Where OctoLLM's own protos are shipped inside the wheel (next to their generated code).
 _SHIPPED = Path(__file__).resolve().parent / "_proto"
@@ -120,6 +123,22 @@ def generate(
     .proto files next to their code, so others can import them. Returns the files written.
     Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr) or if
     grpcio-tools (the ``[codegen]`` extra) is not installed.
+
+    Args:
+        proto_dir: The directory searched for ``.proto`` files.
+        out_dir: Where the generated code goes.
+        package: The Python package the code imports itself as (see above).
+        extra_includes: More ``-I`` directories for imports.
+        grpc: Also generate the ``_pb2_grpc`` stubs.
+        copy_protos: Copy the ``.proto`` sources next to the code.
+        files: Only these files (relative to ``proto_dir``) instead of every one.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        CodegenError: grpcio-tools is missing, no ``.proto`` file was found, or ``protoc``
+            failed.
     """
     protoc = _grpc_tools().protoc
 

@@ -14,23 +14,26 @@ from dataclasses import dataclass
 import grpc
 
 from octollm_grpc import errors as e
+from octollm_grpc.errors import _base
 
 __all__ = [
-    "BUILTIN_TIMEOUT",
-    "UNEXPECTED",
     "ErrorMapping",
-    "class_for_error_code",
-    "class_for_status_code",
     "mapping_for",
-    "mapping_for_class",
     "register",
-    "registered",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorMapping:
-    """How one class of error is reported: on gRPC, over HTTP, and whether to retry it."""
+    """How one class of error is reported: on gRPC, over HTTP, and whether to retry it.
+
+    Args:
+        error_code: The class's ``error_code``.
+        grpc_code: The status code it travels as.
+        http_status: The HTTP status a gateway answers with.
+        retryable: Whether the standard's retry helpers retry it.
+        client_error: The caller's fault: logged as a warning, not an error.
+    """
 
     error_code: str
     grpc_code: grpc.StatusCode
@@ -67,6 +70,21 @@ def register(
     ``cls.error_code`` must be unique among registered classes: it is how a client picks the
     class to rebuild. ``client_error`` defaults to ``http_status < 500``. Returns ``cls``, so it
     also works as a decorator factory's target: ``register(MyError, StatusCode.ABORTED, 409)``.
+
+    Args:
+        cls: An :class:`~octollm_grpc.errors.OctoLLMError` subclass.
+        grpc_code: The status code it travels as.
+        http_status: The HTTP status a gateway answers with.
+        retryable: Whether the standard's retry helpers retry it.
+        client_error: The caller's fault (logged as a warning); default ``http_status < 500``.
+
+    Returns:
+        ``cls``.
+
+    Raises:
+        TypeError: ``cls`` is not an ``OctoLLMError`` subclass.
+        ValueError: Its ``error_code`` is taken by another registered class, ``grpc_code``
+            is ``OK`` or not a status code, or ``http_status`` is not 4xx/5xx.
     """
     if not (isinstance(cls, type) and issubclass(cls, e.OctoLLMError)):
         raise TypeError(f"register() takes an OctoLLMError subclass, not {cls!r}")
@@ -110,7 +128,14 @@ def mapping_for_class(cls: type[BaseException]) -> ErrorMapping:
 
 
 def mapping_for(exc: BaseException) -> ErrorMapping:
-    """The mapping for an exception instance (see :func:`mapping_for_class`)."""
+    """The mapping for an exception instance (see :func:`mapping_for_class`).
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        Its class's :class:`ErrorMapping` (the nearest registered base class's).
+    """
     return mapping_for_class(type(exc))
 
 
@@ -187,3 +212,4 @@ _BUILTIN: tuple[tuple[type[e.OctoLLMError], grpc.StatusCode, int, bool], ...] = 
 for _row in _BUILTIN:
     register(*_row[:3], retryable=_row[3])
 del _row
+_base.install_code_lookup(lambda exc: mapping_for(exc).grpc_code)

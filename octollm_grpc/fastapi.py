@@ -6,9 +6,10 @@ server:
 - ``OctoLLMError`` -> the class's HTTP status (:mod:`octollm_grpc.codes`: the most specific
   class wins, so ``TaskNotFoundError`` is 404, not the seed's 400), its ``to_dict()`` body, and
   ``Retry-After`` (whole seconds, rounded up) when ``retry_after`` is set;
-- FastAPI's ``RequestValidationError`` -> 422 ``{"error": "VALIDATION_ERROR", "message":
-  "Request validation failed", "details": {"errors": [{"field", "message", "type"}]}}``
-  (the caller's input values are never echoed);
+- FastAPI's ``RequestValidationError`` -> what :class:`~octollm_grpc.errors.ValidationErrors`
+  renders through the same table: 400 ``{"error": "VALIDATION_ERRORS", "message": "Validation
+  failed with N errors", "details": {"errors": [{"field", "message", "type"}]}}`` (the
+  caller's input values are never echoed);
 - any other exception -> 500 ``{"error": "INTERNAL_ERROR", "message": "An internal error
   occurred", "details": {}}`` (builtin ``TimeoutError``: 504 ``TIMEOUT_ERROR``), with nothing
   of the exception in the body and its traceback in the log.
@@ -16,7 +17,8 @@ server:
 Every response carries ``x-request-id``: the caller's when it passes the same check as on gRPC
 (:class:`~octollm_grpc.server.RequestIds`), a new one otherwise. While a request runs, the id
 is what :func:`~octollm_grpc.server.current_request_id` returns and is bound for structlog.
-Each error response is logged once with the gRPC side's event (:class:`CallLogger`: warning
+Each error response is logged once, as ``http.request.failed`` with the gRPC side's fields
+(:class:`~octollm_grpc.server.CallLogger`: warning
 for the caller's errors, error for server-side ones, critical with the traceback for the
 unexpected) and counted in ``octollm_errors_total`` / ``octollm_error_duration_seconds``
 (:class:`ServerMetrics`, ``component="http"``). ``grpc_method`` in the event is the route
@@ -40,19 +42,26 @@ except ImportError as missing:  # the extra is not installed
 import grpc
 
 from octollm_grpc import codes
-from octollm_grpc.errors import OctoLLMError
+from octollm_grpc.errors import OctoLLMError, ValidationErrors
 from octollm_grpc.http import to_http
-from octollm_grpc.server import requestid
-from octollm_grpc.server.errors import level_for_exception
-from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
-from octollm_grpc.server.metrics import ServerMetrics
-from octollm_grpc.server.requestid import RequestIds
-from octollm_grpc.status import GENERIC_MESSAGE
+from octollm_grpc.observability import _requestid as requestid
+from octollm_grpc.observability._logs import (
+    CallLogger,
+    Level,
+    bind_request_id,
+    level_for_exception,
+    unbind_request_id,
+)
+from octollm_grpc.observability._requestid import RequestIds
+from octollm_grpc.observability._server_metrics import ServerMetrics
+from octollm_grpc.status._limits import GENERIC_MESSAGE
 
-__all__ = ["VALIDATION_MESSAGE", "ErrorHandlers", "install_error_handlers"]
+__all__ = [
+    "install_error_handlers",
+]
 
-#: The message of the 422 body for a request FastAPI rejected.
-VALIDATION_MESSAGE = "Request validation failed"
+#: The event of a failed HTTP request (the gRPC side's is ``grpc.call.failed``).
+HTTP_FAILED_EVENT = "http.request.failed"
 #: Where the per-request values live in the ASGI scope's ``state`` (``request.state``).
 _STATE_KEY = "octollm_grpc"
 _perf_counter = time.perf_counter
@@ -104,7 +113,8 @@ class ErrorHandlers:
         return self._with_id(request, response)
 
     async def validation_error(self, request: Request, exc: Exception) -> JSONResponse:
-        """FastAPI's ``RequestValidationError`` -> 422 with one entry per violation."""
+        """FastAPI's ``RequestValidationError`` -> 400 ``VALIDATION_ERRORS``, one entry per
+        violation (``field``, ``message``, ``type``; the input values are never echoed)."""
         if not isinstance(exc, RequestValidationError):
             return await self.unexpected_error(request, exc)
         errors = [
@@ -115,11 +125,13 @@ class ErrorHandlers:
             }
             for error in exc.errors()
         ]
-        body = {"error": "VALIDATION_ERROR", "message": VALIDATION_MESSAGE,
-                "details": {"errors": errors}}
-        self._record(request, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR", "warning",
-                     None, VALIDATION_MESSAGE)
-        return self._with_id(request, JSONResponse(body, 422))
+        # Every violation at once, as the gRPC side reports them: the table's row for
+        # ValidationErrors (400 VALIDATION_ERRORS), not a status of its own.
+        error = ValidationErrors(errors)
+        status, headers, body = to_http(error)
+        self._record(request, codes.mapping_for(error).grpc_code, error.error_code, "warning",
+                     None, error.message)
+        return self._with_id(request, JSONResponse(body, status, headers=headers))
 
     async def unexpected_error(self, request: Request, exc: Exception) -> JSONResponse:
         """Any other exception -> the generic 500 body; the exception goes to the log only."""
@@ -245,11 +257,20 @@ def install_error_handlers(
     Call it before the app serves its first request (Starlette builds its middleware stack
     then). Errors Starlette itself answers (404 for an unknown path, 405) keep FastAPI's
     ``{"detail": ...}`` body; they carry ``x-request-id`` too.
+
+    Args:
+        app: The FastAPI application.
+        request_ids: The request-id part (``True``: defaults).
+        logger: The call logger (``True``: defaults, ``False``: none).
+        metrics: The metrics (``True``: the default registry, ``False``: none).
+
+    Returns:
+        The handlers registered (for tests and custom routing).
     """
     handlers = ErrorHandlers(
         request_ids=request_ids if isinstance(request_ids, RequestIds) else None,
         logger=(logger if isinstance(logger, CallLogger)
-                else CallLogger() if logger else None),
+                else CallLogger(event=HTTP_FAILED_EVENT) if logger else None),
         metrics=(metrics if isinstance(metrics, ServerMetrics)
                  else ServerMetrics(component="http") if metrics else None),
     )

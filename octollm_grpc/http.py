@@ -7,9 +7,11 @@ from typing import Any, NamedTuple
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.status import GENERIC_MESSAGE, TIMEOUT_MESSAGE
+from octollm_grpc.status._limits import GENERIC_MESSAGE, TIMEOUT_MESSAGE
 
-__all__ = ["MAX_RETRY_AFTER_HEADER", "HttpError", "to_http"]
+__all__ = [
+    "to_http",
+]
 
 #: The longest ``Retry-After`` sent, in seconds (a day): longer advice, however it arrived,
 #: is sent as this; a client asks again then.
@@ -30,6 +32,12 @@ def to_http(exc: BaseException) -> HttpError:
     ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up,
     at most :data:`MAX_RETRY_AFTER_HEADER` (none for a ``retry_after`` of 0 or less).
     Anything else gives the seed's generic 500 body, with none of the exception's text.
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        The HTTP status, headers and JSON body to answer with.
     """
     mapping = codes.mapping_for(exc)
     headers: dict[str, str] = {}

@@ -38,8 +38,8 @@ from octollm_grpc.server import (
     current_request_id,
     serve_metrics,
 )
+from octollm_grpc.server._ratelimit import BucketStore
 from octollm_grpc.server.aio import server_interceptors
-from octollm_grpc.server.ratelimit import BucketStore
 from server.arm import SimulatedArm, start_arm
 from server.arm_client import ArmClient
 from server.config import Settings

@@ -56,10 +56,10 @@ class ErrorBody(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
-        (400, "INVALID_INPUT, VALIDATION_ERRORS (every violation), FAILED_PRECONDITION"),
+        (400, "INVALID_INPUT, VALIDATION_ERRORS (every violation, also of a request that "
+              "does not fit the route), FAILED_PRECONDITION"),
         (401, "AUTHENTICATION_ERROR (with --auth-token)"),
         (404, "TASK_NOT_FOUND"),
-        (422, "VALIDATION_ERROR: the request does not fit the route"),
         (429, "RATE_LIMIT_EXCEEDED, with Retry-After"),
         (500, "INTERNAL_ERROR: nothing of the cause is sent"),
         (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN (with Retry-After)"),

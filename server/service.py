@@ -22,7 +22,9 @@ import grpc
 import structlog
 
 from octollm_grpc import errors
-from octollm_grpc.status import PUSHBACK_KEY, to_status, to_status_proto
+from octollm_grpc.status import to_status
+from octollm_grpc.status._encode import to_status_proto
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from server import messages, validation
 from server.events import TaskEvents
 from server.gen.octollm.arms.v1 import arms_pb2

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from octollm_grpc.errors import InvalidInputError
-from octollm_grpc.server.validation import Violations
+from octollm_grpc.server._validation import Violations
 
 __all__ = [
     "DEFAULT_PRIORITY",

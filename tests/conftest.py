@@ -16,8 +16,8 @@ import structlog
 from hypothesis import Phase, settings
 
 from octollm_grpc import codes
-from octollm_grpc.client.breaker import CircuitBreakers
-from octollm_grpc.client.budget import RetryBudget
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import ChannelBreakers
 
 pytest_plugins = ["pytester"]  # tests/test_async_hook.py checks the hook below in a sandbox
 
@@ -49,7 +49,7 @@ def _restore_process_wide_state() -> Iterator[None]:
     own private tables: no public API removes an entry, and none should exist for users.
     """
     by_class, by_error_code = dict(codes._by_class), dict(codes._by_error_code)
-    budgets, breakers = dict(RetryBudget._shared), dict(CircuitBreakers._shared)
+    budgets, breakers = dict(RetryBudget._shared), dict(ChannelBreakers._shared)
     log_config = structlog.get_config()
     root = logging.getLogger()
     root_level, root_handlers = root.level, list(root.handlers)
@@ -61,7 +61,7 @@ def _restore_process_wide_state() -> Iterator[None]:
             table.update(saved)
         codes._resolved.clear()
     for shared, saved_shared in ((RetryBudget._shared, budgets),
-                                 (CircuitBreakers._shared, breakers)):
+                                 (ChannelBreakers._shared, breakers)):
         shared.clear()
         shared.update(saved_shared)
     structlog.configure(**log_config)

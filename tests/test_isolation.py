@@ -19,7 +19,8 @@ import structlog
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.client import BreakerSettings, CircuitBreakers, RetryBudget
+from octollm_grpc.client import BreakerSettings, RetryBudget
+from octollm_grpc.client._breaker import ChannelBreakers
 
 
 class Leaky(e.OctoLLMError):
@@ -30,7 +31,7 @@ def test_1_leaves_things_behind():
     codes.register(Leaky, grpc.StatusCode.ABORTED, 409)
     codes.register(e.ResourceError, grpc.StatusCode.ABORTED, 409)
     RetryBudget.for_target("leak:1").on_failure()
-    CircuitBreakers.for_target("leak:1", BreakerSettings(failure_threshold=1))
+    ChannelBreakers.for_target("leak:1", BreakerSettings(failure_threshold=1))
     structlog.configure(processors=[])
 
 

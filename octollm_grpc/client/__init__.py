@@ -9,69 +9,70 @@ The asyncio form is :func:`octollm_grpc.client.aio.resilient_channel`.
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Any, Unpack
 
 import grpc
 
-from octollm_grpc.client.breaker import (
-    DEFAULT_FAILURE_CODES,
-    BreakerSettings,
-    CircuitBreaker,
-    CircuitBreakers,
-    CircuitState,
-)
-from octollm_grpc.client.budget import RetryBudget
-from octollm_grpc.client.channel import (
-    DEFAULT,
-    ResilienceKeywords,
+from octollm_grpc._core.breaker import CircuitState
+from octollm_grpc._core.budget import RetryBudget
+from octollm_grpc.client._breaker import BreakerSettings, ChannelBreaker
+from octollm_grpc.client._channel import (
     StackedRetriesWarning,
     SyncChannelKeywords,
     SyncClientOptions,
     SyncKeywords,
     without_channel,
 )
-from octollm_grpc.client.config import ClientConfig, parse_config
-from octollm_grpc.client.interceptors import ResilientInterceptor
-from octollm_grpc.client.observe import CallObserver
-from octollm_grpc.client.policy import RetryPolicies, RetryPolicy
-from octollm_grpc.client.retry import ATTEMPTS_HEADER, Resilience
+from octollm_grpc.client._interceptors import ResilientInterceptor
+from octollm_grpc.client._observe import CallObserver
+from octollm_grpc.client._policy import RetryPolicies, RetryPolicy
+from octollm_grpc.client._resilience import Resilience
 
 __all__ = [
-    "ATTEMPTS_HEADER",
-    "DEFAULT",
-    "DEFAULT_FAILURE_CODES",
     "BreakerSettings",
-    "CircuitBreaker",
-    "CircuitBreakers",
+    "ChannelBreaker",
     "CircuitState",
-    "ClientConfig",
-    "Resilience",
-    "ResilienceKeywords",
-    "ResilientInterceptor",
     "RetryBudget",
     "RetryPolicies",
     "RetryPolicy",
     "StackedRetriesWarning",
-    "SyncChannelKeywords",
-    "SyncKeywords",
-    "parse_config",
     "resilient_channel",
-    "resilient_interceptor",
+    "resilient_interceptors",
 ]
 
 
-def resilient_interceptor(
+def resilient_interceptors(
     target: str, **keywords: Unpack[SyncKeywords]
-) -> ResilientInterceptor:
-    """The interceptor :func:`resilient_channel` installs, for a channel built elsewhere.
+) -> list[grpc.UnaryUnaryClientInterceptor]:
+    """Everything :func:`resilient_channel` installs, for a channel built elsewhere.
 
-    Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`SyncKeywords`).
-    That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
+    Use it as ``grpc.intercept_channel(channel, *resilient_interceptors(target))``: the
+    observer (deadline and request-id propagation, trace context, the ``grpc_client_*``
+    metrics) first, then the retry layer (retries, budget, breaker). The channel must have
+    ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
+
+    Args:
+        target: The target the channel connects to (it keys the shared budget and breaker).
+        **keywords: :func:`resilient_channel`'s keywords but the channel's own
+            (``retry``, ``budget``, ``breaker``, ``config``, ``clock``, ``sleep``, ``rng``,
+            ``registry``).
+
+    Returns:
+        The interceptors, outermost first (each implements all four call shapes).
+
+    Raises:
+        TypeError: An unknown keyword, or one of the channel's own (``credentials``,
+            ``options``, ``compression``).
+        ValueError: A ``config`` that does not parse.
     """
-    without_channel("resilient_interceptor", keywords)
+    without_channel("resilient_interceptors", keywords)
     settings = SyncClientOptions(target=target, **keywords)
-    core, _ = settings.resilience()
-    return ResilientInterceptor(core, settings.sleep)
+    return _interceptors(settings, settings.resilience()[0])
+
+
+def _interceptors(settings: SyncClientOptions, core: Resilience) -> list[Any]:
+    # The observer is outermost: it sees each call once, and the retries see its deadline.
+    return [CallObserver(core.metrics, settings.clock), ResilientInterceptor(core, settings.sleep)]
 
 
 def resilient_channel(
@@ -86,7 +87,7 @@ def resilient_channel(
     - ``budget``: a :class:`RetryBudget`, or ``None`` for none. Default: the target's shared
       budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
     - ``breaker``: :class:`BreakerSettings` (the target's shared breaker with them), a
-      :class:`CircuitBreaker` or :class:`CircuitBreakers` of your own, or ``None``.
+      :class:`ChannelBreaker` or :class:`ChannelBreakers` of your own, or ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
       (:func:`parse_config`); explicit arguments win over it.
     - ``credentials``: a secure channel with them; otherwise (``None``) an insecure one.
@@ -94,11 +95,22 @@ def resilient_channel(
     - ``clock`` (monotonic seconds, default ``time.monotonic``), ``sleep`` (default
       ``time.sleep``) and ``rng``: injectable for tests.
     - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
-      global one); see :mod:`octollm_grpc.client.metrics`.
+      global one); see :mod:`octollm_grpc.observability._client_metrics`.
 
     Called while a handler served by our server stack runs, a call gets that call's remaining
     time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
-    (:mod:`octollm_grpc.propagation`).
+    (:mod:`octollm_grpc.observability._propagation`).
+
+    Args:
+        target: ``host:port`` (any gRPC target).
+        **keywords: The options above.
+
+    Returns:
+        A ``grpc.Channel``; its calls raise the typed errors.
+
+    Raises:
+        TypeError: An unknown keyword or a value of the wrong type.
+        ValueError: A ``config`` that does not parse, or an out-of-range value.
     """
     settings = SyncClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()
@@ -108,6 +120,4 @@ def resilient_channel(
                                       settings.compression)
     else:
         channel = grpc.insecure_channel(target, channel_opts, settings.compression)
-    # The observer is outermost: it sees each call once, and the retries see its deadline.
-    return grpc.intercept_channel(channel, CallObserver(core.metrics, settings.clock),
-                                  ResilientInterceptor(core, settings.sleep))
+    return grpc.intercept_channel(channel, *_interceptors(settings, core))

@@ -10,17 +10,20 @@ from typing import Any, Unpack
 
 from grpc import aio
 
-from octollm_grpc.client.aio_interceptors import aio_interceptors
-from octollm_grpc.client.channel import (
+from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._channel import (
     AioChannelKeywords,
     AioClientOptions,
     AioKeywords,
     without_channel,
 )
-from octollm_grpc.client.observe import aio_observers
-from octollm_grpc.client.retry import Resilience
+from octollm_grpc.client._observe import aio_observers
+from octollm_grpc.client._resilience import Resilience
 
-__all__ = ["AioChannelKeywords", "AioKeywords", "resilient_channel", "resilient_interceptors"]
+__all__ = [
+    "resilient_channel",
+    "resilient_interceptors",
+]
 
 
 def resilient_interceptors(
@@ -31,6 +34,17 @@ def resilient_interceptors(
 
     Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`AioKeywords`).
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
+
+    Args:
+        target: The target the channel connects to (it keys the shared budget and breaker).
+        **keywords: :func:`resilient_channel`'s keywords but the channel's own.
+
+    Returns:
+        The interceptors, outermost first, for ``grpc.aio.*_channel(interceptors=...)``.
+
+    Raises:
+        TypeError: An unknown keyword, or one of the channel's own (``credentials``,
+            ``options``, ``compression``).
     """
     without_channel("resilient_interceptors", keywords)
     settings = AioClientOptions(target=target, **keywords)
@@ -43,6 +57,17 @@ def resilient_channel(
     """A ``grpc.aio`` channel to ``target`` whose calls are retried, budgeted and
     circuit-broken; the keywords are those of :func:`octollm_grpc.client.resilient_channel`
     (:class:`AioChannelKeywords`), with an async ``sleep`` (default ``asyncio.sleep``).
+
+    Args:
+        target: ``host:port`` (any gRPC target).
+        **keywords: The keywords of :func:`octollm_grpc.client.resilient_channel`.
+
+    Returns:
+        A ``grpc.aio.Channel`` (create it inside the running event loop).
+
+    Raises:
+        TypeError: An unknown keyword or a value of the wrong type.
+        ValueError: A ``config`` that does not parse, or an out-of-range value.
     """
     settings = AioClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()

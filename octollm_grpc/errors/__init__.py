@@ -12,12 +12,13 @@ reads a detail and ``e.details()`` returns the message, as gRPC code expects.
 
 from __future__ import annotations
 
-from octollm_grpc.errors import base, catalog
-from octollm_grpc.errors.base import *  # noqa: F403 - ErrorDetails, OctoLLMError
-from octollm_grpc.errors.catalog import *  # noqa: F403 - every class but the two below
-from octollm_grpc.errors.catalog import BuiltinTimeoutError as BuiltinTimeoutError
-from octollm_grpc.errors.catalog import SystemError as SystemError  # noqa: A004
-from octollm_grpc.errors.catalog import TimeoutError as TimeoutError  # noqa: A004
+from octollm_grpc.errors import _base as base
+from octollm_grpc.errors import _classes as catalog
+from octollm_grpc.errors._base import *  # noqa: F403 - ErrorDetails, OctoLLMError
+from octollm_grpc.errors._classes import *  # noqa: F403 - every class but the two below
+from octollm_grpc.errors._classes import BuiltinTimeoutError as BuiltinTimeoutError
+from octollm_grpc.errors._classes import SystemError as SystemError  # noqa: A004
+from octollm_grpc.errors._classes import TimeoutError as TimeoutError  # noqa: A004
 
 # Each name is written once, in the module that defines it.
 __all__ = ["SystemError", "TimeoutError"]

@@ -15,35 +15,30 @@ from typing import Unpack
 
 import grpc
 
-from octollm_grpc.server._core import Pipeline
-from octollm_grpc.server._sync import ServerInterceptor
-from octollm_grpc.server.auth import DEFAULT_OPEN_METHODS, BearerAuth, StaticTokens
-from octollm_grpc.server.logs import (
-    FAILED_EVENT,
+from octollm_grpc.observability import (
     CallLogger,
-    LineWriter,
+    RequestIds,
+    ServerMetrics,
     configure_logging,
+    current_request_id,
     flush_logs,
+    serve_metrics,
 )
-from octollm_grpc.server.metrics import ServerMetrics, serve_metrics
-from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
-from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, RateLimiter
-from octollm_grpc.server.requestid import RequestIds, current_request_id
-from octollm_grpc.server.validation import Violations
+from octollm_grpc.server._auth import BearerAuth, StaticTokens
+from octollm_grpc.server._core import Pipeline
+from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
+from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
+from octollm_grpc.server._sync import ServerInterceptor
+from octollm_grpc.server._validation import Violations
 
+# The observability parts are also importable from here, where a server is configured.
 __all__ = [
-    "DEFAULT_OPEN_METHODS",
-    "FAILED_EVENT",
     "BearerAuth",
-    "BucketStore",
     "CallLogger",
-    "LineWriter",
     "MemoryStore",
     "RateLimit",
     "RateLimiter",
     "RequestIds",
-    "ServerInterceptor",
-    "ServerKeywords",
     "ServerMetrics",
     "ServerOptions",
     "StaticTokens",
@@ -72,11 +67,21 @@ def server_interceptors(
     and counted. ``domain`` is ``ErrorInfo.domain``; ``debug=True`` adds the traceback of
     unexpected exceptions as ``DebugInfo`` (never in production). ``tracer_provider``
     (OpenTelemetry; default: the global one) starts a server span for a call no
-    instrumentation traces already (see :mod:`octollm_grpc.otel`).
+    instrumentation traces already (see :mod:`octollm_grpc.observability._otel`).
 
     Raises ``TypeError`` for an unknown keyword, and for an ``auth`` whose verifier is a
     coroutine function: a sync server cannot await it, so it is refused here rather than
     failing every call.
+
+    Args:
+        options: A :class:`ServerOptions`; keywords replace its fields.
+        **keywords: The fields of :class:`ServerOptions`.
+
+    Returns:
+        The interceptors for ``grpc.server(pool, interceptors=...)``.
+
+    Raises:
+        TypeError: An unknown keyword, or a coroutine ``auth`` verifier.
     """
     settled = options_of(options, keywords)
     if settled.auth is not None and settled.auth.is_async:

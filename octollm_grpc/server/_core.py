@@ -21,10 +21,28 @@ from typing import Any, Self
 
 import grpc
 
-from octollm_grpc import codes, otel, propagation
+from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError, RateLimitError
-from octollm_grpc.propagation import Inbound
-from octollm_grpc.server import requestid
+from octollm_grpc.observability import _otel as otel
+from octollm_grpc.observability import _propagation as propagation
+from octollm_grpc.observability import _requestid as requestid
+from octollm_grpc.observability._logs import (
+    CallLogger,
+    Level,
+    bind_request_id,
+    level_for_exception,
+    unbind_request_id,
+)
+from octollm_grpc.observability._propagation import Inbound
+from octollm_grpc.observability._requestid import DEFAULT_HEADER, RequestIds
+from octollm_grpc.observability._server_metrics import MethodMetrics, ServerMetrics
+from octollm_grpc.server._failures import (
+    Failure,
+    HandlerStatus,
+    level_for_code,
+    merge_trailers,
+    message_of,
+)
 from octollm_grpc.server._handlers import (
     UNDECODABLE,
     Metadata,
@@ -33,21 +51,10 @@ from octollm_grpc.server._handlers import (
     split_method,
     undecodable_error,
 )
-from octollm_grpc.server.errors import (
-    Failure,
-    HandlerStatus,
-    level_for_code,
-    level_for_exception,
-    merge_trailers,
-    message_of,
-)
-from octollm_grpc.server.logs import CallLogger, Level, bind_request_id, unbind_request_id
-from octollm_grpc.server.metrics import MethodMetrics, ServerMetrics
-from octollm_grpc.server.options import ServerOptions, part
-from octollm_grpc.server.ratelimit import RateLimit
-from octollm_grpc.server.requestid import DEFAULT_HEADER, RequestIds
-from octollm_grpc.server.shedding import Rejection, RejectionLog, RejectionStatuses
-from octollm_grpc.status import to_status
+from octollm_grpc.server._options import ServerOptions, part
+from octollm_grpc.server._ratelimit import RateLimit
+from octollm_grpc.server._shedding import Rejection, RejectionLog, RejectionStatuses
+from octollm_grpc.status._encode import to_status_or_raise, unencodable_status
 
 __all__ = [
     "AsyncCall",
@@ -235,7 +242,8 @@ class Pipeline:
     def __init__(self, options: ServerOptions) -> None:
         """Build the parts ``options`` asks for (``True`` ones with their defaults)."""
         self.options = options
-        # Our own server span when no instrumentation started one (see octollm_grpc.otel).
+        # Our own server span when no instrumentation started one
+        # (see octollm_grpc.observability._otel).
         # A given provider's tracer is made once; the global one is looked up per call, as an
         # application may set it after building its server.
         self.tracing = otel.AVAILABLE
@@ -249,7 +257,7 @@ class Pipeline:
         self.domain = options.domain
         self.debug = options.debug
         # Refusals are shed cheaply: one status per limit and wait, one log event per caller
-        # and second (see octollm_grpc.server.shedding).
+        # and second (see octollm_grpc.server._shedding).
         self.rejection_statuses = RejectionStatuses(domain=self.domain)
         self.rejection_log = None
         if self.logger is not None and self.rate_limiter is not None:
@@ -350,8 +358,11 @@ class Pipeline:
             code = handler_code if handler_code is not None else grpc.StatusCode.UNKNOWN
             trailers = merge_trailers(context.trailing_metadata(), (), rid_pair)
             if aborted:
-                self._record(call, code, None, level_for_code(code), None, None)
-                otel.call_failed(code, None, message_of(context.details()), call.request_id)
+                # What the caller decodes a bare status of this code to (NOT_FOUND: NotFoundError).
+                aborted_code = codes.class_for_status_code(code).error_code
+                self._record(call, code, aborted_code, level_for_code(code), None, None)
+                otel.call_failed(code, aborted_code, message_of(context.details()),
+                                 call.request_id)
                 return Failure(None, trailers)
             mapping = codes.mapping_for(exc)
             if isinstance(exc, OctoLLMError):
@@ -368,11 +379,11 @@ class Pipeline:
             return self._shed(call, call.rejection)
         mapping = codes.mapping_for(exc)
         try:
-            status = to_status(exc, request_id=call.request_id, domain=self.domain,
-                               debug=self.debug)
+            status = to_status_or_raise(exc, request_id=call.request_id, domain=self.domain,
+                                        debug=self.debug)
         except Exception:  # noqa: BLE001 - e.g. a __str__ that raises: still end the call safely
             mapping = codes.UNEXPECTED
-            status = to_status(_Unencodable(), request_id=call.request_id, domain=self.domain)
+            status = unencodable_status(call.request_id, self.domain)
         current = context.trailing_metadata()
         if call.trailers is not None and current is call.trailers:
             # The handler set no trailers of its own: only our request id is there, and
@@ -462,10 +473,6 @@ def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> RateLimitErr
     """Mark ``call`` as refused by the rate limiter; the error it ends with."""
     call.rejection = Rejection(limit, key, wait)
     return call.rejection.error()
-
-
-class _Unencodable(Exception):
-    """What the status is built from when the real exception cannot be encoded."""
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, ru
 import grpc
 
 from octollm_grpc.errors import InvalidInputError
-from octollm_grpc.server.errors import Trailers
+from octollm_grpc.server._failures import Trailers
 
 if TYPE_CHECKING:  # the core imports this module
     from octollm_grpc.server._core import MethodPlan, Pipeline

@@ -19,10 +19,12 @@ import grpc.aio
 
 from octollm_grpc.server._core import AsyncCall, MethodPlan, Pipeline
 from octollm_grpc.server._handlers import Handler, Wrapping
+from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._threaded import threaded_behavior
-from octollm_grpc.server.options import ServerKeywords, ServerOptions, options_of
 
-__all__ = ["ServerInterceptor", "ServerKeywords", "ServerOptions", "server_interceptors"]
+__all__ = [
+    "server_interceptors",
+]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _CANCELLATION = (asyncio.CancelledError, GeneratorExit)
@@ -112,5 +114,15 @@ def server_interceptors(
 
     Same parameters and behaviour as :func:`octollm_grpc.server.server_interceptors`; an
     ``auth`` verifier may be a coroutine function here.
+
+    Args:
+        options: A :class:`~octollm_grpc.server.ServerOptions`; keywords replace its fields.
+        **keywords: The fields of ``ServerOptions``.
+
+    Returns:
+        The interceptors for ``grpc.aio.server(interceptors=...)``.
+
+    Raises:
+        TypeError: An unknown keyword.
     """
     return [ServerInterceptor(Pipeline(options_of(options, keywords)))]

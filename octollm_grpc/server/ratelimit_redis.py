@@ -3,11 +3,11 @@
 Each decision is one round trip: an atomic Lua script reads the bucket, decides and writes it
 back, so replicas deciding at the same moment never race. The script is GCRA (the generic
 cell rate algorithm), the token bucket written as one timestamp per bucket; it admits exactly
-what :class:`~octollm_grpc.server.ratelimit.MemoryStore`'s bucket admits and answers the same
+what :class:`~octollm_grpc.server._ratelimit.MemoryStore`'s bucket admits and answers the same
 wait. Time is Redis's own clock by default, so replicas' clocks need not agree; a step back
-of that clock leaves active buckets empty (one token's wait), not in debt for the step. A bucket's
-key expires when the bucket would be full again: Redis only holds buckets in use. Caller keys
-are hashed (an API key used as caller key never lands in Redis in clear).
+of that clock leaves active buckets empty (one token's wait), not in debt for the step. A
+bucket's key expires when the bucket would be full again: Redis only holds buckets in use.
+Caller keys are hashed (an API key used as caller key never lands in Redis in clear).
 
 Redis trouble never hangs a call. Each decision has a deadline (``timeout``, 50 ms by default);
 when Redis fails or is late, the decision is made by the local ``fallback`` store (or, with
@@ -32,15 +32,17 @@ from typing import Any
 
 import redis
 import redis.asyncio
-import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from octollm_grpc.server.ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
+from octollm_grpc._core.log import get_logger
+from octollm_grpc.server._ratelimit import BucketStore, MemoryStore, RateLimit, ceil_ms
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "GCRA_SCRIPT", "RedisStore"]
+__all__ = [
+    "RedisStore",
+]
 
 #: Seconds a decision may wait for Redis before the fallback decides.
 DEFAULT_TIMEOUT = 0.05
@@ -86,7 +88,7 @@ return 0
 # error), socket errors it lets through, and asyncio's deadline.
 _STORE_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
-_log = structlog.get_logger("octollm_grpc.ratelimit")
+_log = get_logger("octollm_grpc.ratelimit")
 
 
 class _Families:
@@ -200,6 +202,23 @@ class RedisStore:
     outage. ``time_source`` (seconds) replaces Redis's clock in the
     bucket arithmetic, for tests; every replica must then use the same one. ``registry``
     takes ``octollm_ratelimit_store_errors_total``.
+
+    Args:
+        url: ``redis://HOST:PORT/DB``.
+        client: A sync ``redis.Redis`` of your own.
+        async_client: A ``redis.asyncio.Redis`` of your own.
+        prefix: The keys' prefix.
+        timeout: Seconds a decision may wait for Redis.
+        fallback: Decides while Redis is unavailable.
+        fail_closed: Refuse every call while Redis is unavailable.
+        probe_interval: Seconds between probes during an outage.
+        clock: Monotonic seconds.
+        time_source: Replaces Redis's clock (tests).
+        registry: Takes ``octollm_ratelimit_store_errors_total``.
+
+    Raises:
+        ValueError: Neither ``url`` nor a client, or a ``timeout`` or ``probe_interval``
+            that is not positive.
     """
 
     def __init__(

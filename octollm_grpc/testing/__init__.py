@@ -17,16 +17,14 @@
 
 from __future__ import annotations
 
-from octollm_grpc.testing.assertions import assert_rich_error
-from octollm_grpc.testing.clock import FakeClock
-from octollm_grpc.testing.faults import Injection
-from octollm_grpc.testing.injector import FaultInjector
-from octollm_grpc.testing.server import serve, serve_aio_in_thread, servicer_handlers
+from octollm_grpc.testing._assertions import assert_rich_error
+from octollm_grpc.testing._clock import FakeClock
+from octollm_grpc.testing._injector import FaultInjector
+from octollm_grpc.testing._server import serve, serve_aio_in_thread, servicer_handlers
 
 __all__ = [
     "FakeClock",
     "FaultInjector",
-    "Injection",
     "assert_rich_error",
     "serve",
     "serve_aio_in_thread",

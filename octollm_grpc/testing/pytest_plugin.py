@@ -27,19 +27,11 @@ from typing import Any
 import grpc
 import pytest
 
-from octollm_grpc.testing.clock import FakeClock
-from octollm_grpc.testing.injector import FaultInjector
-from octollm_grpc.testing.server import serve, serve_aio_in_thread
+from octollm_grpc.testing._clock import FakeClock
+from octollm_grpc.testing._injector import FaultInjector
+from octollm_grpc.testing._server import serve, serve_aio_in_thread
 
-__all__ = [
-    "aio_grpc_handlers",
-    "aio_grpc_target",
-    "fake_clock",
-    "fault_injector",
-    "grpc_handlers",
-    "grpc_interceptors",
-    "grpc_target",
-]
+__all__: list[str] = []
 
 
 @pytest.fixture

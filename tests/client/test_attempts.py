@@ -14,18 +14,18 @@ from prometheus_client import CollectorRegistry
 from octollm_grpc import errors
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreaker,
+    ChannelBreaker,
     CircuitState,
-    Resilience,
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client.aio_interceptors import aio_interceptors
-from octollm_grpc.client.interceptors import ResilientInterceptor
-from octollm_grpc.client.metrics import ClientMetrics
-from octollm_grpc.client.replay import Replay
-from octollm_grpc.client.sync_calls import Attempts
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._interceptors import ResilientInterceptor
+from octollm_grpc.client._replay import Replay
+from octollm_grpc.client._resilience import Resilience
+from octollm_grpc.client._sync_calls import Attempts
+from octollm_grpc.observability._client_metrics import ClientMetrics
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 
@@ -33,8 +33,8 @@ class _StartFailed(Exception):
     """What a continuation raises when the call cannot even start (e.g. a closed channel)."""
 
 
-def _half_open(clock: FakeClock) -> tuple[CircuitBreaker, Resilience]:
-    breaker = CircuitBreaker("attempts:1", BreakerSettings(failure_threshold=1, reset_timeout=1.0,
+def _half_open(clock: FakeClock) -> tuple[ChannelBreaker, Resilience]:
+    breaker = ChannelBreaker("attempts:1", BreakerSettings(failure_threshold=1, reset_timeout=1.0,
                                                            half_open_probes=1),
                              clock=clock.now, registry=CollectorRegistry())
     breaker.on_failure(breaker.acquire())
@@ -115,7 +115,7 @@ class _SyncDetails(grpc.ClientCallDetails):
 
 
 def _attempts(clock: FakeClock, policy: RetryPolicy | None, *, timeout: float | None = None,
-              retryable: bool = True, breaker: CircuitBreaker | None = None,
+              retryable: bool = True, breaker: ChannelBreaker | None = None,
               registry: CollectorRegistry | None = None,
               replay: Replay | None = None) -> Attempts:
     core = Resilience(retry=RetryPolicies(policy) if policy else None, budget=None,
@@ -126,8 +126,8 @@ def _attempts(clock: FakeClock, policy: RetryPolicy | None, *, timeout: float | 
                     sleep=clock.sleep)
 
 
-def _closed_breaker(clock: FakeClock, threshold: int = 1) -> CircuitBreaker:
-    return CircuitBreaker("attempts:2", BreakerSettings(failure_threshold=threshold),
+def _closed_breaker(clock: FakeClock, threshold: int = 1) -> ChannelBreaker:
+    return ChannelBreaker("attempts:2", BreakerSettings(failure_threshold=threshold),
                           clock=clock.now, registry=CollectorRegistry())
 
 
@@ -281,7 +281,7 @@ def test_server_pushback_sets_the_delay(clock: FakeClock) -> None:
 
 def test_next_attempt_takes_a_breaker_permit(clock: FakeClock) -> None:
     """In half-open, the next attempt holds the one probe permit: another call is refused."""
-    breaker = CircuitBreaker("attempts:3", BreakerSettings(failure_threshold=1,
+    breaker = ChannelBreaker("attempts:3", BreakerSettings(failure_threshold=1,
                                                            reset_timeout=1.0),
                              clock=clock.now, registry=CollectorRegistry())
     attempts = _attempts(clock, RetryPolicy(initial_backoff=0.1, max_backoff=0.1),

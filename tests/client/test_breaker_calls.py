@@ -13,13 +13,8 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    CircuitBreaker,
-    CircuitBreakers,
-    CircuitState,
-    RetryPolicy,
-)
+from octollm_grpc.client import BreakerSettings, ChannelBreaker, CircuitState, RetryPolicy
+from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import FAIL, OTHER, SERVER_STREAM, SUCCEED, UNARY, Backend, Reply
 from tests.client.channels import aio_channel, sync_channel
@@ -30,9 +25,9 @@ PROBES = 3
 
 
 def _half_open(target: str, clock: FakeClock, registry: CollectorRegistry,
-               probes: int) -> CircuitBreakers:
+               probes: int) -> ChannelBreakers:
     """Breakers for ``target`` whose breaker is open and due for half-open."""
-    breakers = CircuitBreakers(
+    breakers = ChannelBreakers(
         target, BreakerSettings(failure_threshold=1, reset_timeout=10, half_open_probes=probes),
         clock=clock.now, registry=registry)
     breaker = breakers.for_method(UNARY)
@@ -162,7 +157,7 @@ def test_sync_open_breaker_sends_nothing(clock: FakeClock, registry: CollectorRe
     """Sync: after the threshold an open breaker fails at once, sends nothing, is counted."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=2, reset_timeout=30),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=2, reset_timeout=30),
                                    clock=clock.now, registry=registry)
         channel = sync_channel(target, clock, breaker=breakers, retry=None)
         with capture_logs() as logs:
@@ -192,7 +187,7 @@ async def test_aio_open_breaker_sends_nothing(clock: FakeClock,
     """Aio: after the threshold an open breaker fails at once, sends nothing, is counted."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=2, reset_timeout=30),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=2, reset_timeout=30),
                                    clock=clock.now, registry=registry)
         async with aio_channel(target, clock, breaker=breakers, retry=None) as channel:
             for _ in range(2):
@@ -216,7 +211,7 @@ def test_sync_breaker_opening_mid_retry_ends_the_call(clock: FakeClock,
     """Sync: when retries trip the breaker, the next attempt is not sent: CircuitOpenError."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=2),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=2),
                                    clock=clock.now, registry=registry)
         channel = sync_channel(target, clock, breaker=breakers, retry=RetryPolicy(max_attempts=5))
         with pytest.raises(errors.CircuitOpenError):
@@ -229,7 +224,7 @@ async def test_aio_breaker_opening_mid_retry_ends_the_call(clock: FakeClock,
     """Aio: when retries trip the breaker, the next attempt is not sent: CircuitOpenError."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=2),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=2),
                                    clock=clock.now, registry=registry)
         async with aio_channel(target, clock, breaker=breakers,
                                retry=RetryPolicy(max_attempts=5)) as channel:
@@ -243,7 +238,7 @@ def test_sync_client_errors_never_trip_the_breaker(clock: FakeClock,
     """Sync: INVALID_ARGUMENT answers, however many, leave the breaker closed."""
     backend = Backend([Reply(grpc.StatusCode.INVALID_ARGUMENT, messages=0)], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=2),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=2),
                                    clock=clock.now, registry=registry)
         channel = sync_channel(target, clock, breaker=breakers)
         for _ in range(5):
@@ -258,10 +253,10 @@ def test_sync_client_errors_never_trip_the_breaker(clock: FakeClock,
 
 def test_sync_plain_breaker_guards_every_method(clock: FakeClock,
                                                registry: CollectorRegistry) -> None:
-    """Sync: a CircuitBreaker passed as breaker= is used (for all methods), not dropped."""
+    """Sync: a ChannelBreaker passed as breaker= is used (for all methods), not dropped."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
+        breaker = ChannelBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
                                  clock=clock.now, registry=registry)
         channel = sync_channel(target, clock, breaker=breaker, retry=None)
         with pytest.raises(errors.NetworkError):
@@ -276,10 +271,10 @@ def test_sync_plain_breaker_guards_every_method(clock: FakeClock,
 
 async def test_aio_plain_breaker_guards_every_method(clock: FakeClock,
                                                     registry: CollectorRegistry) -> None:
-    """Aio: a CircuitBreaker passed as breaker= is used (for all methods), not dropped."""
+    """Aio: a ChannelBreaker passed as breaker= is used (for all methods), not dropped."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
+        breaker = ChannelBreaker(target, BreakerSettings(failure_threshold=1, reset_timeout=5),
                                  clock=clock.now, registry=registry)
         async with aio_channel(target, clock, breaker=breaker, retry=None) as channel:
             with pytest.raises(errors.NetworkError):
@@ -296,7 +291,7 @@ def test_sync_per_method_breakers_open_alone(clock: FakeClock,
     server; the rejection names the target and the method."""
     backend = Backend([FAIL, SUCCEED], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
                                    clock=clock.now, registry=registry)
         channel = sync_channel(target, clock, breaker=breakers, retry=None)
         with pytest.raises(errors.NetworkError):
@@ -317,7 +312,7 @@ async def test_aio_per_method_breakers_open_alone(clock: FakeClock,
     server; the rejection names the target and the method."""
     backend = Backend([FAIL, SUCCEED], clock)
     with sync_server([backend.handler()]) as target:
-        breakers = CircuitBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
+        breakers = ChannelBreakers(target, BreakerSettings(failure_threshold=1, per_method=True),
                                    clock=clock.now, registry=registry)
         async with aio_channel(target, clock, breaker=breakers, retry=None) as channel:
             with pytest.raises(errors.NetworkError):

@@ -1,7 +1,7 @@
 """Model-based test of the circuit breaker: random call sequences against a small reference model.
 
 Hypothesis drives acquire / success / failure / release / clock steps on a real
-:class:`CircuitBreaker` and on :class:`Model`, a plain restatement of the documented semantics
+:class:`ChannelBreaker` and on :class:`Model`, a plain restatement of the documented semantics
 (a deque for the window, a dict for probes), and checks after every step that both agree on
 the state, on every token handed out, on every rejection's ``retry_after`` and on the gauge.
 """
@@ -18,8 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import BreakerSettings, CircuitBreaker, CircuitState
-from octollm_grpc.client.breaker import HALF_OPEN_RETRY_AFTER
+from octollm_grpc._core.breaker import HALF_OPEN_RETRY_AFTER
+from octollm_grpc.client import BreakerSettings, ChannelBreaker, CircuitState
 from octollm_grpc.testing import FakeClock
 
 CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
@@ -140,7 +140,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
     @initialize(s=breaker_settings())
     def build(self, s: BreakerSettings) -> None:
         self.registry = CollectorRegistry()
-        self.breaker = CircuitBreaker("model:1", s, clock=self.clock.now, registry=self.registry)
+        self.breaker = ChannelBreaker("model:1", s, clock=self.clock.now, registry=self.registry)
         self.model = Model(s)
 
     @rule()

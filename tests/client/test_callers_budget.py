@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import BreakerSettings, CircuitBreakers, CircuitState
+from octollm_grpc.client import BreakerSettings, CircuitState
+from octollm_grpc.client._breaker import ChannelBreakers as CircuitBreakers
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
 from octollm_grpc.status import (

@@ -16,12 +16,11 @@ from octollm_grpc.client import (
     BreakerSettings,
     RetryPolicy,
     StackedRetriesWarning,
-    parse_config,
     resilient_channel,
 )
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.client.channel import channel_options
-from octollm_grpc.client.config import ClientConfig
+from octollm_grpc.client._channel import channel_options
+from octollm_grpc.client._config import ClientConfig, parse_config
 from octollm_grpc.testing import FakeClock, FaultInjector, serve
 from tests.client.backend import OTHER, SUCCEED, UNARY, Backend
 from tests.client.channels import aio_channel, sync_channel

@@ -12,7 +12,7 @@ import pytest
 
 from octollm_grpc import errors
 from octollm_grpc.client import RetryPolicy
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import FAIL, SUCCEED, UNARY, UNAVAILABLE, Backend, Reply
 from tests.client.channels import aio_channel, sync_channel

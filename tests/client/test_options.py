@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 from mypy import api as mypy_api
 
-from octollm_grpc.client import (
+from octollm_grpc.client import aio, resilient_channel, resilient_interceptors
+from octollm_grpc.client._channel import (
     DEFAULT,
+    AioClientOptions,
     SyncChannelKeywords,
+    SyncClientOptions,
     SyncKeywords,
-    aio,
-    resilient_channel,
-    resilient_interceptor,
 )
 from octollm_grpc.client.aio import AioChannelKeywords, AioKeywords
-from octollm_grpc.client.channel import AioClientOptions, SyncClientOptions
 
 #: What every factory accepted as keywords before the options object (the public contract).
 RESILIENCE = {"retry", "budget", "breaker", "config", "clock", "sleep", "rng", "registry"}
@@ -61,7 +60,7 @@ def test_unknown_keyword_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="retri"):
         resilient_channel("127.0.0.1:1", retri=None)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="options"):
-        resilient_interceptor("127.0.0.1:1", options=())  # type: ignore[call-arg]
+        resilient_interceptors("127.0.0.1:1", options=())  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="credentials"):
         aio.resilient_interceptors("127.0.0.1:1", credentials=None)  # type: ignore[call-arg]
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import BreakerSettings, CircuitBreakers
+from octollm_grpc.client import BreakerSettings
+from octollm_grpc.client._breaker import ChannelBreakers as CircuitBreakers
 from octollm_grpc.http import to_http
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from octollm_grpc import errors
-from octollm_grpc.client import resilient_interceptor
+from octollm_grpc.client import resilient_interceptors
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import FAIL, SUCCEED, UNARY, Backend
 from tests.servers import sync_server
@@ -31,9 +31,9 @@ class _SettleFirst(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 def _channel(target: str, clock: FakeClock, sleep: Any) -> grpc.Channel:
     raw = grpc.insecure_channel(target, [("grpc.enable_retries", 0)])
-    resilient = resilient_interceptor(target, budget=None, breaker=None, clock=clock.now,
-                                      sleep=sleep)
-    return grpc.intercept_channel(raw, resilient, _SettleFirst())
+    resilient = resilient_interceptors(target, budget=None, breaker=None, clock=clock.now,
+                                       sleep=sleep)
+    return grpc.intercept_channel(raw, *resilient, _SettleFirst())
 
 
 def test_future_with_a_finished_failed_attempt_retries_in_the_background(

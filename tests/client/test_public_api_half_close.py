@@ -19,9 +19,9 @@ from grpc import aio
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc.client import RetryPolicy
-from octollm_grpc.client.aio_interceptors import aio_interceptors
-from octollm_grpc.client.channel import AioClientOptions
-from octollm_grpc.client.half_close import WatchedRequests, watch
+from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._channel import AioClientOptions
+from octollm_grpc.client._half_close import WatchedRequests, watch
 from tests.client.channels import aio_channel
 from tests.servers import sync_server
 

@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 
 from octollm_grpc import errors
 from octollm_grpc.client import RetryPolicy
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, to_status
+from octollm_grpc.status import to_status
+from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import (
     BIDI,

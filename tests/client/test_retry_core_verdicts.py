@@ -22,16 +22,20 @@ from structlog.testing import capture_logs
 
 from octollm_grpc.client import (
     BreakerSettings,
-    CircuitBreaker,
+    ChannelBreaker,
     CircuitState,
-    Resilience,
     RetryBudget,
     RetryPolicies,
     RetryPolicy,
 )
-from octollm_grpc.client.metrics import ClientMetrics
-from octollm_grpc.client.retry import CallRetry, MethodPlan, ended_by_callers_deadline
-from octollm_grpc.status import PUSHBACK_KEY
+from octollm_grpc.client._resilience import (
+    CallRetry,
+    MethodPlan,
+    Resilience,
+    ended_by_callers_deadline,
+)
+from octollm_grpc.observability._client_metrics import ClientMetrics
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
 _C = grpc.StatusCode
@@ -40,7 +44,7 @@ METHOD = "/s.S/M"
 
 
 def _core(clock: FakeClock, policy: RetryPolicy | None = None, *,
-          budget: RetryBudget | None = None, breaker: CircuitBreaker | None = None,
+          budget: RetryBudget | None = None, breaker: ChannelBreaker | None = None,
           registry: CollectorRegistry | None = None) -> Resilience:
     return Resilience(retry=RetryPolicies(policy) if policy else None, budget=budget,
                       breakers=breaker, clock=clock.now, rng=random.Random(7),
@@ -54,8 +58,8 @@ def _retry(clock: FakeClock, policy: RetryPolicy | None, timeout: float | None, 
     return CallRetry(core, core.plan(METHOD), timeout, clock.now())
 
 
-def _breaker(clock: FakeClock, threshold: int = 1) -> CircuitBreaker:
-    return CircuitBreaker("verdicts:1", BreakerSettings(failure_threshold=threshold),
+def _breaker(clock: FakeClock, threshold: int = 1) -> ChannelBreaker:
+    return ChannelBreaker("verdicts:1", BreakerSettings(failure_threshold=threshold),
                           method=METHOD, clock=clock.now, registry=CollectorRegistry())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from octollm_grpc import catalog
+from octollm_grpc import _catalog_markdown as catalog
 from octollm_grpc.codegen import CodegenError, generate
 
 ROOT = Path(__file__).resolve().parents[2]

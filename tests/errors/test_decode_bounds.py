@@ -24,12 +24,8 @@ from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
 from octollm_grpc.client import RetryPolicy, resilient_channel
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.status import (
-    DETAILS_KEY,
-    MAX_DETAILS_BYTES,
-    MAX_DETAILS_DEPTH,
-    from_status_proto,
-)
+from octollm_grpc.status._decode import from_status_proto
+from octollm_grpc.status._limits import DETAILS_KEY, MAX_DETAILS_BYTES, MAX_DETAILS_DEPTH
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import UNARY, Backend, Reply
 from tests.servers import sync_server

@@ -11,8 +11,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from octollm_grpc import errors
-from octollm_grpc.status import DETAILS_KEY, MAX_RETRY_AFTER, PUSHBACK_KEY, to_status
-from octollm_grpc.status.decode import (
+from octollm_grpc.status import to_status
+from octollm_grpc.status._decode import (
     _depth_of,
     _depth_within,
     _integral_to_int,
@@ -21,6 +21,7 @@ from octollm_grpc.status.decode import (
     from_rpc_error,
     from_status_proto,
 )
+from octollm_grpc.status._limits import DETAILS_KEY, MAX_RETRY_AFTER, PUSHBACK_KEY
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -264,7 +265,7 @@ def test_a_class_that_cannot_be_rebuilt_decodes_as_its_code(
 
 def test_detail_classes_are_looked_up_once_and_the_cache_stays_bounded() -> None:
     """Known types unpack to their classes (cached); the cache is cleared past 1024 names."""
-    from octollm_grpc.status import decode
+    from octollm_grpc.status import _decode as decode
 
     decode._classes.clear()
     url = "type.googleapis.com/google.rpc.ResourceInfo"

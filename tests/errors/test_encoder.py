@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from octollm_grpc import codes, status
 from octollm_grpc import errors as e
 from octollm_grpc._proto.octollm.errors.v1 import errors_pb2
+from octollm_grpc.status import _decode, _encode, _limits
 
 _TYPES: dict[str, type[Message]] = {
     "type.googleapis.com/" + cls.DESCRIPTOR.full_name: cls
@@ -38,7 +39,7 @@ def _unpacked(detail: any_pb2.Any) -> Message:
 
 
 def assert_layout(exc: BaseException, request_id: str | None,
-                  domain: str = status.DEFAULT_DOMAIN) -> status.RichStatus:
+                  domain: str = _limits.DEFAULT_DOMAIN) -> _limits.RichStatus:
     """``to_status`` gives the documented status: the mapped code in the status and the call,
     ErrorInfo (reason, domain), the class's own details as its hook gives them (when the
     status fits unshortened), RetryInfo for positive advice, RequestInfo when known, and the
@@ -48,7 +49,7 @@ def assert_layout(exc: BaseException, request_id: str | None,
     again = status.to_status(exc, request_id=request_id, domain=domain)
     assert sent == again
     proto = sent.proto
-    assert proto == status.to_status_proto(exc, request_id=request_id, domain=domain)
+    assert proto == _encode.to_status_proto(exc, request_id=request_id, domain=domain)
     mapping = codes.mapping_for(exc)
     assert sent.code is mapping.grpc_code
     assert (proto.code, proto.message) == (sent.code.value[0], sent.details)
@@ -62,10 +63,10 @@ def assert_layout(exc: BaseException, request_id: str | None,
     tail = ["google.rpc.RetryInfo"] * advice + ["google.rpc.RequestInfo"] * bool(request_id)
     assert urls[len(urls) - 1 - len(tail):-1] == tail
     keys = [k for k, _ in sent.trailing_metadata]
-    assert keys == [status.DETAILS_KEY] + [status.PUSHBACK_KEY] * advice
+    assert keys == [_limits.DETAILS_KEY] + [_limits.PUSHBACK_KEY] * advice
     if isinstance(exc, e.OctoLLMError):
         assert info.reason == exc.error_code[:256]
-        shortened = "_truncated" in status.from_status_proto(proto).details
+        shortened = "_truncated" in _decode.from_status_proto(proto).details
         if not shortened and exc.message == sent.details:
             hooked = [d for d in proto.details[1:len(urls) - 1 - len(tail)]]
             assert [_unpacked(d) for d in hooked] == list(exc.status_details())
@@ -139,7 +140,7 @@ def any_scalar_errors(draw: Any) -> BaseException:
 
 
 @settings(max_examples=400, deadline=None)
-@given(common_errors(), request_ids, st.sampled_from([status.DEFAULT_DOMAIN, "acme.example"]))
+@given(common_errors(), request_ids, st.sampled_from([_limits.DEFAULT_DOMAIN, "acme.example"]))
 def test_common_errors_get_the_documented_status(
     exc: e.OctoLLMError, request_id: str | None, domain: str
 ) -> None:
@@ -164,12 +165,12 @@ def test_the_usual_errors() -> None:
     assert_layout(e.InvalidStateError("Task t-1 is completed", details={"subject": "t-1"}), None)
     assert_layout(e.OctoLLMError("unicode ☺ 😈 \t\n", details={"k😈": "v☺", "": ""}), "r")
     limited = assert_layout(e.RateLimitError(limit=100, window=60, retry_after=1.5), "r")
-    assert dict(limited.trailing_metadata)[status.PUSHBACK_KEY] == "1500"
+    assert dict(limited.trailing_metadata)[_limits.PUSHBACK_KEY] == "1500"
     assert_layout(e.CapacityExceededError("full", details={"depth": 5000, "ratio": 0.5,
                                                            "hot": True, "why": None},
                                           retry_after=0.25), None)
     unexpected = assert_layout(RuntimeError("secret"), "r")
-    assert unexpected.details == status.GENERIC_MESSAGE
+    assert unexpected.details == _limits.GENERIC_MESSAGE
     assert_layout(TimeoutError("slow"), "r")
 
 

@@ -8,11 +8,11 @@ import grpc
 import pytest
 
 from octollm_grpc.http import to_http
-from octollm_grpc.status import TIMEOUT_MESSAGE
-from octollm_grpc.status.limits import (
+from octollm_grpc.status._limits import (
     DETAILS_KEY,
     MAX_IDENTIFIER_BYTES,
     MAX_MESSAGE_BYTES,
+    TIMEOUT_MESSAGE,
     RichStatus,
     cut,
     identifier,

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from octollm_grpc import errors as e
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY, from_rpc_error, to_status
+from octollm_grpc.status import from_rpc_error, to_status
+from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
 from tests.servers import sync_server
 
 json_values = st.recursive(

@@ -19,7 +19,8 @@ from octollm_grpc.client import aio as client_aio
 from octollm_grpc.client import resilient_channel
 from octollm_grpc.fastapi import install_error_handlers
 from octollm_grpc.http import MAX_RETRY_AFTER_HEADER, to_http
-from octollm_grpc.status import DETAILS_KEY, MAX_RETRY_AFTER, PUSHBACK_KEY, from_status_proto
+from octollm_grpc.status._decode import from_status_proto
+from octollm_grpc.status._limits import DETAILS_KEY, MAX_RETRY_AFTER, PUSHBACK_KEY
 from tests.client.backend import UNARY, Backend, Reply
 from tests.http.support import serve_app
 from tests.servers import sync_server

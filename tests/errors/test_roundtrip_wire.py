@@ -10,13 +10,8 @@ from grpc_status import rpc_status
 
 from octollm_grpc import codes
 from octollm_grpc import errors as e
-from octollm_grpc.status import (
-    DETAILS_KEY,
-    GENERIC_MESSAGE,
-    PUSHBACK_KEY,
-    from_rpc_error,
-    to_status,
-)
+from octollm_grpc.status import from_rpc_error, to_status
+from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE, PUSHBACK_KEY
 from tests.errors.samples import SAMPLES
 from tests.servers import aio_server, sync_server
 

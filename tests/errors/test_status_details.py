@@ -27,12 +27,8 @@ from octollm_grpc.client import aio as client_aio
 from octollm_grpc.client import resilient_channel
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
-from octollm_grpc.status import (
-    DETAILS_KEY,
-    RichStatus,
-    from_rpc_error,
-    to_status,
-)
+from octollm_grpc.status import from_rpc_error, to_status
+from octollm_grpc.status._limits import DETAILS_KEY, RichStatus
 from tests.servers import aio_server, sync_server
 
 METHOD = "/test.Orders/Get"

@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
-from octollm_grpc.status import DETAILS_KEY, from_rpc_error, to_status
+from octollm_grpc.status import from_rpc_error, to_status
+from octollm_grpc.status._limits import DETAILS_KEY
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

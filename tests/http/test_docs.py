@@ -26,7 +26,7 @@ def test_handlers_example_prints_what_the_page_shows() -> None:
     text = PAGE.read_text(encoding="utf-8")
     shown = text.split("prints\n\n```text\n", 1)[1].split("```", 1)[0].splitlines()
     assert lines == shown
-    assert [event["log_level"] for event in logs if event["event"] == "grpc.call.failed"] == [
+    assert [event["log_level"] for event in logs if event["event"] == "http.request.failed"] == [
         "warning", "warning", "critical", "warning"]
 
 

@@ -141,18 +141,18 @@ def test_every_violation_is_reported_as_on_grpc(
         "description", "priority", "timeout_seconds"]
 
 
-def test_request_that_does_not_fit_the_route_is_422(client: httpx.Client) -> None:
-    """FastAPI's own validation (query type, body not an object) is the seed's 422 body."""
+def test_request_that_does_not_fit_the_route_is_400(client: httpx.Client) -> None:
+    """FastAPI's own validation (query type, body not an object) is 400 VALIDATION_ERRORS."""
     response = client.get("/v1/tasks", params={"page_size": "lots"})
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json() == {
-        "error": "VALIDATION_ERROR", "message": "Request validation failed",
+        "error": "VALIDATION_ERRORS", "message": "Validation failed with 1 error",
         "details": {"errors": [{
             "field": "query.page_size",
             "message": "Input should be a valid integer, unable to parse string as an integer",
             "type": "int_parsing"}]}}
     not_object = client.post("/v1/tasks", json=["a", "list"])
-    assert not_object.status_code == 422
+    assert not_object.status_code == 400
     assert [e["field"] for e in not_object.json()["details"]["errors"]] == ["body"]
 
 
@@ -183,7 +183,10 @@ def test_request_id_is_echoed_forwarded_logged_and_counted(
     assert any('"grpc_method":"GET /v1/tasks/{task_id}"' in line for line in events)
     assert any('"grpc_method":"/octollm.tasks.v1.TaskService/GetTask"' in line
                for line in events)
-    assert all('"event":"grpc.call.failed"' in line for line in events)
+    assert any('"event":"http.request.failed"' in line and "GET /v1/tasks/{task_id}" in line
+               for line in events)
+    assert any('"event":"grpc.call.failed"' in line and "TaskService/GetTask" in line
+               for line in events)
 
     assert service.metrics_url is not None
     metrics = httpx.get(service.metrics_url).text

@@ -77,7 +77,7 @@ def _errors(registry: CollectorRegistry, error_type: str) -> float:
 
 
 def _failed(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [event for event in logs if event["event"] == "grpc.call.failed"]
+    return [event for event in logs if event["event"] == "http.request.failed"]
 
 
 @pytest.mark.parametrize(
@@ -140,23 +140,23 @@ def test_rate_limit_sends_retry_after(served: tuple[str, CollectorRegistry]) -> 
 def test_request_validation_error_lists_every_violation(
     served: tuple[str, CollectorRegistry],
 ) -> None:
-    """A request FastAPI rejects is 422 with one {field, message, type} per violation."""
+    """A request FastAPI rejects is the table's 400 VALIDATION_ERRORS, one entry a violation."""
     url, registry = served
-    before = _errors(registry, "VALIDATION_ERROR")
+    before = _errors(registry, "VALIDATION_ERRORS")
     with capture_logs() as logs:
         response = httpx.post(f"{url}/items?limit=lots",
                               json={"name": "", "priority": 99, "extra": SECRET})
-    assert response.status_code == 422
+    assert response.status_code == 400
     body = response.json()
-    assert body["error"] == "VALIDATION_ERROR"
-    assert body["message"] == "Request validation failed"
+    assert body["error"] == "VALIDATION_ERRORS"
+    assert body["message"] == "Validation failed with 3 errors"
     errors = body["details"]["errors"]
     assert {item["field"] for item in errors} == {"body.name", "body.priority", "query.limit"}
     assert all(set(item) == {"field", "message", "type"} for item in errors)
     assert {item["type"] for item in errors} == {"string_too_short", "less_than_equal",
                                                  "int_parsing"}
     assert "lots" not in response.text and SECRET not in response.text
-    assert _errors(registry, "VALIDATION_ERROR") == before + 1
+    assert _errors(registry, "VALIDATION_ERRORS") == before + 1
     [event] = _failed(logs)
     assert (event["log_level"], event["grpc_code"]) == ("warning", "INVALID_ARGUMENT")
 

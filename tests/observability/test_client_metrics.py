@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import BreakerSettings, CircuitBreaker, RetryBudget, RetryPolicy
-from octollm_grpc.client.metrics import UNKNOWN, ClientMetrics
+from octollm_grpc.client import BreakerSettings, ChannelBreaker, RetryBudget, RetryPolicy
+from octollm_grpc.observability._client_metrics import UNKNOWN, ClientMetrics
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import (
     BIDI,
@@ -188,7 +188,7 @@ def test_sync_breaker_refusal_is_handled_unavailable_without_an_attempt(
     """Sync: after the breaker opens, a refused call is handled Unavailable; no attempt sent."""
     backend = Backend([FAIL], clock)
     with sync_server([backend.handler()]) as target:
-        breaker = CircuitBreaker(target, BreakerSettings(failure_threshold=1), clock=clock.now,
+        breaker = ChannelBreaker(target, BreakerSettings(failure_threshold=1), clock=clock.now,
                                  registry=registry)
         channel = sync_channel(target, clock, retry=None, breaker=breaker, registry=registry)
         call = channel.unary_unary(UNARY)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc.client.breaker_metrics import BreakerMetrics
-from octollm_grpc.client.metrics import ClientMetrics
-from octollm_grpc.server.metrics import ServerMetrics
+from octollm_grpc._core.breaker_metrics import BreakerMetrics
+from octollm_grpc.observability._client_metrics import ClientMetrics
+from octollm_grpc.observability._server_metrics import ServerMetrics
 from tests.readme import run_examples, section_examples
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

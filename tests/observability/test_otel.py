@@ -24,8 +24,9 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture, capture_logs
 
-from octollm_grpc import errors, otel
+from octollm_grpc import errors
 from octollm_grpc.client import RetryPolicy
+from octollm_grpc.observability import _otel as otel
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import configure_logging, server_interceptors
 from octollm_grpc.testing import FakeClock
@@ -160,7 +161,7 @@ def test_library_works_without_opentelemetry() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import grpc\n"
-        "from octollm_grpc import otel\n"
+        "from octollm_grpc.observability import _otel as otel\n"
         "import octollm_grpc.client, octollm_grpc.server\n"
         "assert not otel.AVAILABLE\n"
         "otel.retry_event(2, grpc.StatusCode.UNAVAILABLE, 0.1)\n"

@@ -8,6 +8,7 @@ it was given. Concurrent callers with different deadlines and ids must each see 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from concurrent import futures
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc import propagation
 from octollm_grpc.client import aio as client_aio
 from octollm_grpc.client import resilient_channel
+from octollm_grpc.observability import _propagation as propagation
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
 from tests.servers import aio_server, sync_server
@@ -108,7 +109,8 @@ def test_sync_deadline_and_request_id_flow_per_call_under_concurrency() -> None:
 
 
 def test_sync_explicit_shorter_timeout_wins_and_nothing_flows_outside_a_call() -> None:
-    """Sync: a shorter explicit timeout wins; a call made outside any served call gets none."""
+    """Sync: a shorter explicit timeout wins; a call made outside any served call gets no
+    deadline and a fresh request id of its own."""
     downstream = Downstream()
     with sync_server([downstream.handler()]) as down_target:
         down = resilient_channel(down_target, registry=CollectorRegistry())
@@ -121,7 +123,8 @@ def test_sync_explicit_shorter_timeout_wins_and_nothing_flows_outside_a_call() -
         assert remaining is not None and remaining <= 0.55  # 0.5 s, as rounded up on the wire
         assert propagation.inbound() is None
         rid, remaining = _parse(down.unary_unary(DOWN)(b"x"))
-        assert (rid, remaining) == ("None", None)
+        assert remaining is None
+        assert re.fullmatch(r"[0-9a-f]{32}", rid) and rid != "rid-short"
         down.close()
 
 

@@ -134,4 +134,4 @@ def test_wheel_in_a_fresh_venv_round_trips_a_typed_error(wheel: Path, tmp_path: 
     assert printed[0] == "sync NOT_FOUND t-1 Task t-1 not found"
     assert printed[1] == "aio NOT_FOUND t-2 Task t-2 not found"
     assert printed[2].startswith(f"from {env_dir}/lib/")
-    assert run.stdout.count("grpc.call.failed") == 2
+    assert run.stderr.count("grpc.call.failed") == 2 and "grpc.call.failed" not in run.stdout

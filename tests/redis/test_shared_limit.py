@@ -13,9 +13,10 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import RateLimit, RateLimiter, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.ratelimit import MemoryStore
+from octollm_grpc.server._ratelimit import MemoryStore
 from octollm_grpc.server.ratelimit_redis import RedisStore
-from octollm_grpc.status import PUSHBACK_KEY, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.redis.server import RedisServer
 from tests.server.harness import Outcome, Script, aio_handlers, call_aio, call_sync, sync_handlers

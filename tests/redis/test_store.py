@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from octollm_grpc.server.ratelimit import MemoryStore, RateLimit, RateLimiter
+from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
 from octollm_grpc.server.ratelimit_redis import GCRA_SCRIPT, RedisStore
 from octollm_grpc.testing import FakeClock
 from tests.redis.server import RedisServer

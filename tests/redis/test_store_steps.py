@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from octollm_grpc.server.ratelimit import RateLimit
+from octollm_grpc.server import RateLimit
 from octollm_grpc.server.ratelimit_redis import RedisStore
 from octollm_grpc.testing import FakeClock
 from tests.redis.server import RedisServer

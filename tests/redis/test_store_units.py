@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
-from octollm_grpc.server.ratelimit import MemoryStore, RateLimit
+from octollm_grpc.server import MemoryStore, RateLimit
 from octollm_grpc.server.ratelimit_redis import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,

@@ -11,14 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import queue
 import re
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -31,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.octollm.tasks.v1 import tasks_pb2_grpc
 from tests import servers
-from tests.service.harness import ROOT, SERVICE, RunningService
+from tests.service.harness import SERVICE, RunningService, launch, stop
 
 __all__ = [
     "SERVICE",
@@ -50,77 +45,13 @@ __all__ = [
     "warm_up_aio",
 ]
 
-STARTUP_TIMEOUT = 20.0
 #: Name prefix of the worker threads of :func:`sync_server`'s servers.
 SERVER_THREADS = "reliability-server"
 
 
-def _reader(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-def launch(tmp_path: Path, *flags: str, module: str = "server", db: Path | None = None,
-           env: dict[str, str] | None = None, wants: tuple[str, ...] = ("target", "arm"),
-           ) -> RunningService:
-    """Start ``python -m MODULE --port 0 --metrics-port 0 --db ... FLAGS`` and wait until ready.
-
-    Later flags win (argparse), so ``"--port", "50123"`` in ``flags`` restarts on a known port.
-    ``module="server.arm"`` starts a lone arm (``wants=("arm",)``, no service flags added).
-    """
-    db = db or tmp_path / "tasks.db"
-    log = tmp_path / f"{module.replace('.', '-')}-{len(list(tmp_path.glob('*.log')))}.log"
-    if module == "server.arm":
-        argv = [sys.executable, "-m", module, *flags]
-    else:
-        argv = [sys.executable, "-m", module, "--port", "0", "--metrics-port", "0",
-                "--db", str(db), "--grace", "5",
-                "--http-port", "-1", *flags]
-    with log.open("w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
-                                   text=True, env={**os.environ, **(env or {})})
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True).start()
-    found: dict[str, str] = {}
-    seen: list[str] = []
-    needed = set(wants) | ({"metrics"} if module != "server.arm" else set())
-    try:
-        while not needed <= found.keys():
-            try:
-                line = lines.get(timeout=STARTUP_TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(f"{module} did not start: {log.read_text()}") from None
-            if line is None:
-                raise AssertionError(f"{module} exited: {log.read_text()}")
-            seen.append(line)
-            prefix, _, value = line.rpartition(" ")
-            key = {"task service listening on": "target", "arm listening on": "arm",
-                   "metrics on": "metrics"}.get(prefix)
-            if key:
-                found[key] = value
-    except BaseException:
-        process.kill()
-        process.wait(5)
-        raise
-    return RunningService(process, found.get("target", ""), found.get("arm", ""),
-                          found.get("metrics"), db, log, seen)
-
-
-def stop(service: RunningService, *, kill: bool = False) -> int:
-    """End the process (SIGKILL when ``kill``, else SIGTERM); its exit status."""
-    if service.process.poll() is None:
-        service.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-    try:
-        return service.process.wait(20)
-    except subprocess.TimeoutExpired:
-        service.process.kill()
-        return service.process.wait(5)
-
-
 @contextlib.contextmanager
 def service(tmp_path: Path, *flags: str, **kwargs: Any) -> Iterator[RunningService]:
-    """:func:`launch` as a context manager (SIGTERM after)."""
+    """:func:`launch` (any module, any readiness) as a context manager (SIGTERM after)."""
     running = launch(tmp_path, *flags, **kwargs)
     try:
         yield running

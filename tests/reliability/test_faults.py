@@ -20,14 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    CircuitBreakers,
-    CircuitState,
-    RetryPolicy,
-    resilient_channel,
-)
+from octollm_grpc.client import BreakerSettings, CircuitState, RetryPolicy, resilient_channel
 from octollm_grpc.client import aio as client_aio
+from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.testing import FakeClock
 from tests.reliability.support import Settle, closed_port, sync_server, warm_up_aio
 from tests.servers import aio_server
@@ -38,7 +33,7 @@ DEADLINE = 0.3
 SLACK = 0.7
 RESET = 5.0  # breaker reset timeout, on the fake clock
 #: The hang is cut by the policy's own per-attempt timeout: that counts against the server
-#: (the caller's own deadline running out would not, see tests/client/test_trust_deadlines.py).
+#: (the caller's own deadline running out would not: tests/client/test_caller_deadline_verdicts.py).
 PER_ATTEMPT = RetryPolicy(max_attempts=1, per_attempt_timeout=DEADLINE)
 
 
@@ -75,10 +70,10 @@ def misbehaving() -> Iterator[tuple[Misbehaving, str]]:
 
 
 def _breakers(target: str, clock: FakeClock, threshold: int,
-              changes: list[tuple[CircuitState, CircuitState]]) -> CircuitBreakers:
+              changes: list[tuple[CircuitState, CircuitState]]) -> ChannelBreakers:
     def record(_: Any, old: CircuitState, new: CircuitState) -> None:
         changes.append((old, new))
-    return CircuitBreakers(target, BreakerSettings(failure_threshold=threshold,
+    return ChannelBreakers(target, BreakerSettings(failure_threshold=threshold,
                                                    reset_timeout=RESET),
                            clock=clock.now, registry=CollectorRegistry(), listeners=[record])
 
@@ -252,7 +247,7 @@ def _summary(error: grpc.RpcError, took: float) -> Outcome:
     return type(error), error.code(), took  # type: ignore[attr-defined]
 
 
-def _refused_sync(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
+def _refused_sync(target: str, policy: RetryPolicy, breakers: ChannelBreakers,
                   clock: FakeClock) -> list[Outcome]:
     outcomes: list[Outcome] = []
     with resilient_channel(target, retry=policy, breaker=breakers, budget=None,
@@ -267,7 +262,7 @@ def _refused_sync(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
     return outcomes
 
 
-async def _refused_aio(target: str, policy: RetryPolicy, breakers: CircuitBreakers,
+async def _refused_aio(target: str, policy: RetryPolicy, breakers: ChannelBreakers,
                        clock: FakeClock) -> list[Outcome]:
     settle = Settle()
     outcomes: list[Outcome] = []

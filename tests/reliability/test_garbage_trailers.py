@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
+from octollm_grpc._core.backoff import MAX_PUSHBACK, STOP, server_delay
 from octollm_grpc.client import RetryPolicy, resilient_channel
 from octollm_grpc.client import aio as client_aio
-from octollm_grpc.client.backoff import MAX_PUSHBACK, STOP, server_delay
-from octollm_grpc.status import DETAILS_KEY, PUSHBACK_KEY
+from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.client.backend import UNARY, Backend, Reply
 from tests.reliability.support import sync_server

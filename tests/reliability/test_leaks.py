@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE
+from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE
 from server.gen.octollm.tasks.v1 import tasks_pb2
 from tests.reliability.faulty_service import SECRET, SECRET_PATH
 from tests.reliability.support import SERVICE, health_ok, service

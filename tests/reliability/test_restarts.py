@@ -18,13 +18,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
-from octollm_grpc.client import (
-    BreakerSettings,
-    CircuitBreakers,
-    CircuitState,
-    RetryPolicy,
-    resilient_channel,
-)
+from octollm_grpc.client import BreakerSettings, CircuitState, RetryPolicy, resilient_channel
+from octollm_grpc.client._breaker import ChannelBreakers
 from server.gen.octollm.tasks.v1 import tasks_pb2
 from tests.reliability.support import (
     Settle,
@@ -139,7 +134,7 @@ def test_task_server_sigkilled_and_restarted_under_load(tmp_path: Path) -> None:
     port = _port(first.target)
     target = first.target
     changes: list[tuple[CircuitState, CircuitState]] = []
-    breakers = CircuitBreakers(
+    breakers = ChannelBreakers(
         target, BreakerSettings(failure_threshold=3, reset_timeout=0.2),
         registry=CollectorRegistry(),
         listeners=[lambda _, old, new: changes.append((old, new))])

@@ -212,3 +212,54 @@ def test_rejects_bad_settings() -> None:
         CircuitBreaker(timeout=float("inf"))
     with pytest.raises(ValueError, match="half_open_probes"):
         CircuitBreaker(half_open_probes=0)
+
+
+def test_call_runs_a_plain_function_at_once_even_without_await() -> None:
+    """breaker.call(sync_fn) calls it inside call() and records its verdict; no coroutine is
+    left unawaited, and awaiting the result gives the return value."""
+    flaky = Flaky()
+    flaky.failing = False
+    cb = CircuitBreaker(failure_threshold=1, timeout=5, name="sync-call",
+                        registry=CollectorRegistry(), clock=FakeClock().now)
+    pending = cb.call(flaky.fetch_sync, "now")
+    assert flaky.calls == 1  # ran before any await
+    assert asyncio.run(_await(pending)) == "now"
+    flaky.failing = True
+    with pytest.raises(errors.LLMAPIError):
+        cb.call(flaky.fetch_sync, "boom")  # raised at once, not deferred to an await
+    assert cb.state is CircuitState.OPEN
+    with pytest.raises(errors.CircuitOpenError):
+        cb.call(flaky.fetch_sync, "refused")
+    assert flaky.calls == 2
+
+
+async def _await(pending: object) -> object:
+    return await pending  # type: ignore[misc]
+
+
+async def test_call_of_a_lambda_around_a_coroutine_judges_the_awaited_outcome() -> None:
+    """A plain callable returning an awaitable: the breaker judges what the awaitable gives."""
+    flaky = Flaky()
+    cb = CircuitBreaker(failure_threshold=1, timeout=5, name="lambda-call",
+                        registry=CollectorRegistry(), clock=FakeClock().now)
+    with pytest.raises(errors.LLMAPIError):
+        await cb.call(lambda: flaky.fetch("x"))
+    assert cb.state is CircuitState.OPEN
+
+
+async def test_call_of_an_object_with_async_call_is_awaited_lazily() -> None:
+    """An object whose class defines ``async def __call__`` runs only when awaited."""
+
+    class Fetch:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def __call__(self) -> str:
+            self.calls += 1
+            return "ok"
+
+    fetch = Fetch()
+    cb = CircuitBreaker(name="async-callable", registry=CollectorRegistry())
+    pending = cb.call(fetch)
+    assert fetch.calls == 0
+    assert await pending == "ok" and fetch.calls == 1

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
 from octollm_grpc.resilience import CircuitBreaker, CircuitState
-from octollm_grpc.resilience.breaker import breaker_of
+from octollm_grpc.resilience._breaker import breaker_of
 from octollm_grpc.testing import FakeClock
 
 

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from octollm_grpc import errors
 from octollm_grpc.resilience import CircuitBreaker, CircuitState, with_fallback
-from octollm_grpc.resilience.fallback import _MISSING
+from octollm_grpc.resilience._fallback import _MISSING
 from octollm_grpc.testing import FakeClock
 
 

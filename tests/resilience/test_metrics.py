@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors
+from octollm_grpc.observability._server_metrics import ServerMetrics
 from octollm_grpc.resilience import track_errors
 from octollm_grpc.server.aio import server_interceptors as aio_interceptors
-from octollm_grpc.server.metrics import ServerMetrics
 from octollm_grpc.testing import FakeClock
 from tests.servers import aio_server
 

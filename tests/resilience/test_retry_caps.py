@@ -9,7 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors
-from octollm_grpc.resilience import retry, retry_sync, retry_with_backoff
+from octollm_grpc.resilience import retry, retry_with_backoff
+from octollm_grpc.resilience._retry import _retry_blocking as retry_sync
 from octollm_grpc.testing import FakeClock
 from tests.resilience.test_retry import Script
 

@@ -18,8 +18,8 @@ from octollm_grpc.server import (
     StaticTokens,
     server_interceptors,
 )
+from octollm_grpc.server import _auth as auth_module
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server import auth as auth_module
 from octollm_grpc.status import from_rpc_error
 from octollm_grpc.testing import FakeClock
 from tests.server.harness import SHAPES, Script, aio_handlers, call_aio, call_sync, sync_handlers

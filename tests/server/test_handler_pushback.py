@@ -18,7 +18,8 @@ from octollm_grpc.client import resilient_channel as sync_channel
 from octollm_grpc.client.aio import resilient_channel as aio_channel
 from octollm_grpc.server import aio as server_aio
 from octollm_grpc.server import server_interceptors
-from octollm_grpc.status import PUSHBACK_KEY, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from tests.server.harness import (
     SHAPES,
     Script,

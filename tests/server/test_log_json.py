@@ -11,7 +11,7 @@ import sys
 import orjson
 import pytest
 
-from octollm_grpc.server import logs
+from octollm_grpc.observability import _logs as logs
 
 EVENTS = [
     {"event": "grpc.call.failed", "grpc_code": "NOT_FOUND", "duration_ms": 0.125,
@@ -45,7 +45,7 @@ def test_fallback_without_orjson_writes_the_same_lines() -> None:
         "        if name == 'orjson':\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from octollm_grpc.server import logs\n"
+        "from octollm_grpc.observability import _logs as logs\n"
         "assert logs._orjson is None\n"
         "print(logs._encode_json({'event': 'e', 'n': 1, 'm': '\\u00e9'}))\n"
     )

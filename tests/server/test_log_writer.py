@@ -16,8 +16,8 @@ import pytest
 import structlog
 import structlog.testing
 
-from octollm_grpc.server import CallLogger, LineWriter, configure_logging, flush_logs
-from octollm_grpc.server.logs import FLUSH_INTERVAL
+from octollm_grpc.observability._logs import FLUSH_INTERVAL, LineWriter
+from octollm_grpc.server import CallLogger, configure_logging, flush_logs
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_queued_lines_are_written_at_exit(tmp_path: Path) -> None:
 
 
 def test_timestamps_are_iso_utc_with_microseconds() -> None:
-    from octollm_grpc.server.logs import _iso_utc
+    from octollm_grpc.observability._logs import _iso_utc
 
     assert _iso_utc(0.0) == "1970-01-01T00:00:00.000000Z"
     assert _iso_utc(1764342014.5) == "2025-11-28T15:00:14.500000Z"

@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
+from octollm_grpc.observability._logs import FAILED_EVENT
+from octollm_grpc.observability._server_metrics import go_code_name
 from octollm_grpc.server import (
-    FAILED_EVENT,
     BearerAuth,
     RateLimit,
     RateLimiter,
@@ -31,8 +32,8 @@ from octollm_grpc.server import (
     server_interceptors,
 )
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.metrics import go_code_name
-from octollm_grpc.status import GENERIC_MESSAGE, PUSHBACK_KEY, TIMEOUT_MESSAGE, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import GENERIC_MESSAGE, PUSHBACK_KEY, TIMEOUT_MESSAGE
 from octollm_grpc.testing import FakeClock
 from tests.server.harness import (
     METHODS,

@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from octollm_grpc import errors as e
+from octollm_grpc.observability._server_metrics import go_code_name
 from octollm_grpc.server import (
     CallLogger,
     ServerMetrics,
@@ -22,7 +23,6 @@ from octollm_grpc.server import (
     server_interceptors,
 )
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.metrics import go_code_name
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

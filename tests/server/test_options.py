@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import CallLogger, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.status import GENERIC_MESSAGE, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import GENERIC_MESSAGE
 from tests.server.harness import Script, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

@@ -25,7 +25,8 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import ServerMetrics, current_request_id, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.status import DETAILS_KEY, GENERIC_MESSAGE, from_rpc_error
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import DETAILS_KEY, GENERIC_MESSAGE
 from tests.server.harness import SHAPES, Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 
@@ -46,7 +47,8 @@ def _abort(context: Any) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sync_abort_is_left_alone(shape: str) -> None:
-    """Sync context.abort's bare Exception: the handler's code and message reach the client."""
+    """Sync context.abort's bare Exception: the handler's code and message reach the client;
+    the event names the error code the caller decodes the status to."""
     registry = CollectorRegistry()
     script = Script(before=_abort)
     with capture_logs() as logs, sync_server(
@@ -58,7 +60,7 @@ def test_sync_abort_is_left_alone(shape: str) -> None:
     assert DETAILS_KEY not in outcome.trailers
     assert outcome.trailers["x-request-id"] == "rid-pitfall"
     assert [(x["log_level"], x["grpc_code"], x["error_code"]) for x in logs] == [
-        ("warning", "NOT_FOUND", None)]
+        ("warning", "NOT_FOUND", "NOT_FOUND")]
     assert _handled(registry, "NotFound", shape) == 1
 
 

@@ -10,14 +10,14 @@ from typing import Any
 import structlog
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server import server_interceptors
-from octollm_grpc.server.logs import (
+from octollm_grpc.observability._logs import (
     CallLogger,
     bind_request_id,
     configure_logging,
     unbind_request_id,
 )
+from octollm_grpc.server import aio as server_aio
+from octollm_grpc.server import server_interceptors
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 from octollm_grpc import errors as e
 from octollm_grpc.server import RateLimit, RateLimiter, ServerMetrics, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.ratelimit import peer_host
-from octollm_grpc.status import PUSHBACK_KEY, from_rpc_error
+from octollm_grpc.server._ratelimit import peer_host
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 from tests.server.harness import Outcome, Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server

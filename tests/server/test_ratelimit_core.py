@@ -7,7 +7,7 @@ import pytest
 
 from octollm_grpc import errors as e
 from octollm_grpc.server import RateLimit, RateLimiter
-from octollm_grpc.server.ratelimit import peer_host
+from octollm_grpc.server._ratelimit import peer_host
 from octollm_grpc.testing import FakeClock
 
 PEER = "ipv4:10.0.0.1:5555"

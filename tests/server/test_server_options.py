@@ -11,15 +11,11 @@ import pytest
 from google.rpc import error_details_pb2
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import (
-    BearerAuth,
-    RequestIds,
-    ServerKeywords,
-    ServerOptions,
-    server_interceptors,
-)
+from octollm_grpc.server import BearerAuth, RequestIds, ServerOptions, server_interceptors
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.status import DEFAULT_DOMAIN, from_rpc_error
+from octollm_grpc.server._options import ServerKeywords
+from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._limits import DEFAULT_DOMAIN
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
 

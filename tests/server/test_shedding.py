@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from octollm_grpc import errors as e
+from octollm_grpc.observability._logs import FAILED_EVENT, RATE_LIMITED_EVENT
 from octollm_grpc.server import (
     CallLogger,
     RateLimit,
@@ -23,8 +24,7 @@ from octollm_grpc.server import (
     server_interceptors,
 )
 from octollm_grpc.server import aio as server_aio
-from octollm_grpc.server.logs import FAILED_EVENT, RATE_LIMITED_EVENT
-from octollm_grpc.server.shedding import (
+from octollm_grpc.server._shedding import (
     Rejection,
     RejectionLog,
     RejectionStatuses,
@@ -175,7 +175,7 @@ def test_pending_counts_are_written_at_exit() -> None:
     script = textwrap.dedent("""
         import sys
         from octollm_grpc.server import CallLogger, configure_logging
-        from octollm_grpc.server.shedding import RejectionLog
+        from octollm_grpc.server._shedding import RejectionLog
         configure_logging(json=True, stream=sys.stdout, background=False)
         log = RejectionLog(CallLogger())
         for _ in range(7):

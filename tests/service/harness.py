@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from octollm_grpc.server.logs import FLUSH_INTERVAL
+from octollm_grpc.observability._logs import FLUSH_INTERVAL
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = Path(sys.executable).with_name("grpcurl")
@@ -118,15 +118,22 @@ def _reader(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-@contextlib.contextmanager
-def running_service(tmp_path: Path, *flags: str, db: Path | None = None,
-                    env: dict[str, str] | None = None) -> Iterator[RunningService]:
-    """Start ``python -m server --port 0 --metrics-port 0 --db ... FLAGS``; stop it after."""
+def launch(tmp_path: Path, *flags: str, module: str = "server", db: Path | None = None,
+           env: dict[str, str] | None = None, wants: tuple[str, ...] = ("target", "arm"),
+           ) -> RunningService:
+    """Start ``python -m MODULE --port 0 --metrics-port 0 --db ... FLAGS`` and wait until ready.
+
+    Later flags win (argparse), so ``"--port", "50123"`` in ``flags`` restarts on a known port.
+    ``module="server.arm"`` starts a lone arm (``wants=("arm",)``, no service flags added).
+    """
     db = db or tmp_path / "tasks.db"
-    log = tmp_path / f"service-{os.getpid()}-{len(list(tmp_path.glob('service-*')))}.log"
-    argv = [sys.executable, "-m", "server", "--port", "0", "--metrics-port", "0",
-            "--db", str(db), "--grace", "5",
-            "--http-port", "-1", *flags]
+    log = tmp_path / f"{module.replace('.', '-')}-{len(list(tmp_path.glob('*.log')))}.log"
+    if module == "server.arm":
+        argv = [sys.executable, "-m", module, *flags]
+    else:
+        argv = [sys.executable, "-m", module, "--port", "0", "--metrics-port", "0",
+                "--db", str(db), "--grace", "5",
+                "--http-port", "-1", *flags]
     with log.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file,
                                    text=True, env={**os.environ, **(env or {})})
@@ -134,30 +141,46 @@ def running_service(tmp_path: Path, *flags: str, db: Path | None = None,
     threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True).start()
     found: dict[str, str] = {}
     seen: list[str] = []
+    needed = set(wants) | ({"metrics"} if module != "server.arm" else set())
     try:
-        while "metrics" not in found:
+        while not needed <= found.keys():
             try:
                 line = lines.get(timeout=STARTUP_TIMEOUT)
             except queue.Empty:
-                raise AssertionError(f"service did not start: {log.read_text()}") from None
+                raise AssertionError(f"{module} did not start: {log.read_text()}") from None
             if line is None:
-                raise AssertionError(f"service exited: {log.read_text()}")
+                raise AssertionError(f"{module} exited: {log.read_text()}")
             seen.append(line)
             prefix, _, value = line.rpartition(" ")
-            if prefix == "task service listening on":
-                found["target"] = value
-            elif prefix == "arm listening on":
-                found["arm"] = value
-            elif prefix == "metrics on":
-                found["metrics"] = value
-        service = RunningService(process, found["target"], found["arm"], found["metrics"],
-                                 db, log, seen)
-        yield service
+            key = {"task service listening on": "target", "arm listening on": "arm",
+                   "metrics on": "metrics"}.get(prefix)
+            if key:
+                found[key] = value
+    except BaseException:
+        process.kill()
+        process.wait(5)
+        raise
+    return RunningService(process, found.get("target", ""), found.get("arm", ""),
+                          found.get("metrics"), db, log, seen)
+
+
+def stop(service: RunningService, *, kill: bool = False) -> int:
+    """End the process (SIGKILL when ``kill``, else SIGTERM); its exit status."""
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        return service.process.wait(20)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        return service.process.wait(5)
+
+
+@contextlib.contextmanager
+def running_service(tmp_path: Path, *flags: str, db: Path | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[RunningService]:
+    """:func:`launch` ``python -m server`` with ``FLAGS``, as a context manager (SIGTERM after)."""
+    running = launch(tmp_path, *flags, db=db, env=env)
+    try:
+        yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop(running)

@@ -15,11 +15,11 @@ from octollm_grpc import errors
 from octollm_grpc.testing import (
     FakeClock,
     FaultInjector,
-    Injection,
     assert_rich_error,
     serve,
     serve_aio_in_thread,
 )
+from octollm_grpc.testing._faults import Injection
 from tests.testing.service import BIDI, MISSING, SERVER_STREAM, SHAPES, UNARY, Echo, call
 
 _C = grpc.StatusCode
@@ -217,3 +217,28 @@ def test_method_names_are_accepted_without_the_leading_slash() -> None:
     assert injector.count("kit.Echo/Unary") == 1
     injector.clear()
     assert injector.records == [] and injector.pending == 0
+
+
+@pytest.mark.parametrize("method", SHAPES)
+def test_delay_longer_than_the_deadline_ends_the_call_with_deadline_exceeded(
+        served: Served, fake_clock: FakeClock, method: str) -> None:
+    """A delay past the caller's deadline: DEADLINE_EXCEEDED once the deadline is spent (on
+    the fake clock), and the handler never runs."""
+    served.injector.delay_next(1, 30.0)
+    start = fake_clock.now()
+    failed = _fails(served.channel, method, timeout=2.0)
+    assert failed.code() is _C.DEADLINE_EXCEEDED
+    assert served.echo.runs == 0
+    # grpc-timeout is rounded up on the wire.
+    assert len(fake_clock.sleeps) == 1 and 1.0 < fake_clock.sleeps[0] <= 2.1
+    assert fake_clock.now() == start + fake_clock.sleeps[0]
+    assert call(served.channel, method, timeout=2.0)  # the next call is not delayed
+    assert served.echo.runs == 1
+
+
+def test_delay_within_the_deadline_still_runs_the_handler(
+        served: Served, fake_clock: FakeClock) -> None:
+    """A delay shorter than the time left only moves the clock; the call succeeds."""
+    served.injector.delay_next(1, 0.5)
+    assert call(served.channel, UNARY, timeout=5.0)
+    assert fake_clock.sleeps == [0.5] and served.echo.runs == 1

@@ -1,0 +1,132 @@
+"""asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
+
+The same attempt core as the sync interceptor (:mod:`octollm_grpc.client._attempts`), awaited;
+the call objects live in :mod:`octollm_grpc.client._aio_calls`. A unary call is retried inside the
+interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
+retry, when the policy says requests are replayable, while the caller awaits the response.
+Response streams are retried until their first message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from grpc import aio
+
+from octollm_grpc.client._aio_calls import (
+    AsyncSleep,
+    Attempts,
+    FailedCall,
+    ResponseStream,
+    RetryingCall,
+    StreamUnary,
+    awaited,
+)
+from octollm_grpc.client._aio_shapes import per_shape
+from octollm_grpc.client._attempts import capped_from_start
+from octollm_grpc.client._half_close import watch
+from octollm_grpc.client._replay import AsyncReplay
+from octollm_grpc.client._resilience import MethodPlan, Resilience
+from octollm_grpc.errors import CircuitOpenError, OctoLLMError
+
+__all__ = ["AioRetryLayer", "AsyncSleep", "aio_interceptors"]
+
+
+class AioRetryLayer:
+    """The aio retry layer of one channel: its core and its sleep, for every call shape."""
+
+    def __init__(self, core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> None:
+        self._core = core
+        self._sleep = sleep
+
+    def _attempts(self, plan: MethodPlan, continuation: Any, details: aio.ClientCallDetails,
+                  request: Any, start: float | None = None, token: int = 0) -> Attempts:
+        return Attempts(core=self._core, plan=plan, details=details, continuation=continuation,
+                        request=request, retryable=True, sleep=self._sleep, started=start,
+                        token=token)
+
+    async def streaming(self, continuation: Any, details: aio.ClientCallDetails,
+                         requests: Any, streaming_requests: bool,
+                         wrap: type[StreamUnary | ResponseStream]) -> Any:
+        """``wrap``'s call object for a streaming call, its first attempt started."""
+        plan = self._core.plan(details.method)
+        replay = watcher = None
+        if streaming_requests:
+            requests, watcher = watch(requests)
+            if (plan.policy is not None and plan.policy.replayable_requests
+                    and requests is not None):
+                replay = AsyncReplay(requests)
+        attempts = Attempts(core=self._core, plan=plan, details=details,
+                            continuation=continuation, request=requests, replay=replay,
+                            retryable=replay is not None or not streaming_requests,
+                            sleep=self._sleep, watcher=watcher)
+        try:
+            first = attempts.first()
+        except CircuitOpenError as error:
+            return FailedCall(error)
+        return wrap(attempts, await attempts.call(first))
+
+
+    async def unary_unary(self, continuation: Any, client_call_details: Any,
+                          request: Any) -> Any:
+        """Retries a unary call whole; a final failure awaits as the typed error."""
+        plan = self._core.plan(client_call_details.method)
+        attempts: Attempts | None = None  # made on the first failure only, unless capped
+        if capped_from_start(plan):
+            attempts = self._attempts(plan, continuation, client_call_details, request)
+            try:
+                first = attempts.first()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            call = await attempts.call(first)
+            token = attempts.token
+        else:
+            start = self._core.clock() if client_call_details.timeout is not None else 0.0
+            try:
+                token = plan.acquire()
+            except CircuitOpenError as error:
+                return FailedCall(error)
+            try:
+                call = await continuation(client_call_details, request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)
+                raise
+        try:
+            await call
+        except aio.AioRpcError as error:
+            if attempts is None:
+                attempts = self._attempts(plan, continuation, client_call_details, request,
+                                          start, token)
+            retrying = RetryingCall(attempts, call)
+            try:
+                await retrying.settle(awaited, error)
+            except OctoLLMError as typed:
+                return FailedCall(typed, retrying.current)
+            return retrying.current
+        except BaseException:
+            # Cancelled by the caller, or not a status at all: no verdict on the server.
+            call.cancel()
+            if plan.breaker is not None:
+                plan.breaker.release(token)
+            raise
+        plan.succeeded(token)
+        return call
+
+
+def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
+    """The four interceptors of one resilient aio channel, sharing ``core``
+    (:func:`~octollm_grpc.client._aio_shapes.per_shape`).
+
+    A unary call is retried inside the interceptor. A client stream returns at once and
+    retries (when replayable) while the caller awaits the response; response streams (and
+    bidi streams, when replayable) are retried until their first message.
+    """
+    layer = AioRetryLayer(core, sleep)
+    return per_shape(
+        layer.unary_unary,
+        functools.partial(layer.streaming, streaming_requests=False, wrap=ResponseStream),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=StreamUnary),
+        functools.partial(layer.streaming, streaming_requests=True, wrap=ResponseStream))
