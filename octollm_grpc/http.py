@@ -14,6 +14,10 @@ __all__ = [
     "to_http",
 ]
 
+#: The longest ``Retry-After`` sent, in seconds (a day): longer advice, however it arrived,
+#: is sent as this; a client asks again then.
+MAX_RETRY_AFTER_HEADER = 86_400
+
 
 class HttpError(NamedTuple):
     """What an HTTP gateway sends for an error."""
@@ -26,7 +30,8 @@ class HttpError(NamedTuple):
 def to_http(exc: BaseException) -> HttpError:
     """Render any exception as (HTTP status, headers, the seed's JSON body).
 
-    ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up.
+    ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up,
+    at most :data:`MAX_RETRY_AFTER_HEADER` (none for a ``retry_after`` of 0 or less).
     A 401 carries ``WWW-Authenticate: Bearer error="invalid_token"`` and a 403
     ``WWW-Authenticate: Bearer error="insufficient_scope"`` (RFC 6750), with ``scope`` naming
     the missing scopes when the error's ``details["required_scopes"]`` lists them.
@@ -44,7 +49,7 @@ def to_http(exc: BaseException) -> HttpError:
         body = exc.to_dict()
         retry_after = exc.retry_after
         if isinstance(retry_after, (int, float)) and math.isfinite(retry_after) and retry_after > 0:
-            headers["Retry-After"] = str(math.ceil(retry_after))
+            headers["Retry-After"] = str(min(math.ceil(retry_after), MAX_RETRY_AFTER_HEADER))
         challenge = _bearer_challenge(mapping.http_status, exc)
         if challenge is not None:
             headers["WWW-Authenticate"] = challenge

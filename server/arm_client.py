@@ -28,13 +28,15 @@ import grpc
 
 from octollm_grpc import errors
 from octollm_grpc.resilience import with_fallback
-from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status import callers_budget, from_rpc_error
 from server.gen.octollm.arms.v1 import arms_pb2, arms_pb2_grpc
 
 __all__ = ["CAPABILITY", "ArmClient", "classify_arm_error"]
 
 #: What the task service asks of an arm (``ArmUnavailableError``'s required capability).
 CAPABILITY = "llm.complete"
+#: grpc core and the loop time the deadline apart: this close to it counts as reached.
+_SLACK = 0.01
 
 
 def classify_arm_error(error: BaseException, timeout: float | None) -> BaseException:
@@ -124,7 +126,13 @@ class ArmClient:
                 try:
                     return await call(request, left, metadata)
                 except (grpc.RpcError, builtins.TimeoutError) as error:
-                    raise classify_arm_error(error, bound) from error
+                    classified = classify_arm_error(error, bound)
+                    if (isinstance(classified, errors.TimeoutError) and deadline is not None
+                            and asyncio.get_running_loop().time() >= deadline - _SLACK):
+                        # The caller's time ran out (the task's timeout or its deadline), not
+                        # the arm's: clients' breakers must not count it against us.
+                        callers_budget(classified)
+                    raise classified from error
 
             attempt.__qualname__ = call.__qualname__
             return attempt

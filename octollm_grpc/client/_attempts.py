@@ -23,6 +23,7 @@ from octollm_grpc.client._resilience import (
     ended_by_callers_deadline,
 )
 from octollm_grpc.status import from_rpc_error
+from octollm_grpc.status._budget import spent_callers_budget
 
 __all__ = ["AttemptDetails", "CallAttempts", "capped_from_start"]
 
@@ -111,8 +112,11 @@ class CallAttempts(Generic[DetailsT, SleepT]):
         if plan.breaker is not None:
             timeout = self.details.timeout
             deadline = None if timeout is None else self.start + timeout
+            # The caller's own time ran out (its deadline here, or its budget as the server
+            # says): no verdict on the target.
             plan.record(self.token, code, ended_by_callers_deadline(
-                code, self.retry, deadline, self.core.clock()))
+                code, self.retry, deadline, self.core.clock())
+                or spent_callers_budget(code, error.trailing_metadata()))
         plan.failed(code)
         if cancelled or not self.retryable:
             raise from_rpc_error(error) from error

@@ -309,7 +309,9 @@ class RateLimitError(ResourceError):
 class CircuitOpenError(ResourceError):
     """Raised on the client when a circuit breaker is open: the call never left the process.
 
-    ``retry_after`` is the time, in seconds, until the breaker lets a probe through.
+    ``retry_after`` is the time, in seconds, until the breaker lets a probe through. A peer's
+    ``CIRCUIT_OPEN`` status decodes as :class:`ResourceError` (``error_code`` kept), never as
+    this class.
 
     Args:
         target: The target (or breaker name) whose breaker is open.

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import inspect
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -69,6 +70,9 @@ class _Attempts:
             raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
         if base_delay < 0:
             raise ValueError(f"base_delay must not be negative, not {base_delay!r}")
+        if not 0 <= max_delay <= threading.TIMEOUT_MAX:  # also refuses NaN
+            raise ValueError(
+                f"max_delay must be in [0, {threading.TIMEOUT_MAX:g}] s, not {max_delay!r}")
         if deadline is not None and deadline <= 0:
             raise ValueError(f"deadline must be positive, not {deadline!r}")
         self._name = name
@@ -76,6 +80,7 @@ class _Attempts:
         # base_delay=0 means "retry at once": Exponential wants positive times.
         self._policy = (_policy(max_retries, base_delay, max_delay, exponential_base)
                         if base_delay > 0 else None)
+        self._max_delay = max_delay
         self._jitter = jitter
         self._retry_on = retry_on
         self._budget = budget
@@ -106,27 +111,39 @@ class _Attempts:
         elif not budget_ok:
             reason = "budget"
         else:
-            delay = self._next_delay(error)
-            if self._deadline is not None and self._clock() + delay >= self._deadline:
+            advice = _advice(error)
+            delay = self._backoff() if advice is None else advice
+            if advice is not None and advice > self._max_delay:
+                # The error's own retry_after asks for longer than the caller allows: as the
+                # channel with max_pushback, give up now (the caller has the advice).
+                reason = "retry_after"
+            elif self._deadline is not None and self._clock() + delay >= self._deadline:
                 reason = "deadline"
         if reason is not None:
             _log.error("Max retries exceeded", function=self._name, attempt=self.attempt,
-                       reason=reason, error=str(error), error_type=_error_type(error))
+                       reason=reason, error=str(error), error_type=_error_type(error),
+                       **({"retry_after": delay} if reason == "retry_after" else {}))
             return None
         _log.warning("Retrying after failure", function=self._name, attempt=self.attempt,
                      delay=delay, error=str(error), error_type=_error_type(error))
         return delay
 
-    def _next_delay(self, error: BaseException) -> float:
-        retry_after = getattr(error, "retry_after", None)
-        if (isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
-                and retry_after >= 0):
-            return float(retry_after)  # the server (or breaker) said when: no jitter, no cap
+    def _backoff(self) -> float:
         if self._policy is None:
             return 0.0
+        # The policy's ceiling is at least base_delay; the seed's formula caps at max_delay.
         if self._jitter:
-            return full_jitter(self._policy, self.attempt, self._rng)
-        return self._policy.backoff_ceiling(self.attempt)
+            return min(full_jitter(self._policy, self.attempt, self._rng), self._max_delay)
+        return min(self._policy.backoff_ceiling(self.attempt), self._max_delay)
+
+
+def _advice(error: BaseException) -> float | None:
+    """The error's own ``retry_after`` (the server or breaker said when: no jitter), if any."""
+    retry_after = getattr(error, "retry_after", None)
+    if (isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
+            and retry_after >= 0):
+        return float(retry_after)
+    return None
 
 
 def _name_of(func: Callable[..., Any]) -> str:
@@ -159,18 +176,23 @@ async def retry_with_backoff(
     - only ``retry_on`` errors are retried, and never an :class:`OctoLLMError` whose mapping is
       not retryable (``ValidationError``, ``DatabaseError``, ...);
     - an error's ``retry_after`` (``RateLimitError``, ``CircuitOpenError``) is the next delay;
+      one over ``max_delay`` is not waited: the error is re-raised at once (as the gRPC
+      channel does with a pushback over ``max_pushback``), logged with ``reason``
+      ``retry_after``. No wait ever exceeds ``max_delay``, which must be within
+      ``[0, threading.TIMEOUT_MAX]`` (``ValueError`` otherwise);
     - ``deadline`` (seconds from the first call, on ``clock``): no retry whose delay would end
       past it (a running attempt is not cut short: give ``func`` its own timeout);
       ``budget``: each retryable failure takes a token, no retry once it is drained;
     - each retry logs ``"Retrying after failure"`` (warning); giving up on a retryable error
       logs ``"Max retries exceeded"`` (error) with ``reason`` ``attempts``, ``deadline`` or
-      ``budget``. The last error is re-raised unchanged.
+      ``budget`` (or ``retry_after``). The last error is re-raised unchanged.
 
     Args:
         func: What is called, without arguments (use ``functools.partial``).
         max_retries: Retries after the first attempt (``max_retries + 1`` attempts).
         base_delay: The first retry's delay ceiling, in seconds.
-        max_delay: The largest delay ceiling.
+        max_delay: The longest wait: the backoff's cap, and the longest ``retry_after``
+            waited (a longer one is re-raised at once).
         exponential_base: The ceiling's growth per retry.
         jitter: Full jitter (``False``: the ceiling itself).
         retry_on: The exceptions retried.

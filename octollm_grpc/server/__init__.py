@@ -34,7 +34,7 @@ from octollm_grpc.server._core import Pipeline
 from octollm_grpc.server._identity import CertificateAuth, certificate_principal
 from octollm_grpc.server._jwt import JWTVerifier
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
-from octollm_grpc.server._ratelimit import MemoryStore, RateLimit, RateLimiter
+from octollm_grpc.server._ratelimit import RateLimit, RateLimiter
 from octollm_grpc.server._sync import ServerInterceptor
 from octollm_grpc.server._tls import server_credentials
 from octollm_grpc.server._validation import Violations
@@ -47,7 +47,6 @@ __all__ = [
     "ConcurrencyLimit",
     "Grant",
     "JWTVerifier",
-    "MemoryStore",
     "RateLimit",
     "RateLimiter",
     "RequestIds",

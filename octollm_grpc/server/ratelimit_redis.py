@@ -4,9 +4,10 @@ Each decision is one round trip: an atomic Lua script reads the bucket, decides 
 back, so replicas deciding at the same moment never race. The script is GCRA (the generic
 cell rate algorithm), the token bucket written as one timestamp per bucket; it admits exactly
 what :class:`~octollm_grpc.server._ratelimit.MemoryStore`'s bucket admits and answers the same
-wait. Time is Redis's own clock by default, so replicas' clocks need not agree. A bucket's
-key expires when the bucket would be full again: Redis only holds buckets in use. Caller keys
-are hashed (an API key used as caller key never lands in Redis in clear).
+wait. Time is Redis's own clock by default, so replicas' clocks need not agree; a step back
+of that clock leaves active buckets empty (one token's wait), not in debt for the step. A
+bucket's key expires when the bucket would be full again: Redis only holds buckets in use.
+Caller keys are hashed (an API key used as caller key never lands in Redis in clear).
 
 Redis trouble never hangs a call. Each decision has a deadline (``timeout``, 50 ms by default);
 when Redis fails or is late, the decision is made by the local ``fallback`` store (or, with
@@ -51,7 +52,9 @@ DEFAULT_PREFIX = "octollm:ratelimit:"
 #: KEYS[1]: the bucket. ARGV: emission interval (µs per token), burst (tokens), now (µs, or
 #: empty for Redis's clock). Returns 0 when the call may pass, else the µs until it would.
 #: All figures are whole microseconds: Lua numbers are doubles and a script's number reply is
-#: truncated to an integer, so integers keep both exact.
+#: truncated to an integer, so integers keep both exact. The stored TAT is clamped to one full
+#: burst ahead of now, so a step back of the clock leaves a bucket empty (one interval's
+#: wait), never in debt for the length of the step.
 GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -64,6 +67,13 @@ else
 end
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+-- A TAT past a full burst from now is only reachable after the clock stepped back: the
+-- bucket is empty, not hours in debt.
+local horizon = now + interval * burst
+if tat > horizon then
+  tat = horizon
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+end
 local allowed_at = tat + interval - interval * burst
 if allowed_at > now then
   return allowed_at - now
@@ -166,6 +176,11 @@ class _Outage:
                          error=type(exc).__name__, detail=str(exc)[:200], fallback=self._mode,
                          probe_interval=self._probe_interval)
 
+    def abandoned(self) -> None:
+        """The probe was cancelled before Redis answered: no verdict, the next call probes."""
+        with self._lock:
+            self._probing = False
+
     def until_probe(self) -> float:
         """Seconds until Redis is asked again."""
         return max(self._next_probe - self._clock(), 0.0)
@@ -262,11 +277,16 @@ class RedisStore:
     def take(self, scope: str, key: str, limit: RateLimit) -> float:
         """Take a token from the shared bucket (sync client); see :class:`RedisStore`."""
         if self._outage.should_ask():
+            probe = self._outage.down
             try:
                 script = self._sync_script()
                 wait_us = script(keys=[self.key(scope, key)], args=self._args(limit))
             except _STORE_ERRORS as exc:
                 self._outage.failed(exc)
+            except BaseException:
+                if probe:  # interrupted: free the probe, or Redis is never asked again
+                    self._outage.abandoned()
+                raise
             else:
                 return self._answered(wait_us)
         return self._closed_wait() if self.fail_closed else self.fallback.take(scope, key, limit)
@@ -274,6 +294,7 @@ class RedisStore:
     async def take_async(self, scope: str, key: str, limit: RateLimit) -> float:
         """Take a token from the shared bucket (asyncio client); see :class:`RedisStore`."""
         if self._outage.should_ask():
+            probe = self._outage.down
             try:
                 # The deadline covers connect, send and reply; on expiry redis-py drops the
                 # connection it was using, so no late reply is read by the next decision.
@@ -282,6 +303,12 @@ class RedisStore:
                     wait_us = await script(keys=[self.key(scope, key)], args=self._args(limit))
             except _STORE_ERRORS as exc:
                 self._outage.failed(exc)
+            except BaseException:
+                # Cancelled (CancelledError is no store error): free the probe, or Redis is
+                # never asked again and every decision stays local for good.
+                if probe:
+                    self._outage.abandoned()
+                raise
             else:
                 return self._answered(wait_us)
         if self.fail_closed:

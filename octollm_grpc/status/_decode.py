@@ -4,6 +4,8 @@ Decoding never raises: a status without our details, with unknown detail types, 
 garbage in ``grpc-status-details-bin`` becomes a sensible class for its code. The details a
 class adds on the server (``ResourceInfo``, ``QuotaFailure``, ...) come back from the decoded
 error's ``status_details()``, unpacked when the default descriptor pool knows their type.
+Retry advice (``RetryInfo``, the envelope's ``retry_after``, ``grpc-retry-pushback-ms``) is
+clamped to ``[0, MAX_RETRY_AFTER]``; an invalid ``Duration`` is no advice at all.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from octollm_grpc.status._limits import (
     DETAILS_KEY,
     MAX_DETAILS_BYTES,
     MAX_DETAILS_DEPTH,
+    MAX_RETRY_AFTER,
     PUSHBACK_KEY,
     TYPE_PREFIX,
 )
@@ -145,9 +148,10 @@ def _depth_of(value: Any, limit: int) -> int:
     return 1 + max((_depth_of(v, limit - 1) for v in items), default=0)
 
 
-def _call(method: Any) -> Any:
+def _ask(err: object, name: str) -> Any:
+    """``err.<name>()``, or ``None`` when it has no such method or the call fails."""
     try:
-        return method()
+        return getattr(err, name)()
     except Exception:  # noqa: BLE001 - a broken call object must not break decoding
         return None
 
@@ -161,9 +165,23 @@ def _as_code(value: Any) -> grpc.StatusCode:
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _duration_seconds(duration: duration_pb2.Duration) -> float:
-    seconds = duration.seconds + duration.nanos / 1e9
-    return int(seconds) if duration.nanos == 0 else seconds
+#: google.protobuf.Duration's own bounds: anything outside is not a Duration.
+_DURATION_SECONDS = 315_576_000_000
+_DURATION_NANOS = 999_999_999
+
+
+def _duration_seconds(duration: duration_pb2.Duration) -> float | None:
+    """Retry advice in seconds, within ``[0, MAX_RETRY_AFTER]``; ``None`` for an invalid
+    Duration (out of its range, or seconds and nanos of opposite signs)."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (abs(seconds) > _DURATION_SECONDS or abs(nanos) > _DURATION_NANOS
+            or (seconds < 0 < nanos) or (nanos < 0 < seconds)):
+        return None
+    if seconds < 0 or nanos < 0:
+        return 0  # "retry after a negative time" is "retry now"
+    if nanos == 0:
+        return min(seconds, MAX_RETRY_AFTER)
+    return min(seconds + nanos / 1e9, MAX_RETRY_AFTER)
 
 
 def _parse_status(trailers: Iterable[tuple[str, Any]] | None) -> status_pb2.Status | None:
@@ -222,6 +240,8 @@ def _build(
                 elif url == _RETRY_INFO:
                     retry = error_details_pb2.RetryInfo.FromString(detail.value)
                     retry_after = _duration_seconds(retry.retry_delay)
+                    if retry_after is None:
+                        continue  # an invalid Duration is no advice
                 elif url == _REQUEST_INFO:
                     request_id = error_details_pb2.RequestInfo.FromString(detail.value).request_id
                 elif url == _BAD_REQUEST:
@@ -246,7 +266,9 @@ def _build(
             if _depth_of(details, MAX_DETAILS_DEPTH) > MAX_DETAILS_DEPTH:
                 details = None
         if envelope.HasField("retry_after"):
-            retry_after = _duration_seconds(envelope.retry_after)
+            sent = _duration_seconds(envelope.retry_after)
+            if sent is not None:  # an invalid one leaves RetryInfo's advice, if any
+                retry_after = sent
     if details is None:
         if violations:
             details = {"errors": violations}
@@ -254,6 +276,11 @@ def _build(
             details = dict(info_metadata)
 
     cls = codes.class_for_error_code(error_code) if error_code else None
+    if cls is not None and issubclass(cls, e.CircuitOpenError):
+        # CircuitOpenError means "our own breaker refused, nothing was sent": a peer's
+        # CIRCUIT_OPEN (its breaker, or a server pretending) is its parent class instead,
+        # error_code and advice kept, so no handler mistakes it for ours.
+        cls = e.ResourceError
     if cls is None:
         cls = codes.class_for_status_code(code)
     error = cls.restore(message, error_code or None, details, retry_after)
@@ -268,7 +295,8 @@ def _build(
 
 
 def _pushback_seconds(trailers: Any) -> float | None:
-    """``grpc-retry-pushback-ms`` in seconds when it is a plain non-negative integer."""
+    """``grpc-retry-pushback-ms`` in seconds (at most ``MAX_RETRY_AFTER``) when it is a plain
+    non-negative integer."""
     try:
         for key, value in trailers or ():
             if key == PUSHBACK_KEY:
@@ -276,7 +304,8 @@ def _pushback_seconds(trailers: Any) -> float | None:
                 text = text.strip()
                 if text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 15:
                     ms = int(text)
-                    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+                    seconds = ms // 1000 if ms % 1000 == 0 else ms / 1000
+                    return min(seconds, MAX_RETRY_AFTER)
                 return None
     except Exception:  # noqa: BLE001 - unreadable trailers: no advice
         return None
@@ -299,11 +328,11 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
     """
     if isinstance(err, e.OctoLLMError):
         return err
-    code = _as_code(_call(getattr(err, "code", lambda: None)))
-    message = _call(getattr(err, "details", lambda: None))
+    code = _as_code(_ask(err, "code"))
+    message = _ask(err, "details")
     if not isinstance(message, str):
         message = "" if message is None else str(message)
-    trailers = _call(getattr(err, "trailing_metadata", lambda: None))
+    trailers = _ask(err, "trailing_metadata")
     status = _parse_status(trailers)
     # grpcio-status's rule: details whose code differs from the call's are not this call's.
     if status is not None and status.code != code.value[0]:
@@ -313,8 +342,8 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
         # Retry advice sent only as grpc-retry-pushback-ms (not as RetryInfo) is kept too.
         error.retry_after = _pushback_seconds(trailers)
     error._trailing_metadata = trailers
-    error._initial_metadata = _call(getattr(err, "initial_metadata", lambda: None))
-    debug_string = _call(getattr(err, "debug_error_string", lambda: None))
+    error._initial_metadata = _ask(err, "initial_metadata")
+    debug_string = _ask(err, "debug_error_string")
     error._debug_error_string = debug_string if isinstance(debug_string, str) else ""
     if isinstance(err, BaseException):
         error.__cause__ = err

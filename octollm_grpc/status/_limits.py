@@ -48,6 +48,10 @@ TRAILER_BUDGET = 7 * 1024
 TYPE_PREFIX = "type.googleapis.com/"
 
 
+#: The one encoding of gRPC text (a name, so the functions below carry no codec literal).
+_UTF8 = "utf-8"
+
+
 class RichStatus(NamedTuple):
     """A ``grpc.Status`` (code, details, trailing_metadata); :attr:`proto` is the
     ``google.rpc.Status`` its ``grpc-status-details-bin`` trailer carries."""
@@ -75,10 +79,10 @@ def safe_text(text: str) -> str:
     if text.isascii():
         return text
     try:
-        text.encode("utf-8")
+        text.encode(_UTF8)
         return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        return text.encode(_UTF8, "replace").decode(_UTF8)
 
 
 def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -86,18 +90,18 @@ def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     when it fits."""
     if message.isascii() and len(message) <= limit:
         return message  # one byte per character: no need to encode to measure it
-    data = message.encode("utf-8")
+    data = message.encode(_UTF8)
     if len(data) <= limit:
         return message
-    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+    return data[: limit - 3].decode(_UTF8, "ignore") + "..."
 
 
 def cut(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
     if len(text) <= limit // 4:
         return text  # four bytes per character at most
-    data = text.encode("utf-8")
-    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+    data = text.encode(_UTF8)
+    return text if len(data) <= limit else data[:limit].decode(_UTF8, "ignore")
 
 
 def identifier(text: str) -> str:
@@ -111,4 +115,4 @@ def wire_length(message: str) -> int:
     """Bytes ``grpc-message`` takes: gRPC percent-encodes all but printable ASCII."""
     if message.isascii() and message.isprintable() and "%" not in message:
         return len(message)
-    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in message.encode("utf-8"))
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in message.encode(_UTF8))

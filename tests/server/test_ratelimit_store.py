@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from octollm_grpc import errors as e
-from octollm_grpc.server import MemoryStore, RateLimit, RateLimiter
-from octollm_grpc.server._ratelimit import BucketStore
+from octollm_grpc.server import RateLimit, RateLimiter
+from octollm_grpc.server._ratelimit import BucketStore, MemoryStore
 from octollm_grpc.testing import FakeClock
 
 

@@ -107,7 +107,9 @@ async def test_breaker_opens_while_arm_is_down_and_closes_after_it_returns(
     assert isinstance(unavailable, errors.ArmUnavailableError)
     assert unavailable.details["cause"] == "NETWORK_ERROR"
     assert isinstance(unavailable_again, errors.ArmUnavailableError)
-    assert isinstance(circuit_open, errors.CircuitOpenError)
+    # The service's breaker, seen from its client: a peer's CIRCUIT_OPEN, not ours.
+    assert type(circuit_open) is errors.ResourceError
+    assert circuit_open.error_code == "CIRCUIT_OPEN"
     assert circuit_open.code() is grpc.StatusCode.UNAVAILABLE
     assert circuit_open.retry_after is not None and 0 < circuit_open.retry_after <= reset
     assert circuit_open.details["target"] == "arm (llm.complete)"  # not the arm's address
