@@ -4,7 +4,7 @@ An API declares its errors as an ``ErrorReason`` enum (AIP-193) whose values car
 ``ErrorSpec`` (``protos/octollm/errors/v1/options.proto``). This module reads them from the
 ``FileDescriptorSet`` protoc writes (``--descriptor_set_out --include_imports
 --include_source_info``), never from the .proto text, and checks them: whatever would make a
-bad class or an ambiguous wire contract is a :class:`~octollm_grpc.codegen.CodegenError`
+bad class or an ambiguous wire contract is a [`CodegenError`][octollm_grpc.codegen.CodegenError]
 naming the file, the enum and the value.
 
 The options are decoded with a descriptor pool built from the set itself (it holds
@@ -41,7 +41,7 @@ ERROR_EXTENSION = "octollm.errors.v1.error"
 _OPTIONS_FILE = "octollm/errors/v1/options.proto"
 
 #: google.rpc.Code -> (the library class it decodes to, the HTTP status google.rpc.Code names).
-#: The classes are those of :func:`octollm_grpc.codes.class_for_status_code` (a test pins it).
+#: The classes are those of `octollm_grpc.codes.class_for_status_code` (a test pins it).
 BASE_CLASS: dict[str, tuple[str, int]] = {
     "CANCELLED": ("CancelledCallError", 499),
     "UNKNOWN": ("SystemError", 500),

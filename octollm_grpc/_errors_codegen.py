@@ -1,7 +1,8 @@
 """Write ``x_errors.py`` and ``x_errors.pyi`` for the errors a proto file declares.
 
 One class per annotated enum value (``ORDER_NOT_FOUND`` -> ``OrderNotFoundError``), a subclass
-of the library class its code decodes to, registered with :func:`octollm_grpc.register` on
+of the library class its code decodes to, registered with
+[`octollm_grpc.register`][octollm_grpc.codes.register] on
 import so the server maps it and a client rebuilds it from ``ErrorInfo.reason``. The code uses
 only public names of ``octollm_grpc`` and ``grpc``; the output depends only on the declarations
 (same protos, same bytes) and passes ``mypy --strict``.

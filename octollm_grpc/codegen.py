@@ -10,7 +10,8 @@ message classes' module accordingly (so they pickle), adds the
 
 A file that declares errors with the ``(octollm.errors.v1.error)`` options also gets
 ``x_errors.py`` and ``x_errors.pyi`` beside its ``x_pb2.py`` (docs/errors.md, "Errors declared
-in protos"); a declaration that cannot work is a :class:`CodegenError`.
+in protos"); a declaration that cannot work is a
+[`CodegenError`][octollm_grpc.codegen.CodegenError].
 
     octollm-grpc generate PROTO_DIR --out OUT_DIR [--package PREFIX]
 """
@@ -53,7 +54,8 @@ _INSTALL_CODEGEN = "pip install 'octollm-grpc[codegen]'"
 
 
 def _grpc_tools() -> ModuleType:
-    """``grpc_tools`` with its ``protoc``; a :class:`CodegenError` naming the extra if absent."""
+    """``grpc_tools`` with its ``protoc``; a [`CodegenError`][octollm_grpc.codegen.CodegenError]
+    naming the extra if absent."""
     try:
         import grpc_tools.protoc
     except ImportError as error:
@@ -128,7 +130,8 @@ def generate(
     it, in ``out_dir/acme/v1/`` for an ``out_dir`` that is on ``sys.path``. ``files`` limits
     the run to those protos (paths relative to ``proto_dir``); ``copy_protos`` also copies the
     .proto files next to their code, so others can import them. Returns the files written.
-    Raises :class:`CodegenError` if protoc fails (protoc prints why on stderr), if a declared
+    Raises [`CodegenError`][octollm_grpc.codegen.CodegenError] if protoc fails (protoc prints why on
+    stderr), if a declared
     error is unusable (the message names the file, enum and value), or if grpcio-tools (the
     ``[codegen]`` extra) is not installed.
 

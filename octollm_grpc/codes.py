@@ -6,12 +6,14 @@ fault or the server's (the log level), whether the gRPC client retries it by def
 it is retried only on the server's pushback, whether ``resilience.retry`` retries it and whether
 it counts as a breaker failure. Every default elsewhere is computed from it
 (``RetryPolicy.retryable_codes`` and ``pushback_codes``, ``BreakerSettings.failure_codes``, the
-server's log level for a status, :func:`register`'s ``retryable``), and the catalog prints it.
+server's log level for a status, [`register`][octollm_grpc.codes.register]'s ``retryable``), and the
+catalog prints it.
 
 Class lookup walks the exception's MRO, so the most specific registered class wins whatever
 order the table was written in (the standard's ``isinstance`` chain sent ``TaskNotFoundError``
 to 400 because it tested ``ValidationError`` first). Users add their own subclasses with
-:func:`register`, and map exceptions they do not own with ``map_exception``.
+[`register`][octollm_grpc.codes.register], and map exceptions they do not own with
+``map_exception``.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def register(
     sit in an expression.
 
     Args:
-        cls: An :class:`~octollm_grpc.errors.OctoLLMError` subclass.
+        cls: An `OctoLLMError` subclass.
         grpc_code: The status code it travels as.
         http_status: The HTTP status a gateway answers with.
         retryable: Whether the standard's retry helpers retry it (default: the code's
@@ -245,13 +247,14 @@ def mapping_for_class(cls: type[BaseException]) -> ErrorMapping:
 
 
 def mapping_for(exc: BaseException) -> ErrorMapping:
-    """The mapping for an exception instance (see :func:`mapping_for_class`).
+    """The mapping for an exception instance (see `mapping_for_class`).
 
     Args:
         exc: Any exception.
 
     Returns:
-        Its class's :class:`ErrorMapping` (the nearest registered base class's).
+        Its class's [`ErrorMapping`][octollm_grpc.codes.ErrorMapping] (the nearest registered base
+        class's).
     """
     return mapping_for_class(type(exc))
 
@@ -293,7 +296,7 @@ def map_exception(
 
     Args:
         exc_type: An exception class that is not an ``OctoLLMError`` (register those with
-            :func:`register`).
+            [`register`][octollm_grpc.codes.register]).
         converter: Called with the exception; returns the error to send. Omitted: a
             decorator that registers the function it decorates.
 

@@ -1,12 +1,14 @@
-"""The seed's FastAPI error handlers, from the same table as the gRPC side (``[fastapi]`` extra).
+"""FastAPI error handlers from the same table as the gRPC side (``[fastapi]`` extra).
 
-:func:`install_error_handlers` gives a FastAPI app what our server interceptors give a gRPC
+[`install_error_handlers`][octollm_grpc.fastapi.install_error_handlers] gives a FastAPI app what our
+server interceptors give a gRPC
 server:
 
-- ``OctoLLMError`` -> the class's HTTP status (:mod:`octollm_grpc.codes`: the most specific
-  class wins, so ``TaskNotFoundError`` is 404, not the seed's 400), its ``to_dict()`` body, and
+- ``OctoLLMError`` -> the class's HTTP status ([`octollm_grpc.codes`][octollm_grpc.codes]: the most
+  specific
+  class wins, so ``TaskNotFoundError`` is 404, not the standard's 400), its ``to_dict()`` body, and
   ``Retry-After`` (whole seconds, rounded up) when ``retry_after`` is set;
-- FastAPI's ``RequestValidationError`` -> what :class:`~octollm_grpc.errors.ValidationErrors`
+- FastAPI's ``RequestValidationError`` -> what `ValidationErrors`
   renders through the same table: 400 ``{"error": "VALIDATION_ERRORS", "message": "Validation
   failed with N errors", "details": {"errors": [{"field", "message", "type"}]}}`` (the
   caller's input values are never echoed);
@@ -15,13 +17,15 @@ server:
   of the exception in the body and its traceback in the log.
 
 Every response carries ``x-request-id``: the caller's when it passes the same check as on gRPC
-(:class:`~octollm_grpc.server.RequestIds`), a new one otherwise. While a request runs, the id
-is what :func:`~octollm_grpc.server.current_request_id` returns and is bound for structlog.
+([`RequestIds`][octollm_grpc.server.RequestIds]), a new one otherwise. While a request runs, the id
+is what [`current_request_id`][octollm_grpc.server.current_request_id] returns and is bound for
+structlog.
 Each error response is logged once, as ``http.request.failed`` with the gRPC side's fields
-(:class:`~octollm_grpc.server.CallLogger`: warning
+([`CallLogger`][octollm_grpc.server.CallLogger]: warning
 for the caller's errors, error for server-side ones, critical with the traceback for the
 unexpected) and counted in ``octollm_errors_total`` / ``octollm_error_duration_seconds``
-(:class:`ServerMetrics`, ``component="http"``). ``grpc_method`` in the event is the route
+([`ServerMetrics`][octollm_grpc.server.ServerMetrics], ``component="http"``). ``grpc_method`` in the
+event is the route
 (``"GET /v1/tasks/{task_id}"``) and ``grpc_code`` the gRPC code the same error has on gRPC.
 """
 
@@ -81,7 +85,8 @@ class ErrorHandlers:
     """The three handlers and the request-id middleware, sharing one configuration.
 
     ``request_ids``, ``logger`` and ``metrics`` are those of
-    :func:`octollm_grpc.server.server_interceptors`, except that ``metrics=True`` counts on
+    [`octollm_grpc.server.server_interceptors`][octollm_grpc.server.server_interceptors], except
+    that ``metrics=True`` counts on
     prometheus-client's default registry with ``component="http"``.
     """
 
@@ -136,7 +141,8 @@ class ErrorHandlers:
     async def unexpected_error(self, request: Request, exc: Exception) -> JSONResponse:
         """Any other exception -> the generic 500 body; the exception goes to the log only.
 
-        An exception type given to :func:`octollm_grpc.map_exception` is answered as the
+        An exception type given to [`octollm_grpc.map_exception`][octollm_grpc.codes.map_exception]
+        is answered as the
         ``OctoLLMError`` its converter returns.
         """
         mapped = codes.converted(exc)
@@ -209,7 +215,7 @@ class _RequestIdMiddleware:
     """Pure ASGI middleware: request id in, ``x-request-id`` out, unexpected errors caught.
 
     Pure ASGI (not ``BaseHTTPMiddleware``), so context variables set here reach the endpoint.
-    An exception nothing handled is answered here with :meth:`ErrorHandlers.unexpected_error`
+    An exception nothing handled is answered here with `ErrorHandlers.unexpected_error`
     (logged once, by us) rather than by Starlette's outermost middleware, which re-raises it
     to the server for a second, unstructured traceback.
     """
@@ -261,7 +267,8 @@ def install_error_handlers(
     """Register the three handlers and the request-id middleware on ``app``; returns them.
 
     ``True`` keeps a part with its defaults, ``False`` drops it (request ids are then still
-    generated and echoed, with the default :class:`RequestIds`), an object configures it.
+    generated and echoed, with the default [`RequestIds`][octollm_grpc.server.RequestIds]), an
+    object configures it.
     Call it before the app serves its first request (Starlette builds its middleware stack
     then). Errors Starlette itself answers (404 for an unknown path, 405) keep FastAPI's
     ``{"detail": ...}`` body; they carry ``x-request-id`` too.

@@ -1,4 +1,4 @@
-"""Errors for HTTP gateways: the seed's JSON envelope, the HTTP status and ``Retry-After``."""
+"""Errors for HTTP gateways: the standard's JSON envelope, the HTTP status and ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ class HttpError(NamedTuple):
 
 
 def to_http(exc: BaseException) -> HttpError:
-    """Render any exception as (HTTP status, headers, the seed's JSON body).
+    """Render any exception as (HTTP status, headers, the standard's JSON body).
 
     ``OctoLLMError`` gives its own ``to_dict()``; ``Retry-After`` is whole seconds, rounded up,
-    at most :data:`MAX_RETRY_AFTER_HEADER` (none for a ``retry_after`` of 0 or less).
+    at most `MAX_RETRY_AFTER_HEADER` (none for a ``retry_after`` of 0 or less).
     A 401 carries ``WWW-Authenticate: Bearer error="invalid_token"`` and a 403
     ``WWW-Authenticate: Bearer error="insufficient_scope"`` (RFC 6750), with ``scope`` naming
     the missing scopes when the error's ``details["required_scopes"]`` lists them.
-    Anything else gives the seed's generic 500 body, with none of the exception's text.
+    Anything else gives the standard's generic 500 body, with none of the exception's text.
 
     Args:
         exc: Any exception.

@@ -276,3 +276,25 @@ def test_fixed_entry_points_import() -> None:
 
     assert CircuitState.HALF_OPEN.value == "half_open"
     assert errors.OctoLLMError.__module__ == "octollm_grpc.errors"
+
+
+#: Where "seed" is a word of its own and means something else (random seeds, the sample's
+#: --arm-seed flag, pytest-randomly's seed).
+_OTHER_SEEDS = ("arm-seed", "arm_seed", "ARM_SEED", "randomly-seed", "random seed", "its seed")
+
+
+def test_user_facing_text_names_the_standard_not_an_internal_word() -> None:
+    """No docstring, comment or docs page calls the OctoLLM error-handling standard "seed"."""
+    import re
+
+    word = re.compile(r"\bseed'?s?\b", re.IGNORECASE)
+    root = PACKAGE.parent
+    paths = [p for p in PACKAGE.rglob("*.py") if "_proto" not in p.parts]
+    paths += [*(root / "docs").glob("*.md"), root / "README.md"]
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for path in paths
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if word.search(line) and not any(other in line for other in _OTHER_SEEDS)
+    ]
+    assert found == []

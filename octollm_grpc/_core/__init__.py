@@ -1,3 +1,3 @@
 """Grpc-free state machines shared by the gRPC client and the resilience helpers: the
 circuit breaker, the backoff formula and the retry budget, and the server's adaptive concurrency
-limit (:mod:`.gradient`) (private; no public names)."""
+limit (`.gradient`) (private; no public names)."""

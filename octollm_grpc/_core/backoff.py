@@ -1,7 +1,7 @@
 """How long to wait before a retry: full-jitter backoff, or what the server asked for.
 
 The server's word wins (gRFC A6): ``grpc-retry-pushback-ms`` first, then ``RetryInfo`` in the
-rich status. A pushback that is negative, not a number, or longer than :data:`MAX_PUSHBACK`
+rich status. A pushback that is negative, not a number, or longer than `MAX_PUSHBACK`
 means "do not retry".
 """
 
@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 __all__ = ["MAX_PUSHBACK", "STOP", "Backoff", "Exponential", "backoff_ceiling", "full_jitter",
            "server_delay"]
 
-#: Returned by :func:`server_delay` when the server said not to retry.
+#: Returned by `server_delay` when the server said not to retry.
 STOP: Final = -1.0
 #: The longest server-requested wait honoured, in seconds (a day); longer ones stop retries.
 MAX_PUSHBACK: Final = 86_400.0
@@ -112,7 +112,7 @@ def _retry_info(value: Any) -> float | None:
 
 
 def server_delay(trailing_metadata: Iterable[tuple[str, Any]] | None) -> float | None:
-    """The wait the server asked for, in seconds; :data:`STOP`; or ``None`` if it said nothing."""
+    """The wait the server asked for, in seconds; `STOP`; or ``None`` if it said nothing."""
     if not trailing_metadata:
         return None
     details = None

@@ -19,7 +19,7 @@ any of the methods ``state_change(breaker, old, new)``, ``success(breaker)`` and
 or a failure, and the state changes (a change a call causes is heard before that call's
 verdict). A listener that raises is logged and ignored.
 
-A call holds an integer *token* from :meth:`BreakerCore.acquire` and reports it once
+A call holds an integer *token* from `BreakerCore.acquire` and reports it once
 (``on_success``, ``on_failure`` or ``release`` for "no verdict", e.g. cancelled). The lock is
 held only to update counters, never while a call runs, so the breaker is safe to share by
 threads and asyncio tasks. A probe that never reports frees its permit after ``probe_timeout``.
@@ -57,10 +57,10 @@ HALF_OPEN_RETRY_AFTER = 1.0
 
 
 class CircuitState(enum.Enum):
-    """A breaker's state; ``value`` is the seed's name for it, :attr:`gauge` its metric number.
+    """A breaker's state; ``value`` is the standard's name for it, `gauge` its metric number.
 
     One enum for the gRPC client's breakers (``octollm_grpc.client.ChannelBreaker``) and
-    :mod:`octollm_grpc.resilience`'s.
+    [`octollm_grpc.resilience`][octollm_grpc.resilience]'s.
     """
 
     CLOSED = "closed"

@@ -25,7 +25,7 @@ _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, BreakerMetrics] = (
 
 
 class BreakerMetrics:
-    """The four breaker metrics in one registry; get one with :meth:`for_registry`."""
+    """The four breaker metrics in one registry; get one with `for_registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.state = Gauge(

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 __all__ = ["MAX_SHARED_TARGETS", "RetryBudget"]
 
-#: How many targets' budgets :meth:`RetryBudget.for_target` keeps (least recently used dropped).
+#: How many targets' budgets `RetryBudget.for_target` keeps (least recently used dropped).
 MAX_SHARED_TARGETS = 1024
 
 
@@ -23,7 +23,7 @@ class RetryBudget:
     """A thread-safe token bucket (never held across a call, so it is asyncio-safe too).
 
     ``max_tokens`` is in ``(0, 1000]`` and ``token_ratio`` in ``(0, max_tokens]``, as in A6.
-    Use :meth:`for_target` to get the bucket every channel to a target shares.
+    Use `for_target` to get the bucket every channel to a target shares.
 
     Args:
         max_tokens: The bucket's size; retries stop while it holds half or less.

@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 class Decorator(abc.ABC):
     """Apply it to a ``def`` or an ``async def``: every call of the result goes through
-    :meth:`_run_async` (awaited, for an ``async def``) or :meth:`_run`."""
+    `_run_async` (awaited, for an ``async def``) or `_run`."""
 
     @abc.abstractmethod
     async def _run_async(self, func: Callable[..., Awaitable[T]], *args: Any,

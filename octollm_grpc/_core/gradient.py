@@ -1,8 +1,9 @@
 """The adaptive concurrency limit's algorithm: a gradient limiter after Netflix's Gradient2.
 
-Pure: no gRPC, no clock, no locks. :class:`GradientLimit` is fed one latency sample per
+Pure: no gRPC, no clock, no locks. `GradientLimit` is fed one latency sample per
 finished call (with the calls in flight when it started) and answers the new limit; the
-server's :class:`~octollm_grpc.server.ConcurrencyLimit` owns the locking, the clock and the
+server's [`ConcurrencyLimit`][octollm_grpc.server.ConcurrencyLimit] owns the locking, the clock and
+the
 refusals.
 
 A server's latency stays flat until calls start to queue, then grows with the queue. The

@@ -3,8 +3,9 @@
 ``resilient_channel(target)`` gives a ``grpc.Channel`` whose calls are retried (3 attempts,
 full-jitter backoff, server pushback honoured, deadline-aware), throttled by the target's
 retry budget and guarded by its circuit breaker; failed calls raise the typed
-:class:`~octollm_grpc.errors.OctoLLMError` subclasses, which are also ``grpc.RpcError``.
-The asyncio form is :func:`octollm_grpc.client.aio.resilient_channel`.
+`OctoLLMError` subclasses, which are also ``grpc.RpcError``.
+The asyncio form is
+[`octollm_grpc.client.aio.resilient_channel`][octollm_grpc.client.aio.resilient_channel].
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ __all__ = [
 def resilient_interceptors(
     target: str, **keywords: Unpack[SyncKeywords]
 ) -> list[grpc.UnaryUnaryClientInterceptor]:
-    """Everything :func:`resilient_channel` installs, for a channel built elsewhere.
+    """Everything [`resilient_channel`][octollm_grpc.client.resilient_channel] installs, for a
+    channel built elsewhere.
 
     Use it as ``grpc.intercept_channel(channel, *resilient_interceptors(target))``: the
     observer (deadline and request-id propagation, trace context, the ``grpc_client_*``
@@ -56,7 +58,8 @@ def resilient_interceptors(
 
     Args:
         target: The target the channel connects to (it keys the shared budget and breaker).
-        **keywords: :func:`resilient_channel`'s keywords but the channel's own
+        **keywords: [`resilient_channel`][octollm_grpc.client.resilient_channel]'s keywords but the
+            channel's own
             (``retry``, ``budget``, ``breaker``, ``config``, ``clock``, ``sleep``, ``rng``,
             ``registry``).
 
@@ -83,26 +86,30 @@ def resilient_channel(
 ) -> grpc.Channel:
     """A channel to ``target`` whose calls are retried, budgeted and circuit-broken.
 
-    Every keyword is optional (:class:`SyncChannelKeywords`):
+    Every keyword is optional (`SyncChannelKeywords`):
 
-    - ``retry``: a :class:`RetryPolicy` for every method, :class:`RetryPolicies` per method,
+    - ``retry``: a [`RetryPolicy`][octollm_grpc.client.RetryPolicy] for every method,
+      [`RetryPolicies`][octollm_grpc.client.RetryPolicies] per method,
       or ``None`` for no retries. Default: the config's, else ``RetryPolicy()``.
-    - ``budget``: a :class:`RetryBudget`, or ``None`` for none. Default: the target's shared
+    - ``budget``: a [`RetryBudget`][octollm_grpc.client.RetryBudget], or ``None`` for none. Default:
+      the target's shared
       budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
-    - ``breaker``: :class:`BreakerSettings` (the target's shared breaker with them), a
-      :class:`ChannelBreaker` or :class:`ChannelBreakers` of your own, or ``None``.
+    - ``breaker``: [`BreakerSettings`][octollm_grpc.client.BreakerSettings] (the target's shared
+      breaker with them), a
+      [`ChannelBreaker`][octollm_grpc.client.ChannelBreaker] or `ChannelBreakers` of your own, or
+      ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
-      (:func:`parse_config`); explicit arguments win over it.
+      (`parse_config`); explicit arguments win over it.
     - ``credentials``: a secure channel with them; otherwise (``None``) an insecure one.
       ``options`` (default ``()``) and ``compression`` (default ``None``) go to grpc.
     - ``clock`` (monotonic seconds, default ``time.monotonic``), ``sleep`` (default
       ``time.sleep``) and ``rng``: injectable for tests.
     - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
-      global one); see :mod:`octollm_grpc.observability._client_metrics`.
+      global one); see `octollm_grpc.observability._client_metrics`.
 
     Called while a handler served by our server stack runs, a call gets that call's remaining
     time as its deadline (or keeps a shorter timeout of its own) and its ``x-request-id``
-    (:mod:`octollm_grpc.observability._propagation`).
+    (`octollm_grpc.observability._propagation`).
 
     Args:
         target: ``host:port`` (any gRPC target).

@@ -1,6 +1,6 @@
 """The call objects of the aio interceptors: attempt loop state, failed calls, retrying calls.
 
-:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client._attempts`) with the
+`Attempts` is the shared attempt core (`octollm_grpc.client._attempts`) with the
 aio way to call and to wait. The call objects are ``grpc.aio`` calls of our own, so the
 typed error is raised by ``await call`` or by reading the stream, while ``await call.code()``
 still answers a code.
@@ -53,7 +53,7 @@ def details_for(base: aio.ClientCallDetails, timeout: float | None,
 
 @dataclass(eq=False, kw_only=True, slots=True)
 class Attempts(CallAttempts[aio.ClientCallDetails, AsyncSleep]):
-    """One aio call's attempts (:class:`CallAttempts`): calls and waits are awaited.
+    """One aio call's attempts (`CallAttempts`): calls and waits are awaited.
 
     ``watcher`` says when the caller's request stream has ended (``None``: no request stream).
     """
@@ -152,7 +152,7 @@ class FailedCall(
 
 
 class RetryingCall(AioDelegatingCall):
-    """A call retried by :meth:`settle`: the current attempt answers, but a call that failed
+    """A call retried by `settle`: the current attempt answers, but a call that failed
     for good answers with its error."""
 
     _attempts: Attempts

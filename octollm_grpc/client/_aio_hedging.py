@@ -1,6 +1,6 @@
 """Hedged calls on the aio stack: one task per attempt, the first success wins.
 
-The decisions are :class:`~octollm_grpc.client._hedging.HedgeRace`'s; :class:`AioHedge` starts
+The decisions are `HedgeRace`'s; `AioHedge` starts
 the attempts, waits for the first outcome or the hedge timer (the channel's ``sleep``, so tests
 inject it) and cancels the losers through grpc (``call.cancel()``: the server sees the RPC
 cancelled). A unary call races inside the interceptor and hands on the winner's own grpc call;
@@ -175,7 +175,7 @@ async def hedged_unary(core: Resilience, plan: MethodPlan, policy: HedgingPolicy
                        continuation: Any, details: aio.ClientCallDetails, request: Any,
                        sleep: AsyncSleep) -> Any:
     """A hedged unary call, raced to its end: the winner's grpc call, or a
-    :class:`~octollm_grpc.client._aio_calls.FailedCall` with the typed error."""
+    `FailedCall` with the typed error."""
     try:
         token = plan.acquire()
     except CircuitOpenError as error:

@@ -1,7 +1,7 @@
 """asyncio client interceptors (``grpc.aio`` channels): retry -> budget -> breaker -> attempt.
 
-The same attempt core as the sync interceptor (:mod:`octollm_grpc.client._attempts`), awaited;
-the call objects live in :mod:`octollm_grpc.client._aio_calls`. A unary call is retried inside the
+The same attempt core as the sync interceptor (`octollm_grpc.client._attempts`), awaited;
+the call objects live in `octollm_grpc.client._aio_calls`. A unary call is retried inside the
 interceptor. Calls with a request stream return at once (``call.write()`` waits for that) and
 retry, when the policy says requests are replayable, while the caller awaits the response.
 Response streams are retried until their first message.
@@ -129,7 +129,7 @@ class AioRetryLayer:
 
 def aio_interceptors(core: Resilience, sleep: AsyncSleep = asyncio.sleep) -> list[Any]:
     """The four interceptors of one resilient aio channel, sharing ``core``
-    (:func:`~octollm_grpc.client._aio_shapes.per_shape`).
+    (`per_shape`).
 
     A unary call is retried inside the interceptor. A client stream returns at once and
     retries (when replayable) while the caller awaits the response; response streams (and

@@ -3,8 +3,8 @@
 ``grpc.aio`` files an interceptor under the first call shape it implements only (an
 ``if``/``elif`` chain over the four interceptor classes), so a layer that guards every shape
 must be four objects. These adapters are those objects; the layer itself is written once
-(the observers in :mod:`octollm_grpc.client._observe`, the retry layer in
-:mod:`octollm_grpc.client._aio_interceptors`).
+(the observers in `octollm_grpc.client._observe`, the retry layer in
+`octollm_grpc.client._aio_interceptors`).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Per attempt it admits (a breaker permit), sets the per-attempt deadline, classifies the
 outcome for the breaker, the budget and the metrics, and picks pushback or backoff
-(:class:`~octollm_grpc.client._resilience.CallRetry`). The stacks keep only how they call and how
-they wait: :mod:`octollm_grpc.client._sync_calls` blocks or schedules,
-:mod:`octollm_grpc.client._aio_calls` awaits.
+(`CallRetry`). The stacks keep only how they call and how
+they wait: `octollm_grpc.client._sync_calls` blocks or schedules,
+`octollm_grpc.client._aio_calls` awaits.
 """
 
 from __future__ import annotations

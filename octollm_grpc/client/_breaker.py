@@ -1,7 +1,8 @@
-"""The gRPC client's circuit breaker: the state machine of :mod:`octollm_grpc._core.breaker`
+"""The gRPC client's circuit breaker: the state machine of `octollm_grpc._core.breaker`
 with gRPC's vocabulary (failures classified by status code, ``CircuitOpenError`` when open).
 
-It is not :class:`octollm_grpc.resilience.CircuitBreaker` (the standard's breaker for any
+It is not [`octollm_grpc.resilience.CircuitBreaker`][octollm_grpc.resilience.CircuitBreaker] (the
+standard's breaker for any
 callable): this one is per target (optionally per method) and fed by a channel's calls.
 """
 
@@ -88,14 +89,15 @@ class ChannelBreaker(BreakerCore):
 
     Args:
         target: The target it guards (the metrics' ``target`` label).
-        settings: Its :class:`BreakerSettings` (default: ``BreakerSettings()``).
+        settings: Its [`BreakerSettings`][octollm_grpc.client.BreakerSettings] (default:
+            ``BreakerSettings()``).
         method: The method it guards when per method, else ``""``.
         clock: Monotonic seconds (injectable for tests).
         registry: The Prometheus registry for its metrics (default: the global one).
         listeners: Called as ``listener(breaker, old_state, new_state)`` after each change.
 
     Raises:
-        CircuitOpenError: From :meth:`acquire`, while open (with ``retry_after``).
+        CircuitOpenError: From `acquire`, while open (with ``retry_after``).
     """
 
     settings: BreakerSettings
@@ -123,7 +125,7 @@ class ChannelBreaker(BreakerCore):
         """Report the call's outcome by status code: failure, no verdict or success.
 
         Args:
-            token: What :meth:`acquire` returned for the call.
+            token: What `acquire` returned for the call.
             code: The call's final status code.
         """
         if code is _C.OK:
@@ -143,7 +145,7 @@ MAX_SHARED_TARGETS = 1024
 class ChannelBreakers:
     """The breakers of one target: one for all methods, or one per method (``per_method``).
 
-    :meth:`for_target` returns the group every channel to a target shares. The process keeps
+    `for_target` returns the group every channel to a target shares. The process keeps
     the groups of the ``MAX_SHARED_TARGETS`` most recently used targets: an older one is
     dropped (channels holding it keep using it, its metric series are removed, and the next
     channel to that target starts with a fresh, closed breaker).

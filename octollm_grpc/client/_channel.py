@@ -3,7 +3,7 @@
 The resilient channel is the only retry layer: it sets ``("grpc.enable_retries", 0)``,
 because grpcio's own retry filter drops the ``grpc-previous-rpc-attempts`` header and
 stacked retries multiply (3 x 3 = 9 attempts). A channel whose options turn gRPC's own
-``retryPolicy`` on gets a :class:`StackedRetriesWarning`.
+``retryPolicy`` on gets a [`StackedRetriesWarning`][octollm_grpc.client.StackedRetriesWarning].
 """
 
 from __future__ import annotations
@@ -72,15 +72,16 @@ class StackedRetriesWarning(UserWarning):
 class ResilienceKeywords(TypedDict, total=False):
     """The keywords every resilient-client factory takes, on both stacks (all optional).
 
-    - ``retry``: a :class:`~octollm_grpc.client.RetryPolicy` for every method,
-      :class:`~octollm_grpc.client.RetryPolicies` per method, or ``None`` for no retries.
+    - ``retry``: a [`RetryPolicy`][octollm_grpc.client.RetryPolicy] for every method,
+      [`RetryPolicies`][octollm_grpc.client.RetryPolicies] per method, or ``None`` for no retries.
       Default: the config's, else ``RetryPolicy()``.
-    - ``budget``: a :class:`~octollm_grpc.client.RetryBudget`, or ``None`` for none. Default:
+    - ``budget``: a [`RetryBudget`][octollm_grpc.client.RetryBudget], or ``None`` for none. Default:
       the target's shared budget (10 tokens, ratio 0.1, or the config's ``retryThrottling``).
-    - ``breaker``: :class:`~octollm_grpc.client.BreakerSettings` (the target's shared breaker
+    - ``breaker``: [`BreakerSettings`][octollm_grpc.client.BreakerSettings] (the target's shared
+      breaker
       with them), a ``ChannelBreaker`` or ``ChannelBreakers`` of your own, or ``None``.
     - ``config``: the same settings as a service-config-style dict or JSON text
-      (:func:`~octollm_grpc.client.parse_config`); explicit arguments win over it.
+      (`parse_config`); explicit arguments win over it.
     - ``clock`` (monotonic seconds, default ``time.monotonic``) and ``rng``: injectable for tests.
     - ``registry``: the Prometheus registry for the client and breaker metrics (default: the
       global one).
@@ -96,13 +97,13 @@ class ResilienceKeywords(TypedDict, total=False):
 
 
 class SyncKeywords(ResilienceKeywords, total=False):
-    """:class:`ResilienceKeywords` plus ``sleep``: a blocking sleep (default ``time.sleep``)."""
+    """`ResilienceKeywords` plus ``sleep``: a blocking sleep (default ``time.sleep``)."""
 
     sleep: Callable[[float], None]
 
 
 class AioKeywords(ResilienceKeywords, total=False):
-    """:class:`ResilienceKeywords` plus ``sleep``: an async sleep (default ``asyncio.sleep``)."""
+    """`ResilienceKeywords` plus ``sleep``: an async sleep (default ``asyncio.sleep``)."""
 
     sleep: AsyncSleep
 
@@ -114,21 +115,21 @@ class _ChannelKeywords(TypedDict, total=False):
 
 
 class SyncChannelKeywords(SyncKeywords, _ChannelKeywords, total=False):
-    """:class:`SyncKeywords` plus the channel's: ``credentials`` (a secure channel with them;
+    """`SyncKeywords` plus the channel's: ``credentials`` (a secure channel with them;
     default ``None``, insecure), ``options`` (grpc channel options) and ``compression``."""
 
 
 class AioChannelKeywords(AioKeywords, _ChannelKeywords, total=False):
-    """:class:`AioKeywords` plus the channel's ``credentials``, ``options`` and ``compression``."""
+    """`AioKeywords` plus the channel's ``credentials``, ``options`` and ``compression``."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientOptions:
     """A resilient client's settings but its sleep: the one place their defaults are written.
 
-    The public factories take these as keywords (:class:`SyncChannelKeywords`,
-    :class:`AioChannelKeywords`, ...), which mypy checks at the caller, and build the stack from
-    the stack's options object (:class:`SyncClientOptions`, :class:`AioClientOptions`).
+    The public factories take these as keywords (`SyncChannelKeywords`,
+    `AioChannelKeywords`, ...), which mypy checks at the caller, and build the stack from
+    the stack's options object (`SyncClientOptions`, `AioClientOptions`).
     """
 
     target: str
@@ -171,7 +172,7 @@ class ClientOptions:
         return core, parsed
 
     def channel_options(self, parsed: ClientConfig) -> list[tuple[str, Any]]:
-        """The grpc options of the channel: see :func:`channel_options`."""
+        """The grpc options of the channel: see `channel_options`."""
         return channel_options(self.options, parsed, stacklevel=4)
 
 
@@ -211,7 +212,8 @@ def channel_options(
 ) -> list[tuple[str, Any]]:
     """``options`` plus ``grpc.enable_retries=0`` (unless set) and the passed-through config.
 
-    ``stacklevel`` points a :class:`StackedRetriesWarning` at the factory's caller.
+    ``stacklevel`` points a [`StackedRetriesWarning`][octollm_grpc.client.StackedRetriesWarning] at
+    the factory's caller.
     """
     result = list(options)
     given = dict(result)

@@ -15,7 +15,7 @@
 
 ``hedgingPolicy`` (gRFC A6: ``maxAttempts``, ``hedgingDelay``, ``nonFatalStatusCodes``) hedges
 a method's unary and response-stream calls instead of retrying them
-(:mod:`octollm_grpc.client._hedging`); an entry with both it and ``retryPolicy`` is a
+(`octollm_grpc.client._hedging`); an entry with both it and ``retryPolicy`` is a
 ``ValueError``, as A6 says. ``retryPolicy`` takes A6's fields plus ``pushbackStatusCodes``,
 ``perAttemptTimeout`` and ``replayableRequests``; a ``methodConfig`` entry without one means
 "never retry" (as in gRPC). A name ``{}`` (or ``{"service": ""}``) sets the default; methods

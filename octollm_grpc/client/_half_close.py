@@ -18,7 +18,7 @@ __all__ = ["WatchedRequests", "watch"]
 
 
 class WatchedRequests(AsyncIterator[Any]):
-    """An async request stream that records, in :attr:`ended`, that it has ended."""
+    """An async request stream that records, in `ended`, that it has ended."""
 
     __slots__ = ("_source", "ended")
 

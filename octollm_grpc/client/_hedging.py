@@ -4,8 +4,8 @@ A hedged method sends its first attempt at once and another one (a *hedge*) each
 ``hedging_delay`` while none has answered, up to ``max_attempts`` in all; a failure with one
 of ``non_fatal_codes`` sends the next hedge at once. The first success wins and the other
 attempts are cancelled; any other failure ends the call with it (and cancels the rest). The
-stacks (:mod:`octollm_grpc.client._sync_hedging`, :mod:`octollm_grpc.client._aio_hedging`) only
-start, time and cancel attempts; :class:`HedgeRace` decides:
+stacks (`octollm_grpc.client._sync_hedging`, `octollm_grpc.client._aio_hedging`) only
+start, time and cancel attempts; `HedgeRace` decides:
 
 - a hedge is sent only while the target's retry budget allows a retry, and spends one token
   of it, so hedges add at most ``token_ratio`` attempts per successful call once the
@@ -51,7 +51,7 @@ class HedgingPolicy:
     """How one method's calls are hedged (gRFC A6's ``hedgingPolicy``); times in seconds.
 
     ``max_attempts`` counts the first attempt: at least 2, and above
-    :data:`MAX_HEDGED_ATTEMPTS` it is that (as A6 says). ``hedging_delay`` is the wait before
+    `MAX_HEDGED_ATTEMPTS` it is that (as A6 says). ``hedging_delay`` is the wait before
     each next hedge (0: all attempts at once). ``non_fatal_codes`` do not end the call: the
     next hedge goes at once; every other failure ends it.
 
@@ -90,7 +90,7 @@ def _method_key(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HedgingPolicies:
-    """Hedging policies by method, looked up as :class:`~octollm_grpc.client.RetryPolicies`
+    """Hedging policies by method, looked up as [`RetryPolicies`][octollm_grpc.client.RetryPolicies]
     are: exact method, then service, then ``default``.
 
     ``methods`` holds every name a config configured (``None``: not hedged), so a method entry
@@ -193,14 +193,14 @@ class HedgeRace:
         return previous
 
     def unsent(self) -> None:
-        """A hedge :meth:`take_hedge` allowed could not start (its permit is not in flight)."""
+        """A hedge `take_hedge` allowed could not start (its permit is not in flight)."""
         self.in_flight -= 1
 
     def failed(self, code: grpc.StatusCode, trailing_metadata: Any) -> bool:
         """Record a failed attempt; ``True`` when it ends the call (a fatal code).
 
-        After ``False`` the caller asks :meth:`take_hedge` for the next hedge, and ends the
-        call with this failure when none is sent and :attr:`in_flight` is 0.
+        After ``False`` the caller asks `take_hedge` for the next hedge, and ends the
+        call with this failure when none is sent and `in_flight` is 0.
         """
         self.in_flight -= 1
         if code in self.policy.non_fatal_codes and self.budget is not None:

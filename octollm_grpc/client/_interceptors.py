@@ -1,7 +1,7 @@
 """Sync client interceptor (``grpc.intercept_channel``): retry -> budget -> breaker -> attempt.
 
-Every attempt is decided by the shared core (:mod:`octollm_grpc.client._attempts`, on
-:mod:`octollm_grpc.client._resilience`); this module and :mod:`octollm_grpc.client._sync_calls` only
+Every attempt is decided by the shared core (`octollm_grpc.client._attempts`, on
+`octollm_grpc.client._resilience`); this module and `octollm_grpc.client._sync_calls` only
 call and wait. The final failure raises the typed error (``from_rpc_error``), which is also a
 ``grpc.RpcError``. Unary responses
 are retried whole (``.future()`` retries in the background); response streams only until

@@ -1,7 +1,7 @@
 """grpc's own local failures as typed errors: a call grpc refused to send is no traceback.
 
 grpc raises some failures in the calling process, before anything reaches the network, as
-exceptions of its own that are not :class:`grpc.RpcError` (``grpc.aio`` raises one when a
+exceptions of its own that are not `grpc.RpcError` (``grpc.aio`` raises one when a
 metadata key or value has bytes HTTP/2 cannot carry, e.g. a control byte in an
 ``authorization`` value; on streaming calls it reports the same as an ``INTERNAL`` status
 "Invalid metadata" that no server sent). Escaping a resilient channel untyped, they became 500s with
@@ -24,7 +24,7 @@ def local_error(error: BaseException) -> OctoLLMError | None:
     """The typed error for grpc's own local failure ``error``, or ``None`` for anything else.
 
     grpc's local exceptions are recognised by their module (grpc's core extension), as their
-    classes are not public names. They become :class:`~octollm_grpc.errors.InvalidInputError`
+    classes are not public names. They become `InvalidInputError`
     (never retried, no breaker verdict): the call as given can never be sent.
 
     Args:

@@ -1,9 +1,9 @@
 """The outermost layer of a resilient channel: propagation and per-call metrics, both stacks.
 
 Per call, before the retry layer sees it: the timeout and request id the served call passes on
-(:mod:`octollm_grpc.observability._propagation`), so retries stay within the incoming
+(`octollm_grpc.observability._propagation`), so retries stay within the incoming
 deadline, and the
-current trace context (:func:`octollm_grpc.observability._otel.inject`); then
+current trace context (`octollm_grpc.observability._otel.inject`); then
 ``grpc_client_started_total``, and when the call is over (after every retry) one
 ``grpc_client_handled_total`` with its final code and one ``grpc_client_handling_seconds``.
 A response stream is over when it ends or fails while being read.
@@ -237,7 +237,7 @@ class _ObservedAioCall(
 
 
 class _AioObserver(_Observing):
-    """The aio outer layer, for every call shape (:func:`aio_observers` makes its four
+    """The aio outer layer, for every call shape (`aio_observers` makes its four
     interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,

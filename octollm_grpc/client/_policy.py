@@ -1,6 +1,8 @@
-"""Retry policies: one frozen, validated :class:`RetryPolicy`, chosen per method.
+"""Retry policies: one frozen, validated [`RetryPolicy`][octollm_grpc.client.RetryPolicy], chosen
+per method.
 
-A :class:`RetryPolicies` maps method names the way a gRPC service config's ``methodConfig``
+A [`RetryPolicies`][octollm_grpc.client.RetryPolicies] maps method names the way a gRPC service
+config's ``methodConfig``
 does (``"pkg.Service/Method"`` beats ``"pkg.Service"`` beats the default), so idempotent methods
 can be retried while others are not.
 """

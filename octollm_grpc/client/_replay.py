@@ -16,7 +16,7 @@ __all__ = ["AsyncReplay", "Replay"]
 
 
 class Replay:
-    """A sync request iterator, replayable: each :meth:`fresh` iterator yields it from the start.
+    """A sync request iterator, replayable: each `fresh` iterator yields it from the start.
 
     Thread-safe: grpc consumes each attempt's requests on its own thread.
     """
@@ -48,7 +48,7 @@ class Replay:
 
 
 class AsyncReplay:
-    """The asyncio form of :class:`Replay`; the source may be a sync or an async iterable."""
+    """The asyncio form of `Replay`; the source may be a sync or an async iterable."""
 
     def __init__(self, source: AsyncIterable[Any] | Iterable[Any]) -> None:
         self._async: AsyncIterator[Any] | None = None

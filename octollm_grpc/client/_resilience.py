@@ -43,7 +43,7 @@ class MethodPlan:
 
     ``metrics``, when set, counts the method's attempts, retries and throttled retries.
     ``hedging``, when set, makes the method's unary and response-stream calls hedged
-    (:mod:`octollm_grpc.client._hedging`) instead of retried.
+    (`octollm_grpc.client._hedging`) instead of retried.
     """
 
     __slots__ = ("breaker", "budget", "hedging", "method", "metrics", "policy")
@@ -72,7 +72,7 @@ class MethodPlan:
         """Report a failed attempt to the breaker.
 
         ``callers_deadline``: the attempt ran out of the caller's own time (see
-        :func:`ended_by_callers_deadline`), no verdict on the target, so its permit is freed.
+        `ended_by_callers_deadline`), no verdict on the target, so its permit is freed.
         """
         breaker = self.breaker
         if breaker is not None:

@@ -1,6 +1,6 @@
 """The call objects of the sync interceptor: attempt loop state, response streams, futures.
 
-:class:`Attempts` is the shared attempt core (:mod:`octollm_grpc.client._attempts`) with the
+`Attempts` is the shared attempt core (`octollm_grpc.client._attempts`) with the
 sync way to call and to wait; the call objects below only decide *when* to ask it.
 """
 
@@ -58,7 +58,7 @@ class _LocalStatus:
 
 @dataclass(eq=False, kw_only=True, slots=True)
 class Attempts(CallAttempts[grpc.ClientCallDetails, Callable[[float], None]]):
-    """One sync call's attempts (:class:`CallAttempts`): calls block, waits sleep."""
+    """One sync call's attempts (`CallAttempts`): calls block, waits sleep."""
 
     with_timeout: WithTimeout = CallDetails
 

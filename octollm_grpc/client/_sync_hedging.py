@@ -1,13 +1,13 @@
 """Hedged calls on the sync stack: concurrent attempts, the first success wins.
 
-The decisions are :class:`~octollm_grpc.client._hedging.HedgeRace`'s; this module starts the
+The decisions are `HedgeRace`'s; this module starts the
 attempts (each one a future or a response stream from grpc), times the hedges on the shared
-retry scheduler (:mod:`octollm_grpc.client._scheduler`, so an injected ``sleep`` replaces the
+retry scheduler (`octollm_grpc.client._scheduler`, so an injected ``sleep`` replaces the
 wait) and cancels the losers through grpc (``call.cancel()``: the server sees the RPC
 cancelled).
 
 A blocking unary call hands an interceptor a continuation that blocks until its attempt is
-over, so no hedge could start beside it: :class:`HedgingChannel` (what ``resilient_channel``
+over, so no hedge could start beside it: `HedgingChannel` (what ``resilient_channel``
 returns) makes a hedged method's blocking calls wait on ``.future()`` instead. Response
 streams are read by one short-lived thread per attempt until its first message.
 """
@@ -266,7 +266,7 @@ class _CancelledStatus:
 def hedged_unary(core: Resilience, plan: MethodPlan, policy: HedgingPolicy,
                  continuation: Any, details: grpc.ClientCallDetails, request: Any,
                  sleep: Callable[[float], None]) -> HedgedFuture:
-    """A hedged unary call, its first attempt sent (see :class:`HedgedFuture`)."""
+    """A hedged unary call, its first attempt sent (see `HedgedFuture`)."""
     return HedgedFuture(core, plan, policy, continuation, details, request, sleep).start()
 
 
@@ -277,7 +277,7 @@ _MESSAGE, _END, _ERROR, _RAISED = "message", "end", "error", "raised"
 
 class HedgedStream(_Hedging, DelegatingCall, Iterator[Any]):
     """A hedged response stream: the first attempt to send a message (or to end cleanly)
-    wins, before that hedges go as :class:`HedgedFuture`'s do; afterwards the winner's
+    wins, before that hedges go as `HedgedFuture`'s do; afterwards the winner's
     messages and its typed errors, never hedged again."""
 
     def __init__(self, core: Resilience, plan: MethodPlan, policy: HedgingPolicy,

@@ -1,4 +1,5 @@
-"""The asyncio form of :mod:`octollm_grpc.client`: a resilient ``grpc.aio.Channel``.
+"""The asyncio form of [`octollm_grpc.client`][octollm_grpc.client]: a resilient
+``grpc.aio.Channel``.
 
 The same policies, budget and breakers as the sync channel (they are shared objects, safe
 across threads and tasks); only the waiting is awaited. ``sleep`` is an async callable.
@@ -29,15 +30,18 @@ __all__ = [
 def resilient_interceptors(
     target: str, **keywords: Unpack[AioKeywords]
 ) -> list[aio.ClientInterceptor]:
-    """The interceptors :func:`resilient_channel` installs, for a channel built elsewhere: the
+    """The interceptors [`resilient_channel`][octollm_grpc.client.resilient_channel] installs, for a
+    channel built elsewhere: the
     observers (propagation, call metrics), then the retry layer, each one per call shape.
 
-    Takes :func:`resilient_channel`'s keywords but the channel's own (:class:`AioKeywords`).
+    Takes [`resilient_channel`][octollm_grpc.client.resilient_channel]'s keywords but the channel's
+    own (`AioKeywords`).
     That channel must have ``("grpc.enable_retries", 0)`` in its options (see docs/client.md).
 
     Args:
         target: The target the channel connects to (it keys the shared budget and breaker).
-        **keywords: :func:`resilient_channel`'s keywords but the channel's own.
+        **keywords: [`resilient_channel`][octollm_grpc.client.resilient_channel]'s keywords but the
+            channel's own.
 
     Returns:
         The interceptors, outermost first, for ``grpc.aio.*_channel(interceptors=...)``.
@@ -55,12 +59,14 @@ def resilient_channel(
     target: str, **keywords: Unpack[AioChannelKeywords]
 ) -> aio.Channel:
     """A ``grpc.aio`` channel to ``target`` whose calls are retried, budgeted and
-    circuit-broken; the keywords are those of :func:`octollm_grpc.client.resilient_channel`
-    (:class:`AioChannelKeywords`), with an async ``sleep`` (default ``asyncio.sleep``).
+    circuit-broken; the keywords are those of
+    [`octollm_grpc.client.resilient_channel`][octollm_grpc.client.resilient_channel]
+    (`AioChannelKeywords`), with an async ``sleep`` (default ``asyncio.sleep``).
 
     Args:
         target: ``host:port`` (any gRPC target).
-        **keywords: The keywords of :func:`octollm_grpc.client.resilient_channel`.
+        **keywords: The keywords of
+            [`octollm_grpc.client.resilient_channel`][octollm_grpc.client.resilient_channel].
 
     Returns:
         A ``grpc.aio.Channel`` (create it inside the running event loop).

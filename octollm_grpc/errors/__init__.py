@@ -1,12 +1,12 @@
-"""The OctoLLM exception hierarchy, with the seed standard's names and signatures.
+"""The exception hierarchy of the OctoLLM error-handling standard, with its names and signatures.
 
 Every class has a unique ``error_code`` (it travels as ``google.rpc.ErrorInfo.reason``, so a
-client rebuilds the exact class). Every instance is also a :class:`grpc.RpcError`: it answers
+client rebuilds the exact class). Every instance is also a `grpc.RpcError`: it answers
 ``code()``, ``details()``, ``trailing_metadata()``, so ``except grpc.RpcError`` handlers keep
 working when a resilient channel raises the typed exception.
 
-The one name clash, ``details``: the seed makes it a dict, gRPC makes it a method returning the
-message. Here it is an :class:`ErrorDetails`, a ``dict`` that is also callable: ``e.details["x"]``
+The one name clash, ``details``: the standard makes it a dict, gRPC makes it a method returning the
+message. Here it is an `ErrorDetails`, a ``dict`` that is also callable: ``e.details["x"]``
 reads a detail and ``e.details()`` returns the message, as gRPC code expects.
 """
 

@@ -1,4 +1,4 @@
-"""The base of the hierarchy: :class:`OctoLLMError` and its callable :class:`ErrorDetails`."""
+"""The base of the hierarchy: `OctoLLMError` and its callable `ErrorDetails`."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def install_code_lookup(lookup: Callable[[BaseException], grpc.StatusCode]) -> N
 class ErrorDetails(dict[str, Any]):
     """The error's details: a plain ``dict`` that, called, returns the error message.
 
-    ``grpc.RpcError`` handlers call ``e.details()`` for the message; seed-style code reads
+    ``grpc.RpcError`` handlers call ``e.details()`` for the message; standard-style code reads
     ``e.details["task_id"]``. Both work on the same attribute.
 
     Args:
@@ -86,7 +86,8 @@ class OctoLLMError(grpc.RpcError):
     error_code: str = "UNKNOWN_ERROR"
     """The class's stable machine-readable code; instances may carry another."""
 
-    #: Filled in by :func:`octollm_grpc.status.from_rpc_error` for an error that came over the
+    #: Filled in by [`octollm_grpc.status.from_rpc_error`][octollm_grpc.status.from_rpc_error] for
+    #: an error that came over the
     #: wire; ``None`` for one raised locally (then ``code()`` comes from the mapping table).
     _wire_code: grpc.StatusCode | None = None
     _trailing_metadata: Any = None
@@ -100,7 +101,7 @@ class OctoLLMError(grpc.RpcError):
     _error_info: tuple[str | None, str | None, dict[str, str]] | None = None
 
     details: ErrorDetails  # a dict and a method at once, see the module docstring
-    #: The class's own details a decoded error arrived with (see :meth:`status_details`).
+    #: The class's own details a decoded error arrived with (see `status_details`).
     _received_details: tuple[Message, ...] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -136,7 +137,8 @@ class OctoLLMError(grpc.RpcError):
         details go right after ``ErrorInfo``. A hook that raises, or gives something that is
         not a message, costs only its own details (a warning is logged).
 
-        A decoded error (from :func:`octollm_grpc.status.from_rpc_error`) answers with the
+        A decoded error (from
+        [`octollm_grpc.status.from_rpc_error`][octollm_grpc.status.from_rpc_error]) answers with the
         details that arrived other than those five, unpacked to their generated classes when
         the default descriptor pool knows the type, else as the ``Any``, even when its class
         overrides this method; so re-raising it sends the same details on.
@@ -170,10 +172,10 @@ class OctoLLMError(grpc.RpcError):
             return _info_metadata(self.details)
         return dict(self._error_info[2])
 
-    # -- the seed's API ------------------------------------------------------------------
+    # -- the standard's API ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed's JSON envelope: ``error``, ``message``, ``details`` and ``retry_after``."""
+        """The standard's JSON envelope: ``error``, ``message``, ``details`` and ``retry_after``."""
         result: dict[str, Any] = {
             "error": self.error_code,
             "message": self.message,

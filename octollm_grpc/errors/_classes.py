@@ -1,4 +1,4 @@
-"""The classes of the hierarchy, with the seed standard's names, codes and signatures."""
+"""The classes of the hierarchy, with the standard's names, codes and signatures."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def _field_violations(
 class ValidationError(OctoLLMError):
     """Client provided invalid input.
 
-    Unlike the seed, subclasses may pass ``error_code`` and ``details`` through (the seed passed
-    ``error_code`` twice, a ``TypeError`` for ``TaskNotFoundError``).
+    Unlike the standard's example code, subclasses may pass ``error_code`` and ``details``
+    through (that code passed ``error_code`` twice, a ``TypeError`` for ``TaskNotFoundError``).
 
     Args:
         message: What went wrong, for people.
@@ -125,7 +125,7 @@ class InvalidInputError(ValidationError):
 
 
 class ValidationErrors(ValidationError):
-    """Several validation errors reported at once (the seed's pattern 4).
+    """Several validation errors reported at once (the standard's pattern 4).
 
     ``errors`` is a list of ``{"field": ..., "message": ...}``; on the wire it becomes a
     ``google.rpc.BadRequest`` with one field violation each.
@@ -175,7 +175,7 @@ class AuthenticationError(ValidationError):
 
     Args:
         message: What went wrong, for people.
-        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for `OctoLLMError`.
     """
 
     error_code = "AUTHENTICATION_ERROR"
@@ -189,7 +189,7 @@ class AuthorizationError(ValidationError):
 
     Args:
         message: What went wrong, for people.
-        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for `OctoLLMError`.
     """
 
     error_code = "AUTHORIZATION_ERROR"
@@ -199,7 +199,7 @@ class AuthorizationError(ValidationError):
 
 
 class PiiDetectedError(ValidationError):
-    """The input contains personal data that must not be processed (the seed's Rust code).
+    """The input contains personal data that must not be processed (the standard's Rust code).
 
     Args:
         pattern: The kind of personal data found.
@@ -214,7 +214,7 @@ class PiiDetectedError(ValidationError):
 class InvalidStateError(ValidationError):
     """The request is valid but the resource is not in a state that allows it.
 
-    Not in the seed; it names gRPC's ``FAILED_PRECONDITION`` (e.g. cancelling a finished task).
+    Not in the standard; it names gRPC's ``FAILED_PRECONDITION`` (e.g. cancelling a finished task).
 
     Args:
         message: What went wrong, for people.
@@ -310,7 +310,7 @@ class CircuitOpenError(ResourceError):
     """Raised on the client when a circuit breaker is open: the call never left the process.
 
     ``retry_after`` is the time, in seconds, until the breaker lets a probe through. A peer's
-    ``CIRCUIT_OPEN`` status decodes as :class:`ResourceError` (``error_code`` kept), never as
+    ``CIRCUIT_OPEN`` status decodes as `ResourceError` (``error_code`` kept), never as
     this class.
 
     Args:
@@ -331,7 +331,7 @@ class CircuitOpenError(ResourceError):
 # -- System errors (5xx) ----------------------------------------------------------------------
 
 
-class SystemError(OctoLLMError):  # noqa: A001 - the seed's name; shadows the builtin here only
+class SystemError(OctoLLMError):  # noqa: A001 - the standard's name; shadows the builtin here only
     """Internal system error.
 
     Args:
@@ -349,7 +349,7 @@ class InternalError(SystemError):
 
     Args:
         message: What went wrong, for people.
-        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for :class:`OctoLLMError`.
+        **kwargs: ``error_code``, ``details`` and ``retry_after``, as for `OctoLLMError`.
     """
 
     error_code = "INTERNAL_ERROR"
@@ -361,7 +361,7 @@ class InternalError(SystemError):
 class DatabaseError(SystemError):
     """Database operation failed.
 
-    As in the seed, the message and details carry ``str(original_error)``: pass an error whose
+    As in the standard, the message and details carry ``str(original_error)``: pass an error whose
     text may be shown to callers, or wrap the driver's error first.
 
     Args:
@@ -405,7 +405,7 @@ class NetworkError(SystemError):
 
 
 class SerializationError(SystemError):
-    """Encoding or decoding a payload failed (the seed's Rust code).
+    """Encoding or decoding a payload failed (the standard's Rust code).
 
     Args:
         message: What went wrong, for people.
@@ -417,7 +417,7 @@ class SerializationError(SystemError):
     error_code = "SERIALIZATION_ERROR"
 
 
-class TimeoutError(SystemError):  # noqa: A001 - the seed's name; shadows the builtin here only
+class TimeoutError(SystemError):  # noqa: A001 - the standard's name; shadows the builtin here only
     """Operation timed out.
 
     Args:
@@ -505,13 +505,13 @@ class ThirdPartyAPIError(ExternalError):
 
 # -- Status errors: what a bare gRPC code says ---------------------------------------------
 #
-# Not in the seed. A status with no reason we know (a plain ``context.abort``, another
+# Not in the standard. A status with no reason we know (a plain ``context.abort``, another
 # service's ErrorInfo) decodes to the class its code names, so ``except ValidationError`` no
 # longer catches "not found". Handlers may raise them too.
 
 
 class NotFoundError(OctoLLMError):
-    """A resource does not exist (``NOT_FOUND``); ``TaskNotFoundError`` is the seed's for tasks.
+    """A resource does not exist (``NOT_FOUND``); ``TaskNotFoundError`` is the standard's for tasks.
 
     Args:
         message: What went wrong, for people.
@@ -564,7 +564,7 @@ class OutOfRangeError(ValidationError):
 
 
 class ResourceExhaustedError(ResourceError):
-    """A quota or limit ran out (``RESOURCE_EXHAUSTED``); ``RateLimitError`` is the seed's.
+    """A quota or limit ran out (``RESOURCE_EXHAUSTED``); ``RateLimitError`` is the standard's.
 
     Args:
         message: What went wrong, for people.

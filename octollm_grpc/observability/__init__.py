@@ -1,12 +1,15 @@
 """Observability: request ids, call logging and metrics, shared by ``server``, ``client`` and
 ``fastapi``.
 
-- :class:`RequestIds` reads or makes each call's ``x-request-id``; handlers read it with
-  :func:`current_request_id`.
-- :class:`CallLogger` logs one structured event per finished call; :func:`configure_logging`
-  sets up structlog for it and :func:`flush_logs` drains the log queue.
-- :class:`ServerMetrics` holds the ``grpc_server_*`` and ``octollm_errors_*`` families;
-  :func:`serve_metrics` exposes a registry over HTTP.
+- [`RequestIds`][octollm_grpc.server.RequestIds] reads or makes each call's ``x-request-id``;
+  handlers read it with
+  [`current_request_id`][octollm_grpc.server.current_request_id].
+- [`CallLogger`][octollm_grpc.server.CallLogger] logs one structured event per finished call;
+  [`configure_logging`][octollm_grpc.server.configure_logging]
+  sets up structlog for it and [`flush_logs`][octollm_grpc.server.flush_logs] drains the log queue.
+- [`ServerMetrics`][octollm_grpc.server.ServerMetrics] holds the ``grpc_server_*`` and
+  ``octollm_errors_*`` families;
+  [`serve_metrics`][octollm_grpc.server.serve_metrics] exposes a registry over HTTP.
 
 Deadline and request-id propagation to outgoing calls, OpenTelemetry spans and the client's
 metrics are private modules here (``_propagation``, ``_otel``, ``_client_metrics``): a

@@ -2,14 +2,15 @@
 
 Each failed call gives exactly one event, ``grpc.call.failed``, with ``grpc_method``,
 ``grpc_code``, ``error_code``, ``request_id``, ``duration_ms``, ``peer`` (unless the
-:class:`CallLogger` leaves it out) and, for errors of the hierarchy, their ``message``. Levels
-follow the seed: errors the caller caused at ``warning``, server-side errors at ``error``,
+[`CallLogger`][octollm_grpc.server.CallLogger] leaves it out) and, for errors of the hierarchy,
+their ``message``. Levels
+follow the standard: errors the caller caused at ``warning``, server-side errors at ``error``,
 unexpected exceptions at ``critical`` with the traceback (``exc_info``). Successful calls log
 nothing.
 
 While a call runs, ``request_id`` is bound in structlog's context variables, so every event
 the handler logs carries it too (with ``structlog.contextvars.merge_contextvars`` in the
-processor chain, as :func:`configure_logging` sets up).
+processor chain, as [`configure_logging`][octollm_grpc.server.configure_logging] sets up).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class CallLogger:
     twice for it, and each release hands the GIL to another thread (about 70 µs of server
     CPU per failed call in the benchmark). On ``grpc.aio`` it is cheap.
 
-    When structlog caches loggers on first use (as :func:`configure_logging` sets it up), the
+    When structlog caches loggers on first use (as
+    [`configure_logging`][octollm_grpc.server.configure_logging] sets it up), the
     first event takes ``logger.bind()`` and keeps it, so later reconfiguration is not seen, as
     with any cached structlog logger; otherwise each event goes through ``logger`` itself.
 
@@ -131,7 +133,7 @@ class CallLogger:
         request_id: str | None, event: str = RATE_LIMITED_EVENT,
     ) -> None:
         """Log ``count`` rate-limit refusals of ``caller`` (one event per interval), at
-        ``warning``: ``grpc.call.rate_limited`` (see :mod:`octollm_grpc.server._shedding`), or
+        ``warning``: ``grpc.call.rate_limited`` (see `octollm_grpc.server._shedding`), or
         ``event`` (``grpc.call.shed`` for the concurrency limit, ``caller`` its partition)."""
         self._target().warning(
             event, grpc_method=method, grpc_code="RESOURCE_EXHAUSTED",
@@ -179,7 +181,7 @@ def bind_request_id(request_id: str) -> contextvars.Token[Any]:
 
 
 def unbind_request_id(token: contextvars.Token[Any]) -> None:
-    """Undo :func:`bind_request_id` (tolerates being called from another context)."""
+    """Undo `bind_request_id` (tolerates being called from another context)."""
     try:
         # The stdlib's reset through the token's own variable: what reset_contextvars does,
         # without its key formatting and lookup, and right however structlog keeps its vars.
@@ -193,20 +195,21 @@ class LineWriter:
     """Writes log lines to ``stream`` from a background thread, in order, in batches.
 
     A request thread only appends its line to a queue: no lock, no system call, no thread to
-    wake. Every :data:`FLUSH_INTERVAL` seconds one background thread (shared by all writers)
+    wake. Every `FLUSH_INTERVAL` seconds one background thread (shared by all writers)
     writes what has piled up with one ``write`` and one ``flush``. Writing and flushing each line
     under a lock on the request thread, as ``print`` loggers do, or waking a writer per line,
     hands the GIL back and forth on every failed call: on a busy server that costs several
     times the work of the line itself.
 
     A queued line is a rendered ``str``, or an event ``dict`` of scalar values that is
-    rendered as JSON when written (see :func:`configure_logging`), so the rendering is done in
+    rendered as JSON when written (see
+    [`configure_logging`][octollm_grpc.server.configure_logging]), so the rendering is done in
     batches too.
 
     Nothing is dropped and the order is kept: lines are written first in, first out, one
     drain at a time; once ``max_pending`` lines wait, the caller drains them itself;
-    :meth:`flush` (run for every writer at interpreter exit) writes everything queued so far.
-    If ``stream`` fails, the batch is counted in :attr:`lost` and the writer carries on. A
+    `flush` (run for every writer at interpreter exit) writes everything queued so far.
+    If ``stream`` fails, the batch is counted in `lost` and the writer carries on. A
     forked child starts with an empty queue and its own background thread.
     """
 
@@ -237,7 +240,7 @@ class LineWriter:
 
     # structlog's logger protocol: one method per level, each queues the line.
     def msg(self, message: str | dict[str, Any]) -> None:
-        """Queue one line; it is written within :data:`FLUSH_INTERVAL` seconds."""
+        """Queue one line; it is written within `FLUSH_INTERVAL` seconds."""
         if _background is None:
             _start_background()
         lines = self._lines
@@ -276,7 +279,7 @@ _background: threading.Thread | None = None
 
 
 def flush_logs() -> None:
-    """Write every line queued so far by every :class:`LineWriter` (as at exit)."""
+    """Write every line queued so far by every `LineWriter` (as at exit)."""
     with _writers_lock:
         writers = list(_writers)
     for writer in writers:
@@ -404,9 +407,10 @@ def configure_logging(
     get the bound context variables (``request_id``), the level, an ISO UTC timestamp and,
     for exceptions, the rendered traceback. Events below ``level`` are dropped cheaply.
 
-    ``background=True`` (the default) hands lines to a :class:`LineWriter`: they reach
-    ``stream`` in order within :data:`FLUSH_INTERVAL` seconds, and JSON events made only of
-    scalar values are rendered there, in batches. Call :func:`flush_logs` to write what is
+    ``background=True`` (the default) hands lines to a `LineWriter`: they reach
+    ``stream`` in order within `FLUSH_INTERVAL` seconds, and JSON events made only of
+    scalar values are rendered there, in batches. Call
+    [`flush_logs`][octollm_grpc.server.flush_logs] to write what is
     queued now (it runs at interpreter exit too; a process killed outright loses at most the
     last interval's lines). ``background=False`` writes and flushes each line in the calling
     thread, as structlog's ``PrintLogger`` does.

@@ -4,14 +4,15 @@ Everything here acts on the span that is current when it runs, whoever started i
 (opentelemetry-instrumentation-grpc's interceptors, or the application). Without
 ``opentelemetry-api`` installed every hook is a no-op, so the library works without it.
 
-- :func:`retry_event`: a retry becomes a span event ``rpc.retry`` with the attempt number,
+- `retry_event`: a retry becomes a span event ``rpc.retry`` with the attempt number,
   the failed attempt's code and the backoff delay.
-- :func:`call_failed`: a call our server stack fails sets the span's status and attributes.
-- :func:`start_server_span`: our server stack's own ``SERVER`` span, child of the caller's
+- `call_failed`: a call our server stack fails sets the span's status and attributes.
+- `start_server_span`: our server stack's own ``SERVER`` span, child of the caller's
   ``traceparent``, when no span is current (no instrumentation) and a tracer provider is set.
-- :func:`inject`: outbound calls on a resilient channel carry the current trace context.
-- :func:`add_trace_ids`: a structlog processor adding ``trace_id`` / ``span_id``
-  (:func:`octollm_grpc.observability._logs.configure_logging` installs it).
+- `inject`: outbound calls on a resilient channel carry the current trace context.
+- `add_trace_ids`: a structlog processor adding ``trace_id`` / ``span_id``
+  ([`octollm_grpc.observability._logs.configure_logging`][octollm_grpc.server.configure_logging]
+  installs it).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def start_server_span(tracer: Any, method: str, metadata: Any) -> ServerSpan | N
 
 
 def end_server_span(started: ServerSpan) -> None:
-    """End a span :func:`start_server_span` started, and make its parent current again."""
+    """End a span `start_server_span` started, and make its parent current again."""
     span, token = started
     _context.detach(token)  # logs, never raises, if the call ended in another context
     span.end()

@@ -1,9 +1,9 @@
 """Deadline and request id propagation: what a served call hands to the calls it makes.
 
 While a handler served by our server stack runs (a sync worker thread or an asyncio task),
-:func:`inbound` tells what the call being served allows: its deadline (on ``time.monotonic``)
+`inbound` tells what the call being served allows: its deadline (on ``time.monotonic``)
 and its request id. A resilient channel applies it to every outbound call it makes from there
-(:func:`outbound_timeout`, :func:`outbound_metadata`):
+(`outbound_timeout`, `outbound_metadata`):
 
 - a call that sets no timeout gets the time left of the incoming deadline;
 - a call that sets one gets the shorter of the two (a downstream call cannot outlive the
@@ -56,7 +56,7 @@ def inbound() -> Inbound | None:
 
 def enter(context: object, request_id: str | None, header: str = "x-request-id",
           ) -> contextvars.Token[Inbound | None]:
-    """Bind the call served with ``context`` (sync or aio); pass the token to :func:`leave`."""
+    """Bind the call served with ``context`` (sync or aio); pass the token to `leave`."""
     # A context without time_remaining (a test double) is a call without a deadline.
     time_remaining = getattr(context, "time_remaining", None)
     remaining = time_remaining() if time_remaining is not None else None
@@ -67,7 +67,7 @@ def enter(context: object, request_id: str | None, header: str = "x-request-id",
 
 
 def leave(token: contextvars.Token[Inbound | None]) -> None:
-    """Undo :func:`enter` (tolerates a call ended from another context)."""
+    """Undo `enter` (tolerates a call ended from another context)."""
     try:
         _inbound.reset(token)
     except (ValueError, RuntimeError):

@@ -1,7 +1,8 @@
 """Request ids: taken from the caller's ``x-request-id`` when it is sane, generated otherwise.
 
 The id of the call being served is readable anywhere in the handler with
-:func:`current_request_id` (a ``contextvars`` variable: the aio servicer context rejects new
+[`current_request_id`][octollm_grpc.server.current_request_id] (a ``contextvars`` variable: the aio
+servicer context rejects new
 attributes, and a context variable works the same on both stacks).
 """
 
@@ -102,12 +103,12 @@ class RequestIds:
 
 
 def bind(request_id: str) -> contextvars.Token[str | None]:
-    """Make ``request_id`` the current one; pass the token to :func:`unbind` when the call ends."""
+    """Make ``request_id`` the current one; pass the token to `unbind` when the call ends."""
     return _current.set(request_id)
 
 
 def unbind(token: contextvars.Token[str | None]) -> None:
-    """Undo :func:`bind` (tolerates a call ended from another context, e.g. a GC'd generator)."""
+    """Undo `bind` (tolerates a call ended from another context, e.g. a GC'd generator)."""
     try:
         _current.reset(token)
     except (ValueError, RuntimeError):

@@ -8,7 +8,7 @@ Names follow go-grpc-prometheus, so existing dashboards work:
 
 ``grpc_type`` is ``unary``, ``client_stream``, ``server_stream`` or ``bidi_stream``;
 ``grpc_code`` is Go's spelling of the code (``OK``, ``NotFound``, ``Canceled``, ...), as those
-dashboards expect. The seed's error metrics come on top:
+dashboards expect. The standard's error metrics come on top:
 
 - ``octollm_errors_total{error_type, component}`` (``error_type`` is the ``error_code``)
 - ``octollm_error_duration_seconds{error_type}`` (histogram)

@@ -1,8 +1,8 @@
-"""``track_errors``: the seed's error metrics for any function, on the server's metric objects.
+"""``track_errors``: the standard's error metrics for any function, on the server's metric objects.
 
 ``octollm_errors_total{error_type, component}`` and ``octollm_error_duration_seconds{error_type}``
 are the families
-:class:`~octollm_grpc.observability._server_metrics.ServerMetrics` registers, so errors of a
+[`ServerMetrics`][octollm_grpc.server.ServerMetrics] registers, so errors of a
 background job and of the gRPC server land in the same series, told apart by ``component``.
 """
 
@@ -33,8 +33,9 @@ def error_type(error: BaseException) -> str:
 
 
 class ErrorTracker(Decorator):
-    """What :func:`track_errors` returns: apply it to a ``def`` or an ``async def``
-    (:class:`~octollm_grpc._core.decorate.Decorator`); each call is counted here."""
+    """What [`track_errors`][octollm_grpc.resilience.track_errors] returns: apply it to a ``def`` or
+    an ``async def``
+    (`Decorator`); each call is counted here."""
 
     def __init__(self, component: str, registry: CollectorRegistry | None,
                  clock: Callable[[], float]) -> None:

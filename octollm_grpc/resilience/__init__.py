@@ -1,7 +1,8 @@
 """Resilience for any call, with the OctoLLM error-handling standard's names: circuit
 breaker, retry, fallback, error metrics, transactions.
 
-The same grpc-free core as the gRPC client's (:mod:`octollm_grpc.client`): one breaker state
+The same grpc-free core as the gRPC client's ([`octollm_grpc.client`][octollm_grpc.client]): one
+breaker state
 machine and its metrics, one backoff formula, one retry budget. ``@retry(...)`` decorates a
 ``def`` or an ``async def``; ``retry_with_backoff`` is the standard's call form.
 See ``docs/resilience.md``.

@@ -1,14 +1,15 @@
-"""The seed's ``CircuitBreaker`` for any callable, on the gRPC client's breaker core.
+"""The standard's ``CircuitBreaker`` for any callable, on the gRPC client's breaker core.
 
 ``CircuitBreaker(failure_threshold=5, timeout=60, expected_exception=Exception)`` keeps the
-seed's constructor and ``await breaker.call(func, *args, **kwargs)``, and also decorates sync
+standard's constructor and ``await breaker.call(func, *args, **kwargs)``, and also decorates sync
 and async functions (``@breaker``). The state machine, the half-open permits and the metrics
-are the gRPC client's (:class:`octollm_grpc.client.ChannelBreaker`), so a breaker around an
+are the gRPC client's ([`octollm_grpc.client.ChannelBreaker`][octollm_grpc.client.ChannelBreaker]),
+so a breaker around an
 HTTP call behaves, logs and is graphed exactly like one around a gRPC channel:
 
 - only ``expected_exception`` failures count; any other exception passes through and gives no
   verdict (a half-open probe that raises one frees its permit, it neither closes nor reopens);
-- open: :class:`~octollm_grpc.errors.CircuitOpenError` at once, with ``retry_after`` (seconds
+- open: `CircuitOpenError` at once, with ``retry_after`` (seconds
   until a probe is let through), and the function is not called;
 - half-open: exactly ``half_open_probes`` calls run at a time, the rest fail fast;
 - the clock is monotonic and injectable; no lock is held while the function runs.
@@ -103,7 +104,7 @@ class CircuitBreaker(Decorator):
         registry: CollectorRegistry | None = None,
         listeners: Iterable[core.BreakerListener] = (),
     ) -> None:
-        # Checked here too so a mistake is reported in the seed's names, not the core's.
+        # Checked here too so a mistake is reported in the standard's names, not the core's.
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) \
                 or failure_threshold < 1:
             raise ValueError(f"failure_threshold must be an int >= 1, not {failure_threshold!r}")
@@ -166,7 +167,7 @@ class CircuitBreaker(Decorator):
         awaited, as in the OctoLLM error-handling standard. A plain function runs at once,
         inside this call, so ``breaker.call(fn)`` without ``await`` still calls it and records
         its verdict; awaiting the result then gives its return value. For blocking code,
-        :meth:`call_sync` returns the value itself.
+        `call_sync` returns the value itself.
 
         Args:
             func: The function to call.

@@ -1,8 +1,8 @@
-"""Fallback chains and graceful degradation: the seed's primary -> read replica, for any call.
+"""Fallback chains and graceful degradation: the standard's primary -> read replica, for any call.
 
 ``with_fallback(primary, replica, on=(DatabaseError,))`` returns one callable that tries each
 in order with the same arguments. A callable guarded by an open breaker (``@breaker``) is
-skipped without being called, and a :class:`~octollm_grpc.errors.CircuitOpenError` from any of
+skipped without being called, and a `CircuitOpenError` from any of
 them always moves on to the next: a breaker that is open is the plainest "unavailable" there is.
 """
 
@@ -72,14 +72,14 @@ class _Chain:
             raise error
         name = _name(self.callables[index])
         if index + 1 < len(self.callables):
-            _log.warning("Call failed, trying fallback", function=name,
+            _log.warning("resilience.fallback.trying_next", function=name,
                          fallback=_name(self.callables[index + 1]), error=str(error),
                          error_type=_error_type(error))
             return
         degraded = self.default is not _MISSING or self.degrade is not None
         # A degraded answer is a handled outcome (warning); an error for the caller is not.
         (_log.warning if degraded else _log.error)(
-            "All fallbacks failed", function=name, attempts=len(self.callables),
+            "resilience.fallback.exhausted", function=name, attempts=len(self.callables),
             error=str(error), error_type=_error_type(error), degraded=degraded)
         if self.degrade is not None:
             return
@@ -100,8 +100,8 @@ def with_fallback(
 
     The result is an ``async def`` if any of ``callables`` is one, else a plain function.
     A failure with an ``on`` error (or ``CircuitOpenError``) moves to the next callable and
-    logs ``"Call failed, trying fallback"`` at warning; other errors propagate at once. When
-    all fail: ``"All fallbacks failed"`` at error, then the last error is raised, unless a
+    logs ``"resilience.fallback.trying_next"`` at warning; other errors propagate at once. When
+    all fail: ``"resilience.fallback.exhausted"`` at error, then the last error is raised, unless a
     ``default`` value or ``degrade(error)`` function is given, whose result is returned
     (graceful degradation for non-critical reads; the log line is then a warning).
     Kinds are read from the callables themselves: a ``lambda`` returning a coroutine is not an

@@ -1,12 +1,13 @@
-"""The seed's ``retry_with_backoff`` and a ``@retry`` decorator, on the gRPC client's backoff.
+"""The standard's ``retry_with_backoff`` and a ``@retry`` decorator, on the gRPC client's backoff.
 
 Our own loop rather than tenacity: the delays come from the same core as the gRPC client's
 retries (the gRPC client's ceiling and
-:func:`~octollm_grpc._core.backoff.full_jitter`), the retry decision reads our error mapping
-and ``retry_after``, and the retry budget is the client's :class:`RetryBudget`: tenacity would
+`full_jitter`), the retry decision reads our error mapping
+and ``retry_after``, and the retry budget is the client's
+[`RetryBudget`][octollm_grpc.client.RetryBudget]: tenacity would
 need a custom retry, wait and stop class for each of those, and a runtime dependency.
 
-One attempt-by-attempt decision (:class:`_Attempts`) serves the sync and the async loop.
+One attempt-by-attempt decision (`_Attempts`) serves the sync and the async loop.
 """
 
 from __future__ import annotations
@@ -120,18 +121,18 @@ class _Attempts:
             elif self._deadline is not None and self._clock() + delay >= self._deadline:
                 reason = "deadline"
         if reason is not None:
-            _log.error("Max retries exceeded", function=self._name, attempt=self.attempt,
+            _log.error("resilience.retry.gave_up", function=self._name, attempt=self.attempt,
                        reason=reason, error=str(error), error_type=_error_type(error),
                        **({"retry_after": delay} if reason == "retry_after" else {}))
             return None
-        _log.warning("Retrying after failure", function=self._name, attempt=self.attempt,
+        _log.warning("resilience.retry.retrying", function=self._name, attempt=self.attempt,
                      delay=delay, error=str(error), error_type=_error_type(error))
         return delay
 
     def _backoff(self) -> float:
         if self._policy is None:
             return 0.0
-        # The policy's ceiling is at least base_delay; the seed's formula caps at max_delay.
+        # The policy's ceiling is at least base_delay; the standard's formula caps at max_delay.
         if self._jitter:
             return min(full_jitter(self._policy, self.attempt, self._rng), self._max_delay)
         return min(self._policy.backoff_ceiling(self.attempt), self._max_delay)
@@ -168,12 +169,12 @@ async def retry_with_backoff(
 ) -> T:
     """Call ``func()`` (awaiting its result if it is awaitable) until it succeeds.
 
-    The seed's contract, with these differences a caller can rely on:
+    The standard's contract, with these differences a caller can rely on:
 
     - ``max_retries`` retries at most (``max_retries + 1`` attempts); the delay before retry
       ``n`` is drawn uniformly from ``[0, min(base_delay * exponential_base ** (n - 1),
       max_delay)]`` (full jitter, as the gRPC client), or is that ceiling with ``jitter=False``;
-    - only ``retry_on`` errors are retried, and never an :class:`OctoLLMError` whose mapping is
+    - only ``retry_on`` errors are retried, and never an `OctoLLMError` whose mapping is
       not retryable (``ValidationError``, ``DatabaseError``, ...);
     - an error's ``retry_after`` (``RateLimitError``, ``CircuitOpenError``) is the next delay;
       one over ``max_delay`` is not waited: the error is re-raised at once (as the gRPC
@@ -183,8 +184,8 @@ async def retry_with_backoff(
     - ``deadline`` (seconds from the first call, on ``clock``): no retry whose delay would end
       past it (a running attempt is not cut short: give ``func`` its own timeout);
       ``budget``: each retryable failure takes a token, no retry once it is drained;
-    - each retry logs ``"Retrying after failure"`` (warning); giving up on a retryable error
-      logs ``"Max retries exceeded"`` (error) with ``reason`` ``attempts``, ``deadline`` or
+    - each retry logs ``"resilience.retry.retrying"`` (warning); giving up on a retryable error
+      logs ``"resilience.retry.gave_up"`` (error) with ``reason`` ``attempts``, ``deadline`` or
       ``budget`` (or ``retry_after``). The last error is re-raised unchanged.
 
     Args:
@@ -237,7 +238,8 @@ def _retry_blocking(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """The blocking form of :func:`retry_with_backoff` (same arguments, same contract)."""
+    """The blocking form of [`retry_with_backoff`][octollm_grpc.resilience.retry_with_backoff] (same
+    arguments, same contract)."""
     attempts = _Attempts(_name_of(func), max_retries, base_delay, max_delay, exponential_base,
                          jitter, retry_on, deadline, budget, rng, clock)
     while True:
@@ -264,9 +266,11 @@ def retry(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RetryDecorator:
-    """``@retry(...)``: :func:`retry_with_backoff` around every call of a sync or async function.
+    """``@retry(...)``: [`retry_with_backoff`][octollm_grpc.resilience.retry_with_backoff] around
+    every call of a sync or async function.
 
-    Takes :func:`retry_with_backoff`'s keyword arguments. ``sleep`` must match the function:
+    Takes [`retry_with_backoff`][octollm_grpc.resilience.retry_with_backoff]'s keyword arguments.
+    ``sleep`` must match the function:
     an ``async`` sleep for an ``async def``, a blocking one for a ``def`` (defaults:
     ``asyncio.sleep`` and ``time.sleep``). Bad settings raise here, not on the first failure.
 
@@ -304,9 +308,11 @@ def retry(
 
 
 class RetryDecorator(Decorator):
-    """What :func:`retry` returns: apply it to a ``def`` or an ``async def``.
+    """What [`retry`][octollm_grpc.resilience.retry] returns: apply it to a ``def`` or an ``async
+    def``.
 
-    ``options`` are :func:`retry_with_backoff`'s keyword arguments (build it with :func:`retry`,
+    ``options`` are [`retry_with_backoff`][octollm_grpc.resilience.retry_with_backoff]'s keyword
+    arguments (build it with [`retry`][octollm_grpc.resilience.retry],
     which checks them).
     """
 

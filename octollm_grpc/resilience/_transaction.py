@@ -136,7 +136,7 @@ async def database_transaction(
         try:
             yield connection
         except BaseException as error:
-            _logged("Transaction failed, rolling back", operation, error)
+            _logged("resilience.transaction.rolled_back", operation, error)
             await _rollback(connection, operation, run)
             replacement = _as_database_error(error, operation, wrapped)
             if replacement is not None:
@@ -145,7 +145,7 @@ async def database_transaction(
         try:
             await _call(run, connection.commit)
         except Exception as error:
-            _logged("Commit failed, rolling back", operation, error)
+            _logged("resilience.transaction.commit_failed", operation, error)
             await _rollback(connection, operation, run)
             replacement = _as_database_error(error, f"{operation} commit", wrapped)
             if replacement is not None:
@@ -173,7 +173,7 @@ async def _savepoint(connection: Any, operation: str,
     try:
         yield
     except BaseException as error:
-        _logged("Transaction failed, rolling back", operation, error, savepoint=name)
+        _logged("resilience.transaction.rolled_back", operation, error, savepoint=name)
         await _rollback_to(connection, operation, run, name, inside)
         replacement = _as_database_error(error, operation, wrapped)
         if replacement is not None:
@@ -184,7 +184,7 @@ async def _savepoint(connection: Any, operation: str,
     try:
         await _call(run, functools.partial(_execute, connection, f"RELEASE SAVEPOINT {name}"))
     except Exception as error:
-        _logged("Commit failed, rolling back", operation, error, savepoint=name)
+        _logged("resilience.transaction.commit_failed", operation, error, savepoint=name)
         await _rollback_to(connection, operation, run, name, inside)
         replacement = _as_database_error(error, f"{operation} commit", wrapped)
         if replacement is not None:

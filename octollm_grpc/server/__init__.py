@@ -1,16 +1,29 @@
 """Server interceptors: every handler exception reaches the caller as the right status.
 
 ``server_interceptors()`` gives the recommended stack for ``grpc.server(...)``; its twin in
-:mod:`octollm_grpc.server.aio` is for ``grpc.aio.server(...)``. Each part is configured by
-its own object: :class:`RequestIds`, :class:`CallLogger`, :class:`ServerMetrics`,
-:class:`RateLimiter` (with :class:`RateLimit`; its buckets in a :class:`MemoryStore`, or
-shared by replicas in ``ratelimit_redis.RedisStore``), :class:`BearerAuth` (with
-:class:`StaticTokens` or :class:`JWTVerifier`) or :class:`CertificateAuth` (mTLS identities),
-:class:`ConcurrencyLimit` (an adaptive limit on calls in flight), all gathered in one
-:class:`ServerOptions`. :func:`server_credentials` gives TLS / mTLS credentials (reloaded
-from disk when the files change); :func:`certificate_principal` names an mTLS caller; a
-verifier may answer with a :class:`Grant` (scopes and the caller's principal). Handlers
-validate with :class:`Violations` and read the call's id with :func:`current_request_id`.
+[`octollm_grpc.server.aio`][octollm_grpc.server.aio] is for ``grpc.aio.server(...)``. Each part is
+configured by
+its own object: [`RequestIds`][octollm_grpc.server.RequestIds],
+[`CallLogger`][octollm_grpc.server.CallLogger],
+[`ServerMetrics`][octollm_grpc.server.ServerMetrics],
+[`RateLimiter`][octollm_grpc.server.RateLimiter] (with [`RateLimit`][octollm_grpc.server.RateLimit];
+its buckets in a `MemoryStore`, or
+shared by replicas in ``ratelimit_redis.RedisStore``),
+[`BearerAuth`][octollm_grpc.server.BearerAuth] (with
+[`StaticTokens`][octollm_grpc.server.StaticTokens] or
+[`JWTVerifier`][octollm_grpc.server.JWTVerifier]) or
+[`CertificateAuth`][octollm_grpc.server.CertificateAuth] (mTLS identities),
+[`ConcurrencyLimit`][octollm_grpc.server.ConcurrencyLimit] (an adaptive limit on calls in flight),
+all gathered in one
+[`ServerOptions`][octollm_grpc.server.ServerOptions].
+[`server_credentials`][octollm_grpc.server.server_credentials] gives TLS / mTLS credentials
+(reloaded
+from disk when the files change);
+[`certificate_principal`][octollm_grpc.server.certificate_principal] names an mTLS caller; a
+verifier may answer with a [`Grant`][octollm_grpc.server.Grant] (scopes and the caller's principal).
+Handlers
+validate with [`Violations`][octollm_grpc.server.Violations] and read the call's id with
+[`current_request_id`][octollm_grpc.server.current_request_id].
 """
 
 from __future__ import annotations
@@ -69,7 +82,8 @@ def server_interceptors(
 ) -> list[grpc.ServerInterceptor]:
     """The recommended stack for ``grpc.server(pool, interceptors=...)``.
 
-    Takes the fields of :class:`ServerOptions` as keywords (``request_ids``, ``logger``,
+    Takes the fields of [`ServerOptions`][octollm_grpc.server.ServerOptions] as keywords
+    (``request_ids``, ``logger``,
     ``metrics``, ``rate_limit``, ``auth``, ``concurrency``, ``domain``, ``debug``,
     ``tracer_provider``), or a
     ``ServerOptions`` whose fields the keywords replace. With no arguments: error mapping,
@@ -82,15 +96,16 @@ def server_interceptors(
     ``debug=True`` adds the traceback of unexpected exceptions as ``DebugInfo`` (never in
     production). ``tracer_provider``
     (OpenTelemetry; default: the global one) starts a server span for a call no
-    instrumentation traces already (see :mod:`octollm_grpc.observability._otel`).
+    instrumentation traces already (see `octollm_grpc.observability._otel`).
 
     Raises ``TypeError`` for an unknown keyword, and for an ``auth`` whose verifier is a
     coroutine function: a sync server cannot await it, so it is refused here rather than
     failing every call.
 
     Args:
-        options: A :class:`ServerOptions`; keywords replace its fields.
-        **keywords: The fields of :class:`ServerOptions`.
+        options: A [`ServerOptions`][octollm_grpc.server.ServerOptions]; keywords replace its
+            fields.
+        **keywords: The fields of [`ServerOptions`][octollm_grpc.server.ServerOptions].
 
     Returns:
         The interceptors for ``grpc.server(pool, interceptors=...)``.

@@ -1,19 +1,21 @@
 """Bearer-token authentication with per-method scopes.
 
 The token comes from the ``authorization`` metadata (``Bearer <token>``). A verifier turns it
-into the caller's scopes, or ``None`` when the token is not valid; :class:`StaticTokens` is a
+into the caller's scopes, or ``None`` when the token is not valid;
+[`StaticTokens`][octollm_grpc.server.StaticTokens] is a
 verifier for a fixed set of tokens, compared in constant time. No token, a malformed header or
-a rejected token -> :class:`~octollm_grpc.errors.AuthenticationError` (``UNAUTHENTICATED``); a
-valid token without a required scope -> :class:`~octollm_grpc.errors.AuthorizationError`
+a rejected token -> `AuthenticationError` (``UNAUTHENTICATED``); a
+valid token without a required scope -> `AuthorizationError`
 (``PERMISSION_DENIED``). Open methods (health and reflection by default) need no token.
 Tokens never appear in error messages, details or logs.
 
-A verifier may return a :class:`Grant` (scopes plus the caller's principal, e.g. a JWT's
+A verifier may return a [`Grant`][octollm_grpc.server.Grant] (scopes plus the caller's principal,
+e.g. a JWT's
 ``sub``): the principal is then logged with a failed call and set as ``octollm.principal`` on
-the span. A verifier may also raise :class:`~octollm_grpc.errors.AuthenticationError` itself,
+the span. A verifier may also raise `AuthenticationError` itself,
 with an ``error_code`` saying why (``TOKEN_EXPIRED``, ...), which becomes ``ErrorInfo.reason``;
 a verifier object with a coroutine method ``verify_async`` is awaited through it on aio servers
-(:class:`~octollm_grpc.server.JWTVerifier` is one).
+([`JWTVerifier`][octollm_grpc.server.JWTVerifier] is one).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Grant(frozenset[str]):
 class StaticTokens:
     """A verifier for a fixed map of token -> scopes.
 
-    Every known token is compared with :func:`hmac.compare_digest` on every call, so the time
+    Every known token is compared with `hmac.compare_digest` on every call, so the time
     taken tells nothing about which token (or how much of one) matched.
 
     Args:
@@ -152,9 +154,9 @@ class BearerAuth:
 
     @staticmethod
     def authorize(required: frozenset[str], granted: Iterable[str] | None) -> str | None:
-        """Raise unless ``granted`` (what :meth:`identify` gave) has every ``required`` scope.
+        """Raise unless ``granted`` (what `identify` gave) has every ``required`` scope.
 
-        Returns the principal when ``granted`` is a :class:`Grant` naming one.
+        Returns the principal when ``granted`` is a [`Grant`][octollm_grpc.server.Grant] naming one.
 
         Raises:
             AuthenticationError: ``granted`` is ``None`` (the credential was not valid).
@@ -183,13 +185,15 @@ class BearerAuth:
         wait: Callable[[Awaitable[Any]], Any] | None = None,
         context: Any = None,
     ) -> Iterable[str] | None:
-        """The caller's scopes (a :class:`Grant` when the verifier names the caller), or
+        """The caller's scopes (a [`Grant`][octollm_grpc.server.Grant] when the verifier names the
+        caller), or
         ``None`` when the token is not valid; raises ``AuthenticationError`` for a missing or
         malformed header (or when the verifier raises it).
 
         ``wait`` blocks until an awaitable verdict is ready (a ``def`` handler on an aio
         server hands it to the event loop); without it a coroutine verifier is a ``TypeError``.
-        ``context`` (the servicer context) is unused here; :class:`CertificateAuth` reads the
+        ``context`` (the servicer context) is unused here;
+        [`CertificateAuth`][octollm_grpc.server.CertificateAuth] reads the
         connection's certificate from it.
         """
         granted = self._verifier(self._token(metadata))
@@ -206,7 +210,7 @@ class BearerAuth:
     async def identify_async(
         self, metadata: Iterable[Any] | None, context: Any = None
     ) -> Iterable[str] | None:
-        """:meth:`identify` for aio servers: the verifier may be a coroutine function, or have
+        """`identify` for aio servers: the verifier may be a coroutine function, or have
         a coroutine method ``verify_async`` (used instead of calling it)."""
         token = self._token(metadata)
         verify_async = getattr(self._verifier, "verify_async", None)
@@ -223,11 +227,11 @@ class BearerAuth:
         context: Any = None,
     ) -> str | None:
         """Raise unless ``metadata`` carries a valid token with every ``required`` scope
-        (:meth:`identify`, then :meth:`authorize`); the caller's principal, if named."""
+        (`identify`, then `authorize`); the caller's principal, if named."""
         return self.authorize(required, self.identify(metadata, wait, context))
 
     async def check_async(
         self, required: frozenset[str], metadata: Iterable[Any] | None, context: Any = None
     ) -> str | None:
-        """:meth:`check` for aio servers (see :meth:`identify_async`)."""
+        """`check` for aio servers (see `identify_async`)."""
         return self.authorize(required, await self.identify_async(metadata, context))

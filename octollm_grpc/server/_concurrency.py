@@ -1,10 +1,11 @@
-"""An adaptive limit on the calls a server runs at once: :class:`ConcurrencyLimit`.
+"""An adaptive limit on the calls a server runs at once:
+[`ConcurrencyLimit`][octollm_grpc.server.ConcurrencyLimit].
 
 Given as ``server_interceptors(concurrency=ConcurrencyLimit(...))`` (either stack), it admits a
 call only while fewer than the current limit are in flight, and refuses the others before
 their handler runs with ``RESOURCE_EXHAUSTED`` (``RetryInfo`` and ``grpc-retry-pushback-ms``),
-through the same cheap path as a rate-limit refusal (:mod:`octollm_grpc.server._shedding`).
-The limit moves with the measured latency (:class:`~octollm_grpc._core.gradient.
+through the same cheap path as a rate-limit refusal (`octollm_grpc.server._shedding`).
+The limit moves with the measured latency (`
 GradientLimit`): it shrinks when calls start to queue and grows back when latency is normal.
 
 Every admitted unary call gives one latency sample when it ends, however it ends (success,
@@ -67,7 +68,7 @@ class Partition:
 
 
 class Permit:
-    """An admitted call's hold on the limit; give it back with :meth:`ConcurrencyLimit.release`."""
+    """An admitted call's hold on the limit; give it back with `ConcurrencyLimit.release`."""
 
     __slots__ = ("in_flight", "partition", "sampled", "start")
 
@@ -263,11 +264,11 @@ class ConcurrencyLimit:
         """Admit a call of ``route``, or refuse it.
 
         Args:
-            route: the method's route (:meth:`route`).
+            route: the method's route (`route`).
             metadata: the call's invocation metadata (read for ``partition_metadata``).
 
         Returns:
-            the call's :class:`Permit` (give it back with :meth:`release`), or its refusal
+            the call's `Permit` (give it back with `release`), or its refusal
             (counted in the method's refusals), which says when capacity is expected to free.
         """
         partition = route.partition
@@ -298,7 +299,7 @@ class ConcurrencyLimit:
         """End an admitted call: free its place and take its latency sample.
 
         Args:
-            permit: what :meth:`acquire` gave the call.
+            permit: what `acquire` gave the call.
             sample: whether its time since admission is a latency sample (``False`` for a
                 call that never reached its handler; a streaming call's never is).
         """
@@ -347,7 +348,7 @@ class ConcurrencyLimit:
 class ConcurrencyRejection:
     """A call the concurrency limit refused: what its status and its log event say.
 
-    ``wait`` is the advertised wait (see :func:`octollm_grpc.server._shedding.advertised_wait`);
+    ``wait`` is the advertised wait (see `octollm_grpc.server._shedding.advertised_wait`);
     ``key`` is the partition (its refusals are logged together).
     """
 

@@ -1,12 +1,13 @@
 """The one core both stacks share: per-method plans, and each call from start to end.
 
-A :class:`Call` is the one prologue and epilogue of every wrapped handler: entered (``with``
+A `Call` is the one prologue and epilogue of every wrapped handler: entered (``with``
 on the sync stacks, ``async with`` on aio) it starts the call and admits it (rate limit, auth,
 a request that parsed); left, it records success, or decides on the failure and has the stack
-send it. The sync (:mod:`octollm_grpc.server._sync`), aio (:mod:`octollm_grpc.server.aio`)
-and thread-pool (:mod:`octollm_grpc.server._threaded`) wrappers keep only how a stream is
+send it. The sync (`octollm_grpc.server._sync`), aio
+([`octollm_grpc.server.aio`][octollm_grpc.server.aio])
+and thread-pool (`octollm_grpc.server._threaded`) wrappers keep only how a stream is
 iterated and how a status is sent. Everything a method needs (metric children, its rate
-limit, its scopes) is resolved once, in its :class:`MethodPlan`; a successful call costs a
+limit, its scopes) is resolved once, in its `MethodPlan`; a successful call costs a
 clock read, the request id and the counters.
 """
 
@@ -96,11 +97,11 @@ class MethodPlan:
 
 
 class Call:
-    """The state of one call in progress, started by :meth:`begin`.
+    """The state of one call in progress, started by `begin`.
 
     Starting it reads the clock, settles the request id (bound for logs, set as trailer) and
     what outbound calls inherit, opens our server span if we trace, and counts the start.
-    :class:`SyncCall` and :class:`AsyncCall` add the prologue and epilogue.
+    `SyncCall` and `AsyncCall` add the prologue and epilogue.
     """
 
     __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "permit", "pipeline",
@@ -173,7 +174,7 @@ class SyncCall(Call):
     """A call whose handler runs in this thread: ``with SyncCall.begin(...): <run it>``.
 
     Entering admits the call; leaving records success or, for an exception, calls
-    :meth:`end_failed`. A failed call always leaves by an exception (the stack's own, or the
+    `end_failed`. A failed call always leaves by an exception (the stack's own, or the
     handler's, which is never swallowed): the block needs no return after it.
     """
 
@@ -209,7 +210,7 @@ class SyncCall(Call):
 
 
 class AsyncCall(Call):
-    """:class:`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``."""
+    """`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``."""
 
     __slots__ = ()
 
@@ -235,7 +236,7 @@ class AsyncCall(Call):
             self.pipeline.end(self)
 
     async def end_failed(self, exc: BaseException) -> None:
-        """:meth:`SyncCall.end_failed`; also ``asyncio.CancelledError`` (call cancelled)."""
+        """`SyncCall.end_failed`; also ``asyncio.CancelledError`` (call cancelled)."""
         raise NotImplementedError
 
 
@@ -318,7 +319,7 @@ class Pipeline:
                 raise
 
     async def admit_async(self, call: Call) -> None:
-        """:meth:`admit` for aio: the verifier may be a coroutine function."""
+        """`admit` for aio: the verifier may be a coroutine function."""
         plan = call.plan
         if plan.limit is not None:
             # A shared store (Redis) answers over the network: never block the event loop.
@@ -541,7 +542,7 @@ def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> Exception:
     """Mark ``call`` as refused by the rate limiter; what to raise to unwind it to its end.
 
     Not the ``RateLimitError`` itself: the call ends with the cached status of its
-    :class:`Rejection` (see :meth:`Pipeline._shed`), so nothing reads the exception, and
+    `Rejection` (see `Pipeline._shed`), so nothing reads the exception, and
     building an error per refused call is most of what shedding is there to save.
     """
     call.rejection = Rejection(limit, key, wait)
@@ -549,7 +550,7 @@ def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> Exception:
 
 
 class _Refused(Exception):
-    """Unwinds a refused call from admission to :meth:`Pipeline.fail` (never leaves the stack:
+    """Unwinds a refused call from admission to `Pipeline.fail` (never leaves the stack:
     the call ends with its rejection's status)."""
 
 

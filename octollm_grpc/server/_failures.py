@@ -2,7 +2,8 @@
 
 Pure functions shared by the sync and aio interceptors. The rules:
 
-- an exception the handler did not decide on goes through :func:`octollm_grpc.status.to_status`
+- an exception the handler did not decide on goes through
+  [`octollm_grpc.status.to_status`][octollm_grpc.status.to_status]
   (unexpected exceptions get the generic message, never their text);
 - a status the handler decided (``context.abort``, ``context.set_code``) is left as it is;
 - trailers the handler set are kept, next to the status details and the request id

@@ -1,7 +1,8 @@
 """Handlers as grpc sees them: shape, context, request parser, and wrapping each once.
 
-Both interceptors (:mod:`octollm_grpc.server._sync`, :mod:`octollm_grpc.server.aio`) wrap a
-method's handler through :class:`Wrapping`; only how a behaviour is wrapped differs by stack.
+Both interceptors (`octollm_grpc.server._sync`,
+[`octollm_grpc.server.aio`][octollm_grpc.server.aio]) wrap a
+method's handler through `Wrapping`; only how a behaviour is wrapped differs by stack.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ServicerContext(Protocol):
     """What the core uses of a servicer context.
 
     ``grpc.ServicerContext`` (sync), ``grpc.aio.ServicerContext`` and
-    :class:`octollm_grpc.server._threaded.ThreadContext` all have it. (grpcio's sync context
+    `octollm_grpc.server._threaded.ThreadContext` all have it. (grpcio's sync context
     has ``code()`` and ``details()`` since 1.38, as public API; its type stubs lack them.)
     """
 
@@ -88,16 +89,16 @@ class _Undecodable:
         return "<undecodable request>"
 
 
-#: What :func:`parse_safely` gives for bytes that do not parse; handlers never receive it.
+#: What `parse_safely` gives for bytes that do not parse; handlers never receive it.
 UNDECODABLE: Any = _Undecodable()
 
 
 def parse_safely(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserializer``, returning :data:`UNDECODABLE` instead of raising.
+    """``deserializer``, returning `UNDECODABLE` instead of raising.
 
     Left alone, grpcio answers a request message that does not parse with ``INTERNAL`` (sync)
     or with ``UNKNOWN`` and the parser's exception type and text (aio). Through this the call
-    runs the pipeline (rate limit, auth) and ends with :func:`undecodable_error`, logged and
+    runs the pipeline (rate limit, auth) and ends with `undecodable_error`, logged and
     counted like any other failure.
     """
     if deserializer is None:
@@ -149,7 +150,7 @@ class HandlerCache(Generic[_H]):
 class Wrapping:
     """What both interceptors share: the pipeline, and each method's handler wrapped once.
 
-    A subclass says how a behaviour is wrapped (:meth:`wrap_behavior`); the shape, the
+    A subclass says how a behaviour is wrapped (`wrap_behavior`); the shape, the
     request parser and the serializers are kept as grpc dispatches on them.
     """
 

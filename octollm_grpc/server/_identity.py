@@ -2,11 +2,13 @@
 
 With client certificates required (``server_credentials(..., client_ca=...)``), the TLS
 handshake has already proven that the peer holds a key the CA vouched for. What remains is to
-name the peer and decide what it may call. :func:`certificate_principal` names it: the SPIFFE ID
+name the peer and decide what it may call.
+[`certificate_principal`][octollm_grpc.server.certificate_principal] names it: the SPIFFE ID
 (a certificate's single ``spiffe://`` URI SAN), else its first DNS SAN, else its subject common
-name. :class:`CertificateAuth` maps principals (exact, or globs such as
+name. [`CertificateAuth`][octollm_grpc.server.CertificateAuth] maps principals (exact, or globs such
+as
 ``spiffe://example.org/ns/*/sa/web``) to scopes and enforces per-method scopes exactly as
-:class:`~octollm_grpc.server.BearerAuth` does with tokens. Refusals never carry the
+[`BearerAuth`][octollm_grpc.server.BearerAuth] does with tokens. Refusals never carry the
 certificate's contents: a missing certificate is ``UNAUTHENTICATED`` (reason
 ``CERTIFICATE_REQUIRED``), a principal without a scope ``PERMISSION_DENIED`` naming the
 missing scope.
@@ -63,13 +65,13 @@ def _printable(raw: bytes | str) -> str:
 class CertificateAuth(BearerAuth):
     """Per-method scopes for mTLS callers, granted by the principal of their certificate.
 
-    ``principals`` maps a principal, exactly or as an :mod:`fnmatch` glob (``*`` also matches
+    ``principals`` maps a principal, exactly or as an `fnmatch` glob (``*`` also matches
     ``/``), to its scopes; a caller gets the scopes of its exact entry plus those of every glob
     it matches. A principal listed nowhere is authenticated (the CA vouched for it) with no
     scopes: it may call only methods that require none. ``scopes``, ``default_scopes`` and
-    ``open_methods`` are :class:`~octollm_grpc.server.BearerAuth`'s. A call without a client
+    ``open_methods`` are [`BearerAuth`][octollm_grpc.server.BearerAuth]'s. A call without a client
     certificate (plaintext, or TLS where certificates are optional) is
-    :class:`~octollm_grpc.errors.AuthenticationError` with reason ``CERTIFICATE_REQUIRED``.
+    `AuthenticationError` with reason ``CERTIFICATE_REQUIRED``.
     Pass it as ``server_interceptors(auth=CertificateAuth(...))`` on either stack.
 
     Args:
@@ -121,7 +123,7 @@ class CertificateAuth(BearerAuth):
         return self.scopes_of(principal)
 
     async def identify_async(self, metadata: Iterable[Any] | None, context: Any = None) -> Grant:
-        """:meth:`identify` (reading the connection's certificate never blocks)."""
+        """`identify` (reading the connection's certificate never blocks)."""
         return self.identify(metadata, None, context)
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""JWT / OIDC bearer tokens: :class:`JWTVerifier`, a verifier for :class:`BearerAuth`.
+"""JWT / OIDC bearer tokens: [`JWTVerifier`][octollm_grpc.server.JWTVerifier], a verifier for
+[`BearerAuth`][octollm_grpc.server.BearerAuth].
 
 ``BearerAuth(JWTVerifier(issuer=..., audience=..., jwks_url=...), scopes={...})`` checks each
 call's ``authorization: Bearer <JWT>`` against an OIDC issuer's signing keys: the signature
@@ -7,7 +8,7 @@ call's ``authorization: Bearer <JWT>`` against an OIDC issuer's signing keys: th
 ``scope`` (space separated) or ``scp`` (a list); ``sub`` is the principal logged with a failed
 call and set on the span. Built on PyJWT (the ``[jwt]`` extra).
 
-Every refusal is ``UNAUTHENTICATED`` (:class:`~octollm_grpc.errors.AuthenticationError`) with
+Every refusal is ``UNAUTHENTICATED`` (`AuthenticationError`) with
 its own ``ErrorInfo.reason`` (the keys of ``REASONS``) and a fixed message: nothing of the token is
 ever echoed in the status, its details, the logs or the span.
 
@@ -208,15 +209,15 @@ def _scopes(claims: Mapping[str, Any]) -> list[str]:
 
 
 class JWTVerifier:
-    """A :class:`~octollm_grpc.server.BearerAuth` verifier for JWTs from an OIDC issuer.
+    """A [`BearerAuth`][octollm_grpc.server.BearerAuth] verifier for JWTs from an OIDC issuer.
 
-    Called with a token it returns a :class:`~octollm_grpc.server.Grant` (the scopes,
-    with ``sub`` as the principal) or raises :class:`~octollm_grpc.errors.AuthenticationError`
+    Called with a token it returns a [`Grant`][octollm_grpc.server.Grant] (the scopes,
+    with ``sub`` as the principal) or raises `AuthenticationError`
     whose ``error_code`` (``ErrorInfo.reason``) says why: ``TOKEN_MALFORMED``,
     ``TOKEN_ALGORITHM_REFUSED``, ``TOKEN_UNKNOWN_KEY``, ``TOKEN_BAD_SIGNATURE``,
     ``TOKEN_EXPIRED``, ``TOKEN_NOT_YET_VALID``, ``TOKEN_WRONG_ISSUER`` or
     ``TOKEN_WRONG_AUDIENCE``. On the sync stack a due JWKS fetch blocks the calling handler
-    thread (at most about ``fetch_timeout``); on aio :meth:`verify_async` awaits it instead.
+    thread (at most about ``fetch_timeout``); on aio `verify_async` awaits it instead.
 
     Args:
         issuer: the expected ``iss`` (a string, or a collection of accepted ones).
@@ -329,7 +330,7 @@ class JWTVerifier:
         return self._verify(token, header)
 
     async def verify_async(self, token: str) -> Grant:
-        """:meth:`__call__` for aio servers: a due JWKS fetch is awaited, not waited for."""
+        """`__call__` for aio servers: a due JWKS fetch is awaited, not waited for."""
         header = self._header(token)
         if self._fetch_due(header):
             fetch = asyncio.wrap_future(self._start_fetch())

@@ -1,7 +1,9 @@
-"""What a server stack is made of: one frozen :class:`ServerOptions`, for both stacks.
+"""What a server stack is made of: one frozen [`ServerOptions`][octollm_grpc.server.ServerOptions],
+for both stacks.
 
 ``server_interceptors(...)`` (sync and aio) takes the same keywords, typed by
-:class:`ServerKeywords`, or a ready :class:`ServerOptions` (the keywords then replace its
+`ServerKeywords`, or a ready [`ServerOptions`][octollm_grpc.server.ServerOptions] (the keywords then
+replace its
 fields). One options value can build a sync stack and an aio one alike.
 """
 
@@ -37,9 +39,10 @@ class ServerOptions:
         request_ids: The request-id part (``True``: defaults, ``False``: off).
         logger: The call logger.
         metrics: The metrics.
-        rate_limit: A :class:`RateLimiter`, or ``None`` for none.
-        auth: A :class:`BearerAuth`, or ``None`` for none.
-        concurrency: A :class:`~octollm_grpc.server.ConcurrencyLimit`, or ``None`` for none.
+        rate_limit: A [`RateLimiter`][octollm_grpc.server.RateLimiter], or ``None`` for none.
+        auth: A [`BearerAuth`][octollm_grpc.server.BearerAuth], or ``None`` for none.
+        concurrency: A [`ConcurrencyLimit`][octollm_grpc.server.ConcurrencyLimit], or ``None`` for
+            none.
         domain: ``ErrorInfo.domain`` of the statuses sent.
         debug: Send the traceback of unexpected exceptions (never in production).
         tracer_provider: The OpenTelemetry tracer provider (default: the global one).
@@ -66,10 +69,11 @@ class ServerOptions:
 
 
 class ServerKeywords(TypedDict, total=False):
-    """The keywords of ``server_interceptors(...)``: the fields of :class:`ServerOptions`.
+    """The keywords of ``server_interceptors(...)``: the fields of
+    [`ServerOptions`][octollm_grpc.server.ServerOptions].
 
     Typed here so that type checkers check callers' keywords (``**keywords: Unpack[...]``);
-    the defaults and their meaning are :class:`ServerOptions`'.
+    the defaults and their meaning are [`ServerOptions`][octollm_grpc.server.ServerOptions]'.
     """
 
     request_ids: RequestIds | bool
@@ -84,7 +88,8 @@ class ServerKeywords(TypedDict, total=False):
 
 
 def options_of(options: ServerOptions | None, keywords: ServerKeywords) -> ServerOptions:
-    """``options`` (default: :class:`ServerOptions`'s defaults) with ``keywords`` replacing
+    """``options`` (default: [`ServerOptions`][octollm_grpc.server.ServerOptions]'s defaults) with
+    ``keywords`` replacing
     its fields. Raises ``TypeError`` for an unknown keyword or an ``options`` of another type."""
     if options is None:
         return ServerOptions(**keywords)

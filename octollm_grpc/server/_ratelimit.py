@@ -3,12 +3,14 @@
 A caller's key is its peer address without the port (so new connections do not get new
 buckets), or the value of a metadata key such as ``x-api-key`` when one is configured. Methods
 without their own limit share one bucket per caller; a method with its own limit has its own.
-Where the buckets live is the limiter's *store*. The default :class:`MemoryStore` keeps them
+Where the buckets live is the limiter's *store*. The default `MemoryStore` keeps them
 in this process, in an LRU map of at most ``max_keys`` entries: however many distinct callers
 appear, memory stays bounded. An evicted caller comes back with a full bucket, so size
 ``max_keys`` above the number of callers active within one refill period. Replicas that must
-share one limit use :class:`octollm_grpc.server.ratelimit_redis.RedisStore` instead (the
-``[redis]`` extra); any object with the :class:`BucketStore` methods will do.
+share one limit use
+[`octollm_grpc.server.ratelimit_redis.RedisStore`][octollm_grpc.server.ratelimit_redis.RedisStore]
+instead (the
+``[redis]`` extra); any object with the `BucketStore` methods will do.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def ceil_ms(seconds: float) -> float:
 
 @runtime_checkable
 class BucketStore(Protocol):
-    """Where a :class:`RateLimiter` keeps its token buckets.
+    """Where a [`RateLimiter`][octollm_grpc.server.RateLimiter] keeps its token buckets.
 
     ``take`` and ``take_async`` take one token from the bucket of ``(scope, key)`` under
     ``limit``: ``0.0`` when the call may pass, else the seconds until a token is due (whole
@@ -151,21 +153,23 @@ class MemoryStore:
         return ceil_ms(missing / limit.rate)
 
     async def take_async(self, scope: str, key: str, limit: RateLimit) -> float:
-        """:meth:`take` (it never blocks, so the aio stack calls it directly)."""
+        """`take` (it never blocks, so the aio stack calls it directly)."""
         return self.take(scope, key, limit)
 
 
 class RateLimiter:
-    """Token buckets keyed by (limit scope, caller key), kept in a :class:`BucketStore`.
+    """Token buckets keyed by (limit scope, caller key), kept in a `BucketStore`.
 
     ``default`` applies to every method not in ``methods`` (``None``: unlimited). ``methods``
-    maps full method names (``/pkg.Service/Method``) to their own :class:`RateLimit`, or to
+    maps full method names (``/pkg.Service/Method``) to their own
+    [`RateLimit`][octollm_grpc.server.RateLimit], or to
     ``None`` to exempt them. ``key_metadata`` names the metadata key identifying the caller
     (the peer host is used when it is absent); ``key_certificate=True`` keys a caller that
     presented a client certificate (mTLS) by its principal (see
-    :func:`octollm_grpc.server.certificate_principal`), which, unlike a header, the
+    [`octollm_grpc.server.certificate_principal`][octollm_grpc.server.certificate_principal]),
+    which, unlike a header, the
     caller cannot change at will. ``store`` holds the buckets; by default a
-    :class:`MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
+    `MemoryStore` built from ``max_keys`` and ``clock`` (a monotonic clock in seconds),
     which may then not be given with ``store``. Thread-safe.
 
     Args:
@@ -174,7 +178,7 @@ class RateLimiter:
         key_metadata: The metadata key that tells callers apart (default: the peer).
         max_keys: Buckets kept in the default store.
         clock: Monotonic seconds for the default store.
-        store: Where the buckets live (default: a :class:`MemoryStore`).
+        store: Where the buckets live (default: a `MemoryStore`).
 
     Raises:
         ValueError: ``store`` given with ``max_keys`` or ``clock`` (they configure the
@@ -244,17 +248,17 @@ class RateLimiter:
         return self.store.take(scope, key, limit)
 
     async def acquire_async(self, scope: str, limit: RateLimit, key: str) -> float:
-        """:meth:`acquire` for the aio stack (a shared store answers without blocking the loop)."""
+        """`acquire` for the aio stack (a shared store answers without blocking the loop)."""
         return await self.store.take_async(scope, key, limit)
 
     def check(self, scope: str, limit: RateLimit, key: str) -> None:
-        """Take a token or raise :class:`RateLimitError` with the wait in ``retry_after``."""
+        """Take a token or raise `RateLimitError` with the wait in ``retry_after``."""
         wait = self.store.take(scope, key, limit)
         if wait > 0.0:
             raise RateLimitError(limit=limit.limit, window=limit.window, retry_after=wait)
 
     async def check_async(self, scope: str, limit: RateLimit, key: str) -> None:
-        """:meth:`check` for the aio stack."""
+        """`check` for the aio stack."""
         wait = await self.store.take_async(scope, key, limit)
         if wait > 0.0:
             raise RateLimitError(limit=limit.limit, window=limit.window, retry_after=wait)

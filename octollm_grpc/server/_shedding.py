@@ -2,9 +2,9 @@
 
 A server under a flood refuses most calls. Each refusal is still counted per call (the
 ``grpc_server_handled_total`` and ``octollm_errors_total`` series), but writing one log line per
-refused call would spend the CPU the limiter is there to save, so :class:`RejectionLog` writes
+refused call would spend the CPU the limiter is there to save, so `RejectionLog` writes
 one ``grpc.call.rate_limited`` event per caller key per interval, with the count. And the rich
-status of a refusal depends only on the limit and the wait, so :class:`RejectionStatuses`
+status of a refusal depends only on the limit and the wait, so `RejectionStatuses`
 builds it once and only adds the call's request id.
 """
 
@@ -45,7 +45,7 @@ def advertised_wait(wait: float) -> float:
 
 class Rejection:
     """What the limiter decided for a refused call: its limit, caller key and the wait it is
-    told (:func:`advertised_wait` of the limiter's)."""
+    told (`advertised_wait` of the limiter's)."""
 
     __slots__ = ("key", "limit", "wait")
 
@@ -66,8 +66,8 @@ class Rejection:
 
 
 class Refusal(Protocol):
-    """A refused call as :class:`RejectionStatuses` and :class:`RejectionLog` see it: a
-    rate-limit :class:`Rejection`, or a concurrency-limit one."""
+    """A refused call as `RejectionStatuses` and `RejectionLog` see it: a
+    rate-limit `Rejection`, or a concurrency-limit one."""
 
     key: str
     wait: float
@@ -82,7 +82,7 @@ class RejectionStatuses:
     wait) and reused.
 
     Only the request id differs between two refusals with the same limit and wait: it is
-    added to the cached status per call (:class:`octollm_grpc.status.StatusTemplate`). The
+    added to the cached status per call (`octollm_grpc.status.StatusTemplate`). The
     cache holds at most ``size`` entries (the least recently used go first).
     """
 

@@ -73,7 +73,8 @@ def _stream_response(
 
 
 class ServerInterceptor(Wrapping, grpc.ServerInterceptor):
-    """The octollm stack as one ``grpc.server`` interceptor (see :func:`server_interceptors`).
+    """The octollm stack as one ``grpc.server`` interceptor (see
+    [`server_interceptors`][octollm_grpc.server.server_interceptors]).
 
     Each method's handler is wrapped once and cached; unregistered methods pass through.
     """

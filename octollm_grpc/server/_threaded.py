@@ -4,7 +4,7 @@ grpc.aio runs a handler that is neither a coroutine function nor an async genera
 in its thread pool, with a sync servicer context of its own. That context cannot tell the
 pipeline what the handler set (no ``code()``, ``details()``, ``trailing_metadata()``), and its
 ``abort()`` returns instead of raising, so the handler runs on after aborting.
-:class:`ThreadContext` wraps it: it records what the handler sets and raises on ``abort``, as
+`ThreadContext` wraps it: it records what the handler sets and raises on ``abort``, as
 the sync stack does. The wrappers here are ``def`` functions again, so grpc.aio keeps running
 them (and the user's handler) in its own thread pool.
 """
@@ -140,7 +140,7 @@ class _StatusSent(Exception):
 
 
 class _Call(SyncCall):
-    """A call of a ``def`` handler on grpc.aio: its status sent through :class:`ThreadContext`."""
+    """A call of a ``def`` handler on grpc.aio: its status sent through `ThreadContext`."""
 
     __slots__ = ("wait",)
 

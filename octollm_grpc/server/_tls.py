@@ -1,6 +1,7 @@
 """TLS and mTLS for servers, with certificates reloaded from disk without a restart.
 
-:func:`server_credentials` turns a certificate chain, its private key and, for mTLS, the CA
+[`server_credentials`][octollm_grpc.server.server_credentials] turns a certificate chain, its
+private key and, for mTLS, the CA
 that signs client certificates into ``grpc.ServerCredentials`` for
 ``server.add_secure_port(address, credentials)``. With a client CA every caller must present
 a certificate it signed: a caller without one fails the handshake and never reaches a handler.
@@ -33,8 +34,8 @@ PathLike = str | os.PathLike[str]
 class CertificateFiles:
     """A certificate chain, its key and an optional client CA, read from files on demand.
 
-    :meth:`load` reads them (raising ``OSError`` or ``ssl.SSLError`` when they are missing,
-    unreadable or do not belong together); :meth:`changed` says whether any file changed since
+    `load` reads them (raising ``OSError`` or ``ssl.SSLError`` when they are missing,
+    unreadable or do not belong together); `changed` says whether any file changed since
     the last successful load. Thread-safe: grpc may call the fetcher from several threads.
     """
 

@@ -1,7 +1,7 @@
-"""Request validation that reports every violation at once (the seed's patterns 3 and 4).
+"""Request validation that reports every violation at once (the standard's patterns 3 and 4).
 
-Collect with a :class:`Violations`, then raise one
-:class:`~octollm_grpc.errors.ValidationErrors`; the server interceptors turn it into
+Collect with a [`Violations`][octollm_grpc.server.Violations], then raise one
+`ValidationErrors`; the server interceptors turn it into
 ``INVALID_ARGUMENT`` with a ``google.rpc.BadRequest`` listing each field violation::
 
     with Violations() as v:
@@ -85,7 +85,7 @@ class Violations:
                           f"{field} must be positive", reason="NOT_POSITIVE")
 
     def raise_if_any(self) -> None:
-        """Raise one :class:`ValidationErrors` with every violation, if there is any."""
+        """Raise one `ValidationErrors` with every violation, if there is any."""
         if self._errors:
             raise ValidationErrors(self.errors)
 

@@ -1,9 +1,10 @@
 """The octollm server stack for ``grpc.aio.server``.
 
-``server_interceptors()`` here is the aio twin of :func:`octollm_grpc.server.server_interceptors`;
+``server_interceptors()`` here is the aio twin of
+[`octollm_grpc.server.server_interceptors`][octollm_grpc.server.server_interceptors];
 both run the same core. Wrappers keep the handler's kind (coroutine function or async
 generator function), as grpc.aio dispatches on it. Handlers that are plain functions (run by
-grpc.aio in its migration thread pool) get the same stack from :mod:`._threaded`, still as
+grpc.aio in its migration thread pool) get the same stack from `._threaded`, still as
 plain functions: auth, rate limit, mapping, logging, metrics and the request id, like the rest.
 """
 
@@ -81,7 +82,8 @@ def _async_generator(
 
 
 class ServerInterceptor(Wrapping, grpc.aio.ServerInterceptor):
-    """The octollm stack as one ``grpc.aio.server`` interceptor (see :func:`server_interceptors`).
+    """The octollm stack as one ``grpc.aio.server`` interceptor (see
+    [`server_interceptors`][octollm_grpc.server.server_interceptors]).
 
     Each method's handler is wrapped once and cached; unregistered methods pass through.
     """
@@ -112,11 +114,13 @@ def server_interceptors(
 ) -> list[grpc.aio.ServerInterceptor]:
     """The recommended stack for ``grpc.aio.server(interceptors=...)``.
 
-    Same parameters and behaviour as :func:`octollm_grpc.server.server_interceptors`; an
+    Same parameters and behaviour as
+    [`octollm_grpc.server.server_interceptors`][octollm_grpc.server.server_interceptors]; an
     ``auth`` verifier may be a coroutine function here.
 
     Args:
-        options: A :class:`~octollm_grpc.server.ServerOptions`; keywords replace its fields.
+        options: A [`ServerOptions`][octollm_grpc.server.ServerOptions]; keywords replace its
+            fields.
         **keywords: The fields of ``ServerOptions``.
 
     Returns:

@@ -3,7 +3,7 @@
 Each decision is one round trip: an atomic Lua script reads the bucket, decides and writes it
 back, so replicas deciding at the same moment never race. The script is GCRA (the generic
 cell rate algorithm), the token bucket written as one timestamp per bucket; it admits exactly
-what :class:`~octollm_grpc.server._ratelimit.MemoryStore`'s bucket admits and answers the same
+what `MemoryStore`'s bucket admits and answers the same
 wait. Time is Redis's own clock by default, so replicas' clocks need not agree; a step back
 of that clock leaves active buckets empty (one token's wait), not in debt for the step. A
 bucket's key expires when the bucket would be full again: Redis only holds buckets in use.
@@ -196,7 +196,7 @@ class RedisStore:
     timeouts and retries: give it short ones (``Redis(host=...)`` retries 10 times by default).
     ``timeout`` bounds each decision (on the aio stack the whole round trip; on the sync
     stack each socket operation). ``fallback`` decides while Redis is unavailable (default: a
-    fresh :class:`MemoryStore`, so each replica enforces the limit on its own);
+    fresh `MemoryStore`, so each replica enforces the limit on its own);
     ``fail_closed=True`` refuses every call instead, with a wait until the next probe.
     ``probe_interval`` is how often, in ``clock`` seconds, Redis is asked again during an
     outage. ``time_source`` (seconds) replaces Redis's clock in the
@@ -275,7 +275,8 @@ class RedisStore:
         return not self._outage.down
 
     def take(self, scope: str, key: str, limit: RateLimit) -> float:
-        """Take a token from the shared bucket (sync client); see :class:`RedisStore`."""
+        """Take a token from the shared bucket (sync client); see
+        [`RedisStore`][octollm_grpc.server.ratelimit_redis.RedisStore]."""
         if self._outage.should_ask():
             probe = self._outage.down
             try:
@@ -292,7 +293,8 @@ class RedisStore:
         return self._closed_wait() if self.fail_closed else self.fallback.take(scope, key, limit)
 
     async def take_async(self, scope: str, key: str, limit: RateLimit) -> float:
-        """Take a token from the shared bucket (asyncio client); see :class:`RedisStore`."""
+        """Take a token from the shared bucket (asyncio client); see
+        [`RedisStore`][octollm_grpc.server.ratelimit_redis.RedisStore]."""
         if self._outage.should_ask():
             probe = self._outage.down
             try:
@@ -341,7 +343,7 @@ class RedisStore:
         return True
 
     async def connect_async(self, timeout: float = 1.0) -> bool:
-        """:meth:`connect` for the asyncio client of the running loop, within ``timeout`` s."""
+        """`connect` for the asyncio client of the running loop, within ``timeout`` s."""
         try:
             async with asyncio.timeout(timeout):
                 self._async_script()

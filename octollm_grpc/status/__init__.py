@@ -1,6 +1,7 @@
 """OctoLLMError <-> ``google.rpc.Status``: encoding on the server, decoding on the client.
 
-:func:`to_status` builds the status a failed call ends with; :func:`from_rpc_error` rebuilds
+[`to_status`][octollm_grpc.status.to_status] builds the status a failed call ends with;
+[`from_rpc_error`][octollm_grpc.status.from_rpc_error] rebuilds
 the typed error from a failed call. The encoder, decoder and the bounds they keep are private
 modules (``_encode``, ``_decode``, ``_limits``, ``_details``).
 """

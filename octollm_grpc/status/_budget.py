@@ -4,8 +4,9 @@ A ``DEADLINE_EXCEEDED`` usually says the target is slow, and a client breaker co
 a server may end a call with ``DEADLINE_EXCEEDED`` because the *caller's* budget ran out: the
 task's own ``timeout_seconds``, or what was left of the caller's deadline when the server
 called on. That says nothing about the server's health, and counting it lets one caller open
-every other caller's breaker. The server marks such an error with :func:`callers_budget`
-(one scalar detail, sent as ``ErrorInfo`` metadata); :func:`spent_callers_budget` reads it on
+every other caller's breaker. The server marks such an error with
+[`callers_budget`][octollm_grpc.status.callers_budget]
+(one scalar detail, sent as ``ErrorInfo`` metadata); `spent_callers_budget` reads it on
 the client, where the resilient channel's breaker gives such an attempt no verdict.
 
 A server can only use the mark to keep a client's breaker closed on its own timeouts, which

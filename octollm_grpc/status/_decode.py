@@ -207,7 +207,7 @@ def from_status_proto(
 def _build_safely(
     code: grpc.StatusCode, message: str, status: status_pb2.Status | None
 ) -> e.OctoLLMError:
-    """:func:`_build`, falling back to the code and message alone if the details break it."""
+    """`_build`, falling back to the code and message alone if the details break it."""
     try:
         return _build(code, message, status)
     except Exception:  # noqa: BLE001 - decoding never raises, whatever the trailer holds
@@ -324,7 +324,7 @@ def from_rpc_error(err: object) -> e.OctoLLMError:
             object with ``code()`` / ``details()`` / ``trailing_metadata()``).
 
     Returns:
-        The typed error, an :class:`~octollm_grpc.errors.OctoLLMError` subclass.
+        The typed error, an `OctoLLMError` subclass.
     """
     if isinstance(err, e.OctoLLMError):
         return err

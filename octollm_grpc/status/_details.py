@@ -74,7 +74,7 @@ def scalar_metadata(details: Mapping[Any, Any]) -> dict[str, str] | None:
     """ErrorInfo's metadata for the common shape of details, or ``None`` for the rest.
 
     The common shape: string keys; values that are valid UTF-8 strings, bools, ``None``,
-    integers a double holds and non-integral finite floats. For those :func:`jsonable` is a
+    integers a double holds and non-integral finite floats. For those `jsonable` is a
     plain copy and the ``Struct`` is exact, so the encoder skips the general walk.
     """
     out: dict[str, str] = {}

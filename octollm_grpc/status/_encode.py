@@ -1,7 +1,7 @@
 """OctoLLMError -> ``google.rpc.Status``: what the server sends for a failed call.
 
 A status holds, in this order, ``ErrorInfo`` (reason = error_code), the standard details the
-error's class adds (:meth:`~octollm_grpc.errors.OctoLLMError.status_details`: ``BadRequest``,
+error's class adds (`status_details`: ``BadRequest``,
 ``ResourceInfo``, ``QuotaFailure``, ...), ``RetryInfo`` for positive retry advice,
 ``RequestInfo`` when the request id is known, ``DebugInfo`` only when asked for, and last our
 ``ErrorEnvelope`` for a lossless round trip. The status's code and message come from the same
@@ -268,7 +268,7 @@ class _Unencodable(Exception):
 
 
 class _Encoding(NamedTuple):
-    """What :func:`to_status` sends, worked out once per error."""
+    """What [`to_status`][octollm_grpc.status.to_status] sends, worked out once per error."""
 
     data: bytes
     message: str
@@ -407,9 +407,10 @@ def to_status_or_raise(
     domain: str = DEFAULT_DOMAIN,
     debug: bool = False,
 ) -> RichStatus:
-    """:func:`to_status`, but an error that cannot be rendered raises what rendering raised.
+    """[`to_status`][octollm_grpc.status.to_status], but an error that cannot be rendered raises
+    what rendering raised.
 
-    For the server stack, which then sends :func:`unencodable_status` and logs the failure as
+    For the server stack, which then sends `unencodable_status` and logs the failure as
     the unexpected exception it is.
     """
     data, message, mapping, retry_after = _encode_strict(exc, request_id, domain, debug)
@@ -417,7 +418,8 @@ def to_status_or_raise(
 
 
 def unencodable_status(request_id: str | None, domain: str = DEFAULT_DOMAIN) -> RichStatus:
-    """What :func:`to_status` sends for an error whose message or details cannot be rendered."""
+    """What [`to_status`][octollm_grpc.status.to_status] sends for an error whose message or details
+    cannot be rendered."""
     data, message, mapping, retry_after = _unencodable(request_id, domain)
     return _rich_status(mapping.grpc_code, message, data, retry_after)
 
@@ -442,7 +444,8 @@ class StatusTemplate:
     """A status built once without a request id, sent many times with each call's own.
 
     For a status whose content does not depend on the call (a rate-limit refusal): only
-    ``RequestInfo`` differs. :meth:`with_request_id` gives exactly what :func:`to_status`
+    ``RequestInfo`` differs. `with_request_id` gives exactly what
+    [`to_status`][octollm_grpc.status.to_status]
     gives for the same error and request id, details in the same order, without encoding the
     error again: two serialized messages concatenated parse as one, repeated fields appended
     in order, so the bytes before and after ``RequestInfo`` are kept and the id goes between.
@@ -451,7 +454,8 @@ class StatusTemplate:
     __slots__ = ("_head", "_status", "_tail")
 
     def __init__(self, status: RichStatus) -> None:
-        """``status``: built by :func:`to_status` without a request id."""
+        """``status``: built by [`to_status`][octollm_grpc.status.to_status] without a request
+        id."""
         self._status = status
         proto = status.proto
         # Our envelope is always the last detail, and RequestInfo comes right before it.
@@ -461,7 +465,7 @@ class StatusTemplate:
 
     def with_request_id(self, request_id: str | None) -> RichStatus:
         """The status, with ``RequestInfo(request_id)`` when an id is given (cut to
-        ``MAX_IDENTIFIER_BYTES``, as :func:`to_status` cuts it)."""
+        ``MAX_IDENTIFIER_BYTES``, as [`to_status`][octollm_grpc.status.to_status] cuts it)."""
         if not request_id:
             return self._status
         data = self.data(request_id)

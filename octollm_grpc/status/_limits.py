@@ -53,7 +53,7 @@ _UTF8 = "utf-8"
 
 
 class RichStatus(NamedTuple):
-    """A ``grpc.Status`` (code, details, trailing_metadata); :attr:`proto` is the
+    """A ``grpc.Status`` (code, details, trailing_metadata); `proto` is the
     ``google.rpc.Status`` its ``grpc-status-details-bin`` trailer carries."""
 
     code: grpc.StatusCode
@@ -106,7 +106,7 @@ def cut(text: str, limit: int) -> str:
 
 def identifier(text: str) -> str:
     """An error code, domain or request id as written to a status: valid UTF-8, at most
-    :data:`MAX_IDENTIFIER_BYTES` (identifiers are short by nature; absurd ones are cut so the
+    `MAX_IDENTIFIER_BYTES` (identifiers are short by nature; absurd ones are cut so the
     status still fits)."""
     return cut(safe_text(text), MAX_IDENTIFIER_BYTES)
 

@@ -1,17 +1,23 @@
 """A testing kit for services and clients built on octollm-grpc: real servers, no real waiting.
 
-- :func:`serve` starts a real server (sync, or aio with ``aio=True``) with the octollm stack
-  on a free loopback port and yields its target; :func:`serve_aio_in_thread` runs an aio
+- [`serve`][octollm_grpc.testing.serve] starts a real server (sync, or aio with ``aio=True``) with
+  the octollm stack
+  on a free loopback port and yields its target;
+  [`serve_aio_in_thread`][octollm_grpc.testing.serve_aio_in_thread] runs an aio
   server on its own event loop thread, for tests that have no loop (or another one);
-  :func:`servicer_handlers` turns a servicer and its generated ``add_*_to_server`` into the
+  [`servicer_handlers`][octollm_grpc.testing.servicer_handlers] turns a servicer and its generated
+  ``add_*_to_server`` into the
   generic handlers both take.
-- :class:`FaultInjector` is a server interceptor (sync and aio, all four RPC shapes) that
+- [`FaultInjector`][octollm_grpc.testing.FaultInjector] is a server interceptor (sync and aio, all
+  four RPC shapes) that
   fails, delays or pushes back the next calls, and records every call it saw
-  (:class:`Injection`).
-- :class:`FakeClock` is a monotonic clock whose sleeps advance time at once.
-- :func:`assert_rich_error` checks a failed call's code, error code and details.
+  (`Injection`).
+- [`FakeClock`][octollm_grpc.testing.FakeClock] is a monotonic clock whose sleeps advance time at
+  once.
+- [`assert_rich_error`][octollm_grpc.testing.assert_rich_error] checks a failed call's code, error
+  code and details.
 - The pytest plugin (entry point ``octollm_grpc``, module
-  :mod:`octollm_grpc.testing.pytest_plugin`) provides the fixtures ``fake_clock``,
+  `octollm_grpc.testing.pytest_plugin`) provides the fixtures ``fake_clock``,
   ``fault_injector``, ``grpc_target`` and ``aio_grpc_target``.
 """
 

@@ -50,6 +50,6 @@ class FakeClock:
             self._now += max(0.0, seconds)
 
     async def async_sleep(self, seconds: float) -> None:
-        """The asyncio form of :meth:`sleep` (yields to the loop once)."""
+        """The asyncio form of `sleep` (yields to the loop once)."""
         self.sleep(seconds)
         await asyncio.sleep(0)

@@ -1,7 +1,7 @@
 """The fault script both stacks share: what to do to the next calls, and what was done.
 
-:class:`FaultScript` is a thread-safe queue of planned faults plus a log of every call it saw
-(:class:`Injection`). The interceptor (:mod:`octollm_grpc.testing._injector`) only asks it,
+`FaultScript` is a thread-safe queue of planned faults plus a log of every call it saw
+(`Injection`). The interceptor (`octollm_grpc.testing._injector`) only asks it,
 once per call, what to do, and carries that out on its stack.
 """
 
@@ -125,7 +125,7 @@ class FaultScript:
     def fail_next(self, n: int, error: FaultError, *, method: str | None = None) -> None:
         """End the next ``n`` matching calls with ``error``, before the handler runs.
 
-        An :class:`~octollm_grpc.errors.OctoLLMError` is sent as our rich status (exactly
+        An `OctoLLMError` is sent as our rich status (exactly
         what the server stack sends when a handler raises it, request id included); a
         ``grpc.StatusCode`` is sent bare, with a short message and no details.
         """

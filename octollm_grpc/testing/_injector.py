@@ -3,7 +3,7 @@
 The same object serves both stacks, so a test plans faults once whichever server it runs:
 grpcio's sync server hands ``intercept_service`` a continuation that returns the handler,
 grpc.aio's one that returns an awaitable, and the injector answers in kind. What to do is
-decided by the shared :class:`~octollm_grpc.testing._faults.FaultScript`; this module only
+decided by the shared `FaultScript`; this module only
 carries it out (sleep or abort) before the handler runs.
 """
 
@@ -51,16 +51,16 @@ class FaultInjector(FaultScript, grpc.ServerInterceptor, grpc.aio.ServerIntercep
     """A server interceptor that fails, delays or pushes back the calls it is told to.
 
     Put it in ``interceptors=`` of a sync or aio server (inside the octollm stack, as
-    :func:`~octollm_grpc.testing.serve` does, so injected failures are logged and counted
-    like real ones), then plan with :meth:`fail_next`, :meth:`delay_next` and
-    :meth:`pushback_next`, and read :attr:`records`. Faults apply before the handler runs
+    [`serve`][octollm_grpc.testing.serve] does, so injected failures are logged and counted
+    like real ones), then plan with `fail_next`, `delay_next` and
+    `pushback_next`, and read `records`. Faults apply before the handler runs
     (before it reads a request stream or sends a message), for all four RPC shapes. A delay
     as long as the call's remaining deadline or longer ends the call with
     ``DEADLINE_EXCEEDED`` once the deadline is spent (on the injected clock), as a server
     too slow for the caller would; the handler does not run.
 
     ``sleep`` / ``async_sleep`` carry out delays (pass a
-    :class:`~octollm_grpc.testing.FakeClock`'s so tests never wait for real). On grpc.aio,
+    [`FakeClock`][octollm_grpc.testing.FakeClock]'s so tests never wait for real). On grpc.aio,
     handlers that are plain functions (grpc.aio runs them in a thread pool, where the aio
     context cannot abort) pass through untouched and unrecorded.
 

@@ -61,7 +61,7 @@ def serve(
     be entered in the event loop the server is to run on) yields the ``"127.0.0.1:PORT"``
     target to dial. The server runs ``stack`` (default: ``server_interceptors()`` of the
     chosen stack, i.e. error mapping, request ids, logging and metrics), then
-    ``interceptors`` (innermost, e.g. a :class:`~octollm_grpc.testing.FaultInjector`).
+    ``interceptors`` (innermost, e.g. a [`FaultInjector`][octollm_grpc.testing.FaultInjector]).
     ``options`` are added to the server's gRPC options. On exit the server stops: calls in
     flight get ``grace`` seconds to finish, then are cancelled; exit never waits longer than
     ``grace`` plus a few seconds. ``max_workers`` sizes the sync server's thread pool.
@@ -102,7 +102,8 @@ class _HandlerCollector:
 def servicer_handlers(
     add_to_server: Callable[[Any, Any], object], servicer: Any
 ) -> list[grpc.GenericRpcHandler]:
-    """The generic handlers generated code would register for ``servicer``, for :func:`serve`.
+    """The generic handlers generated code would register for ``servicer``, for
+    [`serve`][octollm_grpc.testing.serve].
 
     ``servicer_handlers(tasks_pb2_grpc.add_TaskServiceServicer_to_server, MyServicer())``.
 
@@ -111,7 +112,7 @@ def servicer_handlers(
         servicer: Your servicer instance.
 
     Returns:
-        The generic handlers for :func:`serve`.
+        The generic handlers for [`serve`][octollm_grpc.testing.serve].
     """
     collector = _HandlerCollector()
     add_to_server(servicer, collector)
@@ -177,7 +178,8 @@ def serve_aio_in_thread(
     grace: float = 1.0,
     start_timeout: float = 30.0,
 ) -> Iterator[str]:
-    """:func:`serve` with ``aio=True``, run on an event loop of its own in a new thread.
+    """[`serve`][octollm_grpc.testing.serve] with ``aio=True``, run on an event loop of its own in a
+    new thread.
 
     A plain ``with`` block, so it suits sync tests and fixtures, and async tests whatever
     runs their loop (the server never shares it). Handlers and interceptors run on the
@@ -186,7 +188,7 @@ def serve_aio_in_thread(
     Args:
         *generic_handlers: The handlers served.
         interceptors: Interceptors after the octollm stack.
-        stack: The octollm stack, as for :func:`serve`.
+        stack: The octollm stack, as for [`serve`][octollm_grpc.testing.serve].
         options: Server options.
         grace: Seconds given to calls in flight at the end.
         start_timeout: Seconds to wait for the server to start.

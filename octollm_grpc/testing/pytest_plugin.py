@@ -9,8 +9,9 @@ which defaults to ``grpc_handlers``). Override ``grpc_interceptors`` to add inte
 =====================  ========================================================================
 fixture                what it gives
 =====================  ========================================================================
-``fake_clock``         a fresh :class:`~octollm_grpc.testing.FakeClock`
-``fault_injector``     a :class:`~octollm_grpc.testing.FaultInjector` sleeping on ``fake_clock``
+``fake_clock``         a fresh [`FakeClock`][octollm_grpc.testing.FakeClock]
+``fault_injector``     a [`FaultInjector`][octollm_grpc.testing.FaultInjector] sleeping on
+``fake_clock``
 ``grpc_handlers``      yours to define (the default fails the test, saying so)
 ``aio_grpc_handlers``  the handlers of the aio server (default: ``grpc_handlers``)
 ``grpc_interceptors``  inside the octollm stack (default: ``[fault_injector]``)

@@ -19,7 +19,7 @@ def test_the_seeds_llm_example_runs_against_a_real_http_api(
         printed, logs = run_examples(section_examples("llm-example", PAGE))
     assert printed == ["echo: Summarize the incident", "True"]
     assert api.requests == 2
-    [retried] = [e for e in logs if e["event"] == "Retrying after failure"]
+    [retried] = [e for e in logs if e["event"] == "resilience.retry.retrying"]
     assert (retried["attempt"], retried["delay"], retried["error_type"]) == (
         1, 0.0, "LLM_API_ERROR")
 
@@ -36,5 +36,5 @@ def test_the_api_examples_print_what_the_page_says() -> None:
     ]
     events = [e["event"] for e in logs]
     assert "circuit_breaker_state_changed" in events
-    assert "Call failed, trying fallback" in events
-    assert "Transaction failed, rolling back" in events
+    assert "resilience.fallback.trying_next" in events
+    assert "resilience.transaction.rolled_back" in events

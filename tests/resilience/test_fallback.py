@@ -43,7 +43,7 @@ async def test_falls_back_to_the_replica_and_logs_a_warning() -> None:
         task = await get_task("t-1")
     assert task == {"task_id": "t-1", "served_by": "replica"}
     [warning] = logs
-    assert warning["event"] == "Call failed, trying fallback"
+    assert warning["event"] == "resilience.fallback.trying_next"
     assert warning["log_level"] == "warning"
     assert warning["function"] == "Replica.get_task" and warning["error_type"] == "DATABASE_ERROR"
 
@@ -57,13 +57,13 @@ async def test_the_first_that_works_wins_and_later_ones_are_not_called() -> None
 
 
 async def test_all_failing_raises_the_last_error() -> None:
-    """Both down: "All fallbacks failed" at error, then the replica's error."""
+    """Both down: "resilience.fallback.exhausted" at error, then the replica's error."""
     primary, replica = Replica("primary", down=True), Replica("replica", down=True)
     get_task = with_fallback(primary.get_task, replica.get_task, on=(errors.DatabaseError,))
     with capture_logs() as logs, pytest.raises(errors.DatabaseError, match="replica"):
         await get_task("t")
     assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("Call failed, trying fallback", "warning"), ("All fallbacks failed", "error")]
+        ("resilience.fallback.trying_next", "warning"), ("resilience.fallback.exhausted", "error")]
 
 
 async def test_errors_outside_on_propagate_without_fallback() -> None:
@@ -110,7 +110,7 @@ async def test_degradation_returns_a_default_or_a_function_of_the_error() -> Non
     with capture_logs() as logs:
         assert await with_fallback(down.get_task, default=None)("t") is None
     assert [(e["event"], e["log_level"], e["degraded"]) for e in logs] == [
-        ("All fallbacks failed", "warning", True)]
+        ("resilience.fallback.exhausted", "warning", True)]
     degraded = with_fallback(
         down.get_task, degrade=lambda error: {"served_by": "cache", "why": type(error).__name__})
     assert await degraded("t") == {"served_by": "cache", "why": "DatabaseError"}

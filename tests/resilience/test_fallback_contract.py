@@ -65,10 +65,10 @@ async def test_log_events_carry_every_field(aio: bool) -> None:
         await chain() if aio else chain()
     suffix = "_async" if aio else ""
     assert logs == [
-        {"event": "Call failed, trying fallback", "log_level": "warning",
+        {"event": "resilience.fallback.trying_next", "log_level": "warning",
          "function": f"Source.read{suffix}", "fallback": f"Source.read{suffix}",
          "error": "Database query failed: a down", "error_type": "DATABASE_ERROR"},
-        {"event": "All fallbacks failed", "log_level": "error",
+        {"event": "resilience.fallback.exhausted", "log_level": "error",
          "function": f"Source.read{suffix}", "attempts": 2, "error": "b broke",
          "error_type": "RuntimeError", "degraded": False},
     ]
@@ -82,7 +82,7 @@ async def test_a_default_is_returned_with_a_warning(aio: bool) -> None:
     with capture_logs() as logs:
         assert (await chain() if aio else chain()) is None
     assert [(x["event"], x["log_level"], x["degraded"], x["attempts"]) for x in logs] == [
-        ("All fallbacks failed", "warning", True, 1)]
+        ("resilience.fallback.exhausted", "warning", True, 1)]
 
 
 @pytest.mark.parametrize("aio", [False, True])
@@ -166,7 +166,7 @@ def test_a_callable_without_qualname_is_named_by_its_type() -> None:
 
 
 def test_the_warning_names_the_next_callable() -> None:
-    """"Call failed, trying fallback" names the failed callable and the one tried next."""
+    """"resilience.fallback.trying_next" names the failed callable and the one tried next."""
     def primary() -> str:
         raise _down("p")
 

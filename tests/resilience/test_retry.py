@@ -51,7 +51,7 @@ async def test_retries_with_full_jitter_from_the_injected_random_source() -> Non
     assert result == "ok" and script.calls == 4
     replica = random.Random(7)
     assert clock.sleeps == [replica.uniform(0, 1), replica.uniform(0, 2), replica.uniform(0, 4)]
-    retries = _events(logs, "Retrying after failure")
+    retries = _events(logs, "resilience.retry.retrying")
     assert [(e["attempt"], e["log_level"], e["error_type"]) for e in retries] == [
         (1, "warning", "LLM_API_ERROR"), (2, "warning", "LLM_API_ERROR"),
         (3, "warning", "LLM_API_ERROR")]
@@ -68,14 +68,14 @@ async def test_without_jitter_delays_are_the_capped_exponential_ceiling() -> Non
 
 
 async def test_gives_up_after_max_retries_with_the_last_error() -> None:
-    """max_retries + 1 attempts, then "Max retries exceeded" at error and the last error."""
+    """max_retries + 1 attempts, then "resilience.retry.gave_up" at error and the last error."""
     clock = FakeClock()
     last = _unavailable()
     script = Script(_unavailable(), _unavailable(), last)
     with capture_logs() as logs, pytest.raises(errors.LLMAPIError) as caught:
         await retry_with_backoff(script, max_retries=2, sleep=clock.async_sleep)
     assert caught.value is last and script.calls == 3
-    [given_up] = _events(logs, "Max retries exceeded")
+    [given_up] = _events(logs, "resilience.retry.gave_up")
     assert given_up["log_level"] == "error"
     assert given_up["attempt"] == 3 and given_up["reason"] == "attempts"
 
@@ -127,7 +127,7 @@ async def test_deadline_stops_a_retry_that_would_end_past_it() -> None:
         await retry_with_backoff(script, max_retries=5, jitter=False, deadline=5.0,
                                  sleep=clock.async_sleep, clock=clock)
     assert clock.sleeps == [1.0, 2.0] and script.calls == 3
-    assert _events(logs, "Max retries exceeded")[0]["reason"] == "deadline"
+    assert _events(logs, "resilience.retry.gave_up")[0]["reason"] == "deadline"
 
 
 async def test_a_drained_retry_budget_stops_retries() -> None:
@@ -138,7 +138,7 @@ async def test_a_drained_retry_budget_stops_retries() -> None:
     with capture_logs() as logs, pytest.raises(errors.LLMAPIError):
         await retry_with_backoff(script, max_retries=5, budget=budget, sleep=clock.async_sleep)
     assert script.calls == 2  # 4 -> 3 (retry), 3 -> 2 (not above half: stop)
-    assert _events(logs, "Max retries exceeded")[0]["reason"] == "budget"
+    assert _events(logs, "resilience.retry.gave_up")[0]["reason"] == "budget"
     assert await retry_with_backoff(Script(), budget=budget) == "ok"
     assert budget.tokens == 3
 

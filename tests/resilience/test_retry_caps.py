@@ -29,7 +29,7 @@ async def test_a_retry_after_over_max_delay_gives_up_at_once() -> None:
         await retry_with_backoff(script, max_delay=1, sleep=clock.async_sleep)
     assert caught.value.retry_after == THIRTY_DAYS
     assert clock.sleeps == [] and script.calls == 1
-    (event,) = [x for x in logs if x["event"] == "Max retries exceeded"]
+    (event,) = [x for x in logs if x["event"] == "resilience.retry.gave_up"]
     assert event["reason"] == "retry_after" and event["retry_after"] == THIRTY_DAYS
     assert event["function"] == "Script" and event["attempt"] == 1
     assert event["error_type"] == "RATE_LIMIT_EXCEEDED" and event["log_level"] == "error"
@@ -87,9 +87,9 @@ async def test_every_log_field_of_a_retry_and_of_giving_up() -> None:
         await retry_with_backoff(script, max_retries=1, base_delay=2, jitter=False,
                                  sleep=clock.async_sleep)
     assert logs == [
-        {"event": "Retrying after failure", "log_level": "warning", "function": "Script",
+        {"event": "resilience.retry.retrying", "log_level": "warning", "function": "Script",
          "attempt": 1, "delay": 2.0, "error": "'gone'", "error_type": "KeyError"},
-        {"event": "Max retries exceeded", "log_level": "error", "function": "Script",
+        {"event": "resilience.retry.gave_up", "log_level": "error", "function": "Script",
          "attempt": 2, "reason": "attempts", "error": "'still gone'", "error_type": "KeyError"},
     ]
 

@@ -48,7 +48,7 @@ def test_first_arm_down_the_next_one_serves_and_history_says_which(tmp_path: Pat
     for status, notes in served:
         assert status == completed
         assert "completed by arm-fallback" in notes
-    fallbacks = _events(log, "Call failed, trying fallback")
+    fallbacks = _events(log, "resilience.fallback.trying_next")
     assert [(e["function"], e["fallback"], e["error_type"]) for e in fallbacks] == [
         ("arm 1 of 2", "arm 2 of 2", "ARM_UNAVAILABLE"),  # the refused connection
         ("arm 1 of 2", "arm 2 of 2", "CIRCUIT_OPEN"),  # then its open breaker: not called
@@ -70,8 +70,8 @@ def test_all_arms_down_reports_the_last_arms_error(tmp_path: Path) -> None:
             with pytest.raises(errors.ArmUnavailableError):
                 stub.ExecuteTask(tasks_pb2.ExecuteTaskRequest(task_id=task.task_id), timeout=20)
         log = tasks.logs()
-    assert len(_events(log, "Call failed, trying fallback")) == 1
-    assert len(_events(log, "All fallbacks failed")) == 1
+    assert len(_events(log, "resilience.fallback.trying_next")) == 1
+    assert len(_events(log, "resilience.fallback.exhausted")) == 1
 
 
 def test_arm_target_list_is_validated() -> None:

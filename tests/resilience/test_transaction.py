@@ -81,7 +81,7 @@ async def test_a_driver_error_rolls_back_and_becomes_database_error(tmp_path: Pa
         assert caught.value.details["operation"] == "update_task_status"
         assert caught.value.error_code == "DATABASE_ERROR"
         assert await db.execute("SELECT count(*) FROM tasks") == [(0,)]
-        assert logs[0]["event"] == "Transaction failed, rolling back"
+        assert logs[0]["event"] == "resilience.transaction.rolled_back"
         assert logs[0]["log_level"] == "error"
 
 

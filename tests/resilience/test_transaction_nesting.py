@@ -72,7 +72,7 @@ async def test_a_driver_error_is_wrapped_by_default_without_its_text(
     assert isinstance(error.__cause__, sqlite3.OperationalError)
     assert _rows(conn) == []
     # The text is for the operator: logged.
-    assert logs[0]["event"] == "Transaction failed, rolling back"
+    assert logs[0]["event"] == "resilience.transaction.rolled_back"
     assert SECRET in str(logs[0]["error"]) and logs[0]["error_type"] == "OperationalError"
 
 
@@ -163,7 +163,7 @@ async def test_a_failed_nested_block_undoes_only_its_own_writes(
             async with database_transaction(conn):
                 conn.execute("INSERT INTO tasks VALUES ('second')")
     assert _committed(tmp_path / "t.db") == ["outer", "second"]
-    failed = [x for x in logs if x["event"] == "Transaction failed, rolling back"]
+    failed = [x for x in logs if x["event"] == "resilience.transaction.rolled_back"]
     assert len(failed) == 1 and str(failed[0]["savepoint"]).startswith("octollm_savepoint_")
 
 
