@@ -112,7 +112,10 @@ def test_arm_killed_mid_call_then_restarted(tmp_path: Path) -> None:
     assert killed.code() is grpc.StatusCode.UNAVAILABLE
     assert killed_in < 10 + SLACK
     assert failed_row == [("FAILED",)]
-    assert isinstance(open_error, errors.CircuitOpenError), open_error
+    # The service's breaker is open: a remote CIRCUIT_OPEN, told apart from our own breaker's.
+    assert isinstance(open_error, errors.ResourceError), open_error
+    assert not isinstance(open_error, errors.CircuitOpenError)
+    assert open_error.error_code == "CIRCUIT_OPEN"
     assert open_error.retry_after is not None and 0 < open_error.retry_after <= reset
     assert open_in < 0.5  # refused by the service's breaker, not by another dead arm
     assert open_state == 2  # OPEN on the service's /metrics

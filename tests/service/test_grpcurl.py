@@ -269,14 +269,16 @@ def slow_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServic
 
 
 def test_task_timeout_bounds_the_execution(slow_arm: RunningService) -> None:
-    """A task's timeout_seconds bounds its run on a slow arm: DEADLINE_EXCEEDED, TIMEOUT_ERROR."""
+    """A task's timeout_seconds bounds its run on a slow arm: DEADLINE_EXCEEDED, TIMEOUT_ERROR,
+    marked as the caller's own budget (so no client breaker counts it against the service)."""
     task = _create(slow_arm, timeout_seconds=1)
     done = slow_arm.call("ExecuteTask", {"task_id": task["task_id"]})
     assert done.returncode == DEADLINE_EXCEEDED
     assert done.status()["message"] == "arm call timed out after 1s"
     info = done.detail("google.rpc.ErrorInfo")
     assert (info["reason"], info["metadata"]) == (
-        "TIMEOUT_ERROR", {"operation": "arm call", "timeout": "1"})
+        "TIMEOUT_ERROR",
+        {"operation": "arm call", "timeout": "1", "timeout_cause": "callers_budget"})
     after = slow_arm.call("GetTask", {"task_id": task["task_id"]}).json()["task"]
     assert after["status"] == "TASK_STATUS_FAILED"
     assert after["error"]["code"] == 4
