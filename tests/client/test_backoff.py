@@ -249,6 +249,27 @@ def test_exponential_ceiling_is_the_exact_formula_one_ulp_below_the_maximum() ->
     assert backoff.backoff_ceiling(8) == 305.17578125
 
 
+
+def test_exponential_with_a_tiny_initial_caps_instead_of_overflowing() -> None:
+    """Where maximum / initial is past a float, a huge retry number still caps at the maximum."""
+    backoff = Exponential(initial_backoff=1e-300, max_backoff=1e300, backoff_multiplier=10.0)
+    assert backoff.backoff_ceiling(1000) == 1e300
+    assert backoff.backoff_ceiling(10**9) == 1e300
+    policy = RetryPolicy(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10,
+                         max_attempts=1000)
+    assert policy.backoff_ceiling(999) == 1e10
+
+
+def test_exponential_below_the_cap_where_the_power_alone_overflows() -> None:
+    """10.0 ** 309 is past a float, yet 1e-300 * 10 ** 309 = 1e9 is below the cap: that is it."""
+    backoff = Exponential(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10.0)
+    assert backoff.backoff_ceiling(310) == pytest.approx(1e9, rel=1e-9)
+    assert backoff.backoff_ceiling(311) == pytest.approx(1e10, rel=1e-9)
+    assert backoff.backoff_ceiling(312) == 1e10
+    # An int multiplier overflows converting the int power to float: the same answer.
+    as_int = Exponential(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10)
+    assert as_int.backoff_ceiling(310) == pytest.approx(1e9, rel=1e-9)
+
 class _RecordingRandom(random.Random):
     """A random source that answers a fixed fraction of each range and records the ranges."""
 
