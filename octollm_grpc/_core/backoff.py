@@ -48,10 +48,15 @@ def positive(name: str, value: float) -> None:
 
 def backoff_ceiling(initial: float, maximum: float, multiplier: float, retry: int) -> float:
     """``min(initial * multiplier ** (retry - 1), maximum)`` for retry number ``retry``."""
-    # Computed in log space once past the cap, so a huge retry number cannot overflow.
-    if retry > 1 and (retry - 1) * math.log(multiplier) > math.log(maximum / initial):
+    # Computed in log space once past the cap, so a huge retry number cannot overflow; the logs
+    # are subtracted because maximum / initial itself overflows when initial is tiny.
+    if retry > 1 and (retry - 1) * math.log(multiplier) > math.log(maximum) - math.log(initial):
         return maximum
-    return min(initial * multiplier ** (retry - 1), maximum)
+    try:
+        return min(initial * multiplier ** (retry - 1), maximum)
+    except OverflowError:
+        # Below the cap, but the power alone is past a float (initial < maximum / 1.8e308).
+        return min(math.exp(math.log(initial) + (retry - 1) * math.log(multiplier)), maximum)
 
 
 @dataclass(frozen=True, slots=True)

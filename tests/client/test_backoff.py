@@ -12,7 +12,13 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry
 
-from octollm_grpc._core.backoff import MAX_PUSHBACK, STOP, full_jitter, server_delay
+from octollm_grpc._core.backoff import (
+    MAX_PUSHBACK,
+    STOP,
+    Exponential,
+    full_jitter,
+    server_delay,
+)
 from octollm_grpc.client import (
     BreakerSettings,
     ChannelBreaker,
@@ -172,3 +178,116 @@ def test_full_jitter_uses_the_policy_ceiling_for_each_retry() -> None:
     rng, twin = random.Random(5), random.Random(5)
     assert [full_jitter(policy, n, rng) for n in (1, 2, 3)] == [
         twin.uniform(0, 1), twin.uniform(0, 3), twin.uniform(0, 9)]
+
+
+# -- the Exponential formula of the resilience decorators ---------------------------------------
+
+_FIELDS = ("initial_backoff", "max_backoff", "backoff_multiplier")
+
+
+def _exponential(field: str, value: object) -> Exponential:
+    settings: dict[str, object] = {"initial_backoff": 1.0, "max_backoff": 8.0,
+                                   "backoff_multiplier": 2.0, field: value}
+    return Exponential(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", _FIELDS)
+@pytest.mark.parametrize("value", [True, "1", None])
+def test_exponential_rejects_a_non_number_naming_the_field(field: str, value: object) -> None:
+    """A bool, a string or None is a TypeError whose message names the field and the value."""
+    with pytest.raises(TypeError) as raised:
+        _exponential(field, value)
+    assert str(raised.value) == f"{field} must be a number, not {value!r}"
+
+
+@pytest.mark.parametrize("field", _FIELDS)
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, float("nan"), float("inf"), float("-inf")])
+def test_exponential_rejects_a_non_positive_or_infinite_value(field: str, value: float) -> None:
+    """Zero, negatives, NaN and infinities are a ValueError naming the field and the value."""
+    with pytest.raises(ValueError) as raised:
+        _exponential(field, value)
+    assert str(raised.value) == f"{field} must be a finite number > 0, not {value!r}"
+
+
+def test_exponential_accepts_positive_ints_and_floats_and_is_frozen() -> None:
+    """Any finite number > 0 is taken as given (ints too); the settings cannot change later."""
+    backoff = Exponential(initial_backoff=1, max_backoff=3, backoff_multiplier=1e-3)
+    settings = (backoff.initial_backoff, backoff.max_backoff, backoff.backoff_multiplier)
+    assert settings == (1, 3, 1e-3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        backoff.max_backoff = 2.0  # type: ignore[misc]
+
+
+def test_exponential_ceilings_grow_by_the_multiplier_up_to_the_maximum() -> None:
+    """Ceiling n is exactly initial * multiplier ** (n-1) until it reaches max_backoff."""
+    backoff = Exponential(initial_backoff=0.5, max_backoff=5.0, backoff_multiplier=2.0)
+    assert [backoff.backoff_ceiling(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert backoff.backoff_ceiling(10**9) == 5.0
+    # Exactly at the maximum: the formula's value, which is the maximum.
+    assert Exponential(1.0, 8.0, 2.0).backoff_ceiling(4) == 8.0
+
+
+def test_exponential_below_one_multiplier_shrinks_and_never_caps() -> None:
+    """A multiplier < 1 shrinks the ceiling each retry (never past zero, never an error)."""
+    backoff = Exponential(initial_backoff=4.0, max_backoff=10.0, backoff_multiplier=0.5)
+    assert [backoff.backoff_ceiling(n) for n in (1, 2, 3)] == [4.0, 2.0, 1.0]
+    assert backoff.backoff_ceiling(10**6) == 0.0
+
+
+def test_exponential_ceiling_past_the_cap_is_the_cap_even_where_the_power_overflows() -> None:
+    """A ceiling whose power would overflow a float (1e200 ** 2) is max_backoff, not an error."""
+    backoff = Exponential(initial_backoff=1.0, max_backoff=1e300, backoff_multiplier=1e200)
+    assert backoff.backoff_ceiling(2) == 1e200
+    assert backoff.backoff_ceiling(3) == 1e300
+
+
+def test_exponential_ceiling_is_the_exact_formula_one_ulp_below_the_maximum() -> None:
+    """Where the log-space shortcut ties, the ceiling is still initial * multiplier ** (n-1)."""
+    # 0.5 * 2.5 ** 7 == 305.17578125 exactly; the maximum is the next float above it.
+    backoff = Exponential(initial_backoff=0.5, max_backoff=305.17578125000006,
+                          backoff_multiplier=2.5)
+    assert backoff.backoff_ceiling(8) == 305.17578125
+
+
+
+def test_exponential_with_a_tiny_initial_caps_instead_of_overflowing() -> None:
+    """Where maximum / initial is past a float, a huge retry number still caps at the maximum."""
+    backoff = Exponential(initial_backoff=1e-300, max_backoff=1e300, backoff_multiplier=10.0)
+    assert backoff.backoff_ceiling(1000) == 1e300
+    assert backoff.backoff_ceiling(10**9) == 1e300
+    policy = RetryPolicy(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10,
+                         max_attempts=1000)
+    assert policy.backoff_ceiling(999) == 1e10
+
+
+def test_exponential_below_the_cap_where_the_power_alone_overflows() -> None:
+    """10.0 ** 309 is past a float, yet 1e-300 * 10 ** 309 = 1e9 is below the cap: that is it."""
+    backoff = Exponential(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10.0)
+    assert backoff.backoff_ceiling(310) == pytest.approx(1e9, rel=1e-9)
+    assert backoff.backoff_ceiling(311) == pytest.approx(1e10, rel=1e-9)
+    assert backoff.backoff_ceiling(312) == 1e10
+    # An int multiplier overflows converting the int power to float: the same answer.
+    as_int = Exponential(initial_backoff=1e-300, max_backoff=1e10, backoff_multiplier=10)
+    assert as_int.backoff_ceiling(310) == pytest.approx(1e9, rel=1e-9)
+
+class _RecordingRandom(random.Random):
+    """A random source that answers a fixed fraction of each range and records the ranges."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_full_jitter_draws_once_from_zero_to_the_exponential_ceiling(fraction: float) -> None:
+    """Each delay is one draw from the injected source over [0, ceiling(n)]; its ends included."""
+    backoff = Exponential(initial_backoff=0.5, max_backoff=3.0, backoff_multiplier=2.0)
+    rng = _RecordingRandom(fraction)
+    delays = [full_jitter(backoff, n, rng) for n in (1, 2, 3, 4)]
+    assert rng.ranges == [(0.0, 0.5), (0.0, 1.0), (0.0, 2.0), (0.0, 3.0)]
+    assert delays == [fraction * ceiling for ceiling in (0.5, 1.0, 2.0, 3.0)]
