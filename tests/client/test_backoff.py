@@ -10,7 +10,6 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client import CollectorRegistry
 
 from octollm_grpc._core.backoff import (
     MAX_PUSHBACK,
@@ -20,33 +19,12 @@ from octollm_grpc._core.backoff import (
     server_delay,
 )
 from octollm_grpc.client import (
-    BreakerSettings,
-    ChannelBreaker,
-    CircuitState,
     RetryPolicies,
     RetryPolicy,
 )
 from octollm_grpc.status._limits import DETAILS_KEY, PUSHBACK_KEY
-from octollm_grpc.testing import FakeClock
 
 _C = grpc.StatusCode
-CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
-
-
-def _breaker(clock: FakeClock, registry: CollectorRegistry | None = None,
-             **settings: object) -> ChannelBreaker:
-    return ChannelBreaker("edge:1", BreakerSettings(**settings),  # type: ignore[arg-type]
-                          method="/s/M", clock=clock.now, registry=registry or CollectorRegistry())
-
-
-def _fail(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_failure(breaker.acquire())
-
-
-def _succeed(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_success(breaker.acquire())
 
 
 # -- backoff ---------------------------------------------------------------------------------

@@ -19,25 +19,12 @@ from octollm_grpc.client import (
 )
 from octollm_grpc.client._breaker import DEFAULT_FAILURE_CODES, ChannelBreakers
 from octollm_grpc.testing import FakeClock
+from tests.client.breakers import CLOSED, HALF_OPEN, OPEN
+from tests.client.breakers import edge_breaker as _breaker
+from tests.client.breakers import fail as _fail
+from tests.client.breakers import succeed as _succeed
 
 _C = grpc.StatusCode
-CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
-
-
-def _breaker(clock: FakeClock, registry: CollectorRegistry | None = None,
-             **settings: object) -> ChannelBreaker:
-    return ChannelBreaker("edge:1", BreakerSettings(**settings),  # type: ignore[arg-type]
-                          method="/s/M", clock=clock.now, registry=registry or CollectorRegistry())
-
-
-def _fail(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_failure(breaker.acquire())
-
-
-def _succeed(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_success(breaker.acquire())
 
 
 # -- circuit breaker state machine ------------------------------------------------------------

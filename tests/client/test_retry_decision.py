@@ -14,7 +14,6 @@ from octollm_grpc import errors
 from octollm_grpc.client import (
     BreakerSettings,
     ChannelBreaker,
-    CircuitState,
     RetryBudget,
     RetryPolicies,
     RetryPolicy,
@@ -23,25 +22,9 @@ from octollm_grpc.client._breaker import ChannelBreakers
 from octollm_grpc.client._resilience import CallRetry, Resilience
 from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
+from tests.client.breakers import CLOSED
 
 _C = grpc.StatusCode
-CLOSED, HALF_OPEN, OPEN = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
-
-
-def _breaker(clock: FakeClock, registry: CollectorRegistry | None = None,
-             **settings: object) -> ChannelBreaker:
-    return ChannelBreaker("edge:1", BreakerSettings(**settings),  # type: ignore[arg-type]
-                          method="/s/M", clock=clock.now, registry=registry or CollectorRegistry())
-
-
-def _fail(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_failure(breaker.acquire())
-
-
-def _succeed(breaker: ChannelBreaker, times: int = 1) -> None:
-    for _ in range(times):
-        breaker.on_success(breaker.acquire())
 
 
 # -- the per-call retry decision -----------------------------------------------------------------
