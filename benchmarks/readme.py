@@ -80,7 +80,7 @@ The full run writes `benchmarks/results/latest.json` and `latest.md`. What is me
   bounded number and sheds the rest with `UNAVAILABLE`, and, like a thread-pool server, keeps
   working on attempts whose caller has already given up. A trigger window (a 30 s incident
   scaled down to 4 s) fails every call (`outage`) or halves the capacity (`brownout`). Clients:
-  no retries; the seed's naive `retry_with_backoff` (rewritten in `benchmarks/naive_retry.py`,
+  no retries; the standard's naive `retry_with_backoff` (rewritten in `benchmarks/naive_retry.py`,
   delays scaled like the incident, retrying every failure); our stack with the same attempts,
   backoff and retried codes plus the retry budget and a breaker with a 1 s reset. Figures:
   amplification (attempts the server received for the calls started in the trigger / those

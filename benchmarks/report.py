@@ -473,7 +473,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"{storm_cfg['before_s']} s normal, {storm_cfg['trigger_s']} s trigger (the 30 s "
         f"incident scaled x{storm_cfg['scale']:.3f}), {storm_cfg['after_s']} s after. "
         f"Up to {storm_cfg['max_attempts']} attempts per call for both retrying clients; naive "
-        "= the seed's `retry_with_backoff` with its delays scaled alike; ours = "
+        "= the standard's `retry_with_backoff` with its delays scaled alike; ours = "
         f"`resilient_channel` (budget + breaker, reset {storm_cfg['breaker_reset_s']} s). "
         "Amplification = attempts received / calls, for the calls started in the trigger.",
         "",
