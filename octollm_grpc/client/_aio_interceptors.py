@@ -28,7 +28,7 @@ from octollm_grpc.client._aio_calls import (
 from octollm_grpc.client._aio_shapes import per_shape
 from octollm_grpc.client._attempts import capped_from_start
 from octollm_grpc.client._half_close import watch
-from octollm_grpc.client._local_errors import local_error
+from octollm_grpc.client._local_errors import local_error, refused_metadata
 from octollm_grpc.client._replay import AsyncReplay
 from octollm_grpc.client._resilience import MethodPlan, Resilience
 from octollm_grpc.errors import CircuitOpenError, OctoLLMError
@@ -53,6 +53,9 @@ class AioRetryLayer:
                          requests: Any, streaming_requests: bool,
                          wrap: type[StreamUnary | ResponseStream]) -> Any:
         """``wrap``'s call object for a streaming call, its first attempt started."""
+        refused = refused_metadata(details.metadata)
+        if refused is not None:  # grpc would refuse it (or, on some versions, hang): typed now
+            return FailedCall(refused)
         plan = self._core.plan(details.method)
         if plan.hedging is not None and not streaming_requests:  # hedged to the first message
             return await _aio_hedging.hedged_stream(self._core, plan, plan.hedging, continuation,
@@ -77,6 +80,9 @@ class AioRetryLayer:
     async def unary_unary(self, continuation: Any, client_call_details: Any,
                           request: Any) -> Any:
         """Retries a unary call whole; a final failure awaits as the typed error."""
+        refused = refused_metadata(client_call_details.metadata)
+        if refused is not None:
+            return FailedCall(refused)
         plan = self._core.plan(client_call_details.method)
         if plan.hedging is not None:  # a hedged method: concurrent attempts, not retries
             return await _aio_hedging.hedged_unary(self._core, plan, plan.hedging, continuation,

@@ -10,11 +10,14 @@ metadata key or value has bytes HTTP/2 cannot carry, e.g. a control byte in an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import grpc
 
 from octollm_grpc.errors import InvalidInputError, OctoLLMError
 
-__all__ = ["LOCAL_ERROR_MESSAGE", "local_error"]
+__all__ = ["LOCAL_ERROR_MESSAGE", "local_error", "refused_metadata"]
 
 #: The message of the typed error (grpc's own text lists its internal operations).
 LOCAL_ERROR_MESSAGE = "gRPC refused to send the call: its metadata or message is not valid"
@@ -52,3 +55,31 @@ def _made_locally(error: grpc.aio.AioRpcError) -> bool:
 
 #: What grpc.aio says when it fails a streaming call locally for its metadata.
 _LOCAL_STATUS_DETAILS = frozenset({"Invalid metadata"})
+
+
+def refused_metadata(metadata: Iterable[Any] | None) -> OctoLLMError | None:
+    """The typed error for call metadata HTTP/2 cannot carry, or ``None`` when it can.
+
+    Checked before a call starts, so every grpcio version gives the same answer: grpc.aio
+    raises its own exception on unary calls, reports a local ``INTERNAL`` on streams, and
+    1.66 lets a stream wait until its deadline. A key must be lower-case letters, digits,
+    ``-``, ``_`` or ``.``; a value of a key not ending in ``-bin`` must be printable ASCII.
+
+    Args:
+        metadata: The call's metadata (pairs), or ``None``.
+
+    Returns:
+        ``InvalidInputError`` (never retried, no breaker verdict), or ``None``.
+    """
+    for key, value in metadata or ():
+        if not isinstance(key, str) or not key or key.strip(_KEY_CHARS):
+            return InvalidInputError(LOCAL_ERROR_MESSAGE, details={"grpc_error": "InvalidMetadata"})
+        if key.endswith("-bin"):
+            continue
+        text = value if isinstance(value, str) else None
+        if text is None or not (text.isascii() and text.isprintable()):
+            return InvalidInputError(LOCAL_ERROR_MESSAGE, details={"grpc_error": "InvalidMetadata"})
+    return None
+
+
+_KEY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_."

@@ -45,8 +45,9 @@ def _handlers() -> grpc.GenericRpcHandler:
 @pytest.mark.parametrize("metadata", BAD_METADATA)
 async def test_unsendable_metadata_is_invalid_input_not_retried_no_breaker_verdict(
         metadata: Any, clock: FakeClock) -> None:
-    """Unary and response-stream calls with metadata grpc refuses: InvalidInputError with our
-    message, one attempt, and the breaker (threshold 1) stays closed for the next call."""
+    """Unary and response-stream calls with metadata HTTP/2 cannot carry: InvalidInputError
+    with our message, no attempt, and the breaker (threshold 1) stays closed for the next call
+    (on grpcio 1.66 the stream waited for its deadline)."""
     async with aio_server([_handlers()]) as target:
         channel = aio_channel(target, clock, retry=RetryPolicy(max_attempts=3),
                               breaker=BreakerSettings(failure_threshold=1))
@@ -55,7 +56,8 @@ async def test_unsendable_metadata_is_invalid_input_not_retried_no_breaker_verdi
                 with pytest.raises(errors.InvalidInputError) as raised:
                     await channel.unary_unary(UNARY)(b"x", metadata=metadata, timeout=5)
                 assert raised.value.message == LOCAL_ERROR_MESSAGE
-                assert raised.value.details["grpc_error"] == "ExecuteBatchError"
+                # Refused before grpc sees it: every grpcio version answers alike.
+                assert raised.value.details["grpc_error"] == "InvalidMetadata"
                 with pytest.raises(errors.InvalidInputError):
                     async for _ in channel.unary_stream(STREAM)(b"x", metadata=metadata,
                                                                 timeout=5):
@@ -71,3 +73,22 @@ def test_only_grpc_s_own_exceptions_are_translated() -> None:
     assert local_error(ValueError("bug")) is None
     assert local_error(errors.InternalError("x")) is None
     assert local_error(KeyboardInterrupt()) is None
+
+
+@pytest.mark.parametrize(("metadata", "refused"), [
+    ((("authorization", "Bearer ok-token"), ("x-request-id", "r-1")), False),
+    ((("trace-bin", b"\x00\x01\xff"),), False),
+    ((("authorization", "Bearer \x7f"),), True),
+    ((("x-note", b"bytes where text goes"),), True),
+    ((("", "empty key"),), True),
+    ((("UPPER", "v"),), True),
+])
+def test_metadata_is_checked_as_http2_carries_it(metadata: Any, refused: bool) -> None:
+    """Keys are lower-case token characters; text values printable ASCII; -bin values any bytes."""
+    from octollm_grpc.client._local_errors import refused_metadata
+
+    error = refused_metadata(metadata)
+    assert (error is not None) is refused
+    if error is not None:
+        assert isinstance(error, errors.InvalidInputError)
+        assert error.message == LOCAL_ERROR_MESSAGE

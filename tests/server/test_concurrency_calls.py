@@ -163,7 +163,8 @@ def _check_shed(error: grpc.RpcError, load: Load, runs_before: int,
     assert decoded.details == {"limit": 2, "key": "concurrency"}
     # The limiter's view of when capacity frees: its recent latency (~89 ms) / limit (2).
     assert decoded.retry_after is not None and 0.040 < decoded.retry_after < 0.050
-    trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    # list() first: grpcio 1.66's dict(grpc.aio.Metadata) raises KeyError.
+    trailers = dict(list(error.trailing_metadata() or ()))  # type: ignore[attr-defined]
     assert int(trailers["grpc-retry-pushback-ms"]) == round(decoded.retry_after * 1000)
     assert load.work_runs == runs_before
     assert _refused(registry) == 1.0
