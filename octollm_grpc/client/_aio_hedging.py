@@ -171,11 +171,11 @@ async def _awaited(call: Any) -> Any:
     return await call
 
 
-async def hedged_unary(core: Resilience, plan: MethodPlan, policy: HedgingPolicy,
-                       continuation: Any, details: aio.ClientCallDetails, request: Any,
-                       sleep: AsyncSleep) -> Any:
-    """A hedged unary call, raced to its end: the winner's grpc call, or a
-    `FailedCall` with the typed error."""
+async def _started(core: Resilience, plan: MethodPlan, policy: HedgingPolicy,
+                   continuation: Any, details: aio.ClientCallDetails, request: Any,
+                   sleep: AsyncSleep) -> FailedCall | tuple[AioHedge, Any]:
+    """The breaker's permit taken and the first attempt sent: the hedge and that attempt, or
+    the typed refusal of an open breaker. An attempt that cannot start frees the permit."""
     try:
         token = plan.acquire()
     except CircuitOpenError as error:
@@ -188,6 +188,18 @@ async def hedged_unary(core: Resilience, plan: MethodPlan, policy: HedgingPolicy
         if plan.breaker is not None:
             plan.breaker.release(token)
         raise
+    return hedge, first
+
+
+async def hedged_unary(core: Resilience, plan: MethodPlan, policy: HedgingPolicy,
+                       continuation: Any, details: aio.ClientCallDetails, request: Any,
+                       sleep: AsyncSleep) -> Any:
+    """A hedged unary call, raced to its end: the winner's grpc call, or a
+    `FailedCall` with the typed error."""
+    started = await _started(core, plan, policy, continuation, details, request, sleep)
+    if isinstance(started, FailedCall):
+        return started
+    hedge, first = started
     try:
         call, _ = await hedge.run(first, _awaited)
     except _Lost as lost:
@@ -244,16 +256,8 @@ async def hedged_stream(core: Resilience, plan: MethodPlan, policy: HedgingPolic
                         continuation: Any, details: aio.ClientCallDetails, request: Any,
                         sleep: AsyncSleep) -> Any:
     """A hedged response stream, its first attempt started (the race runs when read)."""
-    try:
-        token = plan.acquire()
-    except CircuitOpenError as error:
-        return FailedCall(error)
-    hedge = AioHedge(core, plan, policy, continuation, details, request, sleep, token)
-    try:
-        first = await hedge.send(0)
-    except BaseException:
-        hedge.race.won()
-        if plan.breaker is not None:
-            plan.breaker.release(token)
-        raise
+    started = await _started(core, plan, policy, continuation, details, request, sleep)
+    if isinstance(started, FailedCall):
+        return started
+    hedge, first = started
     return HedgedResponseStream(hedge, first)
