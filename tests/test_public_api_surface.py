@@ -298,3 +298,14 @@ def test_user_facing_text_names_the_standard_not_an_internal_word() -> None:
         if word.search(line) and not any(other in line for other in _OTHER_SEEDS)
     ]
     assert found == []
+
+
+def test_server_package_loads_no_jwt_stack_until_jwt_verifier_is_used() -> None:
+    """Importing the server stacks loads neither PyJWT nor cryptography; JWTVerifier does."""
+    code = ("import sys, octollm_grpc.server, octollm_grpc.server.aio\n"
+            "print(sorted(m for m in ('jwt', 'cryptography') if m in sys.modules))\n"
+            "from octollm_grpc.server import JWTVerifier\n"
+            "print(JWTVerifier.__name__, 'jwt' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines() == ["[]", "JWTVerifier True"]
