@@ -124,7 +124,15 @@ def resilient_channel(
     """
     settings = SyncClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()
-    channel_opts = settings.channel_options(parsed)
+    # Here, not in _channel_for: a StackedRetriesWarning points at the caller (stacklevel).
+    return _channel_for(settings, core, settings.channel_options(parsed))
+
+
+def _channel_for(settings: SyncClientOptions, core: Resilience,
+                 channel_opts: list[tuple[str, Any]]) -> grpc.Channel:
+    """The channel of `resilient_channel` around ``core`` (the benchmarks build their
+    variants' cores themselves)."""
+    target = settings.target
     if settings.credentials is not None:
         channel = grpc.secure_channel(target, settings.credentials, channel_opts,
                                       settings.compression)
