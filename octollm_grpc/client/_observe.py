@@ -26,14 +26,15 @@ from octollm_grpc.observability._client_metrics import ClientMethodMetrics, Clie
 from octollm_grpc.observability._otel import inject
 from octollm_grpc.observability._propagation import outbound_metadata, outbound_timeout
 
-__all__ = ["CallObserver", "aio_observers"]
+__all__ = ["CallObserver", "Ending", "Interceptor", "aio_observers", "code_of", "end_with",
+           "observed", "sync_details"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
-def _code_of(error: BaseException | None) -> grpc.StatusCode:
+def code_of(error: BaseException | None) -> grpc.StatusCode:
     if error is None:
         return _OK
     if isinstance(error, (asyncio.CancelledError, grpc.FutureCancelledError)):
@@ -45,17 +46,21 @@ def _code_of(error: BaseException | None) -> grpc.StatusCode:
     return _UNKNOWN
 
 
-class _Ending:
+class Ending:
     """One call's start, and its single handled count when it ends."""
 
     __slots__ = ("clock", "done", "metrics", "start")
 
-    def __init__(self, metrics: ClientMethodMetrics, clock: Callable[[], float]) -> None:
+    def __init__(self, metrics: ClientMethodMetrics, clock: Callable[[], float],
+                 start: float | None = None) -> None:
+        """Count the call as started, unless ``start`` says when it already was."""
         self.metrics = metrics
         self.clock = clock
         self.done = False
-        metrics.started.inc()
-        self.start = clock()
+        if start is None:
+            metrics.started.inc()
+            start = clock()
+        self.start = start
 
     def end(self, code: grpc.StatusCode) -> None:
         if not self.done:  # a stream read after its end must not count twice
@@ -75,7 +80,7 @@ class _SyncDetails(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
-def _sync_details(details: Any) -> Any:
+def sync_details(details: Any) -> Any:
     timeout = outbound_timeout(details.timeout)
     metadata = inject(outbound_metadata(details.metadata))
     if timeout is details.timeout and metadata is details.metadata:
@@ -86,7 +91,7 @@ def _sync_details(details: Any) -> Any:
 class _ObservedStream(DelegatingCall, Iterator[Any]):
     """A sync response stream that counts its outcome when reading it ends."""
 
-    def __init__(self, call: Any, ending: _Ending) -> None:
+    def __init__(self, call: Any, ending: Ending) -> None:
         self._call = call
         self._ending = ending
 
@@ -100,7 +105,7 @@ class _ObservedStream(DelegatingCall, Iterator[Any]):
             self._ending.end(_OK)
             raise
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
 
 
@@ -111,10 +116,10 @@ class _Observing:
         self._metrics = metrics
         self._clock = clock
 
-    def _begin(self, details: Any, grpc_type: str) -> _Ending | None:
+    def _begin(self, details: Any, grpc_type: str) -> Ending | None:
         if self._metrics is None:
             return None
-        return _Ending(self._metrics.method(details.method, grpc_type), self._clock)
+        return Ending(self._metrics.method(details.method, grpc_type), self._clock)
 
 
 class CallObserver(
@@ -126,24 +131,28 @@ class CallObserver(
 ):
     """The sync outer interceptor; ``metrics`` ``None`` leaves only the propagation."""
 
-    def _unary(self, continuation: Any, details: Any, request: Any, grpc_type: str) -> Any:
+    def _unary(self, continuation: Any, details: Any, request: Any, grpc_type: str,
+               inner: Interceptor | None = None) -> Any:
+        """Observe a call with a response; ``inner`` is the layer inside when it is no
+        interceptor of grpc's chain (see `observed`)."""
         ending = self._begin(details, grpc_type)
-        outcome = continuation(_sync_details(details), request)
+        outcome = observed(inner, continuation, sync_details(details), request)
         if isinstance(outcome, BaseException) and not isinstance(outcome, grpc.Future):
             # The retry layer raised its typed error; grpc handed it to us as the outcome.
             if ending is not None:
-                ending.end(_code_of(outcome))
+                ending.end(code_of(outcome))
             raise outcome
         if ending is not None:
-            outcome.add_done_callback(lambda future: ending.end(_future_code(future)))
+            end_with(outcome, ending)
         return outcome
 
-    def _stream(self, continuation: Any, details: Any, request: Any, grpc_type: str) -> Any:
+    def _stream(self, continuation: Any, details: Any, request: Any, grpc_type: str,
+                inner: Interceptor | None = None) -> Any:
         ending = self._begin(details, grpc_type)
-        call = continuation(_sync_details(details), request)
+        call = observed(inner, continuation, sync_details(details), request)
         if isinstance(call, BaseException) and not isinstance(call, grpc.Future):
             if ending is not None:
-                ending.end(_code_of(call))
+                ending.end(code_of(call))
             raise call
         return call if ending is None else _ObservedStream(call, ending)
 
@@ -164,9 +173,30 @@ class CallObserver(
         return self._stream(continuation, client_call_details, request_iterator, "bidi_stream")
 
 
+#: ``intercept_*(continuation, client_call_details, request)`` of a sync layer.
+Interceptor = Callable[[Any, Any, Any], Any]
+
+
+def observed(inner: Interceptor | None, continuation: Any, details: Any, request: Any) -> Any:
+    """What the observer's continuation gives: ``continuation``'s outcome, or, with the retry
+    layer ``inner`` called directly, its outcome or what it raised (as grpc's continuation
+    of a layer below would hand it over: an error is a value)."""
+    if inner is None:
+        return continuation(details, request)
+    try:
+        return inner(continuation, details, request)
+    except Exception as error:  # noqa: BLE001 - handed over as grpc's continuation does
+        return error
+
+
+def end_with(outcome: Any, ending: Ending) -> None:
+    """Count ``ending`` when the unary ``outcome`` (a grpc future) is over."""
+    outcome.add_done_callback(lambda future: ending.end(_future_code(future)))
+
+
 def _future_code(future: Any) -> grpc.StatusCode:
     try:
-        return _code_of(future.exception())
+        return code_of(future.exception())
     except grpc.FutureCancelledError:
         return _CANCELLED
 
@@ -192,7 +222,7 @@ class _ObservedAioCall(
 ):
     """An aio streaming call that counts its outcome when awaiting or reading it ends."""
 
-    def __init__(self, call: Any, ending: _Ending,
+    def __init__(self, call: Any, ending: Ending,
                  watcher: WatchedRequests | None = None) -> None:
         self._call = call
         self._ending = ending
@@ -206,7 +236,7 @@ class _ObservedAioCall(
         try:
             response = await self._call
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         self._ending.end(_OK)
         return response
@@ -221,7 +251,7 @@ class _ObservedAioCall(
             async for message in self._call:
                 yield message
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         self._ending.end(_OK)
 
@@ -229,7 +259,7 @@ class _ObservedAioCall(
         try:
             message = await self._call.read()
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         if message is aio.EOF:
             self._ending.end(_OK)
@@ -241,12 +271,12 @@ class _AioObserver(_Observing):
     interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
-                     ending: _Ending | None) -> Any:
+                     ending: Ending | None) -> Any:
         try:
             return await continuation(_aio_details(details), request)
         except BaseException as error:
             if ending is not None:
-                ending.end(_code_of(error))
+                ending.end(code_of(error))
             raise
 
     async def streaming(self, continuation: Any, details: Any, request: Any,
@@ -267,7 +297,7 @@ class _AioObserver(_Observing):
             try:
                 code = await call.code()
             except BaseException as error:
-                ending.end(_code_of(error))
+                ending.end(code_of(error))
                 raise
             ending.end(code)
         return call
