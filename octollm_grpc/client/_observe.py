@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -26,8 +26,8 @@ from octollm_grpc.observability._client_metrics import ClientMethodMetrics, Clie
 from octollm_grpc.observability._otel import inject
 from octollm_grpc.observability._propagation import outbound_metadata, outbound_timeout
 
-__all__ = ["CallObserver", "Ending", "Interceptor", "aio_observers", "code_of", "end_with",
-           "observed", "sync_details"]
+__all__ = ["AioObserver", "CallObserver", "Ending", "Interceptor", "aio_details",
+           "aio_observers", "code_of", "end_with", "observed", "sync_details"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -204,14 +204,18 @@ def _future_code(future: Any) -> grpc.StatusCode:
 # -- grpc.aio -----------------------------------------------------------------------------
 
 
-def _aio_details(details: Any) -> Any:
+def aio_details(details: Any) -> tuple[Any, Sequence[tuple[str, Any]] | None]:
+    """The details an aio call goes on with (timeout, request id and trace context passed
+    on), and their metadata as pairs (read off grpc's ``Metadata`` once)."""
+    given = details.metadata
+    pairs = tuple(given) if given is not None else None
     timeout = outbound_timeout(details.timeout)
-    metadata = inject(outbound_metadata(details.metadata))
-    if timeout is details.timeout and metadata is details.metadata:
-        return details
+    metadata = inject(outbound_metadata(pairs))
+    if timeout is details.timeout and metadata is pairs:
+        return details, pairs
     return aio.ClientCallDetails(details.method, timeout,
                                  None if metadata is None else aio.Metadata(*metadata),
-                                 details.credentials, details.wait_for_ready)
+                                 details.credentials, details.wait_for_ready), metadata
 
 
 class _ObservedAioCall(
@@ -266,14 +270,17 @@ class _ObservedAioCall(
         return message
 
 
-class _AioObserver(_Observing):
+class AioObserver(_Observing):
     """The aio outer layer, for every call shape (`aio_observers` makes its four
     interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
-                     ending: Ending | None) -> Any:
+                     ending: Ending | None, inner: Interceptor | None = None) -> Any:
         try:
-            return await continuation(_aio_details(details), request)
+            if inner is None:
+                return await continuation(aio_details(details)[0], request)
+            # The retry layer called directly: it returns a call object (as grpc would).
+            return await inner(continuation, aio_details(details)[0], request)
         except BaseException as error:
             if ending is not None:
                 ending.end(code_of(error))
@@ -289,9 +296,11 @@ class _AioObserver(_Observing):
         return call if ending is None else _ObservedAioCall(call, ending, watcher)
 
     async def unary_unary(self, continuation: Any, client_call_details: Any,
-                          request: Any) -> Any:
+                          request: Any, inner: Interceptor | None = None) -> Any:
+        """Observe a unary call; ``inner`` is the retry layer when it is no interceptor of
+        grpc's chain (an async ``intercept_unary_unary``)."""
         ending = self._begin(client_call_details, "unary")
-        call = await self._start(continuation, client_call_details, request, ending)
+        call = await self._start(continuation, client_call_details, request, ending, inner)
         if ending is not None:
             # The retry layer has awaited the call already: its code is there.
             try:
@@ -305,7 +314,7 @@ class _AioObserver(_Observing):
 
 def aio_observers(metrics: ClientMetrics | None, clock: Callable[[], float]) -> list[Any]:
     """The four aio outer interceptors (``grpc.aio`` files one per call shape)."""
-    layer = _AioObserver(metrics, clock)
+    layer = AioObserver(metrics, clock)
     return per_shape(layer.unary_unary,
                      functools.partial(layer.streaming, grpc_type="server_stream"),
                      functools.partial(layer.streaming, grpc_type="client_stream"),

@@ -11,7 +11,7 @@ from typing import Any, Unpack
 
 from grpc import aio
 
-from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._aio_interceptors import ObservedUnaryUnary, aio_interceptors
 from octollm_grpc.client._channel import (
     AioChannelKeywords,
     AioClientOptions,
@@ -32,7 +32,8 @@ def resilient_interceptors(
 ) -> list[aio.ClientInterceptor]:
     """The interceptors [`resilient_channel`][octollm_grpc.client.resilient_channel] installs, for a
     channel built elsewhere: the
-    observers (propagation, call metrics), then the retry layer, each one per call shape.
+    observers (propagation, call metrics), then the retry layer, each one per call shape (unary
+    calls get one interceptor doing both).
 
     Takes [`resilient_channel`][octollm_grpc.client.resilient_channel]'s keywords but the channel's
     own (`AioKeywords`).
@@ -95,4 +96,8 @@ def _channel_for(settings: AioClientOptions, core: Resilience,
 
 def _interceptors(settings: AioClientOptions, core: Resilience) -> list[Any]:
     # The observers come first (outermost): each call is seen once, and retries see its deadline.
-    return [*aio_observers(core.metrics, settings.clock), *aio_interceptors(core, settings.sleep)]
+    # Unary calls get one interceptor doing both layers' work (two stacked cost a grpc layer
+    # more per call); grpc.aio files it under unary calls only.
+    return [ObservedUnaryUnary(core, settings.sleep, settings.clock),
+            *aio_observers(core.metrics, settings.clock)[1:],
+            *aio_interceptors(core, settings.sleep)[1:]]
