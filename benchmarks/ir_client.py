@@ -4,7 +4,9 @@
 by :mod:`benchmarks.instructions`: makes ``WARMUP`` successful GetTask calls to ``TARGET`` one
 at a time through the ``VARIANT`` channel (``bare``: a plain channel; ``client``:
 ``resilient_channel``; ``client_floor``: a do-nothing client interceptor; ``client_floor2``: two
-of them, what one more interceptor layer costs; the ``variants.CLIENT_ABLATIONS``:
+of them, what one more interceptor layer costs; ``bare_no_grpc_retries`` and
+``client_floor_no_grpc_retries``: those on a channel with ``resilient_channel``'s
+``grpc.enable_retries=0``; the ``variants.CLIENT_ABLATIONS``:
 ``resilient_channel`` with parts switched off) on ``STACK`` (``sync`` or ``aio``), prints
 ``ready`` and waits for a line on stdin (the driver switches counting on), makes ``N`` more
 calls, prints ``done`` and waits for stdin to close (the driver dumps).
@@ -55,6 +57,15 @@ def _ablated(stack: str, variant: str, target: str) -> Any:
 def _channel(stack: str, variant: str, target: str) -> Any:
     if variant in variants.CLIENT_ABLATIONS:
         return _ablated(stack, variant, target)
+    if variant in ("bare_no_grpc_retries", "client_floor_no_grpc_retries"):
+        # resilient_channel's channel option: grpc core's retry filter off (a cheaper call).
+        options = [("grpc.enable_retries", 0)]
+        floor = variant == "client_floor_no_grpc_retries"
+        if stack == "sync":
+            channel = grpc.insecure_channel(target, options)
+            return grpc.intercept_channel(channel, overhead._PassThrough()) if floor else channel
+        return grpc.aio.insecure_channel(
+            target, options, interceptors=[overhead._AioPassThrough()] if floor else None)
     if variant == "client_floor2":
         if stack == "sync":
             return grpc.intercept_channel(grpc.insecure_channel(target), overhead._PassThrough(),
