@@ -6,7 +6,8 @@ at a time through the ``VARIANT`` channel (``bare``: a plain channel; ``client``
 ``resilient_channel``; ``client_floor``: a do-nothing client interceptor; ``client_floor2``: two
 of them, what one more interceptor layer costs; ``bare_no_grpc_retries`` and
 ``client_floor_no_grpc_retries``: those on a channel with ``resilient_channel``'s
-``grpc.enable_retries=0``; the ``variants.CLIENT_ABLATIONS``:
+``grpc.enable_retries=0``; ``client_floor_await``: the latter awaiting the call inside the
+interceptor, as a retrying layer must; the ``variants.CLIENT_ABLATIONS``:
 ``resilient_channel`` with parts switched off) on ``STACK`` (``sync`` or ``aio``), prints
 ``ready`` and waits for a line on stdin (the driver switches counting on), makes ``N`` more
 calls, prints ``done`` and waits for stdin to close (the driver dumps).
@@ -29,6 +30,16 @@ _TIMEOUT_S = 60.0
 def _handshake(word: str) -> None:
     print(word, flush=True)
     sys.stdin.readline()
+
+
+class _AioAwaitingPassThrough(grpc.aio.UnaryUnaryClientInterceptor):
+    """A do-nothing aio interceptor that awaits the call before it returns it, as a layer
+    that retries inside the interceptor must (it sees the outcome): the cost of waiting there."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+        await call
+        return call
 
 
 def _ablated(stack: str, variant: str, target: str) -> Any:
@@ -66,6 +77,13 @@ def _channel(stack: str, variant: str, target: str) -> Any:
             return grpc.intercept_channel(channel, overhead._PassThrough()) if floor else channel
         return grpc.aio.insecure_channel(
             target, options, interceptors=[overhead._AioPassThrough()] if floor else None)
+    if variant == "client_floor_await":
+        if stack == "sync":  # a blocking continuation has always waited: the floor itself
+            return grpc.intercept_channel(
+                grpc.insecure_channel(target, [("grpc.enable_retries", 0)]),
+                overhead._PassThrough())
+        return grpc.aio.insecure_channel(target, [("grpc.enable_retries", 0)],
+                                         interceptors=[_AioAwaitingPassThrough()])
     if variant == "client_floor2":
         if stack == "sync":
             return grpc.intercept_channel(grpc.insecure_channel(target), overhead._PassThrough(),
