@@ -179,7 +179,10 @@ class ObservedUnaryUnary(aio.UnaryUnaryClientInterceptor):
     """
 
     def __init__(self, core: Resilience, sleep: AsyncSleep = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, alone: bool = False) -> None:
+        """``alone``: no interceptor follows this one (``resilient_channel``'s unary calls),
+        so a call's metadata goes on as pairs (see `aio_details`)."""
+        self._alone = alone
         self._core = core
         self._clock = clock
         self._layer = AioRetryLayer(core, sleep)
@@ -213,7 +216,7 @@ class ObservedUnaryUnary(aio.UnaryUnaryClientInterceptor):
             metrics.started.inc()
             began = clock()
         try:
-            details, pairs = aio_details(client_call_details)
+            details, pairs = aio_details(client_call_details, self._alone)
             refused = refused_metadata(pairs)
             if refused is not None:  # grpc would refuse it (or, on some versions, hang)
                 call: Any = FailedCall(refused)

@@ -204,18 +204,24 @@ def _future_code(future: Any) -> grpc.StatusCode:
 # -- grpc.aio -----------------------------------------------------------------------------
 
 
-def aio_details(details: Any) -> tuple[Any, Sequence[tuple[str, Any]] | None]:
+def aio_details(details: Any, as_pairs: bool = False,
+                ) -> tuple[Any, Sequence[tuple[str, Any]] | None]:
     """The details an aio call goes on with (timeout, request id and trace context passed
-    on), and their metadata as pairs (read off grpc's ``Metadata`` once)."""
+    on), and their metadata as pairs (read off grpc's ``Metadata`` once).
+
+    ``as_pairs``: the new details carry the pairs themselves, not a ``Metadata`` made of
+    them; only for a continuation that is grpc's own call, which reads them as a tuple
+    (``Metadata`` is what an interceptor after ours may expect).
+    """
     given = details.metadata
     pairs = tuple(given) if given is not None else None
     timeout = outbound_timeout(details.timeout)
     metadata = inject(outbound_metadata(pairs))
     if timeout is details.timeout and metadata is pairs:
         return details, pairs
-    return aio.ClientCallDetails(details.method, timeout,
-                                 None if metadata is None else aio.Metadata(*metadata),
-                                 details.credentials, details.wait_for_ready), metadata
+    carried = metadata if as_pairs or metadata is None else aio.Metadata(*metadata)
+    return aio.ClientCallDetails(details.method, timeout, carried, details.credentials,
+                                 details.wait_for_ready), metadata
 
 
 class _ObservedAioCall(

@@ -87,17 +87,19 @@ def _channel_for(settings: AioClientOptions, core: Resilience,
     """The channel of `resilient_channel` around ``core`` (the benchmarks build their
     variants' cores themselves)."""
     target = settings.target
-    interceptors = _interceptors(settings, core)
+    interceptors = _interceptors(settings, core, alone=True)
     if settings.credentials is not None:
         return aio.secure_channel(target, settings.credentials, channel_opts,
                                   settings.compression, interceptors)
     return aio.insecure_channel(target, channel_opts, settings.compression, interceptors)
 
 
-def _interceptors(settings: AioClientOptions, core: Resilience) -> list[Any]:
+def _interceptors(settings: AioClientOptions, core: Resilience, *,
+                  alone: bool = False) -> list[Any]:
     # The observers come first (outermost): each call is seen once, and retries see its deadline.
     # Unary calls get one interceptor doing both layers' work (two stacked cost a grpc layer
     # more per call); grpc.aio files it under unary calls only.
-    return [ObservedUnaryUnary(core, settings.sleep, settings.clock),
+    # ``alone``: the channel is ours, no other interceptor follows for unary calls.
+    return [ObservedUnaryUnary(core, settings.sleep, settings.clock, alone=alone),
             *aio_observers(core.metrics, settings.clock)[1:],
             *aio_interceptors(core, settings.sleep)[1:]]
