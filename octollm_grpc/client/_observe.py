@@ -214,7 +214,8 @@ def aio_details(details: Any, as_pairs: bool = False,
     (``Metadata`` is what an interceptor after ours may expect).
     """
     given = details.metadata
-    pairs = tuple(given) if given is not None else None
+    # tuple(iter(...)): tuple(given) would first ask Metadata.__len__ (Python) for a size.
+    pairs = tuple(iter(given)) if given is not None else None
     timeout = outbound_timeout(details.timeout)
     metadata = inject(outbound_metadata(pairs))
     if timeout is details.timeout and metadata is pairs:
