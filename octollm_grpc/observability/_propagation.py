@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from octollm_grpc.observability._requestid import DEFAULT_HEADER, _random_hex
+from octollm_grpc.observability._requestid import DEFAULT_HEADER, _inbound, _random_hex
 
 __all__ = ["Inbound", "enter", "inbound", "leave", "outbound_metadata", "outbound_timeout"]
 
@@ -45,13 +45,10 @@ class Inbound(NamedTuple):  # a NamedTuple: made on every served call, and cheap
 #: More seconds left than this is "no deadline" (about 31 years).
 _NO_DEADLINE = 1e9
 
-_inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar(
-    "octollm_inbound", default=None)
-
-
 def inbound() -> Inbound | None:
     """What the call this code serves passes on, or ``None`` outside a served call."""
-    return _inbound.get()
+    current: Inbound | None = _inbound.get()
+    return current
 
 
 def enter(context: object, request_id: str | None, header: str = "x-request-id",

@@ -26,7 +26,6 @@ from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability import _otel as otel
 from octollm_grpc.observability import _propagation as propagation
-from octollm_grpc.observability import _requestid as requestid
 from octollm_grpc.observability._logs import (
     CallLogger,
     Level,
@@ -105,7 +104,7 @@ class Call:
     """
 
     __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "permit", "pipeline",
-                 "plan", "principal", "rejection", "request", "request_id", "rid_token", "span",
+                 "plan", "principal", "rejection", "request", "request_id", "span",
                  "start", "trailers")
 
     start: float
@@ -120,7 +119,6 @@ class Call:
     metadata: Metadata | None
     request_id: str | None
     trailers: tuple[tuple[str, str], ...] | None
-    rid_token: contextvars.Token[str | None] | None
     log_tokens: contextvars.Token[Any] | None
     inbound_token: contextvars.Token[Inbound | None] | None
     #: Blocks for an awaitable verdict of a coroutine verifier (only a thread-pool call has it).
@@ -154,20 +152,52 @@ class Call:
         # Each field set once (this runs on every call).
         if request_ids is not None:
             rid = self.request_id = request_ids.from_metadata(self.metadata)
-            self.rid_token = requestid.bind(rid)
             self.log_tokens = bind_request_id(rid)
             # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
             self.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(self.trailers)
         else:
-            self.request_id = self.trailers = self.rid_token = self.log_tokens = None
-        # What outbound calls on resilient channels inherit: deadline and request id.
+            self.request_id = self.trailers = self.log_tokens = None
+        # What outbound calls on resilient channels inherit: deadline and request id (also
+        # what current_request_id() reads: one context variable for both).
         self.inbound_token = propagation.enter(
             context, self.request_id,
             request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:
             plan.metrics.started.inc()
         return self
+
+
+    def finish(self) -> None:
+        """The handler returned: `Pipeline.succeed`, then `Pipeline.end` (in one step: this
+        runs on every successful call)."""
+        try:
+            context = self.context
+            trailers = self.trailers
+            if trailers is not None:
+                current = context.trailing_metadata()
+                if current is not trailers:
+                    context.set_trailing_metadata(merge_trailers(current, (), trailers[0]))
+            code = context.code()
+            if code is None or code is _OK:
+                metrics = self.plan.metrics
+                if metrics is not None:
+                    metrics.ok.inc()
+                    metrics.handling.observe(_perf_counter() - self.start)
+            else:
+                # The handler set a non-OK code and returned: its decision, logged and
+                # counted as is.
+                self.pipeline._record(self, code, None, level_for_code(code), None, None)
+        finally:
+            if self.permit is not None or self.span is not None:
+                self.pipeline.end(self)
+            else:  # the usual call: only its context variables to unbind
+                token = self.inbound_token
+                if token is not None:
+                    propagation.leave(token)
+                log_tokens = self.log_tokens
+                if log_tokens is not None:
+                    unbind_request_id(log_tokens)
 
 
 class SyncCall(Call):
@@ -193,10 +223,11 @@ class SyncCall(Call):
         return self
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            self.finish()
+            return
         try:
-            if exc is None:
-                self.pipeline.succeed(self)
-            elif isinstance(exc, (Exception, GeneratorExit)):
+            if isinstance(exc, (Exception, GeneratorExit)):
                 self.end_failed(exc)
         finally:
             self.pipeline.end(self)
@@ -227,10 +258,11 @@ class AsyncCall(Call):
         return self
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            self.finish()
+            return
         try:
-            if exc is None:
-                self.pipeline.succeed(self)
-            elif isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+            if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
                 await self.end_failed(exc)
         finally:
             self.pipeline.end(self)
@@ -366,23 +398,6 @@ class Pipeline:
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
             raise _refuse(call, limit[1], key, wait)
-
-    def succeed(self, call: Call) -> None:
-        """The handler returned: keep its trailers plus the request id; count (or log) it."""
-        context = call.context
-        if call.trailers is not None:
-            current = context.trailing_metadata()
-            if current is not call.trailers:
-                context.set_trailing_metadata(merge_trailers(current, (), call.trailers[0]))
-        code = context.code()
-        if code is None or code is _OK:
-            metrics = call.plan.metrics
-            if metrics is not None:
-                metrics.ok.inc()
-                metrics.handling.observe(_perf_counter() - call.start)
-            return
-        # The handler set a non-OK code and returned: its decision, logged and counted as is.
-        self._record(call, code, None, level_for_code(code), None, None)
 
     def cancelled(self, call: Call) -> None:
         """The client went away: not an error, so no log event; counted as ``Canceled``."""
@@ -524,8 +539,6 @@ class Pipeline:
             propagation.leave(call.inbound_token)
         if call.span is not None:
             otel.end_server_span(call.span)
-        if call.rid_token is not None:
-            requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
 

@@ -9,7 +9,7 @@ import grpc
 
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
-from octollm_grpc.server._handlers import Handler, ServicerContext, Wrapping
+from octollm_grpc.server._handlers import UNDECODABLE, Handler, ServicerContext, Wrapping
 
 __all__ = ["ServerInterceptor"]
 
@@ -53,9 +53,21 @@ def _unary_response(
 ) -> Callable[[Any, ServicerContext], Any]:
     # grpc's context is a ServicerContext: grpcio's sync context has code() and details()
     # (public since 1.38), which its type stubs lack.
+    guarded = plan.guarded
+
+    # What ``with _Call.begin(...): return behavior(...)`` does, spelled out: two frames
+    # (__enter__, __exit__) fewer on every call.
     def handle(request: Any, context: ServicerContext) -> Any:
-        with _Call.begin(pipeline, plan, context, request):
-            return behavior(request, context)
+        call = _Call.begin(pipeline, plan, context, request)
+        if guarded or request is UNDECODABLE:
+            call.__enter__()  # admits; a refused call is ended and raises
+        try:
+            response = behavior(request, context)
+        except BaseException as exc:
+            call.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        call.finish()
+        return response
 
     return handle
 
