@@ -16,7 +16,10 @@ dashboards expect. The standard's error metrics come on top:
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +27,9 @@ from typing import Any
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["ServerMetrics", "go_code_name", "serve_metrics"]
 
@@ -49,30 +55,131 @@ def go_code_name(code: grpc.StatusCode) -> str:
     return _GO_NAMES[code]
 
 
+class _Cells:
+    """The counts of one method, kept as plain numbers under one lock.
+
+    A prometheus-client child takes a lock and several Python calls per ``inc`` or
+    ``observe``; a call updates these once as it starts and once as it ends. `_Collector`
+    reads them at scrape time into the same families, labels and samples.
+    """
+
+    __slots__ = ("bounds", "buckets", "codes", "created", "labels", "lock", "started", "sum")
+
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+        self.labels = labels
+        self.bounds = bounds  # the histogram's upper bounds, +Inf last
+        self.lock = threading.Lock()
+        self.started = 0
+        self.buckets = [0] * len(bounds)  # observations per bucket (not cumulative)
+        self.sum = 0.0
+        #: grpc_server_handled_total per code: [count, created].
+        self.codes: dict[grpc.StatusCode, list[float]] = {}
+        self.created = time.time()
+
+
+class _Handled:
+    """``grpc_server_handled_total`` for one method and code: ``inc()`` counts a call."""
+
+    __slots__ = ("_cell", "_cells")
+
+    def __init__(self, cells: _Cells, code: grpc.StatusCode) -> None:
+        self._cells = cells
+        with cells.lock:
+            cell = cells.codes.get(code)
+            if cell is None:
+                cell = cells.codes[code] = [0, time.time()]
+        self._cell = cell
+
+    def inc(self) -> None:
+        with self._cells.lock:
+            self._cell[0] += 1
+
+
+class _Handling:
+    """``grpc_server_handling_seconds`` for one method: ``observe(seconds)``."""
+
+    __slots__ = ("_cells",)
+
+    def __init__(self, cells: _Cells) -> None:
+        self._cells = cells
+
+    def observe(self, seconds: float) -> None:
+        cells = self._cells
+        index = bisect.bisect_left(cells.bounds, seconds)
+        with cells.lock:
+            cells.buckets[index] += 1
+            cells.sum += seconds
+
+
+class _Collector:
+    """The call families of one registry, read from every method's `_Cells` per scrape."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        # prometheus-client's own spelling of a bound (its Histogram labels buckets so).
+        self._les = [str(floatToGoString(b)) for b in bounds]  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+        self._methods: dict[tuple[str, str, str], _Cells] = {}
+
+    def cells(self, labels: tuple[str, str, str]) -> _Cells:
+        """The one `_Cells` of the method with these labels (shared by its servers)."""
+        with self._lock:
+            found = self._methods.get(labels)
+            if found is None:
+                found = self._methods[labels] = _Cells(labels, self.bounds)
+            return found
+
+    def describe(self) -> list[Metric]:
+        return self._families([])
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            methods = list(self._methods.values())
+        return self._families(methods)
+
+    def _families(self, methods: list[_Cells]) -> list[Metric]:
+        started = CounterMetricFamily(
+            "grpc_server_started_total", "Total number of RPCs started on the server.",
+            labels=_METHOD_LABELS)
+        handled = CounterMetricFamily(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels=(*_METHOD_LABELS, "grpc_code"))
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            labels=_METHOD_LABELS)
+        created = []
+        for cells in methods:
+            with cells.lock:
+                count, buckets, total = cells.started, list(cells.buckets), cells.sum
+                codes = [(code, cell[0], cell[1]) for code, cell in cells.codes.items()]
+            labels = cells.labels
+            started.add_metric(labels, count, created=cells.created)
+            for code, value, stamp in codes:
+                handled.add_metric((*labels, _GO_NAMES[code]), value, created=stamp)
+            cumulative, running = [], 0
+            for le, value in zip(self._les, buckets, strict=True):
+                running += value
+                cumulative.append((le, running))
+            handling.add_metric(labels, cumulative, total)
+            created.append(Sample("grpc_server_handling_seconds_created",
+                                  dict(zip(_METHOD_LABELS, labels, strict=True)),
+                                  cells.created))
+        handling.samples.extend(created)
+        return [started, handled, handling]
+
+
 class _Families:
     """The metric families of one registry (created once: a registry rejects duplicates)."""
 
     def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
-        self.started = Counter(
-            "grpc_server_started_total",
-            "Total number of RPCs started on the server.",
-            _METHOD_LABELS,
-            registry=registry,
-        )
-        self.handled = Counter(
-            "grpc_server_handled_total",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            (*_METHOD_LABELS, "grpc_code"),
-            registry=registry,
-        )
-        self.handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
-            _METHOD_LABELS,
-            buckets=buckets,
-            registry=registry,
-        )
+        bounds = tuple(sorted(float(b) for b in buckets))
+        if not bounds or bounds[-1] != math.inf:
+            bounds += (math.inf,)
+        self.calls = _Collector(bounds)
+        registry.register(self.calls)
         self.errors = Counter(
             "octollm_errors_total",
             "Total errors by type",
@@ -101,27 +208,41 @@ def _families_for(registry: CollectorRegistry, buckets: Sequence[float]) -> _Fam
 
 
 class MethodMetrics:
-    """The label-bound children of one method: the per-call work is ``inc`` and ``observe``."""
+    """The counts of one method: the per-call work is `start` and `succeed` (or `handled`
+    and ``handling.observe`` for a call that did not succeed)."""
 
-    __slots__ = ("_families", "_handled", "_labels", "handling", "ok", "started")
+    __slots__ = ("_cells", "_handled", "_lock", "_ok", "bounds", "handling")
 
     def __init__(self, families: _Families, labels: tuple[str, str, str]) -> None:
-        self._families = families
-        self._labels = labels
-        self.started: Any = families.started.labels(*labels)
-        self.handling: Any = families.handling.labels(*labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
-        self.ok: Any = self.handled(grpc.StatusCode.OK)
-        """The ``grpc_server_handled_total`` child for OK, bound ahead for the hot path."""
+        cells = self._cells = families.calls.cells(labels)
+        self._lock = cells.lock
+        self.bounds = cells.bounds
+        self.handling = _Handling(cells)
+        """``grpc_server_handling_seconds``: ``observe(seconds)``."""
+        self._handled: dict[grpc.StatusCode, _Handled] = {}
+        self._ok = _Handled(cells, grpc.StatusCode.OK)._cell
 
-    def handled(self, code: grpc.StatusCode) -> Any:
-        """The ``grpc_server_handled_total`` child for ``code``."""
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self._families.handled.labels(
-                *self._labels, _GO_NAMES[code]
-            )
-        return child
+    def start(self) -> None:
+        """Count a started call."""
+        cells = self._cells
+        with self._lock:
+            cells.started += 1
+
+    def succeed(self, seconds: float) -> None:
+        """Count a call that ended ``OK`` after ``seconds`` (handled and handling time)."""
+        cells = self._cells
+        index = bisect.bisect_left(self.bounds, seconds)
+        with self._lock:
+            self._ok[0] += 1
+            cells.buckets[index] += 1
+            cells.sum += seconds
+
+    def handled(self, code: grpc.StatusCode) -> _Handled:
+        """The ``grpc_server_handled_total`` counter of ``code`` (``inc()``)."""
+        found = self._handled.get(code)
+        if found is None:
+            found = self._handled[code] = _Handled(self._cells, code)
+        return found
 
 
 class ServerMetrics:

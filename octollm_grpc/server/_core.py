@@ -164,7 +164,7 @@ class Call:
             context, self.request_id,
             request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:
-            plan.metrics.started.inc()
+            plan.metrics.start()
         return self
 
 
@@ -182,8 +182,7 @@ class Call:
             if code is None or code is _OK:
                 metrics = self.plan.metrics
                 if metrics is not None:
-                    metrics.ok.inc()
-                    metrics.handling.observe(_perf_counter() - self.start)
+                    metrics.succeed(_perf_counter() - self.start)
             else:
                 # The handler set a non-OK code and returned: its decision, logged and
                 # counted as is.
