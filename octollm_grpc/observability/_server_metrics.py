@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -69,11 +69,22 @@ class _Cells:
         self.labels = labels
         self.bounds = bounds  # the histogram's upper bounds, +Inf last
         self.lock = threading.Lock()
-        self.started = 0
-        self.buckets = [0] * len(bounds)  # observations per bucket (not cumulative)
+        self.started = 0.0
+        self.buckets = [0.0] * len(bounds)  # observations per bucket (not cumulative)
         self.sum = 0.0
         #: grpc_server_handled_total per code: [count, created].
         self.codes: dict[grpc.StatusCode, list[float]] = {}
+        self.created = time.time()
+
+
+class _Durations:
+    """The ``octollm_error_duration_seconds`` counts of one error type."""
+
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.buckets = [0.0] * size
+        self.sum = 0.0
         self.created = time.time()
 
 
@@ -87,7 +98,7 @@ class _Handled:
         with cells.lock:
             cell = cells.codes.get(code)
             if cell is None:
-                cell = cells.codes[code] = [0, time.time()]
+                cell = cells.codes[code] = [0.0, time.time()]
         self._cell = cell
 
     def inc(self) -> None:
@@ -116,6 +127,12 @@ class _Collector:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
+        #: Guards the error counts (the error path's; each method's cells have their own).
+        self.error_lock = threading.Lock()
+        #: octollm_errors_total by (error_type, component): [count, created].
+        self._errors: dict[tuple[str, str], list[float]] = {}
+        #: octollm_error_duration_seconds by error_type: [per-bucket counts, sum, created].
+        self._durations: dict[str, _Durations] = {}
         # prometheus-client's own spelling of a bound (its Histogram labels buckets so).
         self._les = [str(floatToGoString(b)) for b in bounds]  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
@@ -129,13 +146,53 @@ class _Collector:
                 found = self._methods[labels] = _Cells(labels, self.bounds)
             return found
 
+    def error_cells(self, error_type: str, component: str) -> tuple[list[float], _Durations]:
+        """The count of ``error_type`` errors of ``component``, and their durations."""
+        with self.error_lock:
+            count = self._errors.get((error_type, component))
+            if count is None:
+                count = self._errors[(error_type, component)] = [0.0, time.time()]
+            durations = self._durations.get(error_type)
+            if durations is None:
+                durations = self._durations[error_type] = _Durations(len(self.bounds))
+            return count, durations
+
     def describe(self) -> list[Metric]:
-        return self._families([])
+        return self._families([]) + self._error_families(False)
 
     def collect(self) -> list[Metric]:
         with self._lock:
             methods = list(self._methods.values())
-        return self._families(methods)
+        return self._families(methods) + self._error_families(True)
+
+    def _error_families(self, live: bool) -> list[Metric]:
+        errors = CounterMetricFamily("octollm_errors_total", "Total errors by type",
+                                     labels=("error_type", "component"))
+        durations = HistogramMetricFamily("octollm_error_duration_seconds",
+                                          "Time to detect and handle error",
+                                          labels=("error_type",))
+        if not live:
+            return [errors, durations]
+        with self.error_lock:
+            counts = [(key, cell[0], cell[1]) for key, cell in self._errors.items()]
+            times = [(key, list(d.buckets), d.sum, d.created)
+                     for key, d in self._durations.items()]
+        for key, value, stamp in counts:
+            errors.add_metric(key, value, created=stamp)
+        created = []
+        for error_type, buckets, total, stamp in times:
+            durations.add_metric((error_type,), self._cumulative(buckets), total)
+            created.append(Sample("octollm_error_duration_seconds_created",
+                                  {"error_type": error_type}, stamp))
+        durations.samples.extend(created)
+        return [errors, durations]
+
+    def _cumulative(self, buckets: list[float]) -> list[tuple[str, float]]:
+        cumulative, running = [], 0.0
+        for le, value in zip(self._les, buckets, strict=True):
+            running += value
+            cumulative.append((le, running))
+        return cumulative
 
     def _families(self, methods: list[_Cells]) -> list[Metric]:
         started = CounterMetricFamily(
@@ -159,11 +216,7 @@ class _Collector:
             started.add_metric(labels, count, created=cells.created)
             for code, value, stamp in codes:
                 handled.add_metric((*labels, _GO_NAMES[code]), value, created=stamp)
-            cumulative, running = [], 0
-            for le, value in zip(self._les, buckets, strict=True):
-                running += value
-                cumulative.append((le, running))
-            handling.add_metric(labels, cumulative, total)
+            handling.add_metric(labels, self._cumulative(buckets), total)
             created.append(Sample("grpc_server_handling_seconds_created",
                                   dict(zip(_METHOD_LABELS, labels, strict=True)),
                                   cells.created))
@@ -180,19 +233,6 @@ class _Families:
             bounds += (math.inf,)
         self.calls = _Collector(bounds)
         registry.register(self.calls)
-        self.errors = Counter(
-            "octollm_errors_total",
-            "Total errors by type",
-            ("error_type", "component"),
-            registry=registry,
-        )
-        self.error_duration = Histogram(
-            "octollm_error_duration_seconds",
-            "Time to detect and handle error",
-            ("error_type",),
-            buckets=buckets,
-            registry=registry,
-        )
 
 
 _lock = threading.Lock()
@@ -269,7 +309,7 @@ class ServerMetrics:
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
         self.component = component
         self._families = _families_for(self.registry, tuple(buckets))
-        self._errors: dict[str, tuple[Any, Any]] = {}
+        self._errors: dict[str, tuple[list[float], _Durations]] = {}
 
     def for_method(self, rpc_type: str, service: str, method: str) -> MethodMetrics:
         """The bound children for one method (build once per method, keep it)."""
@@ -278,15 +318,20 @@ class ServerMetrics:
     def error(self, error_type: str, duration: float | None = None) -> None:
         """Count one error of ``error_type`` that took ``duration`` seconds to handle (not
         timed when ``None``: a refused call is only counted)."""
-        children = self._errors.get(error_type)
-        if children is None:
-            children = self._errors[error_type] = (
-                self._families.errors.labels(error_type, self.component),
-                self._families.error_duration.labels(error_type),
-            )
-        children[0].inc()
-        if duration is not None:
-            children[1].observe(duration)
+        calls = self._families.calls
+        cells = self._errors.get(error_type)
+        if cells is None:
+            cells = self._errors[error_type] = calls.error_cells(error_type, self.component)
+        count, durations = cells
+        if duration is None:
+            with calls.error_lock:
+                count[0] += 1
+            return
+        index = bisect.bisect_left(calls.bounds, duration)
+        with calls.error_lock:
+            count[0] += 1
+            durations.buckets[index] += 1
+            durations.sum += duration
 
 
 def serve_metrics(

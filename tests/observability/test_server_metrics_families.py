@@ -20,8 +20,9 @@ def _exposition(registry: CollectorRegistry) -> list[str]:
 
 
 def test_same_samples_as_prometheus_client_families() -> None:
-    """Starts, successes, other codes and handling times: the same exposition (names, labels,
-    bucket bounds, values, creation series) as prometheus-client's Counter and Histogram."""
+    """Starts, successes, other codes, handling times and errors: the same exposition (names,
+    labels, bucket bounds, values, creation series) as prometheus-client's Counter and
+    Histogram."""
     ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
     ours = ServerMetrics(ours_registry, buckets=_BUCKETS)
     started = Counter("grpc_server_started_total", "Total number of RPCs started on the server.",
@@ -34,10 +35,11 @@ def test_same_samples_as_prometheus_client_families() -> None:
         "grpc_server_handling_seconds",
         "Histogram of response latency (seconds) of gRPC that had been application-level "
         "handled by the server.", _LABELS, buckets=_BUCKETS, registry=theirs_registry)
-    Counter("octollm_errors_total", "Total errors by type", ("error_type", "component"),
-            registry=theirs_registry)
-    Histogram("octollm_error_duration_seconds", "Time to detect and handle error",
-              ("error_type",), buckets=_BUCKETS, registry=theirs_registry)
+    errors = Counter("octollm_errors_total", "Total errors by type",
+                     ("error_type", "component"), registry=theirs_registry)
+    error_duration = Histogram("octollm_error_duration_seconds",
+                               "Time to detect and handle error", ("error_type",),
+                               buckets=_BUCKETS, registry=theirs_registry)
 
     method = ours.for_method("unary", "a.S", "M")
     labels = ("unary", "a.S", "M")
@@ -56,6 +58,20 @@ def test_same_samples_as_prometheus_client_families() -> None:
     started.labels(*labels).inc()
     handled.labels(*labels, "NotFound").inc()
     handling.labels(*labels).observe(0.05)
+
+    # Errors: timed, and (a refusal) only counted; another component shares the histogram.
+    ours.error("TASK_NOT_FOUND", 0.02)
+    ours.error("TASK_NOT_FOUND", 7.0)
+    ours.error("RATE_LIMIT_EXCEEDED")
+    ServerMetrics(ours_registry, component="http").error("TASK_NOT_FOUND", 0.001)
+    for error_type, component, seconds in (("TASK_NOT_FOUND", "grpc_server", 0.02),
+                                           ("TASK_NOT_FOUND", "grpc_server", 7.0),
+                                           ("RATE_LIMIT_EXCEEDED", "grpc_server", None),
+                                           ("TASK_NOT_FOUND", "http", 0.001)):
+        errors.labels(error_type, component).inc()
+        child = error_duration.labels(error_type)
+        if seconds is not None:
+            child.observe(seconds)
 
     assert _exposition(ours_registry) == _exposition(theirs_registry)
 
