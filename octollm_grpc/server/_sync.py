@@ -10,6 +10,7 @@ import grpc
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
 from octollm_grpc.server._handlers import UNDECODABLE, Handler, ServicerContext, Wrapping
+from octollm_grpc.status._limits import RichStatus
 
 __all__ = ["ServerInterceptor"]
 
@@ -35,6 +36,9 @@ class _Call(SyncCall):
             return
         # Both status types are registered as grpc.Status (an ABC), which the stubs cannot see.
         context.abort_with_status(cast(grpc.Status, failure.status))
+
+    def end_refused(self, status: RichStatus) -> None:
+        cast(grpc.ServicerContext, self.context).abort_with_status(cast(grpc.Status, status))
 
 
 def _is_cancelled(exc: BaseException, context: grpc.ServicerContext) -> bool:

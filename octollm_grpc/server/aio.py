@@ -22,6 +22,7 @@ from octollm_grpc.server._core import AsyncCall, MethodPlan, Pipeline
 from octollm_grpc.server._handlers import UNDECODABLE, Handler, Wrapping
 from octollm_grpc.server._options import ServerKeywords, ServerOptions, options_of
 from octollm_grpc.server._threaded import threaded_behavior
+from octollm_grpc.status._limits import RichStatus
 
 __all__ = [
     "server_interceptors",
@@ -47,6 +48,10 @@ class _Call(AsyncCall):
             status = failure.status
             context = cast(_Context, self.context)
             await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def end_refused(self, status: RichStatus) -> None:
+        await cast(_Context, self.context).abort(status.code, status.details,
+                                                 status.trailing_metadata)
 
 
 def _coroutine(
