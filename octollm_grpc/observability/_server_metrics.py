@@ -63,10 +63,15 @@ class _Cells:
     reads them at scrape time into the same families, labels and samples.
     """
 
-    __slots__ = ("bounds", "buckets", "codes", "created", "labels", "lock", "started", "sum")
+    __slots__ = ("bounds", "buckets", "codes", "created", "handled_order", "labels", "lock",
+                 "started", "sum")
 
-    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...],
+                 handled_order: list[tuple[_Cells, grpc.StatusCode, list[float]]]) -> None:
         self.labels = labels
+        #: Every method's handled counts, in the order they were made (the collector's list):
+        #: prometheus-client lists a family's children so, and scrapes keep that order.
+        self.handled_order = handled_order
         self.bounds = bounds  # the histogram's upper bounds, +Inf last
         self.lock = threading.Lock()
         self.started = 0.0
@@ -99,6 +104,7 @@ class _Handled:
             cell = cells.codes.get(code)
             if cell is None:
                 cell = cells.codes[code] = [0.0, time.time()]
+                cells.handled_order.append((cells, code, cell))
         self._cell = cell
 
     def inc(self) -> None:
@@ -137,13 +143,15 @@ class _Collector:
         self._les = [str(floatToGoString(b)) for b in bounds]  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
         self._methods: dict[tuple[str, str, str], _Cells] = {}
+        self._handled_order: list[tuple[_Cells, grpc.StatusCode, list[float]]] = []
 
     def cells(self, labels: tuple[str, str, str]) -> _Cells:
         """The one `_Cells` of the method with these labels (shared by its servers)."""
         with self._lock:
             found = self._methods.get(labels)
             if found is None:
-                found = self._methods[labels] = _Cells(labels, self.bounds)
+                found = self._methods[labels] = _Cells(labels, self.bounds,
+                                                       self._handled_order)
             return found
 
     def error_cells(self, error_type: str, component: str) -> tuple[list[float], _Durations]:
@@ -158,12 +166,12 @@ class _Collector:
             return count, durations
 
     def describe(self) -> list[Metric]:
-        return self._families([]) + self._error_families(False)
+        return self._families([], []) + self._error_families(False)
 
     def collect(self) -> list[Metric]:
         with self._lock:
             methods = list(self._methods.values())
-        return self._families(methods) + self._error_families(True)
+        return self._families(methods, list(self._handled_order)) + self._error_families(True)
 
     def _error_families(self, live: bool) -> list[Metric]:
         errors = CounterMetricFamily("octollm_errors_total", "Total errors by type",
@@ -194,7 +202,9 @@ class _Collector:
             cumulative.append((le, running))
         return cumulative
 
-    def _families(self, methods: list[_Cells]) -> list[Metric]:
+    def _families(self, methods: list[_Cells],
+                  handled_order: list[tuple[_Cells, grpc.StatusCode, list[float]]],
+                  ) -> list[Metric]:
         started = CounterMetricFamily(
             "grpc_server_started_total", "Total number of RPCs started on the server.",
             labels=_METHOD_LABELS)
@@ -211,16 +221,17 @@ class _Collector:
         for cells in methods:
             with cells.lock:
                 count, buckets, total = cells.started, list(cells.buckets), cells.sum
-                codes = [(code, cell[0], cell[1]) for code, cell in cells.codes.items()]
             labels = cells.labels
             started.add_metric(labels, count, created=cells.created)
-            for code, value, stamp in codes:
-                handled.add_metric((*labels, _GO_NAMES[code]), value, created=stamp)
             handling.add_metric(labels, self._cumulative(buckets), total)
             created.append(Sample("grpc_server_handling_seconds_created",
                                   dict(zip(_METHOD_LABELS, labels, strict=True)),
                                   cells.created))
         handling.samples.extend(created)
+        for cells, code, cell in handled_order:
+            with cells.lock:
+                value = cell[0]
+            handled.add_metric((*cells.labels, _GO_NAMES[code]), value, created=cell[1])
         return [started, handled, handling]
 
 

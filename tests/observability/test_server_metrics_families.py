@@ -59,6 +59,17 @@ def test_same_samples_as_prometheus_client_families() -> None:
     handled.labels(*labels, "NotFound").inc()
     handling.labels(*labels).observe(0.05)
 
+    # A second method, then a code of the first: listed in the order they were made.
+    other = ours.for_method("server_stream", "a.S", "Watch")
+    other_labels = ("server_stream", "a.S", "Watch")
+    for family in (started, handling):
+        family.labels(*other_labels)
+    handled.labels(*other_labels, "OK")
+    other.handled(grpc.StatusCode.CANCELLED).inc()
+    handled.labels(*other_labels, "Canceled").inc()
+    method.handled(grpc.StatusCode.INTERNAL).inc()
+    handled.labels(*labels, "Internal").inc()
+
     # Errors: timed, and (a refusal) only counted; another component shares the histogram.
     ours.error("TASK_NOT_FOUND", 0.02)
     ours.error("TASK_NOT_FOUND", 7.0)
