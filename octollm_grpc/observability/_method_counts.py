@@ -17,6 +17,7 @@ A `Layout` says which families a collector exposes, in order, and of which kind:
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -27,8 +28,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CODED", "COUNT", "GO_NAMES", "HISTOGRAM", "METHOD_LABELS", "Cells", "Coded", "Layout",
-           "MethodCollector", "bounds_of", "go_code_name"]
+__all__ = ["CODED", "COUNT", "GO_NAMES", "HISTOGRAM", "METHOD_LABELS", "Cells", "Coded",
+           "CodedCount", "Count", "Layout", "MethodCollector", "Observe", "bounds_of",
+           "go_code_name"]
 
 METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -100,6 +102,52 @@ class Cells:
                 cell = self.coded[family][code] = [0.0, time.time()]
                 self.orders[family].append((self, code, cell))
             return cell
+
+
+class Count:
+    """One method's count in a ``COUNT`` family, for the paths that are not per call:
+    ``inc()``."""
+
+    __slots__ = ("_counts", "_index", "_lock")
+
+    def __init__(self, cells: Cells, index: int) -> None:
+        self._lock = cells.lock
+        self._counts = cells.counts
+        self._index = index
+
+    def inc(self) -> None:
+        with self._lock:
+            self._counts[self._index] += 1
+
+
+class CodedCount:
+    """One method's count of one code in a ``CODED`` family: ``inc()``."""
+
+    __slots__ = ("_cell", "_lock")
+
+    def __init__(self, cells: Cells, family: int, code: grpc.StatusCode) -> None:
+        self._lock = cells.lock
+        self._cell = cells.coded_cell(family, code)
+
+    def inc(self) -> None:
+        with self._lock:
+            self._cell[0] += 1
+
+
+class Observe:
+    """One method's ``HISTOGRAM``: ``observe(seconds)``."""
+
+    __slots__ = ("_cells",)
+
+    def __init__(self, cells: Cells) -> None:
+        self._cells = cells
+
+    def observe(self, seconds: float) -> None:
+        cells = self._cells
+        index = bisect.bisect_left(cells.bounds, seconds)
+        with cells.lock:
+            cells.buckets[index] += 1
+            cells.sum += seconds
 
 
 class MethodCollector:

@@ -33,9 +33,10 @@ from octollm_grpc.observability._method_counts import (
     CODED,
     COUNT,
     HISTOGRAM,
-    Cells,
+    CodedCount,
     Layout,
     MethodCollector,
+    Observe,
     bounds_of,
     go_code_name,
 )
@@ -66,36 +67,6 @@ class _Durations:
         self.buckets = [0.0] * size
         self.sum = 0.0
         self.created = time.time()
-
-
-class _Handled:
-    """``grpc_server_handled_total`` for one method and code: ``inc()`` counts a call."""
-
-    __slots__ = ("_cell", "_lock")
-
-    def __init__(self, cells: Cells, code: grpc.StatusCode) -> None:
-        self._lock = cells.lock
-        self._cell = cells.coded_cell(_HANDLED, code)
-
-    def inc(self) -> None:
-        with self._lock:
-            self._cell[0] += 1
-
-
-class _Handling:
-    """``grpc_server_handling_seconds`` for one method: ``observe(seconds)``."""
-
-    __slots__ = ("_cells",)
-
-    def __init__(self, cells: Cells) -> None:
-        self._cells = cells
-
-    def observe(self, seconds: float) -> None:
-        cells = self._cells
-        index = bisect.bisect_left(cells.bounds, seconds)
-        with cells.lock:
-            cells.buckets[index] += 1
-            cells.sum += seconds
 
 
 class _Collector(MethodCollector):
@@ -183,9 +154,9 @@ class MethodMetrics:
         self._counts = cells.counts
         self._buckets = cells.buckets
         self.bounds = cells.bounds
-        self.handling = _Handling(cells)
+        self.handling = Observe(cells)
         """``grpc_server_handling_seconds``: ``observe(seconds)``."""
-        self._handled: dict[grpc.StatusCode, _Handled] = {}
+        self._handled: dict[grpc.StatusCode, CodedCount] = {}
         self._ok = cells.coded_cell(_HANDLED, grpc.StatusCode.OK)
 
     def start(self) -> None:
@@ -201,11 +172,11 @@ class MethodMetrics:
             self._buckets[index] += 1
             self._cells.sum += seconds
 
-    def handled(self, code: grpc.StatusCode) -> _Handled:
+    def handled(self, code: grpc.StatusCode) -> CodedCount:
         """The ``grpc_server_handled_total`` counter of ``code`` (``inc()``)."""
         found = self._handled.get(code)
         if found is None:
-            found = self._handled[code] = _Handled(self._cells, code)
+            found = self._handled[code] = CodedCount(self._cells, _HANDLED, code)
         return found
 
 
