@@ -213,7 +213,7 @@ class ObservedUnaryUnary(aio.UnaryUnaryClientInterceptor):
         clock = self._clock
         began = 0.0
         if metrics is not None:
-            metrics.started.inc()
+            metrics.start()
             began = clock()
         try:
             details, pairs = aio_details(client_call_details, self._alone)

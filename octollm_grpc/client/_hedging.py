@@ -126,8 +126,12 @@ class _Counter(Protocol):
 class HedgeCounters(Protocol):
     """The method's counters a race bumps (``ClientMethodMetrics`` has them)."""
 
-    hedges: _Counter
-    throttled: _Counter
+    # Read-only: a class whose attributes are a narrower counter type still matches.
+    @property
+    def hedges(self) -> _Counter: ...
+
+    @property
+    def throttled(self) -> _Counter: ...
 
 
 class HedgeRace:

@@ -212,7 +212,7 @@ class ObservedResilientInterceptor(ResilientInterceptor):
         clock = self._clock
         began = 0.0
         if metrics is not None:
-            metrics.started.inc()
+            metrics.start()
             began = clock()
         details = sync_details(client_call_details)
         try:

@@ -58,7 +58,7 @@ class Ending:
         self.clock = clock
         self.done = False
         if start is None:
-            metrics.started.inc()
+            metrics.start()
             start = clock()
         self.start = start
 

@@ -24,16 +24,25 @@ the first ``max_methods`` a registry has seen, is counted under ``grpc_service``
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
-from octollm_grpc.observability._server_metrics import go_code_name
+from octollm_grpc.observability._method_counts import (
+    CODED,
+    COUNT,
+    HISTOGRAM,
+    Count,
+    Layout,
+    MethodCollector,
+    Observe,
+    bounds_of,
+)
 
 __all__ = ["UNKNOWN", "ClientMethodMetrics", "ClientMetrics"]
 
@@ -43,36 +52,32 @@ UNKNOWN = "unknown"
 _BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
-_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+#: The families, in the order the prometheus-client Counters and Histogram that kept them
+#: before were registered (a scrape lists them so).
+_LAYOUT: Layout = (
+    (COUNT, "grpc_client_started_total", "Total number of RPCs started on the client."),
+    (CODED, "grpc_client_handled_total",
+     "Total number of RPCs completed by the client, regardless of success or failure."),
+    (HISTOGRAM, "grpc_client_handling_seconds",
+     "Histogram of response latency (seconds) of the gRPC until it is finished by the "
+     "application."),
+    (CODED, "octollm_client_attempts_total",
+     "Attempts sent by the client, by their status code."),
+    (COUNT, "octollm_client_retries_total", "Retries the client started."),
+    (COUNT, "octollm_client_throttled_total", "Retries the retry budget refused."),
+    (COUNT, "octollm_client_hedges_total", "Hedged attempts the client sent."),
+)
+# Indexes among the layout's COUNT families, then among its CODED families.
+_STARTED, _RETRIES, _THROTTLED, _HEDGES = 0, 1, 2, 3
+_HANDLED, _ATTEMPTS = 0, 1
 
 
 class _Families:
     """The client metric families of one registry (a registry rejects duplicates)."""
 
     def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
-        self.started = Counter(
-            "grpc_client_started_total", "Total number of RPCs started on the client.",
-            _LABELS, registry=registry)
-        self.handled = Counter(
-            "grpc_client_handled_total",
-            "Total number of RPCs completed by the client, regardless of success or failure.",
-            (*_LABELS, "grpc_code"), registry=registry)
-        self.handling = Histogram(
-            "grpc_client_handling_seconds",
-            "Histogram of response latency (seconds) of the gRPC until it is finished by the "
-            "application.", _LABELS, buckets=buckets, registry=registry)
-        self.attempts = Counter(
-            "octollm_client_attempts_total", "Attempts sent by the client, by their status code.",
-            (*_LABELS, "grpc_code"), registry=registry)
-        self.retries = Counter(
-            "octollm_client_retries_total", "Retries the client started.", _LABELS,
-            registry=registry)
-        self.throttled = Counter(
-            "octollm_client_throttled_total", "Retries the retry budget refused.", _LABELS,
-            registry=registry)
-        self.hedges = Counter(
-            "octollm_client_hedges_total", "Hedged attempts the client sent.", _LABELS,
-            registry=registry)
+        self.calls = MethodCollector(_LAYOUT, bounds_of(buckets))
+        registry.register(self.calls)
         self.methods: dict[str, ClientMethodMetrics] = {}
         self.unknown: dict[str, ClientMethodMetrics] = {}  # by grpc_type
         self.lock = threading.Lock()
@@ -83,58 +88,75 @@ _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.Wea
 
 
 class ClientMethodMetrics:
-    """The label-bound children of one method: per call, only ``inc`` and ``observe``."""
+    """The counts of one method. Per call: `start`, then `handled_ok` or `handled`, and per
+    attempt `attempt_ok` or `attempt`; ``retries``, ``throttled`` and ``hedges`` (``inc()``),
+    ``started`` (``inc()``, as `start`) and ``handling`` (``observe(seconds)``) for the rest.
+    """
 
-    __slots__ = ("_attempt_ok", "_attempts", "_families", "_handled", "_handled_ok", "_labels",
-                 "handling", "hedges", "retries", "started", "throttled")
+    __slots__ = ("_attempt_ok", "_attempts", "_bounds", "_buckets", "_cells", "_counts",
+                 "_handled", "_handled_ok", "_lock", "handling", "hedges", "retries", "started",
+                 "throttled")
 
     def __init__(self, families: _Families, labels: tuple[str, str, str]) -> None:
-        self._families = families
-        self._labels = labels
-        self.started: Any = families.started.labels(*labels)
-        self.handling: Any = families.handling.labels(*labels)
-        self.retries: Any = families.retries.labels(*labels)
-        self.throttled: Any = families.throttled.labels(*labels)
-        self.hedges: Any = families.hedges.labels(*labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
-        self._attempts: dict[grpc.StatusCode, Any] = {}
-        # The OK children, the per-call case, without a lookup (made on first use, like the rest:
+        cells = self._cells = families.calls.cells(labels)
+        self._lock = cells.lock
+        self._counts = cells.counts
+        self._buckets = cells.buckets
+        self._bounds = cells.bounds
+        self.started = Count(cells, _STARTED)
+        self.handling = Observe(cells)
+        self.retries = Count(cells, _RETRIES)
+        self.throttled = Count(cells, _THROTTLED)
+        self.hedges = Count(cells, _HEDGES)
+        #: [count, created] per code, made on first use (a code never seen shows no series).
+        self._handled: dict[grpc.StatusCode, list[float]] = {}
+        self._attempts: dict[grpc.StatusCode, list[float]] = {}
+        # The OK counts, the per-call case, without a lookup (made on first use, like the rest:
         # a method that never succeeded shows no OK series).
-        self._handled_ok: Any = None
-        self._attempt_ok: Any = None
+        self._handled_ok: list[float] | None = None
+        self._attempt_ok: list[float] | None = None
+
+    def start(self) -> None:
+        """Count a started call."""
+        with self._lock:
+            self._counts[0] += 1  # _STARTED
 
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a finished call with its final ``code``, which took ``seconds``."""
-        self._child(self._handled, self._families.handled, code).inc()
-        self.handling.observe(seconds)
+        cell = self._handled.get(code)
+        if cell is None:
+            cell = self._handled[code] = self._cells.coded_cell(_HANDLED, code)
+        self._finished(cell, seconds)
 
     def handled_ok(self, seconds: float) -> None:
         """``handled(OK, seconds)``: a call that succeeded."""
-        child = self._handled_ok
-        if child is None:
-            child = self._handled_ok = self._child(self._handled, self._families.handled,
-                                                   grpc.StatusCode.OK)
-        child.inc()
-        self.handling.observe(seconds)
+        cell = self._handled_ok
+        if cell is None:
+            cell = self._handled_ok = self._cells.coded_cell(_HANDLED, grpc.StatusCode.OK)
+        self._finished(cell, seconds)
+
+    def _finished(self, cell: list[float], seconds: float) -> None:
+        index = bisect.bisect_left(self._bounds, seconds)
+        with self._lock:
+            cell[0] += 1
+            self._buckets[index] += 1
+            self._cells.sum += seconds
 
     def attempt_ok(self) -> None:
         """``attempt(OK)``: an attempt that succeeded."""
-        child = self._attempt_ok
-        if child is None:
-            child = self._attempt_ok = self._child(self._attempts, self._families.attempts,
-                                                   grpc.StatusCode.OK)
-        child.inc()
-
-    def _child(self, children: dict[grpc.StatusCode, Any], family: Any,
-               code: grpc.StatusCode) -> Any:
-        child = children.get(code)
-        if child is None:
-            child = children[code] = family.labels(*self._labels, go_code_name(code))
-        return child
+        cell = self._attempt_ok
+        if cell is None:
+            cell = self._attempt_ok = self._cells.coded_cell(_ATTEMPTS, grpc.StatusCode.OK)
+        with self._lock:
+            cell[0] += 1
 
     def attempt(self, code: grpc.StatusCode) -> None:
         """Count one attempt that ended (as far as retrying goes) with ``code``."""
-        self._child(self._attempts, self._families.attempts, code).inc()
+        cell = self._attempts.get(code)
+        if cell is None:
+            cell = self._attempts[code] = self._cells.coded_cell(_ATTEMPTS, code)
+        with self._lock:
+            cell[0] += 1
 
 
 def _split(method: str) -> tuple[str, str] | None:

@@ -1,4 +1,5 @@
-"""The server's call metrics read like prometheus-client's own Counter and Histogram."""
+"""The server's and the client's call metrics read like prometheus-client's own Counter and
+Histogram."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from octollm_grpc.observability._client_metrics import ClientMetrics
 from octollm_grpc.server import ServerMetrics
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -86,6 +88,102 @@ def test_same_samples_as_prometheus_client_families() -> None:
 
     assert _exposition(ours_registry) == _exposition(theirs_registry)
 
+
+
+def test_client_same_samples_as_prometheus_client_families() -> None:
+    """Client: starts, successes, other codes, attempts, retries, refusals by the budget,
+    hedges and handling times, on two methods and the unknown one: the same exposition as the
+    prometheus-client Counters and Histogram the client kept before."""
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = ClientMetrics(ours_registry, buckets=_BUCKETS)
+    started = Counter("grpc_client_started_total", "Total number of RPCs started on the client.",
+                      _LABELS, registry=theirs_registry)
+    handled = Counter(
+        "grpc_client_handled_total",
+        "Total number of RPCs completed by the client, regardless of success or failure.",
+        (*_LABELS, "grpc_code"), registry=theirs_registry)
+    handling = Histogram(
+        "grpc_client_handling_seconds",
+        "Histogram of response latency (seconds) of the gRPC until it is finished by the "
+        "application.", _LABELS, buckets=_BUCKETS, registry=theirs_registry)
+    attempts = Counter("octollm_client_attempts_total",
+                       "Attempts sent by the client, by their status code.",
+                       (*_LABELS, "grpc_code"), registry=theirs_registry)
+    retries = Counter("octollm_client_retries_total", "Retries the client started.", _LABELS,
+                      registry=theirs_registry)
+    throttled = Counter("octollm_client_throttled_total", "Retries the retry budget refused.",
+                        _LABELS, registry=theirs_registry)
+    hedges = Counter("octollm_client_hedges_total", "Hedged attempts the client sent.", _LABELS,
+                     registry=theirs_registry)
+
+    def seen(labels: tuple[str, str, str]) -> None:
+        """A method's first use made these children (their series show from then on)."""
+        for family in (started, handling, retries, throttled, hedges):
+            family.labels(*labels)
+
+    def call(labels: tuple[str, str, str], codes: list[str], final: str, seconds: float,
+             ) -> None:
+        started.labels(*labels).inc()
+        for code in codes:
+            attempts.labels(*labels, code).inc()
+        for _retry in codes[1:]:
+            retries.labels(*labels).inc()
+        handled.labels(*labels, final).inc()
+        handling.labels(*labels).observe(seconds)
+
+    unary = ("unary", "a.S", "M")
+    method = ours.method("/a.S/M")
+    seen(unary)
+    method.start()
+    for _failed in range(2):
+        method.attempt(grpc.StatusCode.UNAVAILABLE)
+        method.retries.inc()
+    method.attempt_ok()
+    method.handled_ok(0.02)
+    call(unary, ["Unavailable", "Unavailable", "OK"], "OK", 0.02)
+    for seconds in (0.0005, 0.001, 3.0):
+        method.start()
+        method.attempt_ok()
+        method.handled_ok(seconds)
+        call(unary, ["OK"], "OK", seconds)
+    method.start()
+    method.attempt(grpc.StatusCode.DEADLINE_EXCEEDED)
+    method.throttled.inc()
+    method.handled(grpc.StatusCode.DEADLINE_EXCEEDED, 0.05)
+    call(unary, ["DeadlineExceeded"], "DeadlineExceeded", 0.05)
+    throttled.labels(*unary).inc()
+
+    # A second method (bytes name, another shape), then codes of the first: series are listed
+    # in the order they were made, across methods.
+    watch = ("server_stream", "a.S", "Watch")
+    other = ClientMetrics(ours_registry).method(b"/a.S/Watch", "server_stream")
+    seen(watch)
+    other.started.inc()
+    other.hedges.inc()
+    other.attempt_ok()
+    other.attempt(grpc.StatusCode.CANCELLED)
+    other.handled(grpc.StatusCode.CANCELLED, 0.2)
+    started.labels(*watch).inc()
+    hedges.labels(*watch).inc()
+    attempts.labels(*watch, "OK").inc()
+    attempts.labels(*watch, "Canceled").inc()
+    handled.labels(*watch, "Canceled").inc()
+    handling.labels(*watch).observe(0.2)
+    method.start()
+    method.attempt(grpc.StatusCode.INTERNAL)
+    method.handled(grpc.StatusCode.INTERNAL, 7.0)
+    call(unary, ["Internal"], "Internal", 7.0)
+
+    # A name that is not /service/method counts under "unknown".
+    unknown = ("unary", "unknown", "unknown")
+    stray = ours.method("not-a-method")
+    seen(unknown)
+    stray.start()
+    stray.attempt(grpc.StatusCode.UNAVAILABLE)
+    stray.handled(grpc.StatusCode.UNAVAILABLE, 0.001)
+    call(unknown, ["Unavailable"], "Unavailable", 0.001)
+
+    assert _exposition(ours_registry) == _exposition(theirs_registry)
 
 
 def test_counts_from_many_threads_are_all_kept() -> None:
