@@ -84,13 +84,16 @@ class CallLogger:
         peer: Log the caller's address.
     """
 
-    __slots__ = ("_event", "_logger", "_resolved", "peer")
+    __slots__ = ("_enabled", "_event", "_logger", "_resolved", "peer")
 
     def __init__(self, logger: Any = None, *, event: str = FAILED_EVENT,
                  peer: bool = True) -> None:
         self._logger = logger if logger is not None else get_logger("octollm_grpc.server")
         self._event = event
         self._resolved: Any = None
+        #: enabled_for's answers, kept only for a cached logger of configure_logging's
+        #: filtering class (its level is fixed when the class is made).
+        self._enabled: dict[str, bool] = {}
         #: Whether the event carries ``peer`` (the stack reads it only then).
         self.peer = peer
 
@@ -126,7 +129,8 @@ class CallLogger:
             fields["principal"] = principal
         if exc is not None:
             fields["exc_info"] = exc
-        getattr(self._target(), level)(self._event, **fields)
+        logger = self._resolved
+        getattr(logger if logger is not None else self._target(), level)(self._event, **fields)
 
     def rate_limited(
         self, *, method: str, caller: str, count: int, interval: float,
@@ -159,16 +163,26 @@ class CallLogger:
     def enabled_for(self, level: Level) -> bool:
         """Whether an event at ``level`` would be written (``False`` only for a structlog
         filtering logger set above it); when not, the stack skips building the event."""
-        check = getattr(self._target(), "is_enabled_for", None)
+        known = self._enabled.get(level)
+        if known is not None:
+            return known
+        logger = self._target()
+        check = getattr(logger, "is_enabled_for", None)
         if check is None:
             return True
         try:
-            return bool(check(_LEVELS[level]))
+            enabled = bool(check(_LEVELS[level]))
         except Exception:  # noqa: BLE001 - a logger that cannot say: log, as before
             return True
+        # Other loggers may answer differently later (a stdlib logger's level can change).
+        if logger is self._resolved and type(logger) in _filtering_classes:
+            self._enabled[level] = enabled
+        return enabled
 
 
 _LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+#: The wrapper classes configure_logging made: each filters at a level fixed for good.
+_filtering_classes: set[type] = set()
 
 
 #: The context variable structlog keeps ``request_id`` in, once seen to hold the bare value.
@@ -478,9 +492,11 @@ def configure_logging(
             ]
         else:
             processors.append(structlog.dev.ConsoleRenderer())
+    wrapper_class = structlog.make_filtering_bound_logger(level)
+    _filtering_classes.add(wrapper_class)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=wrapper_class,
         logger_factory=_factory(out, background),
         cache_logger_on_first_use=True,
     )
