@@ -10,6 +10,7 @@ import sys
 
 import orjson
 import pytest
+import structlog
 
 from octollm_grpc.observability import _logs as logs
 
@@ -72,3 +73,53 @@ def test_configured_json_lines_parse_back(background: bool) -> None:
     parsed = json.loads(line)
     assert parsed["message"] == "caf\u00e9 \U0001F600"
     assert parsed["request_id"] == "r-9" and math.isclose(parsed["duration_ms"], 1.0)
+
+
+def _emit_events() -> None:
+    """Events that use every part of the JSON chain: levels by alias, a bound context
+    variable, a stack, an exception (as exc_info and through ``exception()``)."""
+    logger = structlog.get_logger("octollm_grpc.tests")
+    token = logs.bind_request_id("r-ctx")
+    try:
+        logger.warn("warned", n=1)
+        logger.info("stacked", stack_info=True)
+        logger.info("unstacked", stack_info=False)
+        try:
+            raise ValueError("boom")
+        except ValueError as exc:
+            logger.exception("excepted", where="handler")
+            logs.CallLogger(logger).failed(
+                "critical", method="/s/M", grpc_code="INTERNAL", error_code=None,
+                request_id="r-1", duration=0.002, peer="ipv4:127.0.0.1:1", exc=exc)
+        logger.error("plain", exc_info=False)
+    finally:
+        logs.unbind_request_id(token)
+
+
+def test_background_json_lines_match_structlogs_own_chain() -> None:
+    """The background chain (one processor for level, time, stack, exception and hand-off)
+    writes the lines structlog's stock processors write (``background=False``): the same keys
+    in the same order with the same values, but for the time itself."""
+    lines: dict[bool, list[list[tuple[str, object]]]] = {}
+    for background in (True, False):
+        stream = io.StringIO()
+        logs.configure_logging(json=True, stream=stream, background=background)
+        try:
+            _emit_events()
+            logs.flush_logs()
+        finally:
+            logs.configure_logging(json=False)
+        parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+        for event in parsed:
+            assert event["timestamp"].endswith("Z")
+            event["timestamp"] = "T"
+        lines[background] = [list(event.items()) for event in parsed]
+    assert lines[True] == lines[False]
+    events = [dict(items) for items in lines[True]]
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("warned", "warning"), ("stacked", "info"), ("unstacked", "info"),
+        ("excepted", "error"), ("grpc.call.failed", "critical"), ("plain", "error")]
+    assert "_emit_events" in str(events[1]["stack"]) and "stack" not in events[2]
+    assert "ValueError: boom" in str(events[3]["exception"])
+    assert "ValueError: boom" in str(events[4]["exception"]) and "exception" not in events[5]
+    assert all(e["request_id"] in ("r-ctx", "r-1") for e in events)
