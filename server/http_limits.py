@@ -407,7 +407,8 @@ def refusal_for(error: errors.OctoLLMError, limits: HttpLimits) -> errors.OctoLL
     if isinstance(error, errors.CancelledCallError):
         return errors.CapacityExceededError("The service is overloaded; retry later",
                                             retry_after=1.0)
-    if type(error) is errors.ResourceExhaustedError:
+    if type(error) is errors.ResourceExhaustedError and (
+            error.error_code == errors.ResourceExhaustedError.error_code):
         text = error.message.lower()
         if "metadata" in text or "header" in text:
             return HeaderTooLargeError("request", limits.max_header)
