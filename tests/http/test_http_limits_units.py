@@ -444,6 +444,9 @@ def test_uvicorn_records_become_one_structured_event_each() -> None:
                                            "failed", (), sys.exc_info()))
         handler.emit(logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1,
                                        "Invalid HTTP request received.", (), None))
+        # A record that cannot be formatted is dropped: logging never fails the server.
+        handler.emit(logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1,
+                                       "%d connections", ("many",), None))
     assert logs == [
         {"event": "http.server", "log_level": "error", "message": "Exception in ASGI"},
         {"event": "http.server", "log_level": "warning", "message": "failed",
