@@ -28,7 +28,7 @@ import grpc
 
 from octollm_grpc import errors as e
 from octollm_grpc._core.log import get_logger
-from octollm_grpc.errors import _base
+from octollm_grpc.errors import _base, _classes
 
 __all__ = [
     "ErrorMapping",
@@ -119,7 +119,9 @@ CODE_BEHAVIOUR: tuple[CodeBehaviour, ...] = (
     _B(_C.RESOURCE_EXHAUSTED, "client", False, True, True, False,
        "a quota or load refusal: the client resends only when the server says when, "
        "resilience.retry retries the caller's operation waiting retry_after when the error "
-       "has one; the server is up and answering, so not a breaker failure"),
+       "has one (but never gRPC's own size refusals, MESSAGE_TOO_LARGE and "
+       "METADATA_TOO_LARGE: the same call cannot succeed); the server is up and answering, "
+       "so not a breaker failure"),
     _B(_C.FAILED_PRECONDITION, "client", False, False, False, False),
     _B(_C.ABORTED, "client", False, False, True, False,
        "gRPC's rule: retry at a higher level (restart the read-modify-write); resending the "
@@ -443,4 +445,8 @@ _BUILTIN: tuple[tuple[type[e.OctoLLMError], grpc.StatusCode, int], ...] = (
 for _row in _BUILTIN:
     register(*_row)
 del _row
+# gRPC's own size refusals (status._decode rebuilds them from grpc core's text): resending the
+# same message or metadata cannot succeed, so unlike other RESOURCE_EXHAUSTED they are final.
+register(_classes.MessageTooLargeError, _C.RESOURCE_EXHAUSTED, 413, retryable=False)
+register(_classes.MetadataTooLargeError, _C.RESOURCE_EXHAUSTED, 431, retryable=False)
 _base.install_code_lookup(lambda exc: mapping_for(exc).grpc_code)

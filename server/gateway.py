@@ -171,10 +171,9 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         try:
             response = await rpc(message, metadata=metadata, timeout=timeout)
         except errors.CircuitOpenError as error:
-            if error.trailing_metadata() is None:
-                # The gateway's own breaker: name the service, not its internal address.
-                raise errors.CircuitOpenError(SERVICE, error.retry_after or 0.0) from None
-            raise
+            # Always the gateway's own breaker (a server's CIRCUIT_OPEN decodes as its parent,
+            # ResourceError): name the service, not its internal address.
+            raise errors.CircuitOpenError(SERVICE, error.retry_after or 0.0) from None
         except (errors.ResourceExhaustedError, errors.CancelledCallError) as error:
             # grpc's own size limits and the server's overload, in our words (413/431/503).
             raise refusal_for(error, limits) from None

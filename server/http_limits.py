@@ -405,22 +405,19 @@ GRPC_MAX_MESSAGE = 4 * 1024 * 1024
 def refusal_for(error: errors.OctoLLMError, limits: HttpLimits) -> errors.OctoLLMError:
     """What the HTTP caller gets for a bare ``RESOURCE_EXHAUSTED`` or ``CANCELLED`` status.
 
-    A bare ``RESOURCE_EXHAUSTED`` (no reason of ours) is grpc's own size limit: a message over
-    the server's maximum is 413, metadata over it 431, in our words (grpc's text lists sizes
-    and internals); a service's own refusals (``RATE_LIMIT_EXCEEDED``) carry a reason and are
-    not these. ``CANCELLED`` never comes from the HTTP caller (the gateway does not pass a
-    disconnect on), so it is the server's overload or stop: 503 with ``Retry-After``.
+    gRPC's own size limits (the client decodes them as ``MESSAGE_TOO_LARGE`` and
+    ``METADATA_TOO_LARGE``): a message over the server's maximum is 413, metadata over it 431,
+    in our words; a service's own refusals (``RATE_LIMIT_EXCEEDED``) stay what they are.
+    ``CANCELLED`` never comes from the HTTP caller (the gateway does not pass a disconnect on),
+    so it is the server's overload or stop: 503 with ``Retry-After``.
     """
     if isinstance(error, errors.CancelledCallError):
         return errors.CapacityExceededError("The service is overloaded; retry later",
                                             retry_after=1.0)
-    if type(error) is errors.ResourceExhaustedError and (
-            error.error_code == errors.ResourceExhaustedError.error_code):
-        text = error.message.lower()
-        if "metadata" in text or "header" in text:
-            return HeaderTooLargeError("request", limits.max_header)
-        if "message larger than max" in text:
-            return PayloadTooLargeError(min(limits.max_body, GRPC_MAX_MESSAGE))
+    if error.error_code == "METADATA_TOO_LARGE":
+        return HeaderTooLargeError("request", limits.max_header)
+    if error.error_code == "MESSAGE_TOO_LARGE":
+        return PayloadTooLargeError(min(limits.max_body, GRPC_MAX_MESSAGE))
     return error
 
 

@@ -576,6 +576,28 @@ class ResourceExhaustedError(ResourceError):
     error_code = "RESOURCE_EXHAUSTED"
 
 
+class MessageTooLargeError(ResourceExhaustedError):
+    """A message over its receiver's size limit: gRPC's own ``RESOURCE_EXHAUSTED``.
+
+    Not in ``__all__``: callers meet it as a `ResourceExhaustedError` whose ``error_code`` is
+    ``MESSAGE_TOO_LARGE``. Sending the same message again cannot succeed, so the standard's
+    retry helpers do not retry it (registered ``retryable=False``), and a gateway answers 413.
+    ``details`` holds ``size`` and ``limit`` in bytes when gRPC said them.
+    """
+
+    error_code = "MESSAGE_TOO_LARGE"
+
+
+class MetadataTooLargeError(ResourceExhaustedError):
+    """Metadata (headers) over its receiver's size limit: gRPC's own ``RESOURCE_EXHAUSTED``.
+
+    Not in ``__all__``, like `MessageTooLargeError`: ``error_code`` ``METADATA_TOO_LARGE``, not
+    retried by the standard's retry helpers, 431 at a gateway.
+    """
+
+    error_code = "METADATA_TOO_LARGE"
+
+
 class UnimplementedError(OctoLLMError):
     """The method is not implemented or not supported by the server (``UNIMPLEMENTED``).
 

@@ -281,6 +281,11 @@ def _build(
         # CIRCUIT_OPEN (its breaker, or a server pretending) is its parent class instead,
         # error_code and advice kept, so no handler mistakes it for ours.
         cls = e.ResourceError
+    if cls is None and code is grpc.StatusCode.RESOURCE_EXHAUSTED and status is None:
+        too_large = _size_refusal(message)
+        if too_large is not None:
+            cls, message, details = too_large
+            error_code = cls.error_code
     if cls is None:
         cls = codes.class_for_status_code(code)
     error = cls.restore(message, error_code or None, details, retry_after)
@@ -292,6 +297,44 @@ def _build(
         error.request_id = request_id
     error.rich_status = status
     return error
+
+
+# grpc core's own size refusals (a bare RESOURCE_EXHAUSTED): "SERVER: Received message larger
+# than max (10000005 vs. 4194304)" when the server refused the request, "CLIENT: ..." (inside
+# "Stream removed (...)" on the sync stack) when this client refused the response; "received
+# metadata size exceeds hard limit (value length 20000 vs. 16384)" (or "soft limit", refused
+# at random between the two) for metadata.
+_MESSAGE_TOO_LARGE = re.compile(
+    r"(?:\b(SERVER|CLIENT): )?(?:Received|Sent) message larger than max "
+    r"\((\d{1,20}) vs\. (\d{1,20})\)")
+_METADATA_TOO_LARGE = re.compile(
+    r"metadata size exceeds (?:hard|soft) limit "
+    r"\((?:value length )?(\d{1,20}) vs\. (\d{1,20})\)")
+_WHOSE_LIMIT = {"SERVER": ("request", "the server's"), "CLIENT": ("response", "this client's")}
+
+
+def _size_refusal(
+    message: str,
+) -> tuple[type[e.OctoLLMError], str, dict[str, Any]] | None:
+    """The class, message (in our words) and details for grpc core's size refusal, if it is one.
+
+    Resending the same call cannot succeed, so these are not the retryable
+    ``ResourceExhaustedError`` a quota is; grpc's text is replaced, the sizes kept.
+    """
+    found = _MESSAGE_TOO_LARGE.search(message)
+    if found is not None:
+        side, size, limit = found.groups()
+        what, whose = _WHOSE_LIMIT.get(side or "", ("message", "the receiver's"))
+        return (e.catalog.MessageTooLargeError,
+                f"The {what} message is larger than {whose} limit ({size} > {limit} bytes)",
+                {"size": int(size), "limit": int(limit)})
+    found = _METADATA_TOO_LARGE.search(message)
+    if found is not None:
+        size, limit = found.groups()
+        return (e.catalog.MetadataTooLargeError,
+                f"The call's metadata is larger than the receiver's limit ({size} > {limit} bytes)",
+                {"size": int(size), "limit": int(limit)})
+    return None
 
 
 def _pushback_seconds(trailers: Any) -> float | None:

@@ -80,7 +80,8 @@ class Recorder(tasks_pb2_grpc.TaskServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE)
         if task_id == "metadata":
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "received initial metadata size exceeds limit")
+                                "received metadata size exceeds hard limit "
+                                "(value length 20000 vs. 16384)")
         if task_id == "cancelled":
             await context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
         if task_id == "hang":
