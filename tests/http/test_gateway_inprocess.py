@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -415,14 +416,26 @@ async def test_each_call_has_the_gateway_s_deadline() -> None:
 
 async def test_stop_answers_requests_past_the_grace_period_with_503() -> None:
     """A request still running when the grace period ends gets the envelope with
-    Retry-After and ``connection: close``, and the cut is logged with its path."""
+    Retry-After and ``connection: close``, and the cut is logged with its path; refusals not
+    yet logged are logged at stop, and the JSON worker process is gone."""
     recorder = Recorder()
     with capture_logs() as logs:
         async with gateway_to(recorder, grace=0.1) as http:
+            refused = await _raw(http.gateway.url,  # type: ignore[attr-defined]
+                                 b"NOT HTTP\r\n\r\n")
+            assert refused.startswith(b"HTTP/1.1 400 ")
             pending = asyncio.create_task(http.get("/v1/tasks/hang"))
             await recorder.arrived.wait()
             await http.gateway.stop()  # type: ignore[attr-defined]
             response = await pending
+    for _ in range(200):  # the worker was told to stop; it exits once it has read that
+        if not multiprocessing.active_children():
+            break
+        await asyncio.sleep(0.05)
+    assert multiprocessing.active_children() == []
+    assert [event for event in logs if event["event"] == "http.connections.refused"] == [
+        {"event": "http.connections.refused", "log_level": "warning", "count": 1,
+         "reasons": {"invalid_http": 1}, "interval": 1.0}]
     assert (response.status_code, response.headers["retry-after"]) == (503, "1")
     assert response.headers["connection"] == "close"
     assert response.json() == {
@@ -432,6 +445,7 @@ async def test_stop_answers_requests_past_the_grace_period_with_503() -> None:
     cuts = [event for event in logs if event["event"] == "http.request.cut"]
     assert cuts == [{"event": "http.request.cut", "log_level": "warning",
                      "reason": "grace period over", "path": "/v1/tasks/hang"}]
+
 
 def test_bind_host_unwraps_bracketed_ipv6_only() -> None:
     assert bind_host("[::1]") == "::1"
