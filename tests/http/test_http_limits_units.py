@@ -5,9 +5,11 @@ and the log routing. Quick enough to run per mutant (``make mutation``)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.process
 import contextlib
 import json
 import logging
+import multiprocessing
 import resource
 import socket
 from collections.abc import AsyncIterator
@@ -175,8 +177,9 @@ async def test_refusals_are_counted_and_logged_once_per_interval() -> None:
         refusals.add("header_timeout")
         assert logs == []  # nothing before the interval
         await asyncio.sleep(0.2)
-        refusals.add("header_timeout")
-        refusals.flush()
+        refusals.add("header_timeout")  # after a flush, the next refusal schedules one again
+        await asyncio.sleep(0.2)
+        assert len(logs) == 2  # logged by the timer, not by the flush below
         refusals.flush()  # nothing pending: no event
     assert logs == [
         {"event": "http.connections.refused", "log_level": "warning", "count": 3,
@@ -316,6 +319,7 @@ async def test_the_guard_passes_other_scopes_through_untouched() -> None:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
+        seen.append((await receive())["type"])
         await send({"type": "lifespan.startup.complete"})
 
     sent: list[Any] = []
@@ -324,7 +328,8 @@ async def test_the_guard_passes_other_scopes_through_untouched() -> None:
         sent.append(message)
 
     await GatewayGuard(app)({"type": "lifespan"}, _no_body, send)
-    assert seen == ["lifespan"] and sent == [{"type": "lifespan.startup.complete"}]
+    assert seen == ["lifespan", "http.request"]
+    assert sent == [{"type": "lifespan.startup.complete"}]
 
 
 async def _no_body() -> Any:
@@ -349,6 +354,20 @@ async def test_the_guard_closes_the_connection_of_408_and_413_only(status: int,
     expected = [(b"x-a", b"1"), (b"connection", b"close")] if closes else [(b"x-a", b"1")]
     assert sent[0] == {"type": "http.response.start", "status": status, "headers": expected}
     assert sent[1] == {"type": "http.response.body", "body": b""}
+
+
+async def test_the_guard_closes_a_response_that_names_no_headers() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 413})
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await GatewayGuard(app)({"type": "http", "path": "/"}, _no_body, send)
+    assert sent == [{"type": "http.response.start", "status": 413,
+                     "headers": [(b"connection", b"close")]}]
 
 
 async def test_a_cancelled_request_is_answered_503_only_while_stopping() -> None:
@@ -423,6 +442,13 @@ async def test_the_worker_decodes_and_names_what_is_wrong() -> None:
         decoder.close()
         again = await decoder.decode(b"{}", tasks_pb2.GetTaskRequest())  # a new worker
         assert again == tasks_pb2.GetTaskRequest()
+        for worker in multiprocessing.active_children():  # the worker dies (OOM killer, say)
+            worker.kill()
+            worker.join(10)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            await decoder.decode(b"{}", tasks_pb2.GetTaskRequest())
+        restarted = await decoder.decode(b'{"task_id": "t"}', tasks_pb2.GetTaskRequest())
+        assert restarted == tasks_pb2.GetTaskRequest(task_id="t")
     finally:
         decoder.close()
     decoder.close()  # twice: nothing to stop
