@@ -3,9 +3,14 @@
 ``python -m benchmarks.ir_client STACK VARIANT TARGET N WARMUP``, run under valgrind's callgrind
 by :mod:`benchmarks.instructions`: makes ``WARMUP`` successful GetTask calls to ``TARGET`` one
 at a time through the ``VARIANT`` channel (``bare``: a plain channel; ``client``:
-``resilient_channel``; ``client_floor``: a do-nothing client interceptor) on ``STACK`` (``sync``
-or ``aio``), prints ``ready`` and waits for a line on stdin (the driver switches counting on),
-makes ``N`` more calls, prints ``done`` and waits for stdin to close (the driver dumps).
+``resilient_channel``; ``client_floor``: a do-nothing client interceptor; ``client_floor2``: two
+of them, what one more interceptor layer costs; ``bare_no_grpc_retries`` and
+``client_floor_no_grpc_retries``: those on a channel with ``resilient_channel``'s
+``grpc.enable_retries=0``; ``client_floor_await``: the latter awaiting the call inside the
+interceptor, as a retrying layer must; the ``variants.CLIENT_ABLATIONS``:
+``resilient_channel`` with parts switched off) on ``STACK`` (``sync`` or ``aio``), prints
+``ready`` and waits for a line on stdin (the driver switches counting on), makes ``N`` more
+calls, prints ``done`` and waits for stdin to close (the driver dumps).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import grpc
 
 from benchmarks import overhead, payload, variants
 
@@ -25,8 +32,71 @@ def _handshake(word: str) -> None:
     sys.stdin.readline()
 
 
+class _AioAwaitingPassThrough(grpc.aio.UnaryUnaryClientInterceptor):
+    """A do-nothing aio interceptor that awaits the call before it returns it, as a layer
+    that retries inside the interceptor must (it sees the outcome): the cost of waiting there."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+        await call
+        return call
+
+
+def _ablated(stack: str, variant: str, target: str) -> Any:
+    """``resilient_channel(target)`` on ``stack`` with the parts of ``variant`` switched off."""
+    from octollm_grpc.client import _channel_for as sync_channel_for
+    from octollm_grpc.client._channel import AioClientOptions, SyncClientOptions
+    from octollm_grpc.client.aio import _channel_for as aio_channel_for
+
+    off = variants.CLIENT_ABLATIONS[variant]
+    if "otel" in off:
+        from octollm_grpc.observability import _otel
+
+        # What every hook finds without opentelemetry-api.
+        _otel._trace = None  # type: ignore[attr-defined,assignment]
+    keywords: dict[str, Any] = {name: None for name in ("retry", "budget", "breaker")
+                                if name in off}
+    options_type = SyncClientOptions if stack == "sync" else AioClientOptions
+    settings = options_type(target=target, **keywords)
+    core, parsed = settings.resilience()
+    if "metrics" in off:
+        core.metrics = None
+    channel_for: Any = sync_channel_for if stack == "sync" else aio_channel_for
+    return channel_for(settings, core, settings.channel_options(parsed))
+
+
+def _channel(stack: str, variant: str, target: str) -> Any:
+    if variant in variants.CLIENT_ABLATIONS:
+        return _ablated(stack, variant, target)
+    if variant in ("bare_no_grpc_retries", "client_floor_no_grpc_retries"):
+        # resilient_channel's channel option: grpc core's retry filter off (a cheaper call).
+        options = [("grpc.enable_retries", 0)]
+        floor = variant == "client_floor_no_grpc_retries"
+        if stack == "sync":
+            channel = grpc.insecure_channel(target, options)
+            return grpc.intercept_channel(channel, overhead._PassThrough()) if floor else channel
+        return grpc.aio.insecure_channel(
+            target, options, interceptors=[overhead._AioPassThrough()] if floor else None)
+    if variant == "client_floor_await":
+        if stack == "sync":  # a blocking continuation has always waited: the floor itself
+            return grpc.intercept_channel(
+                grpc.insecure_channel(target, [("grpc.enable_retries", 0)]),
+                overhead._PassThrough())
+        return grpc.aio.insecure_channel(target, [("grpc.enable_retries", 0)],
+                                         interceptors=[_AioAwaitingPassThrough()])
+    if variant == "client_floor2":
+        if stack == "sync":
+            return grpc.intercept_channel(grpc.insecure_channel(target), overhead._PassThrough(),
+                                          overhead._PassThrough())
+        return grpc.aio.insecure_channel(
+            target, interceptors=[overhead._AioPassThrough(), overhead._AioPassThrough()])
+    if stack == "sync":
+        return overhead._sync_channel(variant, target)
+    return overhead._aio_channel(variant, target)
+
+
 def _run_sync(variant: str, target: str, n: int, warmup: int) -> None:
-    channel = overhead._sync_channel(variant, target)
+    channel = _channel("sync", variant, target)
     method = channel.unary_unary(payload.GET_TASK_PATH, request_serializer=payload.serialize,
                                  response_deserializer=payload.deserialize)
     request = payload.task_message()
@@ -48,7 +118,7 @@ def _phases(call: Callable[[], Any], n: int, warmup: int) -> None:
 
 
 async def _run_aio(variant: str, target: str, n: int, warmup: int) -> None:
-    channel = overhead._aio_channel(variant, target)
+    channel = _channel("aio", variant, target)
     method = channel.unary_unary(payload.GET_TASK_PATH, request_serializer=payload.serialize,
                                  response_deserializer=payload.deserialize)
     request = payload.task_message()

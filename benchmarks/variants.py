@@ -44,6 +44,18 @@ ABLATIONS: dict[str, dict[str, bool]] = {
 #: Every variant whose handlers are ours (they raise our errors; the throttled method is
 #: refused by our rate limiter).
 _OURS = ("ours", *ABLATIONS)
+#: Client variants for attributing ``resilient_channel``'s cost per part
+#: (:mod:`benchmarks.ir_client`): variant -> the parts switched off. ``retry``, ``budget`` and
+#: ``breaker`` are ``resilient_channel``'s keywords set to ``None``; ``metrics`` drops the
+#: client metrics, ``otel`` the OpenTelemetry hooks (as if ``opentelemetry-api`` were absent).
+CLIENT_ABLATIONS: dict[str, tuple[str, ...]] = {
+    "client_no_metrics": ("metrics",),
+    "client_no_otel": ("otel",),
+    "client_no_breaker": ("breaker",),
+    "client_no_budget": ("budget",),
+    "client_no_retry": ("retry",),
+    "client_core": ("metrics", "otel", "breaker", "budget", "retry"),
+}
 TOKEN = "bench-token-5d1f0c"
 #: Sent by every client of the overhead benchmark (only ``ours_all`` checks it).
 AUTH_METADATA = (("authorization", f"Bearer {TOKEN}"),)

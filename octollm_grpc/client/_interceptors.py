@@ -19,6 +19,7 @@ import grpc
 
 from octollm_grpc.client._attempts import capped_from_start
 from octollm_grpc.client._call_types import StreamContinuation, UnaryContinuation
+from octollm_grpc.client._observe import CallObserver, Ending, code_of, end_with, sync_details
 from octollm_grpc.client._replay import Replay
 from octollm_grpc.client._resilience import MethodPlan, Resilience
 from octollm_grpc.client._sync_calls import (
@@ -29,8 +30,9 @@ from octollm_grpc.client._sync_calls import (
 )
 from octollm_grpc.client._sync_hedging import hedged_stream, hedged_unary
 from octollm_grpc.errors import CircuitOpenError
+from octollm_grpc.observability._client_metrics import ClientMethodMetrics
 
-__all__ = ["ResilientInterceptor"]
+__all__ = ["ObservedResilientInterceptor", "ResilientInterceptor"]
 
 
 def _raised_by_blocking_call(error: BaseException) -> bool:
@@ -91,21 +93,29 @@ class ResilientInterceptor(
         core = self._core
         plan = core.plan(details.method)
         retryable = not streaming or replay is not None
-        attempts: Attempts | None = None
         if capped_from_start(plan):
             attempts = self._attempts(plan, continuation, details, request, replay, retryable)
             outcome = attempts.call(attempts.first())
-            token = attempts.token
-        else:
-            # The common case stays lean: no retry state until the first failure.
-            start = core.clock() if details.timeout is not None else 0.0
-            token = plan.acquire()
-            try:
-                outcome = continuation(details, replay.fresh() if replay is not None else request)
-            except BaseException:
-                if plan.breaker is not None:
-                    plan.breaker.release(token)  # the attempt never started: free its permit
-                raise
+            return self._settle(plan, continuation, details, request, replay, retryable,
+                                outcome, attempts.token, attempts=attempts)
+        # The common case stays lean: no retry state until the first failure.
+        start = core.clock() if details.timeout is not None else 0.0
+        token = plan.acquire()
+        try:
+            outcome = continuation(details, replay.fresh() if replay is not None else request)
+        except BaseException:
+            if plan.breaker is not None:
+                plan.breaker.release(token)  # the attempt never started: free its permit
+            raise
+        return self._settle(plan, continuation, details, request, replay, retryable, outcome,
+                            token, start)
+
+    def _settle(self, plan: MethodPlan, continuation: UnaryContinuation,
+                details: grpc.ClientCallDetails, request: Any, replay: Replay | None,
+                retryable: bool, outcome: Any, token: int, start: float | None = None,
+                attempts: Attempts | None = None) -> Any:
+        """The call whose first attempt is ``outcome`` (permit ``token``, started at ``start``
+        when ``attempts`` is not made yet): the outcome when it succeeded, else its retries."""
         if outcome.done():
             error = outcome.exception()
             if error is None:  # the common case: no allocation beyond grpc's own
@@ -157,3 +167,92 @@ class ResilientInterceptor(
         except CircuitOpenError as error:
             return FailedStream(error)
         return ResponseStream(attempts, attempts.call(first))
+
+
+class ObservedResilientInterceptor(ResilientInterceptor):
+    """A resilient sync channel's whole stack as one interceptor: `CallObserver` (propagation,
+    trace context, call metrics) around `ResilientInterceptor` (retries, budget, breaker).
+
+    The same work as the two stacked on a channel, minus the grpc interceptor layer between
+    them (its call details, continuation and outcome cost about 20k instructions per call).
+    A unary call of a method that is neither hedged nor capped per attempt takes a straight
+    path: one lookup, and the observer's bookkeeping inline.
+    """
+
+    def __init__(self, core: Resilience, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(core, sleep)
+        self._observer = CallObserver(core.metrics, clock)
+        self._clock = clock
+        # Per method: its plan and call metrics, or None when its calls take the general path.
+        self._straight: dict[str, tuple[MethodPlan, ClientMethodMetrics | None] | None] = {}
+
+    def _straight_entry(self, method: str) -> tuple[MethodPlan, ClientMethodMetrics | None] | None:
+        metrics = self._core.metrics
+        # The call metrics first: a method's first call names its grpc_type.
+        method_metrics = metrics.method(method, "unary") if metrics is not None else None
+        plan = self._core.plan(method)
+        entry = None if plan.hedging is not None or capped_from_start(plan) else (
+            plan, method_metrics)
+        self._straight[method] = entry
+        return entry
+
+    def intercept_unary_unary(self, continuation: UnaryContinuation,
+                              client_call_details: grpc.ClientCallDetails,
+                              request: Any) -> Any:
+        method = client_call_details.method
+        try:
+            entry = self._straight[method]
+        except KeyError:
+            entry = self._straight_entry(method)
+        if entry is None:
+            return self._observer._unary(continuation, client_call_details, request, "unary",
+                                         super().intercept_unary_unary)
+        plan, metrics = entry
+        clock = self._clock
+        began = 0.0
+        if metrics is not None:
+            metrics.started.inc()
+            began = clock()
+        details = sync_details(client_call_details)
+        try:
+            start = self._core.clock() if details.timeout is not None else 0.0
+            token = plan.acquire()
+            try:
+                outcome = continuation(details, request)
+            except BaseException:
+                if plan.breaker is not None:
+                    plan.breaker.release(token)  # the attempt never started: free its permit
+                raise
+            if outcome.done() and outcome.exception() is None:  # the common case
+                plan.succeeded(token)
+                if metrics is not None:
+                    metrics.handled_ok(clock() - began)
+                return outcome
+            outcome = self._settle(plan, continuation, details, request, None, True, outcome,
+                                   token, start)
+        except Exception as error:  # the typed error: the call is over
+            if metrics is not None:
+                metrics.handled(code_of(error), clock() - began)
+            raise
+        if metrics is not None:
+            end_with(outcome, Ending(metrics, clock, began))
+        return outcome
+
+    def intercept_stream_unary(self, continuation: UnaryContinuation,
+                               client_call_details: grpc.ClientCallDetails,
+                               request_iterator: Iterator[Any]) -> Any:
+        return self._observer._unary(continuation, client_call_details, request_iterator,
+                                     "client_stream", super().intercept_stream_unary)
+
+    def intercept_unary_stream(self, continuation: StreamContinuation,
+                               client_call_details: grpc.ClientCallDetails,
+                               request: Any) -> Any:
+        return self._observer._stream(continuation, client_call_details, request,
+                                      "server_stream", super().intercept_unary_stream)
+
+    def intercept_stream_stream(self, continuation: StreamContinuation,
+                                client_call_details: grpc.ClientCallDetails,
+                                request_iterator: Iterator[Any]) -> Any:
+        return self._observer._stream(continuation, client_call_details, request_iterator,
+                                      "bidi_stream", super().intercept_stream_stream)

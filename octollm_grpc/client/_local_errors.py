@@ -72,14 +72,28 @@ def refused_metadata(metadata: Iterable[Any] | None) -> OctoLLMError | None:
         ``InvalidInputError`` (never retried, no breaker verdict), or ``None``.
     """
     for key, value in metadata or ():
-        if not isinstance(key, str) or not key or key.strip(_KEY_CHARS):
-            return InvalidInputError(LOCAL_ERROR_MESSAGE, details={"grpc_error": "InvalidMetadata"})
-        if key.endswith("-bin"):
+        # A key checked before is looked up (a channel's calls send the same few keys);
+        # ``key.__class__ is str`` first: any other key is refused, and may be unhashable.
+        binary = _CHECKED_KEYS.get(key) if key.__class__ is str else None
+        if binary is None:
+            if not isinstance(key, str) or not key or key.strip(_KEY_CHARS):
+                return _refused()
+            binary = key.endswith("-bin")
+            if len(_CHECKED_KEYS) < _MAX_CHECKED_KEYS and key.__class__ is str:
+                _CHECKED_KEYS[key] = binary
+        if binary:
             continue
-        text = value if isinstance(value, str) else None
-        if text is None or not (text.isascii() and text.isprintable()):
-            return InvalidInputError(LOCAL_ERROR_MESSAGE, details={"grpc_error": "InvalidMetadata"})
+        if not isinstance(value, str) or not (value.isascii() and value.isprintable()):
+            return _refused()
     return None
 
 
+def _refused() -> OctoLLMError:
+    return InvalidInputError(LOCAL_ERROR_MESSAGE, details={"grpc_error": "InvalidMetadata"})
+
+
 _KEY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_."
+#: Keys found valid, and whether each is binary (``-bin``): a bounded memo, so a process
+#: passing arbitrary callers' keys on checks the ones past the bound every time.
+_CHECKED_KEYS: dict[str, bool] = {}
+_MAX_CHECKED_KEYS = 1024

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -26,14 +26,15 @@ from octollm_grpc.observability._client_metrics import ClientMethodMetrics, Clie
 from octollm_grpc.observability._otel import inject
 from octollm_grpc.observability._propagation import outbound_metadata, outbound_timeout
 
-__all__ = ["CallObserver", "aio_observers"]
+__all__ = ["AioObserver", "CallObserver", "Ending", "Interceptor", "aio_details",
+           "aio_observers", "code_of", "end_with", "observed", "sync_details"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
-def _code_of(error: BaseException | None) -> grpc.StatusCode:
+def code_of(error: BaseException | None) -> grpc.StatusCode:
     if error is None:
         return _OK
     if isinstance(error, (asyncio.CancelledError, grpc.FutureCancelledError)):
@@ -45,17 +46,21 @@ def _code_of(error: BaseException | None) -> grpc.StatusCode:
     return _UNKNOWN
 
 
-class _Ending:
+class Ending:
     """One call's start, and its single handled count when it ends."""
 
     __slots__ = ("clock", "done", "metrics", "start")
 
-    def __init__(self, metrics: ClientMethodMetrics, clock: Callable[[], float]) -> None:
+    def __init__(self, metrics: ClientMethodMetrics, clock: Callable[[], float],
+                 start: float | None = None) -> None:
+        """Count the call as started, unless ``start`` says when it already was."""
         self.metrics = metrics
         self.clock = clock
         self.done = False
-        metrics.started.inc()
-        self.start = clock()
+        if start is None:
+            metrics.started.inc()
+            start = clock()
+        self.start = start
 
     def end(self, code: grpc.StatusCode) -> None:
         if not self.done:  # a stream read after its end must not count twice
@@ -75,7 +80,7 @@ class _SyncDetails(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
-def _sync_details(details: Any) -> Any:
+def sync_details(details: Any) -> Any:
     timeout = outbound_timeout(details.timeout)
     metadata = inject(outbound_metadata(details.metadata))
     if timeout is details.timeout and metadata is details.metadata:
@@ -86,7 +91,7 @@ def _sync_details(details: Any) -> Any:
 class _ObservedStream(DelegatingCall, Iterator[Any]):
     """A sync response stream that counts its outcome when reading it ends."""
 
-    def __init__(self, call: Any, ending: _Ending) -> None:
+    def __init__(self, call: Any, ending: Ending) -> None:
         self._call = call
         self._ending = ending
 
@@ -100,7 +105,7 @@ class _ObservedStream(DelegatingCall, Iterator[Any]):
             self._ending.end(_OK)
             raise
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
 
 
@@ -111,10 +116,10 @@ class _Observing:
         self._metrics = metrics
         self._clock = clock
 
-    def _begin(self, details: Any, grpc_type: str) -> _Ending | None:
+    def _begin(self, details: Any, grpc_type: str) -> Ending | None:
         if self._metrics is None:
             return None
-        return _Ending(self._metrics.method(details.method, grpc_type), self._clock)
+        return Ending(self._metrics.method(details.method, grpc_type), self._clock)
 
 
 class CallObserver(
@@ -126,24 +131,28 @@ class CallObserver(
 ):
     """The sync outer interceptor; ``metrics`` ``None`` leaves only the propagation."""
 
-    def _unary(self, continuation: Any, details: Any, request: Any, grpc_type: str) -> Any:
+    def _unary(self, continuation: Any, details: Any, request: Any, grpc_type: str,
+               inner: Interceptor | None = None) -> Any:
+        """Observe a call with a response; ``inner`` is the layer inside when it is no
+        interceptor of grpc's chain (see `observed`)."""
         ending = self._begin(details, grpc_type)
-        outcome = continuation(_sync_details(details), request)
+        outcome = observed(inner, continuation, sync_details(details), request)
         if isinstance(outcome, BaseException) and not isinstance(outcome, grpc.Future):
             # The retry layer raised its typed error; grpc handed it to us as the outcome.
             if ending is not None:
-                ending.end(_code_of(outcome))
+                ending.end(code_of(outcome))
             raise outcome
         if ending is not None:
-            outcome.add_done_callback(lambda future: ending.end(_future_code(future)))
+            end_with(outcome, ending)
         return outcome
 
-    def _stream(self, continuation: Any, details: Any, request: Any, grpc_type: str) -> Any:
+    def _stream(self, continuation: Any, details: Any, request: Any, grpc_type: str,
+                inner: Interceptor | None = None) -> Any:
         ending = self._begin(details, grpc_type)
-        call = continuation(_sync_details(details), request)
+        call = observed(inner, continuation, sync_details(details), request)
         if isinstance(call, BaseException) and not isinstance(call, grpc.Future):
             if ending is not None:
-                ending.end(_code_of(call))
+                ending.end(code_of(call))
             raise call
         return call if ending is None else _ObservedStream(call, ending)
 
@@ -164,9 +173,30 @@ class CallObserver(
         return self._stream(continuation, client_call_details, request_iterator, "bidi_stream")
 
 
+#: ``intercept_*(continuation, client_call_details, request)`` of a sync layer.
+Interceptor = Callable[[Any, Any, Any], Any]
+
+
+def observed(inner: Interceptor | None, continuation: Any, details: Any, request: Any) -> Any:
+    """What the observer's continuation gives: ``continuation``'s outcome, or, with the retry
+    layer ``inner`` called directly, its outcome or what it raised (as grpc's continuation
+    of a layer below would hand it over: an error is a value)."""
+    if inner is None:
+        return continuation(details, request)
+    try:
+        return inner(continuation, details, request)
+    except Exception as error:  # noqa: BLE001 - handed over as grpc's continuation does
+        return error
+
+
+def end_with(outcome: Any, ending: Ending) -> None:
+    """Count ``ending`` when the unary ``outcome`` (a grpc future) is over."""
+    outcome.add_done_callback(lambda future: ending.end(_future_code(future)))
+
+
 def _future_code(future: Any) -> grpc.StatusCode:
     try:
-        return _code_of(future.exception())
+        return code_of(future.exception())
     except grpc.FutureCancelledError:
         return _CANCELLED
 
@@ -174,14 +204,25 @@ def _future_code(future: Any) -> grpc.StatusCode:
 # -- grpc.aio -----------------------------------------------------------------------------
 
 
-def _aio_details(details: Any) -> Any:
+def aio_details(details: Any, as_pairs: bool = False,
+                ) -> tuple[Any, Sequence[tuple[str, Any]] | None]:
+    """The details an aio call goes on with (timeout, request id and trace context passed
+    on), and their metadata as pairs (read off grpc's ``Metadata`` once).
+
+    ``as_pairs``: the new details carry the pairs themselves, not a ``Metadata`` made of
+    them; only for a continuation that is grpc's own call, which reads them as a tuple
+    (``Metadata`` is what an interceptor after ours may expect).
+    """
+    given = details.metadata
+    # tuple(iter(...)): tuple(given) would first ask Metadata.__len__ (Python) for a size.
+    pairs = tuple(iter(given)) if given is not None else None
     timeout = outbound_timeout(details.timeout)
-    metadata = inject(outbound_metadata(details.metadata))
-    if timeout is details.timeout and metadata is details.metadata:
-        return details
-    return aio.ClientCallDetails(details.method, timeout,
-                                 None if metadata is None else aio.Metadata(*metadata),
-                                 details.credentials, details.wait_for_ready)
+    metadata = inject(outbound_metadata(pairs))
+    if timeout is details.timeout and metadata is pairs:
+        return details, pairs
+    carried = metadata if as_pairs or metadata is None else aio.Metadata(*metadata)
+    return aio.ClientCallDetails(details.method, timeout, carried, details.credentials,
+                                 details.wait_for_ready), metadata
 
 
 class _ObservedAioCall(
@@ -192,7 +233,7 @@ class _ObservedAioCall(
 ):
     """An aio streaming call that counts its outcome when awaiting or reading it ends."""
 
-    def __init__(self, call: Any, ending: _Ending,
+    def __init__(self, call: Any, ending: Ending,
                  watcher: WatchedRequests | None = None) -> None:
         self._call = call
         self._ending = ending
@@ -206,7 +247,7 @@ class _ObservedAioCall(
         try:
             response = await self._call
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         self._ending.end(_OK)
         return response
@@ -221,7 +262,7 @@ class _ObservedAioCall(
             async for message in self._call:
                 yield message
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         self._ending.end(_OK)
 
@@ -229,24 +270,27 @@ class _ObservedAioCall(
         try:
             message = await self._call.read()
         except BaseException as error:
-            self._ending.end(_code_of(error))
+            self._ending.end(code_of(error))
             raise
         if message is aio.EOF:
             self._ending.end(_OK)
         return message
 
 
-class _AioObserver(_Observing):
+class AioObserver(_Observing):
     """The aio outer layer, for every call shape (`aio_observers` makes its four
     interceptors)."""
 
     async def _start(self, continuation: Any, details: Any, request: Any,
-                     ending: _Ending | None) -> Any:
+                     ending: Ending | None, inner: Interceptor | None = None) -> Any:
         try:
-            return await continuation(_aio_details(details), request)
+            if inner is None:
+                return await continuation(aio_details(details)[0], request)
+            # The retry layer called directly: it returns a call object (as grpc would).
+            return await inner(continuation, aio_details(details)[0], request)
         except BaseException as error:
             if ending is not None:
-                ending.end(_code_of(error))
+                ending.end(code_of(error))
             raise
 
     async def streaming(self, continuation: Any, details: Any, request: Any,
@@ -259,15 +303,17 @@ class _AioObserver(_Observing):
         return call if ending is None else _ObservedAioCall(call, ending, watcher)
 
     async def unary_unary(self, continuation: Any, client_call_details: Any,
-                          request: Any) -> Any:
+                          request: Any, inner: Interceptor | None = None) -> Any:
+        """Observe a unary call; ``inner`` is the retry layer when it is no interceptor of
+        grpc's chain (an async ``intercept_unary_unary``)."""
         ending = self._begin(client_call_details, "unary")
-        call = await self._start(continuation, client_call_details, request, ending)
+        call = await self._start(continuation, client_call_details, request, ending, inner)
         if ending is not None:
             # The retry layer has awaited the call already: its code is there.
             try:
                 code = await call.code()
             except BaseException as error:
-                ending.end(_code_of(error))
+                ending.end(code_of(error))
                 raise
             ending.end(code)
         return call
@@ -275,7 +321,7 @@ class _AioObserver(_Observing):
 
 def aio_observers(metrics: ClientMetrics | None, clock: Callable[[], float]) -> list[Any]:
     """The four aio outer interceptors (``grpc.aio`` files one per call shape)."""
-    layer = _AioObserver(metrics, clock)
+    layer = AioObserver(metrics, clock)
     return per_shape(layer.unary_unary,
                      functools.partial(layer.streaming, grpc_type="server_stream"),
                      functools.partial(layer.streaming, grpc_type="client_stream"),

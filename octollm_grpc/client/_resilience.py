@@ -88,7 +88,7 @@ class MethodPlan:
         if self.budget is not None:
             self.budget.on_success()
         if self.metrics is not None:
-            self.metrics.attempt(_C.OK)
+            self.metrics.attempt_ok()
 
     def failed(self, code: grpc.StatusCode) -> None:
         """Count a failed attempt (the breaker's verdict is recorded by the caller)."""

@@ -11,7 +11,7 @@ from typing import Any, Unpack
 
 from grpc import aio
 
-from octollm_grpc.client._aio_interceptors import aio_interceptors
+from octollm_grpc.client._aio_interceptors import ObservedUnaryUnary, aio_interceptors
 from octollm_grpc.client._channel import (
     AioChannelKeywords,
     AioClientOptions,
@@ -32,7 +32,8 @@ def resilient_interceptors(
 ) -> list[aio.ClientInterceptor]:
     """The interceptors [`resilient_channel`][octollm_grpc.client.resilient_channel] installs, for a
     channel built elsewhere: the
-    observers (propagation, call metrics), then the retry layer, each one per call shape.
+    observers (propagation, call metrics), then the retry layer, each one per call shape (unary
+    calls get one interceptor doing both).
 
     Takes [`resilient_channel`][octollm_grpc.client.resilient_channel]'s keywords but the channel's
     own (`AioKeywords`).
@@ -77,14 +78,28 @@ def resilient_channel(
     """
     settings = AioClientOptions(target=target, **keywords)
     core, parsed = settings.resilience()
-    channel_opts = settings.channel_options(parsed)
-    interceptors = _interceptors(settings, core)
+    # Here, not in _channel_for: a StackedRetriesWarning points at the caller (stacklevel).
+    return _channel_for(settings, core, settings.channel_options(parsed))
+
+
+def _channel_for(settings: AioClientOptions, core: Resilience,
+                 channel_opts: list[tuple[str, Any]]) -> aio.Channel:
+    """The channel of `resilient_channel` around ``core`` (the benchmarks build their
+    variants' cores themselves)."""
+    target = settings.target
+    interceptors = _interceptors(settings, core, alone=True)
     if settings.credentials is not None:
         return aio.secure_channel(target, settings.credentials, channel_opts,
                                   settings.compression, interceptors)
     return aio.insecure_channel(target, channel_opts, settings.compression, interceptors)
 
 
-def _interceptors(settings: AioClientOptions, core: Resilience) -> list[Any]:
+def _interceptors(settings: AioClientOptions, core: Resilience, *,
+                  alone: bool = False) -> list[Any]:
     # The observers come first (outermost): each call is seen once, and retries see its deadline.
-    return [*aio_observers(core.metrics, settings.clock), *aio_interceptors(core, settings.sleep)]
+    # Unary calls get one interceptor doing both layers' work (two stacked cost a grpc layer
+    # more per call); grpc.aio files it under unary calls only.
+    # ``alone``: the channel is ours, no other interceptor follows for unary calls.
+    return [ObservedUnaryUnary(core, settings.sleep, settings.clock, alone=alone),
+            *aio_observers(core.metrics, settings.clock)[1:],
+            *aio_interceptors(core, settings.sleep)[1:]]

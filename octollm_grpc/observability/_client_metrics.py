@@ -85,8 +85,8 @@ _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.Wea
 class ClientMethodMetrics:
     """The label-bound children of one method: per call, only ``inc`` and ``observe``."""
 
-    __slots__ = ("_attempts", "_families", "_handled", "_labels", "handling", "hedges",
-                 "retries", "started", "throttled")
+    __slots__ = ("_attempt_ok", "_attempts", "_families", "_handled", "_handled_ok", "_labels",
+                 "handling", "hedges", "retries", "started", "throttled")
 
     def __init__(self, families: _Families, labels: tuple[str, str, str]) -> None:
         self._families = families
@@ -98,23 +98,43 @@ class ClientMethodMetrics:
         self.hedges: Any = families.hedges.labels(*labels)
         self._handled: dict[grpc.StatusCode, Any] = {}
         self._attempts: dict[grpc.StatusCode, Any] = {}
+        # The OK children, the per-call case, without a lookup (made on first use, like the rest:
+        # a method that never succeeded shows no OK series).
+        self._handled_ok: Any = None
+        self._attempt_ok: Any = None
 
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a finished call with its final ``code``, which took ``seconds``."""
-        child = self._handled.get(code)
+        self._child(self._handled, self._families.handled, code).inc()
+        self.handling.observe(seconds)
+
+    def handled_ok(self, seconds: float) -> None:
+        """``handled(OK, seconds)``: a call that succeeded."""
+        child = self._handled_ok
         if child is None:
-            child = self._handled[code] = self._families.handled.labels(
-                *self._labels, go_code_name(code))
+            child = self._handled_ok = self._child(self._handled, self._families.handled,
+                                                   grpc.StatusCode.OK)
         child.inc()
         self.handling.observe(seconds)
 
+    def attempt_ok(self) -> None:
+        """``attempt(OK)``: an attempt that succeeded."""
+        child = self._attempt_ok
+        if child is None:
+            child = self._attempt_ok = self._child(self._attempts, self._families.attempts,
+                                                   grpc.StatusCode.OK)
+        child.inc()
+
+    def _child(self, children: dict[grpc.StatusCode, Any], family: Any,
+               code: grpc.StatusCode) -> Any:
+        child = children.get(code)
+        if child is None:
+            child = children[code] = family.labels(*self._labels, go_code_name(code))
+        return child
+
     def attempt(self, code: grpc.StatusCode) -> None:
         """Count one attempt that ended (as far as retrying goes) with ``code``."""
-        child = self._attempts.get(code)
-        if child is None:
-            child = self._attempts[code] = self._families.attempts.labels(
-                *self._labels, go_code_name(code))
-        child.inc()
+        self._child(self._attempts, self._families.attempts, code).inc()
 
 
 def _split(method: str) -> tuple[str, str] | None:

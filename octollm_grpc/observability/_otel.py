@@ -45,13 +45,16 @@ __all__ = [
 
 #: Whether ``opentelemetry-api`` is importable.
 AVAILABLE = _trace is not None
+#: What get_current_span() gives when no span is current.
+_INVALID: Any = _trace.INVALID_SPAN if _trace is not None else None
 
 
 def _recording_span() -> Any:
     if _trace is None:
         return None
     span = _trace.get_current_span()
-    return span if span.is_recording() else None
+    # INVALID_SPAN is what no current span reads as: nothing to ask it.
+    return span if span is not _INVALID and span.is_recording() else None
 
 
 def retry_event(attempt: int, code: grpc.StatusCode, delay: float) -> None:
@@ -95,7 +98,10 @@ def set_principal(principal: str) -> None:
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """A structlog processor: ``trace_id`` and ``span_id`` (hex) of the current span, if any."""
     if _trace is not None:
-        context = _trace.get_current_span().get_span_context()
+        span = _trace.get_current_span()
+        if span is _INVALID:
+            return event_dict
+        context = span.get_span_context()
         if context.is_valid:
             event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
             event_dict.setdefault("span_id", format(context.span_id, "016x"))
@@ -103,16 +109,32 @@ def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> 
 
 
 _global: tuple[Any, Any] = (None, None)  # (the global provider, our tracer from it)
+#: A proxy provider: its get_tracer() gives a ProxyTracer exactly while no global provider is
+#: set (public API: the proxy delegates to the real provider once one is set).
+_PROXY: Any = _trace.ProxyTracerProvider() if _trace is not None else None
+#: Whether get_tracer_provider() was asked once (it loads the provider that the
+#: OTEL_PYTHON_TRACER_PROVIDER environment variable names, if any, on first use).
+_looked_up = False
 
 
 def active_tracer(provider: Any = None) -> Any:
     """Our tracer from ``provider``, or from the global provider once an application has set
-    one; ``None`` when there is none (or no opentelemetry): then no span is started at all."""
-    global _global
+    one; ``None`` when there is none (or no opentelemetry): then no span is started at all.
+
+    Asked on every call, so a provider set after the server was built is used from the next
+    call on. While none is set, the answer comes from the proxy provider (a fraction of the
+    cost of ``get_tracer_provider()``, which reads ``os.environ`` each time it finds none);
+    the environment variable is read at the first lookup, as opentelemetry reads it once.
+    """
+    global _global, _looked_up
     if _trace is None:
         return None
     if provider is not None:
         return provider.get_tracer("octollm_grpc")
+    if _looked_up and _global[1] is None and \
+            isinstance(_PROXY.get_tracer("octollm_grpc"), _trace.ProxyTracer):
+        return None  # nobody set a provider: skip the per-call span work
+    _looked_up = True
     current = _trace.get_tracer_provider()
     if isinstance(current, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
         return None  # nobody set a provider: skip the per-call span work

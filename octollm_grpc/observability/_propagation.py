@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from octollm_grpc.observability._requestid import DEFAULT_HEADER, _random_hex
+from octollm_grpc.observability._requestid import DEFAULT_HEADER, _inbound, _random_hex
 
 __all__ = ["Inbound", "enter", "inbound", "leave", "outbound_metadata", "outbound_timeout"]
 
@@ -42,16 +42,15 @@ class Inbound(NamedTuple):  # a NamedTuple: made on every served call, and cheap
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
+_new_tuple = tuple.__new__
+
 #: More seconds left than this is "no deadline" (about 31 years).
 _NO_DEADLINE = 1e9
 
-_inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar(
-    "octollm_inbound", default=None)
-
-
 def inbound() -> Inbound | None:
     """What the call this code serves passes on, or ``None`` outside a served call."""
-    return _inbound.get()
+    current: Inbound | None = _inbound.get()
+    return current
 
 
 def enter(context: object, request_id: str | None, header: str = "x-request-id",
@@ -63,7 +62,8 @@ def enter(context: object, request_id: str | None, header: str = "x-request-id",
     # A sync call without a deadline reports ~9.2e18 s left (grpc core's infinite future).
     deadline = (None if remaining is None or remaining > _NO_DEADLINE
                 else time.monotonic() + remaining)
-    return _inbound.set(Inbound(deadline, request_id, header))
+    # tuple.__new__: the NamedTuple's own __new__ is a Python function, a frame per call.
+    return _inbound.set(_new_tuple(Inbound, (deadline, request_id, header)))
 
 
 def leave(token: contextvars.Token[Inbound | None]) -> None:

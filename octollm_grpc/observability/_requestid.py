@@ -21,6 +21,10 @@ DEFAULT_HEADER = "x-request-id"
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "octollm_request_id", default=None
 )
+#: What the call being served passes on (an ``_propagation.Inbound``: deadline, request id,
+#: header). Defined here so the server stack binds one variable per call for both: the id is
+#: read from it unless `bind` set one of its own (the FastAPI middleware does).
+_inbound: contextvars.ContextVar[Any] = contextvars.ContextVar("octollm_inbound", default=None)
 
 
 def current_request_id() -> str | None:
@@ -29,7 +33,12 @@ def current_request_id() -> str | None:
     Returns:
         The call's ``x-request-id``, or ``None`` outside a served call.
     """
-    return _current.get()
+    request_id = _current.get()
+    if request_id is None:
+        inbound = _inbound.get()
+        if inbound is not None:
+            return inbound.request_id  # type: ignore[no-any-return]
+    return request_id
 
 
 #: Ids drawn per ``os.urandom`` call. Each call is a syscall that releases the GIL: on a

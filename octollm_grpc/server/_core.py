@@ -26,7 +26,6 @@ from octollm_grpc import codes
 from octollm_grpc.errors import OctoLLMError
 from octollm_grpc.observability import _otel as otel
 from octollm_grpc.observability import _propagation as propagation
-from octollm_grpc.observability import _requestid as requestid
 from octollm_grpc.observability._logs import (
     CallLogger,
     Level,
@@ -58,6 +57,7 @@ from octollm_grpc.server._options import ServerOptions, part
 from octollm_grpc.server._ratelimit import RateLimit
 from octollm_grpc.server._shedding import Refusal, Rejection, RejectionLog, RejectionStatuses
 from octollm_grpc.status._encode import to_status_or_raise, unencodable_status
+from octollm_grpc.status._limits import RichStatus
 
 __all__ = [
     "AsyncCall",
@@ -105,7 +105,7 @@ class Call:
     """
 
     __slots__ = ("context", "inbound_token", "log_tokens", "metadata", "permit", "pipeline",
-                 "plan", "principal", "rejection", "request", "request_id", "rid_token", "span",
+                 "plan", "principal", "rejection", "request", "request_id", "span",
                  "start", "trailers")
 
     start: float
@@ -120,7 +120,6 @@ class Call:
     metadata: Metadata | None
     request_id: str | None
     trailers: tuple[tuple[str, str], ...] | None
-    rid_token: contextvars.Token[str | None] | None
     log_tokens: contextvars.Token[Any] | None
     inbound_token: contextvars.Token[Inbound | None] | None
     #: Blocks for an awaitable verdict of a coroutine verifier (only a thread-pool call has it).
@@ -154,20 +153,51 @@ class Call:
         # Each field set once (this runs on every call).
         if request_ids is not None:
             rid = self.request_id = request_ids.from_metadata(self.metadata)
-            self.rid_token = requestid.bind(rid)
             self.log_tokens = bind_request_id(rid)
             # Set now, so an abort by the handler (which keeps earlier trailers) carries it too.
             self.trailers = ((request_ids.header, rid),)
             context.set_trailing_metadata(self.trailers)
         else:
-            self.request_id = self.trailers = self.rid_token = self.log_tokens = None
-        # What outbound calls on resilient channels inherit: deadline and request id.
+            self.request_id = self.trailers = self.log_tokens = None
+        # What outbound calls on resilient channels inherit: deadline and request id (also
+        # what current_request_id() reads: one context variable for both).
         self.inbound_token = propagation.enter(
             context, self.request_id,
             request_ids.header if request_ids is not None else DEFAULT_HEADER)
         if plan.metrics is not None:
-            plan.metrics.started.inc()
+            plan.metrics.start()
         return self
+
+
+    def finish(self) -> None:
+        """The handler returned: `Pipeline.succeed`, then `Pipeline.end` (in one step: this
+        runs on every successful call)."""
+        try:
+            context = self.context
+            trailers = self.trailers
+            if trailers is not None:
+                current = context.trailing_metadata()
+                if current is not trailers:
+                    context.set_trailing_metadata(merge_trailers(current, (), trailers[0]))
+            code = context.code()
+            if code is None or code is _OK:
+                metrics = self.plan.metrics
+                if metrics is not None:
+                    metrics.succeed(_perf_counter() - self.start)
+            else:
+                # The handler set a non-OK code and returned: its decision, logged and
+                # counted as is.
+                self.pipeline._record(self, code, None, level_for_code(code), None, None)
+        finally:
+            if self.permit is not None or self.span is not None:
+                self.pipeline.end(self)
+            else:  # the usual call: only its context variables to unbind
+                token = self.inbound_token
+                if token is not None:
+                    propagation.leave(token)
+                log_tokens = self.log_tokens
+                if log_tokens is not None:
+                    unbind_request_id(log_tokens)
 
 
 class SyncCall(Call):
@@ -183,20 +213,25 @@ class SyncCall(Call):
     def __enter__(self) -> Self:
         if self.plan.guarded or self.request is UNDECODABLE:
             try:
-                if self.plan.guarded:
-                    self.pipeline.admit(self, self.wait)
-                if self.request is UNDECODABLE:
+                refused = self.plan.guarded and self.pipeline.admit(self, self.wait)
+                if not refused and self.request is UNDECODABLE:
                     raise undecodable_error()
             except BaseException as exc:  # __exit__ sorts it as it sorts the handler's
                 self.__exit__(type(exc), exc, exc.__traceback__)
                 raise
+            if refused:  # shed straight away: nothing of the failure path to decide
+                try:
+                    self.end_refused(self.pipeline.shed(self))
+                finally:
+                    self.pipeline.end(self)
         return self
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            self.finish()
+            return
         try:
-            if exc is None:
-                self.pipeline.succeed(self)
-            elif isinstance(exc, (Exception, GeneratorExit)):
+            if isinstance(exc, (Exception, GeneratorExit)):
                 self.end_failed(exc)
         finally:
             self.pipeline.end(self)
@@ -208,6 +243,11 @@ class SyncCall(Call):
         """
         raise NotImplementedError
 
+    def end_refused(self, status: RichStatus) -> None:
+        """End the call the rate limiter refused with ``status`` (see `Pipeline.shed`):
+        send it, raising what ends the call."""
+        raise NotImplementedError
+
 
 class AsyncCall(Call):
     """`SyncCall` for coroutines: ``async with AsyncCall.begin(...): <await it>``."""
@@ -217,26 +257,35 @@ class AsyncCall(Call):
     async def __aenter__(self) -> Self:
         if self.plan.guarded or self.request is UNDECODABLE:
             try:
-                if self.plan.guarded:
-                    await self.pipeline.admit_async(self)
-                if self.request is UNDECODABLE:
+                refused = self.plan.guarded and await self.pipeline.admit_async(self)
+                if not refused and self.request is UNDECODABLE:
                     raise undecodable_error()
             except BaseException as exc:  # __aexit__ sorts it as it sorts the handler's
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
+            if refused:  # shed straight away: nothing of the failure path to decide
+                try:
+                    await self.end_refused(self.pipeline.shed(self))
+                finally:
+                    self.pipeline.end(self)
         return self
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            self.finish()
+            return
         try:
-            if exc is None:
-                self.pipeline.succeed(self)
-            elif isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+            if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
                 await self.end_failed(exc)
         finally:
             self.pipeline.end(self)
 
     async def end_failed(self, exc: BaseException) -> None:
         """`SyncCall.end_failed`; also ``asyncio.CancelledError`` (call cancelled)."""
+        raise NotImplementedError
+
+    async def end_refused(self, status: RichStatus) -> None:
+        """`SyncCall.end_refused`."""
         raise NotImplementedError
 
 
@@ -297,15 +346,16 @@ class Pipeline:
 
     # -- per call -----------------------------------------------------------------------
 
-    def admit(self, call: Call, wait: Callable[[Awaitable[Any]], Any] | None = None) -> None:
-        """Rate limit, then auth; raises the error the call must end with.
+    def admit(self, call: Call, wait: Callable[[Awaitable[Any]], Any] | None = None) -> bool:
+        """Rate limit, then auth; raises the error the call must end with, or returns
+        ``True`` when the rate limiter refused it (``call.rejection``; see `shed`).
 
         ``wait`` blocks for an awaitable verdict of a coroutine verifier (a ``def`` handler on
         an aio server); without it only a sync verifier can run.
         """
         plan = call.plan
-        if plan.limit is not None:
-            self._rate_limit(plan.limit, call)
+        if plan.limit is not None and self._rate_limit(plan.limit, call):
+            return True
         if plan.concurrency is not None:
             self._take_place(plan.concurrency, call)
         if plan.scopes is not None:
@@ -317,8 +367,9 @@ class Pipeline:
             except BaseException:
                 self._give_place_back(call)
                 raise
+        return False
 
-    async def admit_async(self, call: Call) -> None:
+    async def admit_async(self, call: Call) -> bool:
         """`admit` for aio: the verifier may be a coroutine function."""
         plan = call.plan
         if plan.limit is not None:
@@ -328,7 +379,8 @@ class Pipeline:
             key = limiter.key_for(call.metadata, call.context.peer, call.context)
             wait = await limiter.acquire_async(plan.limit[0], plan.limit[1], key)
             if wait > 0.0:
-                raise _refuse(call, plan.limit[1], key, wait)
+                call.rejection = Rejection(plan.limit[1], key, wait)
+                return True
         if plan.concurrency is not None:
             self._take_place(plan.concurrency, call)
         if plan.scopes is not None:
@@ -340,6 +392,7 @@ class Pipeline:
             except BaseException:
                 self._give_place_back(call)
                 raise
+        return False
 
     def _take_place(self, route: Route, call: Call) -> None:
         # After the rate limit (a caller over its own limit takes no place), before auth
@@ -358,31 +411,16 @@ class Pipeline:
             self.concurrency.release(call.permit, sample=False)
             call.permit = None
 
-    def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> None:
+    def _rate_limit(self, limit: tuple[str, RateLimit], call: Call) -> bool:
         # Cheap rejection first, before any verifier runs: it also slows token guessing.
         limiter = self.rate_limiter
         assert limiter is not None
         key = limiter.key_for(call.metadata, call.context.peer, call.context)
         wait = limiter.acquire(limit[0], limit[1], key)
         if wait > 0.0:
-            raise _refuse(call, limit[1], key, wait)
-
-    def succeed(self, call: Call) -> None:
-        """The handler returned: keep its trailers plus the request id; count (or log) it."""
-        context = call.context
-        if call.trailers is not None:
-            current = context.trailing_metadata()
-            if current is not call.trailers:
-                context.set_trailing_metadata(merge_trailers(current, (), call.trailers[0]))
-        code = context.code()
-        if code is None or code is _OK:
-            metrics = call.plan.metrics
-            if metrics is not None:
-                metrics.ok.inc()
-                metrics.handling.observe(_perf_counter() - call.start)
-            return
-        # The handler set a non-OK code and returned: its decision, logged and counted as is.
-        self._record(call, code, None, level_for_code(code), None, None)
+            call.rejection = Rejection(limit[1], key, wait)
+            return True
+        return False
 
     def cancelled(self, call: Call) -> None:
         """The client went away: not an error, so no log event; counted as ``Canceled``."""
@@ -450,6 +488,14 @@ class Pipeline:
                      level_for_exception(exc, mapping), log_exc, message)
         otel.call_failed(status.code, error_code, status.details, call.request_id)
         return Failure(status._replace(trailing_metadata=trailers), None)
+
+    def shed(self, call: Call) -> RichStatus:
+        """The status a call the rate limiter refused (``call.rejection``) ends with, counted
+        and logged as every refusal is (`_shed`)."""
+        assert call.rejection is not None
+        status = self._shed(call, call.rejection).status
+        assert isinstance(status, RichStatus)
+        return status
 
     def _shed(self, call: Call, rejection: Refusal) -> Failure:
         """A refused call: the cached status, counted per call, logged per caller and second.
@@ -524,8 +570,6 @@ class Pipeline:
             propagation.leave(call.inbound_token)
         if call.span is not None:
             otel.end_server_span(call.span)
-        if call.rid_token is not None:
-            requestid.unbind(call.rid_token)
         if call.log_tokens is not None:
             unbind_request_id(call.log_tokens)
 
@@ -538,20 +582,10 @@ def _note_principal(call: Call, granted: object) -> None:
         otel.set_principal(granted.principal)
 
 
-def _refuse(call: Call, limit: RateLimit, key: str, wait: float) -> Exception:
-    """Mark ``call`` as refused by the rate limiter; what to raise to unwind it to its end.
-
-    Not the ``RateLimitError`` itself: the call ends with the cached status of its
-    `Rejection` (see `Pipeline._shed`), so nothing reads the exception, and
-    building an error per refused call is most of what shedding is there to save.
-    """
-    call.rejection = Rejection(limit, key, wait)
-    return _Refused()
-
-
 class _Refused(Exception):
-    """Unwinds a refused call from admission to `Pipeline.fail` (never leaves the stack:
-    the call ends with its rejection's status)."""
+    """Unwinds a call the concurrency limit refused from admission to `Pipeline.fail` (never
+    leaves the stack: the call ends with its rejection's status). A rate-limit refusal needs
+    no exception: `Pipeline.admit` says so and the call is shed at once (`Pipeline.shed`)."""
 
 
 _fallback_log = logging.getLogger("octollm_grpc.server")

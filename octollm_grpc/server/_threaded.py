@@ -22,6 +22,7 @@ import grpc.aio
 
 from octollm_grpc.server._core import MethodPlan, Pipeline, SyncCall
 from octollm_grpc.server._handlers import Metadata, ServicerContext
+from octollm_grpc.status._limits import RichStatus
 
 __all__ = ["ThreadContext", "threaded_behavior"]
 
@@ -165,6 +166,11 @@ class _Call(SyncCall):
         else:  # the handler's own abort: its code and message, our request id in the trailers
             code = context.code() or grpc.StatusCode.UNKNOWN
             context.send_status(code, context.details() or "", failure.trailers or ())
+        raise _StatusSent
+
+    def end_refused(self, status: RichStatus) -> None:
+        cast(ThreadContext, self.context).send_status(status.code, status.details,
+                                                      status.trailing_metadata)
         raise _StatusSent
 
 

@@ -92,3 +92,20 @@ def test_metadata_is_checked_as_http2_carries_it(metadata: Any, refused: bool) -
     if error is not None:
         assert isinstance(error, errors.InvalidInputError)
         assert error.message == LOCAL_ERROR_MESSAGE
+
+
+def test_a_key_checked_before_still_has_its_value_checked() -> None:
+    """The memo of checked keys skips only the key's check: a bad value under a key seen
+    before is refused, a -bin key seen before still takes any bytes, and the memo is bounded."""
+    from octollm_grpc.client import _local_errors
+    from octollm_grpc.client._local_errors import refused_metadata
+
+    assert refused_metadata((("x-memo", "fine"), ("memo-bin", b"\x00"))) is None
+    assert refused_metadata((("x-memo", "fine"), ("memo-bin", b"\xff\x01"))) is None
+    assert refused_metadata((("x-memo", "bad\x01"),)) is not None
+    assert refused_metadata((("x-memo", b"bytes"),)) is not None
+    for index in range(2 * _local_errors._MAX_CHECKED_KEYS):
+        assert refused_metadata(((f"k{index}", "v"),)) is None
+    assert len(_local_errors._CHECKED_KEYS) <= _local_errors._MAX_CHECKED_KEYS
+    assert refused_metadata((("k1999", "\x7f"),)) is not None
+    assert refused_metadata((("K1999", "v"),)) is not None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +22,7 @@ from tests.client.backend import (
     SUCCEED,
     UNARY,
     Backend,
+    Reply,
 )
 from tests.client.channels import aio_channel, sync_channel
 from tests.servers import sync_server
@@ -234,3 +238,81 @@ async def test_aio_client_stream_and_bidi_are_counted_when_they_end(
         labels = _labels(method, grpc_type)
         assert _value(registry, "grpc_client_started_total", **labels) == 1
         assert _value(registry, "grpc_client_handled_total", **labels, grpc_code="OK") == 1
+
+
+async def test_aio_breaker_refusal_is_handled_unavailable_without_an_attempt(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Aio: after the breaker opens, a refused call is handled Unavailable; no attempt sent."""
+    backend = Backend([FAIL], clock)
+    with sync_server([backend.handler()]) as target:
+        breaker = ChannelBreaker(target, BreakerSettings(failure_threshold=1), clock=clock.now,
+                                 registry=registry)
+        async with aio_channel(target, clock, retry=None, breaker=breaker,
+                               registry=registry) as channel:
+            call = channel.unary_unary(UNARY)
+            with pytest.raises(errors.NetworkError):
+                await call(b"x")  # opens the breaker
+            with pytest.raises(errors.CircuitOpenError):
+                await call(b"x")  # refused, never sent
+    unary = _labels("Unary")
+    assert backend.count() == 1
+    assert _value(registry, "grpc_client_started_total", **unary) == 2
+    assert _value(registry, "grpc_client_handled_total", **unary, grpc_code="Unavailable") == 2
+    assert _value(registry, "octollm_client_attempts_total", **unary,
+                  grpc_code="Unavailable") == 1
+
+
+async def test_aio_unsendable_metadata_is_handled_invalid_argument_without_an_attempt(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Aio: a call refused for its metadata is handled InvalidArgument; no attempt counted."""
+    backend = Backend([SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        async with aio_channel(target, clock, registry=registry) as channel:
+            with pytest.raises(errors.InvalidInputError):
+                await channel.unary_unary(UNARY)(b"x", metadata=(("authorization", "\x01"),))
+    unary = _labels("Unary")
+    assert backend.count() == 0
+    assert _value(registry, "grpc_client_started_total", **unary) == 1
+    assert _value(registry, "grpc_client_handled_total", **unary,
+                  grpc_code="InvalidArgument") == 1
+    assert _value(registry, "grpc_client_handling_seconds_count", **unary) == 1
+    assert _value(registry, "octollm_client_attempts_total", **unary,
+                  grpc_code="InvalidArgument") == 0
+
+
+def test_sync_future_retried_call_counts_once_handled_and_every_attempt(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Sync ``.future()``: fail, fail, succeed in the background -> the same counts as a
+    blocking call (handled OK once, when the future resolves)."""
+    backend = Backend([FAIL, FAIL, SUCCEED], clock)
+    with sync_server([backend.handler()]) as target:
+        channel = sync_channel(target, clock, retry=POLICY, registry=registry)
+        future = channel.unary_unary(UNARY).future(b"x")
+        counted = threading.Event()
+        # Done callbacks run in the order added: ours (the count) ran before this one.
+        future.add_done_callback(lambda _future: counted.set())
+        assert future.result(timeout=10) == b"ok"
+        assert counted.wait(10)
+    _assert_two_retries_then_ok(registry, clock)
+
+
+async def test_aio_cancelled_call_is_handled_cancelled(
+        clock: FakeClock, registry: CollectorRegistry) -> None:
+    """Aio: a call its caller cancels while it waits is handled Cancelled, once."""
+    release = threading.Event()
+    backend = Backend([Reply(wait=release)], clock)
+    with sync_server([backend.handler()]) as target:
+        try:
+            async with aio_channel(target, clock, registry=registry) as channel:
+                task = asyncio.ensure_future(channel.unary_unary(UNARY)(b"x"))
+                while backend.count() == 0:  # the attempt reached the server
+                    await asyncio.sleep(0.01)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        finally:
+            release.set()
+    unary = _labels("Unary")
+    assert _value(registry, "grpc_client_started_total", **unary) == 1
+    assert _value(registry, "grpc_client_handled_total", **unary, grpc_code="Canceled") == 1
+    assert _value(registry, "grpc_client_handling_seconds_count", **unary) == 1

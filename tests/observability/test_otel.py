@@ -175,6 +175,42 @@ def test_library_works_without_opentelemetry() -> None:
     assert done.stdout.strip() == "ok"
 
 
+def test_global_provider_set_after_calls_is_used_from_the_next_call() -> None:
+    """A server built (and called) before the application sets the global provider traces
+    the calls that follow (a process of its own: the global provider is set once)."""
+    code = (
+        "from concurrent import futures\n"
+        "import grpc\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import "
+        "InMemorySpanExporter\n"
+        "from octollm_grpc.server import server_interceptors\n"
+        "handler = grpc.method_handlers_generic_handler('test.S', {\n"
+        "    'M': grpc.unary_unary_rpc_method_handler(lambda request, context: request)})\n"
+        "server = grpc.server(futures.ThreadPoolExecutor(2),\n"
+        "                     interceptors=server_interceptors(metrics=False))\n"
+        "server.add_generic_rpc_handlers((handler,))\n"
+        "port = server.add_insecure_port('127.0.0.1:0')\n"
+        "server.start()\n"
+        "with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:\n"
+        "    call = channel.unary_unary('/test.S/M')\n"
+        "    assert call(b'a') == b'a' and call(b'b') == b'b'\n"
+        "    provider = TracerProvider()\n"
+        "    exporter = InMemorySpanExporter()\n"
+        "    provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "    trace.set_tracer_provider(provider)\n"
+        "    assert call(b'c') == b'c'\n"
+        "server.stop(None)\n"
+        "print([(s.name, s.kind.name) for s in exporter.get_finished_spans()])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('test.S/M', 'SERVER')]"
+
+
 # -- one trace across two real hops ---------------------------------------------------------
 
 DOWN = "/test.Down/Get"
