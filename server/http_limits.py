@@ -295,8 +295,15 @@ def gateway_config(app: ASGIApp, limits: HttpLimits, refusals: Refusals,
     """The uvicorn ``Config`` of the embedded gateway (``tls``: uvicorn's ``ssl_*`` settings)."""
     # backlog: asyncio listens with it and accepts up to that many connections at once, before
     # any is closed; uvicorn's 2048 let one burst take every descriptor (EMFILE tracebacks).
-    return Config(app, lifespan="off", log_config=None, access_log=False, backlog=ACCEPT_BURST,
-                  http=guarded_protocol(limits, refusals),
+    # factory=True: uvicorn otherwise calls the app with no arguments to guess whether it is a
+    # factory, and an app whose __call__ takes *args (a wrapped one: mutmut's trampoline) is
+    # taken for one, and its coroutine for the app.
+
+    def factory() -> ASGIApp:
+        return app
+
+    return Config(factory, factory=True, lifespan="off", log_config=None, access_log=False,
+                  backlog=ACCEPT_BURST, http=guarded_protocol(limits, refusals),
                   timeout_keep_alive=max(1, round(limits.keep_alive)),
                   timeout_graceful_shutdown=max(grace, 0.0),  # type: ignore[arg-type]
                   h11_max_incomplete_event_size=limits.max_head(), **(tls or {}))

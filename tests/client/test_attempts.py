@@ -25,6 +25,7 @@ from octollm_grpc.client._replay import Replay
 from octollm_grpc.client._resilience import Resilience
 from octollm_grpc.client._sync_calls import Attempts
 from octollm_grpc.observability._client_metrics import ClientMetrics
+from octollm_grpc.status import callers_budget, to_status
 from octollm_grpc.status._limits import PUSHBACK_KEY
 from octollm_grpc.testing import FakeClock
 
@@ -200,6 +201,24 @@ def test_callers_own_deadline_is_no_verdict_on_the_target(clock: FakeClock) -> N
     early.first()
     with pytest.raises(errors.OctoLLMError):
         early.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED))  # the server's own verdict
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_deadline_the_server_marks_as_the_callers_budget_is_no_verdict(clock: FakeClock) -> None:
+    """DEADLINE_EXCEEDED whose trailers carry the caller's-budget mark (the server ran out of
+    the caller's time, not its own) frees the permit without tripping; the same code
+    without the mark trips."""
+    marked = to_status(callers_budget(errors.TimeoutError("task", 1))).trailing_metadata
+    breaker = _closed_breaker(clock)
+    attempts = _attempts(clock, None, breaker=breaker)
+    attempts.first()
+    with pytest.raises(errors.OctoLLMError):
+        attempts.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED, marked))
+    assert breaker.state is CircuitState.CLOSED
+    plain = _attempts(clock, None, breaker=breaker)
+    plain.first()
+    with pytest.raises(errors.OctoLLMError):
+        plain.delay(_Failed(grpc.StatusCode.DEADLINE_EXCEEDED))
     assert breaker.state is CircuitState.OPEN
 
 

@@ -28,6 +28,7 @@ from octollm_grpc.client import (
     RetryPolicies,
     RetryPolicy,
 )
+from octollm_grpc.client._hedging import HedgingPolicies, HedgingPolicy
 from octollm_grpc.client._resilience import (
     CallRetry,
     MethodPlan,
@@ -268,6 +269,19 @@ def test_a_core_reads_the_monotonic_clock_and_its_own_random_source() -> None:
     assert core.metrics is None
     rng = random.Random(1)
     assert Resilience(retry=None, budget=None, breakers=None, rng=rng).rng is rng
+
+
+def test_a_plan_carries_its_method_s_hedging_policy() -> None:
+    """Each method's plan has the hedging policy its entry names (by str on sync, bytes on
+    aio); a method without one, or a core without hedging, has none."""
+    policy = HedgingPolicy(max_attempts=3)
+    hedging = HedgingPolicies(methods={"/pkg.S/Hedged": policy})
+    core = Resilience(retry=None, budget=None, breakers=None, hedging=hedging)
+    assert core.hedging is hedging
+    assert core.plan("/pkg.S/Hedged").hedging is policy
+    assert core.plan(b"/pkg.S/Hedged").hedging is policy
+    assert core.plan("/pkg.S/Other").hedging is None
+    assert Resilience(retry=None, budget=None, breakers=None).plan("/pkg.S/Hedged").hedging is None
 
 
 def test_a_new_call_starts_at_attempt_one_uncapped(clock: FakeClock) -> None:

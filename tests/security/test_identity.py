@@ -202,6 +202,19 @@ def test_rate_limit_without_certificate_falls_back_to_the_peer(pki: Pki) -> None
     assert len(limiter) == 1
 
 
+def test_rate_limit_keys_on_the_peer_by_default_even_with_certificates(pki: Pki) -> None:
+    """Without ``key_certificate`` two certificates from one host share the host's bucket:
+    the principal is used only when asked for."""
+    server = pki.server()
+    a, b = pki.client(uris=(WEB,)), pki.client(uris=(ADMIN,))
+    limiter = RateLimiter(RateLimit(1, 60))
+    creds = server_credentials(server.cert_file, server.key_file, pki.ca_file)
+    with sync_tls_server(creds, server_interceptors(rate_limit=limiter, metrics=False)) as port:
+        assert _call(port, _creds(pki, a), WHO) == WEB.encode()
+        assert _call(port, _creds(pki, b), WHO).code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(limiter) == 1
+
+
 def test_scopes_of_unions_exact_entry_and_matching_globs() -> None:
     """A principal gets its exact entry's scopes plus every glob's it matches; ``*`` spans
     path segments; matching is case-sensitive."""
