@@ -45,7 +45,6 @@ from octollm_grpc.server import ServerMetrics, current_request_id
 from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from server.http_callers import CallerIdentity
 from server.http_limits import (
-    ACCEPT_BURST,
     GatewayGuard,
     HttpLimits,
     JsonDecoder,
@@ -281,6 +280,7 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
     ``limits`` bound connections, header and body time (default: :class:`HttpLimits`);
     ``grace`` is how long :meth:`Gateway.stop` lets open requests run.
     """
+    limits = limits if limits is not None else HttpLimits()
     host = bind_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
@@ -289,7 +289,7 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(ACCEPT_BURST)
+        sock.listen(limits.backlog())
     except OSError:
         sock.close()
         raise
@@ -302,7 +302,7 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
         decoder.start()
     refusals = Refusals()
     guard = GatewayGuard(app)
-    config = gateway_config(guard, limits if limits is not None else HttpLimits(), refusals,
+    config = gateway_config(guard, limits, refusals,
                             grace, tls)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http-gateway")

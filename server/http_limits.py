@@ -62,6 +62,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Refusals",
     "RequestTimeoutError",
+    "accept_burst",
     "check_authorization",
     "default_max_connections",
     "gateway_config",
@@ -79,8 +80,15 @@ _M = TypeVar("_M", bound=Message)
 DEFAULT_MAX_BODY = 1 << 20
 #: Descriptors kept for everything but HTTP connections (gRPC, the database, the arm, logs).
 FD_RESERVE = 256
-#: The listen backlog, and so the most connections accepted in one go (within FD_RESERVE).
+#: The largest listen backlog, and so the most connections asyncio accepts in one pass.
 ACCEPT_BURST = 128
+#: Descriptors the process holds besides connections (gRPC, the database, logs): ~30 measured.
+_OWN_FDS = 32
+
+
+def _nofile() -> int:
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if nofile == resource.RLIM_INFINITY else nofile
 
 
 def default_max_connections(nofile: int | None = None) -> int:
@@ -89,11 +97,26 @@ def default_max_connections(nofile: int | None = None) -> int:
     Args:
         nofile: the soft ``RLIMIT_NOFILE``; by default this process's.
     """
-    if nofile is None:
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if nofile == resource.RLIM_INFINITY:
-            nofile = 1 << 20
+    nofile = _nofile() if nofile is None else nofile
     return max(16, min(4096, (nofile - FD_RESERVE) // 2))
+
+
+def accept_burst(cap: int, nofile: int | None = None) -> int:
+    """The listen backlog: what fits beside ``cap`` connections, at most :data:`ACCEPT_BURST`.
+
+    asyncio accepts up to the backlog in one pass of its loop, and a connection refused at
+    the cap holds its descriptor for about four passes (accepted; transport made;
+    ``connection_made`` writes the 503 and closes; ``connection_lost`` frees it) while each
+    pass may accept another burst. So four bursts, the kept connections and the process's
+    own descriptors must fit in the limit: with 128 under a 384-descriptor limit, a flood of
+    half-open connections ran out of descriptors (asyncio's ``out of system resource``).
+
+    Args:
+        cap: The connection cap in force.
+        nofile: the soft ``RLIMIT_NOFILE``; by default this process's.
+    """
+    nofile = _nofile() if nofile is None else nofile
+    return max(8, min(ACCEPT_BURST, (nofile - cap - _OWN_FDS) // 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +138,10 @@ class HttpLimits:
     def connections(self) -> int:
         """The connection cap in force."""
         return self.max_connections or default_max_connections()
+
+    def backlog(self) -> int:
+        """The listen backlog for :meth:`connections` (see :func:`accept_burst`)."""
+        return accept_burst(self.connections())
 
 
 # -- the errors, with their HTTP statuses ---------------------------------------------------
@@ -295,6 +322,7 @@ def gateway_config(app: ASGIApp, limits: HttpLimits, refusals: Refusals,
     """The uvicorn ``Config`` of the embedded gateway (``tls``: uvicorn's ``ssl_*`` settings)."""
     # backlog: asyncio listens with it and accepts up to that many connections at once, before
     # any is closed; uvicorn's 2048 let one burst take every descriptor (EMFILE tracebacks).
+    # It must match the listening socket's (Gateway's sock.listen): see accept_burst.
     # factory=True: uvicorn otherwise calls the app with no arguments to guess whether it is a
     # factory, and an app whose __call__ takes *args (a wrapped one: mutmut's trampoline) is
     # taken for one, and its coroutine for the app.
@@ -303,7 +331,7 @@ def gateway_config(app: ASGIApp, limits: HttpLimits, refusals: Refusals,
         return app
 
     return Config(factory, factory=True, lifespan="off", log_config=None, access_log=False,
-                  backlog=ACCEPT_BURST, http=guarded_protocol(limits, refusals),
+                  backlog=limits.backlog(), http=guarded_protocol(limits, refusals),
                   timeout_keep_alive=max(1, round(limits.keep_alive)),
                   timeout_graceful_shutdown=max(grace, 0.0),  # type: ignore[arg-type]
                   h11_max_incomplete_event_size=limits.max_head(), **(tls or {}))

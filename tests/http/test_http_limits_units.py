@@ -33,6 +33,7 @@ from server.http_limits import (
     PayloadTooLargeError,
     Refusals,
     RequestTimeoutError,
+    accept_burst,
     check_authorization,
     default_max_connections,
     gateway_config,
@@ -150,6 +151,21 @@ def test_authorization_is_checked_for_size_and_bytes() -> None:
             check_authorization(value, limits)
 
 
+def test_accept_burst_fits_four_bursts_beside_the_cap() -> None:
+    """Four accept passes in flight, the kept connections and ~32 own descriptors fit the
+    limit (at 128 under 384 descriptors a half-open flood hit EMFILE); 128 at most, 8 at least."""
+    assert ACCEPT_BURST == 128
+    for nofile in (64, 384, 1024, 4096, 1 << 20):
+        cap = default_max_connections(nofile)
+        burst = accept_burst(cap, nofile)
+        assert 8 <= burst <= 128
+        if nofile >= 384:
+            assert cap + 4 * burst + 32 <= nofile, nofile
+    assert accept_burst(64, 384) == 72
+    assert accept_burst(384, 1024) == 128
+    assert accept_burst(HttpLimits(max_connections=10).connections(), 384) == 85
+
+
 def test_gateway_config_takes_the_limits() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("not served")
@@ -157,7 +173,8 @@ def test_gateway_config_takes_the_limits() -> None:
     config = gateway_config(app, HttpLimits(keep_alive=2.6, max_header=10000), Refusals(),
                             grace=-1.0)
     assert (config.backlog, config.timeout_keep_alive, config.timeout_graceful_shutdown,
-            config.h11_max_incomplete_event_size) == (ACCEPT_BURST, 3, 0.0, 20000)
+            config.h11_max_incomplete_event_size) == (
+                accept_burst(HttpLimits().connections()), 3, 0.0, 20000)
     assert (config.lifespan, config.access_log, config.log_config) == ("off", False, None)
     assert ACCEPT_BURST == 128
     short = gateway_config(app, HttpLimits(keep_alive=0.2), Refusals(), grace=2.5)
