@@ -89,7 +89,9 @@ def test_requests_past_grace_get_503_and_the_stop_takes_grace(tmp_path: Path) ->
         took = time.monotonic() - start
         for thread in threads:
             thread.join(20)
-        assert took < 3.0, took  # 1 s of grace, then teardown (was 5.3 s: uvicorn's fixed 5 s)
+        # 1 s of grace, then teardown: under 2 s on a quiet machine, 3.1 s seen under load;
+        # the bug was 5.3 s (uvicorn's fixed 5 s, on top of teardown).
+        assert took < 4.5, took
         for result in results:
             assert isinstance(result, httpx.Response), result
             assert result.status_code == 503, result.text
