@@ -161,13 +161,16 @@ class CallLogger:
         return logger
 
     def enabled_for(self, level: Level) -> bool:
-        """Whether an event at ``level`` would be written (``False`` only for a structlog
-        filtering logger set above it); when not, the stack skips building the event."""
+        """Whether an event at ``level`` would be written (``False`` only for a logger that
+        says it is set above it: a structlog filtering logger, or a ``structlog.stdlib``
+        logger over a stdlib logger); when not, the stack skips building the event."""
         known = self._enabled.get(level)
         if known is not None:
             return known
         logger = self._target()
-        check = getattr(logger, "is_enabled_for", None)
+        # structlog's own name; before structlog 26 its stdlib BoundLogger had only the stdlib
+        # logger's (isEnabledFor), with the same numeric levels.
+        check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
         if check is None:
             return True
         try:
