@@ -28,7 +28,7 @@ from octollm_grpc.client._aio_calls import (
     awaited,
 )
 from octollm_grpc.client._aio_shapes import per_shape
-from octollm_grpc.client._attempts import capped_from_start
+from octollm_grpc.client._attempts import capped_from_start, straight_entry
 from octollm_grpc.client._half_close import watch
 from octollm_grpc.client._local_errors import local_error, refused_metadata
 from octollm_grpc.client._observe import AioObserver, aio_details, code_of
@@ -190,12 +190,7 @@ class ObservedUnaryUnary(aio.UnaryUnaryClientInterceptor):
         self._straight: dict[bytes, _Straight] = {}
 
     def _straight_entry(self, method: bytes) -> _Straight:
-        metrics = self._core.metrics
-        # The call metrics first: a method's first call names its grpc_type.
-        method_metrics = metrics.method(method, "unary") if metrics is not None else None
-        plan = self._core.plan(method)
-        entry = None if plan.hedging is not None or capped_from_start(plan) else (
-            plan, method_metrics)
+        entry = straight_entry(self._core, method)
         self._straight[method] = entry
         return entry
 

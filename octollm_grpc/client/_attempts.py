@@ -55,6 +55,19 @@ def capped_from_start(plan: MethodPlan) -> bool:
     return policy is not None and policy.per_attempt_timeout is not None
 
 
+def straight_entry(core: Resilience, method: Any) -> tuple[MethodPlan, Any] | None:
+    """The straight path of ``method``'s unary calls (both stacks' single interceptor): its
+    plan and call metrics, or ``None`` when its calls take the general path (hedged, or
+    capped per attempt from the start)."""
+    metrics = core.metrics
+    # The call metrics first: a method's first call names its grpc_type.
+    method_metrics = metrics.method(method, "unary") if metrics is not None else None
+    plan = core.plan(method)
+    if plan.hedging is not None or capped_from_start(plan):
+        return None
+    return plan, method_metrics
+
+
 @dataclass(eq=False, kw_only=True, slots=True)
 class CallAttempts(Generic[DetailsT, SleepT]):
     """One call's attempts: the caller's details and request, the plan, the retry state.

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from octollm_grpc.client._attempts import capped_from_start
+from octollm_grpc.client._attempts import capped_from_start, straight_entry
 from octollm_grpc.client._call_types import StreamContinuation, UnaryContinuation
 from octollm_grpc.client._observe import CallObserver, Ending, code_of, end_with, sync_details
 from octollm_grpc.client._replay import Replay
@@ -188,12 +188,7 @@ class ObservedResilientInterceptor(ResilientInterceptor):
         self._straight: dict[str, tuple[MethodPlan, ClientMethodMetrics | None] | None] = {}
 
     def _straight_entry(self, method: str) -> tuple[MethodPlan, ClientMethodMetrics | None] | None:
-        metrics = self._core.metrics
-        # The call metrics first: a method's first call names its grpc_type.
-        method_metrics = metrics.method(method, "unary") if metrics is not None else None
-        plan = self._core.plan(method)
-        entry = None if plan.hedging is not None or capped_from_start(plan) else (
-            plan, method_metrics)
+        entry = straight_entry(self._core, method)
         self._straight[method] = entry
         return entry
 
