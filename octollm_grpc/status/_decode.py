@@ -310,7 +310,7 @@ _MESSAGE_TOO_LARGE = re.compile(
 _METADATA_TOO_LARGE = re.compile(
     r"metadata size exceeds (?:hard|soft) limit "
     r"\((?:value length )?(\d{1,20}) vs\. (\d{1,20})\)")
-_WHOSE_LIMIT = {"SERVER": ("request", "the server's"), "CLIENT": ("response", "this client's")}
+_WHOSE_LIMIT = {"SERVER": ("request ", "the server's"), "CLIENT": ("response ", "this client's")}
 
 
 def _size_refusal(
@@ -324,9 +324,9 @@ def _size_refusal(
     found = _MESSAGE_TOO_LARGE.search(message)
     if found is not None:
         side, size, limit = found.groups()
-        what, whose = _WHOSE_LIMIT.get(side or "", ("message", "the receiver's"))
+        what, whose = _WHOSE_LIMIT.get(side or "", ("", "the receiver's"))
         return (e.catalog.MessageTooLargeError,
-                f"The {what} message is larger than {whose} limit ({size} > {limit} bytes)",
+                f"The {what}message is larger than {whose} limit ({size} > {limit} bytes)",
                 {"size": int(size), "limit": int(limit)})
     found = _METADATA_TOO_LARGE.search(message)
     if found is not None:

@@ -185,6 +185,8 @@ def test_decoder_reads_each_of_grpc_cores_texts() -> None:
         "received metadata size exceeds soft limit (9000 vs. 8192), rejecting requests with "
         "some random probability": ("METADATA_TOO_LARGE", 9000, 8192, "metadata"),
     }
+    sent = from_rpc_error(Failed("Sent message larger than max (300 vs. 200)"))
+    assert sent.message == "The message is larger than the receiver's limit (300 > 200 bytes)"
     for text, (code, size, limit, word) in cases.items():
         error = from_rpc_error(Failed(text))
         assert (error.error_code, error.details["size"], error.details["limit"]) == (
