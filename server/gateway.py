@@ -32,23 +32,27 @@ from typing import Any
 import grpc
 import uvicorn
 from fastapi import FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from octollm_grpc import errors
+from octollm_grpc import codes, errors
 from octollm_grpc.client import BreakerSettings, RetryPolicies, RetryPolicy
 from octollm_grpc.client.aio import resilient_channel
 from octollm_grpc.fastapi import install_error_handlers
 from octollm_grpc.server import ServerMetrics, current_request_id
-from server.gen.octollm.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from server.gen.octollm.tasks.v1 import reasons_errors, tasks_pb2, tasks_pb2_grpc
 from server.http_callers import CallerIdentity
 from server.http_limits import (
     GatewayGuard,
+    HeaderTooLargeError,
     HttpLimits,
     JsonDecoder,
+    PayloadTooLargeError,
     Refusals,
+    RequestTimeoutError,
     check_authorization,
     gateway_config,
     read_body,
@@ -72,22 +76,38 @@ class ErrorBody(BaseModel):
     retry_after: float | None = None
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in [
-        (400, "INVALID_INPUT, VALIDATION_ERRORS (every violation, also of a request that "
-              "does not fit the route), FAILED_PRECONDITION"),
-        (401, "AUTHENTICATION_ERROR (with --auth-token)"),
-        (404, "TASK_NOT_FOUND"),
-        (408, "REQUEST_TIMEOUT: the body did not arrive within --http-body-timeout"),
-        (413, "PAYLOAD_TOO_LARGE: the body is over --http-max-body"),
-        (429, "RATE_LIMIT_EXCEEDED, with Retry-After"),
-        (431, "HEADER_TOO_LARGE: the authorization header is too large to pass on"),
-        (500, "INTERNAL_ERROR: nothing of the cause is sent"),
-        (503, "ARM_UNAVAILABLE, CIRCUIT_OPEN, CAPACITY_EXCEEDED (with Retry-After)"),
-        (504, "TIMEOUT_ERROR"),
-    ]
-}
+#: Every error a gateway route can answer with, and when; the OpenAPI document lists each by
+#: its error code under the HTTP status the code table gives it (said once, in
+#: octollm_grpc.codes, once register_errors has added the gateway's own).
+_ANSWERS: tuple[tuple[type[errors.OctoLLMError], str], ...] = (
+    (errors.InvalidInputError, "a parameter out of range, a body that is not the message"),
+    (errors.ValidationErrors, "every violation, also of a request that does not fit the route"),
+    (reasons_errors.InvalidPageTokenError, "a page_token the service did not issue"),
+    (reasons_errors.TaskStateConflictError, "the task's status does not allow the change"),
+    (errors.AuthenticationError, "with --auth-token: no valid bearer token"),
+    (errors.TaskNotFoundError, "no task with that id"),
+    (RequestTimeoutError, "the body did not arrive within --http-body-timeout"),
+    (PayloadTooLargeError, "the body is over --http-max-body"),
+    (errors.RateLimitError, "with Retry-After"),
+    (HeaderTooLargeError, "the authorization header is too large to pass on"),
+    (errors.InternalError, "nothing of the cause is sent"),
+    (errors.LLMAPIError, "the arm's own error, details intact"),
+    (errors.NetworkError, "the service could not be reached"),
+    (errors.ArmUnavailableError, "with Retry-After when known"),
+    (errors.CircuitOpenError, "the gateway's or the service's breaker, with Retry-After"),
+    (errors.CapacityExceededError, "overloaded or shutting down, with Retry-After"),
+    (errors.TimeoutError, "the task or the call ran out of time"),
+)
+
+
+def _error_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses``: per HTTP status, the error codes answered with it and when."""
+    by_status: dict[int, list[str]] = {}
+    for cls, when in _ANSWERS:
+        mapping = codes.mapping_for_class(cls)
+        by_status.setdefault(mapping.http_status, []).append(f"{mapping.error_code} ({when})")
+    return {status: {"model": ErrorBody, "description": "; ".join(entries)}
+            for status, entries in sorted(by_status.items())}
 
 
 def gateway_channel(target: str, registry: CollectorRegistry | None = None,
@@ -108,7 +128,9 @@ def gateway_channel(target: str, registry: CollectorRegistry | None = None,
 
 def _metadata(request: Request, limits: HttpLimits,
               identity: CallerIdentity | None) -> tuple[tuple[str, str], ...]:
-    pairs = [("x-request-id", current_request_id() or "")]
+    # install_error_handlers' middleware gives every request an id before any route runs.
+    request_id = current_request_id()
+    pairs = [("x-request-id", request_id)] if request_id else []
     authorization = request.headers.get("authorization")
     check_authorization(authorization, limits)  # before the call: no budget spent on it
     if authorization is not None:
@@ -127,6 +149,23 @@ _CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 def _json(message: Message) -> dict[str, Any]:
     # Proto field names (task_id), as grpcurl prints them; either spelling is accepted in.
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, without FastAPI's 422 responses: a request that does not
+    fit a route is answered 400 ``VALIDATION_ERRORS`` (see :func:`_error_responses`)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version,
+                               openapi_version=app.openapi_version,
+                               description=app.description, routes=app.routes)
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        schemas = document.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = None,
@@ -149,9 +188,10 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
                     "mapping of its request and response messages; errors carry the same "
                     "error code, message and details as on gRPC.",
         version="1",
-        responses=_ERRORS,
+        responses=_error_responses(),
     )
     install_error_handlers(app, metrics=metrics if metrics is not None else False)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # Bodies are parsed in a worker process; start_gateway starts it, Gateway.stop stops it.
     decoder = app.state.json_decoder = JsonDecoder()
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -22,10 +23,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from structlog.testing import capture_logs
 
-from octollm_grpc import errors
+from octollm_grpc import codes, errors
 from octollm_grpc.server import BearerAuth, ServerMetrics
 from octollm_grpc.server.aio import server_interceptors
 from server.gateway import (
@@ -42,6 +43,7 @@ from server.http_limits import HttpLimits
 from tests.security.pki import Pki
 
 PENDING = tasks_pb2.TaskStatus.Value("TASK_STATUS_PENDING")
+SERVICE_DOC = Path(__file__).parents[2] / "docs" / "service.md"
 TOO_LARGE = "Received message larger than max (5000000 vs. 4194304)"
 
 
@@ -248,10 +250,26 @@ async def _openapi(http: httpx.AsyncClient) -> None:
     assert create["requestBody"]["content"]["application/json"]["example"] == {
         "description": "Summarize the quarterly report", "priority": 5}
     assert create["tags"] == ["tasks"]
-    assert set(create["responses"]) >= {"400", "401", "404", "408", "413", "429", "431",
-                                        "500", "503", "504"}
+    statuses = {"200", "400", "401", "404", "408", "413", "429", "431", "500", "502", "503",
+                "504"}
+    # No FastAPI 422: a request that does not fit a route is 400 VALIDATION_ERRORS.
+    assert {path: sorted(verbs[verb]["responses"]) for path, verbs in document["paths"].items()
+            for verb in verbs} == {path: sorted(statuses) for path in document["paths"]}
+    assert "HTTPValidationError" not in document["components"]["schemas"]
     assert create["responses"]["413"]["description"] == (
-        "PAYLOAD_TOO_LARGE: the body is over --http-max-body")
+        "PAYLOAD_TOO_LARGE (the body is over --http-max-body)")
+    # Each code is listed under the HTTP status the code table gives it, and every code the
+    # service's documentation says its RPCs answer with is listed.
+    listed = {code: int(status) for status, response in create["responses"].items()
+              for code in re.findall(r"\b([A-Z][A-Z_]+[A-Z]) \(", response["description"])}
+    assert listed == {code: codes.mapping_for_class(codes.class_for_error_code(code)).http_status
+                      for code in listed}
+    documented = re.findall(r"`([A-Z][A-Z_]+[A-Z])`", SERVICE_DOC.read_text().split(
+        "| RPC |")[1].split("\n\n")[0])
+    assert "FAILED_PRECONDITION" in documented  # the table's gRPC code, not an error code
+    assert set(documented) - {"FAILED_PRECONDITION"} <= set(listed)
+    assert {"REQUEST_TIMEOUT", "PAYLOAD_TOO_LARGE", "HEADER_TOO_LARGE", "NETWORK_ERROR",
+            "CAPACITY_EXCEEDED", "AUTHENTICATION_ERROR", "INTERNAL_ERROR"} <= set(listed)
 
 
 async def test_routes_bodies_headers_and_docs() -> None:
@@ -498,3 +516,38 @@ async def test_https_gateway_serves_over_tls(tmp_path: Path) -> None:
     finally:
         await gateway.stop()
         await channel.close()
+
+
+async def test_gateway_channel_calls_over_tls_and_counts_in_its_registry(tmp_path: Path) -> None:
+    """``gateway_channel``'s credentials reach the service over TLS and its registry gets the
+    client metrics; ``create_app`` without ``metrics`` counts nothing in the default
+    registry."""
+    pki = Pki(tmp_path)
+    pair = pki.server("localhost", "127.0.0.1")
+    recorder = Recorder()
+    server = grpc.aio.server(interceptors=server_interceptors())
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(recorder, server)  # type: ignore[no-untyped-call]
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(pair.key_file.read_bytes(), pair.cert_file.read_bytes())]))
+    await server.start()
+    registry = CollectorRegistry()
+    channel = gateway_channel(f"127.0.0.1:{port}", registry,
+                              grpc.ssl_channel_credentials(pki.ca_pem))
+    labels = {"error_type": "TASK_NOT_FOUND", "component": "http"}
+    before = REGISTRY.get_sample_value("octollm_errors_total", labels)
+    gateway = await start_gateway(create_app(channel, timeout=10), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            found = await http.get("/v1/tasks/t-1")
+            missing = await http.get("/v1/tasks/missing")
+    finally:
+        await gateway.stop()
+        await channel.close()
+        await server.stop(None)
+    assert (found.status_code, missing.status_code) == (200, 404)
+    assert recorder.methods() == ["GetTask", "GetTask"]
+    method = {"grpc_service": SERVICE, "grpc_method": "GetTask", "grpc_type": "unary"}
+    assert registry.get_sample_value("grpc_client_started_total", method) == 2.0
+    assert registry.get_sample_value("octollm_client_attempts_total", {
+        **method, "grpc_code": "NotFound"}) == 1.0
+    assert REGISTRY.get_sample_value("octollm_errors_total", labels) == before
