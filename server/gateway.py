@@ -156,14 +156,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     fit a route is answered 400 ``VALIDATION_ERRORS`` (see :func:`_error_responses`)."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version,
-                               openapi_version=app.openapi_version,
                                description=app.description, routes=app.routes)
         for operations in document["paths"].values():
             for operation in operations.values():
-                operation["responses"].pop("422", None)
-        schemas = document.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
+                operation["responses"].pop("422", None)  # routes with parameters only
+        components = document["components"]  # ErrorBody's schema is always there
+        components["schemas"] = {name: schema for name, schema in components["schemas"].items()
+                                 if name not in ("HTTPValidationError", "ValidationError")}
         app.openapi_schema = document
     return app.openapi_schema
 

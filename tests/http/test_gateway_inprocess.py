@@ -255,7 +255,7 @@ async def _openapi(http: httpx.AsyncClient) -> None:
     # No FastAPI 422: a request that does not fit a route is 400 VALIDATION_ERRORS.
     assert {path: sorted(verbs[verb]["responses"]) for path, verbs in document["paths"].items()
             for verb in verbs} == {path: sorted(statuses) for path in document["paths"]}
-    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert list(document["components"]["schemas"]) == ["ErrorBody"]
     assert create["responses"]["413"]["description"] == (
         "PAYLOAD_TOO_LARGE (the body is over --http-max-body)")
     # Each code is listed under the HTTP status the code table gives it, and every code the
