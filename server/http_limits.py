@@ -35,7 +35,7 @@ import logging
 import multiprocessing
 import resource
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -213,11 +213,15 @@ class Refusals:
     thousands of connections writes a line a second, not a line (or a traceback) each.
     """
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0,
+                 call_later: Callable[[float, Callable[[], None]], object] | None = None,
+                 ) -> None:
+        """``call_later(delay, callback)`` schedules the event (default: the running loop's)."""
         self.interval = interval
         self.total: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._scheduled = False
+        self._call_later = call_later
 
     def add(self, reason: str) -> None:
         """Count one refusal for ``reason``; the event follows within ``interval``."""
@@ -225,7 +229,8 @@ class Refusals:
         self._pending[reason] += 1
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_later(self.interval, self.flush)
+            call_later = self._call_later or asyncio.get_running_loop().call_later
+            call_later(self.interval, self.flush)
 
     def flush(self) -> None:
         """Log what is pending now (also called at stop)."""

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import resource
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -186,26 +186,41 @@ def test_gateway_config_takes_the_limits() -> None:
 # -- refusals, logged once per interval ---------------------------------------------------------
 
 
-async def test_refusals_are_counted_and_logged_once_per_interval() -> None:
-    refusals = Refusals(interval=0.05)
+def test_refusals_are_counted_and_logged_once_per_interval() -> None:
+    """The first refusal schedules one event; those before it fires join it, and a refusal
+    after it schedules the next: a sustained flood writes one line per interval."""
+    timers: list[tuple[float, Callable[[], None]]] = []
+    refusals = Refusals(interval=0.05, call_later=lambda delay, fire: timers.append((delay, fire)))
     with capture_logs() as logs:
         refusals.add("max_connections")
         refusals.add("max_connections")
         refusals.add("header_timeout")
-        assert logs == []  # nothing before the interval
-        await asyncio.sleep(0.2)
-        refusals.add("header_timeout")  # after a flush, the next refusal schedules one again
-        await asyncio.sleep(0.2)
-        assert len(logs) == 2  # logged by the timer, not by the flush below
+        assert logs == [] and [delay for delay, _ in timers] == [0.05]
+        timers.pop()[1]()
+        refusals.add("header_timeout")  # after the event, the next refusal schedules one again
+        refusals.add("max_connections")
+        assert len(logs) == 1 and len(timers) == 1
+        timers.pop()[1]()
         refusals.flush()  # nothing pending: no event
     assert logs == [
         {"event": "http.connections.refused", "log_level": "warning", "count": 3,
          "reasons": {"max_connections": 2, "header_timeout": 1}, "interval": 0.05},
-        {"event": "http.connections.refused", "log_level": "warning", "count": 1,
-         "reasons": {"header_timeout": 1}, "interval": 0.05},
+        {"event": "http.connections.refused", "log_level": "warning", "count": 2,
+         "reasons": {"header_timeout": 1, "max_connections": 1}, "interval": 0.05},
     ]
-    assert refusals.total == {"max_connections": 2, "header_timeout": 2}
+    assert refusals.total == {"max_connections": 3, "header_timeout": 2}
     assert Refusals().interval == 1.0
+
+
+async def test_refusals_schedule_on_the_running_loop_by_default() -> None:
+    refusals = Refusals(interval=0.01)
+    with capture_logs() as logs:
+        refusals.add("max_connections")
+        for _ in range(500):  # bounded: the timer fires after 0.01 s of loop time
+            if logs:
+                break
+            await asyncio.sleep(0.01)
+    assert [event["count"] for event in logs] == [1]
 
 
 # -- the connection guard, on a real uvicorn ----------------------------------------------------
