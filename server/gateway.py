@@ -215,6 +215,13 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         except (errors.ResourceExhaustedError, errors.CancelledCallError) as error:
             # grpc's own size limits and the server's overload, in our words (413/431/503).
             raise refusal_for(error, limits) from None
+        except errors.NetworkError as error:
+            if error.reason is not None:
+                raise  # the service's own error, sent with its ErrorInfo: as it is
+            # A bare UNAVAILABLE is grpc's own text ("failed to connect to all addresses;
+            # ... ipv4:10.0.0.7:50051 ..."): it names the service's internal address.
+            raise errors.NetworkError(f"{SERVICE} could not be reached; retry later",
+                                      details={"target": SERVICE}) from None
         return _json(response)
 
     @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"], openapi_extra=_CREATE_BODY)

@@ -77,6 +77,8 @@ class Recorder(tasks_pb2_grpc.TaskServiceServicer):
             raise errors.TaskNotFoundError(task_id)
         if task_id == "quota":
             raise errors.RateLimitError(limit=1, window=60, retry_after=30)
+        if task_id == "network":
+            raise errors.NetworkError("The relay is down", details={"relay": "r-2"})
         if task_id == "unavailable" or (task_id == "unavailable-once" and failures == 1):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "arm down")
         if task_id == "too-large":
@@ -382,6 +384,7 @@ async def test_service_errors_keep_their_code_and_get_their_http_status() -> Non
         too_large = await http.post("/v1/tasks/too-large:cancel")
         metadata = await http.post("/v1/tasks/metadata:cancel")
         cancelled = await http.get("/v1/tasks/cancelled")
+        network = await http.post("/v1/tasks/network:execute")
     assert (missing.status_code, missing.json()) == (404, {
         "error": "TASK_NOT_FOUND", "message": "Task missing not found",
         "details": {"task_id": "missing"}})
@@ -398,8 +401,11 @@ async def test_service_errors_keep_their_code_and_get_their_http_status() -> Non
                                 "message": "The service is overloaded; retry later",
                                 "details": {}, "retry_after": 1.0}
     # RESOURCE_EXHAUSTED (rate limit) and CANCELLED are not retried: one call each.
+    # The service's own NetworkError (with its ErrorInfo) keeps its words.
+    assert (network.status_code, network.json()) == (502, {
+        "error": "NETWORK_ERROR", "message": "The relay is down", "details": {"relay": "r-2"}})
     assert [request.task_id for _, request, _ in recorder.calls] == [
-        "missing", "quota", "too-large", "metadata", "cancelled"]
+        "missing", "quota", "too-large", "metadata", "cancelled", "network"]
     assert registry.get_sample_value("octollm_errors_total", {
         "error_type": "TASK_NOT_FOUND", "component": "http"}) == 1.0
 
@@ -551,3 +557,19 @@ async def test_gateway_channel_calls_over_tls_and_counts_in_its_registry(tmp_pat
     assert registry.get_sample_value("octollm_client_attempts_total", {
         **method, "grpc_code": "NotFound"}) == 1.0
     assert REGISTRY.get_sample_value("octollm_errors_total", labels) == before
+
+
+async def test_an_unreachable_service_is_502_in_our_words() -> None:
+    """grpc's own text for a failed connection names the service's internal address: the HTTP
+    caller gets 502 NETWORK_ERROR naming the service instead."""
+    channel = gateway_channel("127.0.0.1:1")  # nothing listens on port 1
+    gateway = await start_gateway(create_app(channel), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            response = await http.get("/v1/tasks/t-1")
+    finally:
+        await gateway.stop()
+        await channel.close()
+    assert (response.status_code, response.json()) == (502, {
+        "error": "NETWORK_ERROR", "message": f"{SERVICE} could not be reached; retry later",
+        "details": {"target": SERVICE}})
