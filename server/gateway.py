@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+import structlog
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
@@ -63,6 +64,8 @@ from server.http_limits import (
 from server.validation import validate_page_size
 
 __all__ = ["ErrorBody", "Gateway", "create_app", "gateway_channel", "start_gateway"]
+
+log = structlog.get_logger("server.gateway")
 
 SERVICE = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 
@@ -146,6 +149,26 @@ _CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
         "example": {"description": "Summarize the quarterly report", "priority": 5}}}}}
 
 
+def _in_our_words(error: errors.SystemError) -> errors.OctoLLMError:
+    """What the HTTP caller sees of a 5xx the service's channel raised.
+
+    The service's own errors carry their ErrorInfo (``reason``) and pass as they are, as do
+    deadlines. A bare UNAVAILABLE, INTERNAL, UNKNOWN or DATA_LOSS is grpc's own text (or a
+    proxy's), never the service's answer: for UNAVAILABLE it names the service's internal
+    address ("failed to connect to all addresses; ... ipv4:10.0.0.7:50051 ..."), for the
+    others whatever the transport said. The caller gets our words (502 NETWORK_ERROR naming
+    the service, or 500 INTERNAL_ERROR with nothing of the cause); the log keeps grpc's.
+    """
+    bare = error.reason is None and type(error) in (errors.NetworkError, errors.SystemError)
+    if not bare:  # the service's own, or a deadline (ours or the service's: 504 as it is)
+        return error
+    log.warning("http.service.failed", grpc_code=error.code().name, grpc_message=error.message)
+    if isinstance(error, errors.NetworkError):
+        return errors.NetworkError(f"{SERVICE} could not be reached; retry later",
+                                   details={"target": SERVICE})
+    return errors.InternalError()
+
+
 def _json(message: Message) -> dict[str, Any]:
     # Proto field names (task_id), as grpcurl prints them; either spelling is accepted in.
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -215,13 +238,8 @@ def create_app(channel: grpc.aio.Channel, *, metrics: ServerMetrics | None = Non
         except (errors.ResourceExhaustedError, errors.CancelledCallError) as error:
             # grpc's own size limits and the server's overload, in our words (413/431/503).
             raise refusal_for(error, limits) from None
-        except errors.NetworkError as error:
-            if error.reason is not None:
-                raise  # the service's own error, sent with its ErrorInfo: as it is
-            # A bare UNAVAILABLE is grpc's own text ("failed to connect to all addresses;
-            # ... ipv4:10.0.0.7:50051 ..."): it names the service's internal address.
-            raise errors.NetworkError(f"{SERVICE} could not be reached; retry later",
-                                      details={"target": SERVICE}) from None
+        except errors.SystemError as error:
+            raise _in_our_words(error) from None
         return _json(response)
 
     @app.post("/v1/tasks", summary="CreateTask", tags=["tasks"], openapi_extra=_CREATE_BODY)

@@ -89,6 +89,8 @@ class Recorder(tasks_pb2_grpc.TaskServiceServicer):
                                 "(value length 20000 vs. 16384)")
         if task_id == "cancelled":
             await context.abort(grpc.StatusCode.CANCELLED, "Cancelled")
+        if task_id == "internal":
+            await context.abort(grpc.StatusCode.INTERNAL, "RST_STREAM from ipv4:10.9.9.9:443")
         if task_id == "hang":
             await asyncio.Event().wait()
 
@@ -385,6 +387,8 @@ async def test_service_errors_keep_their_code_and_get_their_http_status() -> Non
         metadata = await http.post("/v1/tasks/metadata:cancel")
         cancelled = await http.get("/v1/tasks/cancelled")
         network = await http.post("/v1/tasks/network:execute")
+        with capture_logs() as logs:
+            internal = await http.post("/v1/tasks/internal:cancel")
     assert (missing.status_code, missing.json()) == (404, {
         "error": "TASK_NOT_FOUND", "message": "Task missing not found",
         "details": {"task_id": "missing"}})
@@ -405,7 +409,13 @@ async def test_service_errors_keep_their_code_and_get_their_http_status() -> Non
     assert (network.status_code, network.json()) == (502, {
         "error": "NETWORK_ERROR", "message": "The relay is down", "details": {"relay": "r-2"}})
     assert [request.task_id for _, request, _ in recorder.calls] == [
-        "missing", "quota", "too-large", "metadata", "cancelled", "network"]
+        "missing", "quota", "too-large", "metadata", "cancelled", "network", "internal"]
+    # A bare INTERNAL is the transport's text: 500 with nothing of it; the log keeps it.
+    assert (internal.status_code, internal.json()) == (500, {
+        "error": "INTERNAL_ERROR", "message": "An internal error occurred", "details": {}})
+    assert [event for event in logs if event["event"] == "http.service.failed"] == [{
+        "event": "http.service.failed", "log_level": "warning", "grpc_code": "INTERNAL",
+        "grpc_message": "RST_STREAM from ipv4:10.9.9.9:443"}]
     assert registry.get_sample_value("octollm_errors_total", {
         "error_type": "TASK_NOT_FOUND", "component": "http"}) == 1.0
 
@@ -566,10 +576,14 @@ async def test_an_unreachable_service_is_502_in_our_words() -> None:
     gateway = await start_gateway(create_app(channel), "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-            response = await http.get("/v1/tasks/t-1")
+            with capture_logs() as logs:
+                response = await http.get("/v1/tasks/t-1")
     finally:
         await gateway.stop()
         await channel.close()
     assert (response.status_code, response.json()) == (502, {
         "error": "NETWORK_ERROR", "message": f"{SERVICE} could not be reached; retry later",
         "details": {"target": SERVICE}})
+    failed = [event for event in logs if event["event"] == "http.service.failed"]
+    assert [(event["grpc_code"], "127.0.0.1:1" in event["grpc_message"]) for event in failed] == [
+        ("UNAVAILABLE", True)]
