@@ -142,7 +142,7 @@ async def gateway_to(recorder: Recorder, *, grace: float = 5.0,
     gateway = await start_gateway(create_app(channel, **app_options), "127.0.0.1", 0,
                                   limits=app_options.get("limits"), grace=grace)
     try:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
             http.gateway = gateway  # type: ignore[attr-defined]
             yield http
     finally:
@@ -459,7 +459,11 @@ async def test_stop_answers_requests_past_the_grace_period_with_503() -> None:
                                  b"NOT HTTP\r\n\r\n")
             assert refused.startswith(b"HTTP/1.1 400 ")
             pending = asyncio.create_task(http.get("/v1/tasks/hang"))
-            await recorder.arrived.wait()
+            # Bounded: a request that fails before reaching the service must not hang here.
+            arrived = asyncio.create_task(recorder.arrived.wait())
+            await asyncio.wait([arrived, pending], timeout=10,
+                               return_when=asyncio.FIRST_COMPLETED)
+            assert recorder.arrived.is_set() and not pending.done()
             await http.gateway.stop()  # type: ignore[attr-defined]
             response = await pending
     for _ in range(200):  # the worker was told to stop; it exits once it has read that
