@@ -239,7 +239,10 @@ async def _openapi(http: httpx.AsyncClient) -> None:
     document = (await http.get("/openapi.json")).json()
     assert document["info"]["title"] == "octollm-grpc sample task service (HTTP/JSON gateway)"
     assert document["info"]["version"] == "1"
-    assert f"`{SERVICE}` RPC" in document["info"]["description"]
+    assert document["info"]["description"] == (
+        f"Each route calls one `{SERVICE}` RPC. Bodies are the proto3 JSON mapping of its "
+        "request and response messages; errors carry the same error code, message and details "
+        "as on gRPC.")
     summaries = {(path, verb): operation["summary"]
                  for path, verbs in document["paths"].items()
                  for verb, operation in verbs.items()}
@@ -303,11 +306,11 @@ async def _raw(url: str, request: bytes) -> bytes:
 async def test_limits_refuse_before_any_call() -> None:
     """Bodies over ``max_body`` (declared: answered at once, before the body arrives; or as a
     chunked body passes it) are 413 and close the connection; one exactly at the limit is
-    taken. A body slower than ``body_timeout`` is 408. An authorization header over
-    ``max_header`` is 431, one gRPC cannot carry 401, a page size out of range 400: all before
-    any call."""
+    taken. A body slower than ``body_timeout`` is 408, a head slower than ``header_timeout``
+    is closed. An authorization header over ``max_header`` is 431, one gRPC cannot carry 401,
+    a page size out of range 400: all before any call."""
     recorder = Recorder()
-    limits = HttpLimits(max_body=16, max_header=20, body_timeout=0.3)
+    limits = HttpLimits(max_body=16, max_header=20, body_timeout=0.3, header_timeout=0.3)
     too_large = {"error": "PAYLOAD_TOO_LARGE",
                  "message": "The request body is larger than the limit of 16 bytes",
                  "details": {"limit_bytes": 16}}
@@ -333,6 +336,11 @@ async def test_limits_refuse_before_any_call() -> None:
         assert json.loads(declared.partition(b"\r\n\r\n")[2]) == too_large
         slow = await _raw(http.gateway.url,  # type: ignore[attr-defined]
                           head + b"content-length: 16\r\n\r\n{\"pri")
+        # start_gateway's limits reach uvicorn: a head not sent within header_timeout is
+        # closed without an answer (the default's 10 s would outlast _raw's wait).
+        unfinished = await _raw(http.gateway.url,  # type: ignore[attr-defined]
+                                b"GET /v1/tasks HTTP/1.1\r\nhost: x\r\n")
+        assert unfinished == b""
         assert slow.startswith(b"HTTP/1.1 408 ")
         assert json.loads(slow.partition(b"\r\n\r\n")[2]) == {
             "error": "REQUEST_TIMEOUT",
