@@ -301,8 +301,7 @@ class Gateway:
     """A running gateway: its URL, and :meth:`stop`."""
 
     def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str,
-                 guard: GatewayGuard | None = None, refusals: Refusals | None = None,
-                 decoder: JsonDecoder | None = None) -> None:
+                 guard: GatewayGuard, refusals: Refusals, decoder: JsonDecoder) -> None:
         self._server = server
         self._decoder = decoder
         self._task = task
@@ -316,17 +315,14 @@ class Gateway:
         Returns once every request has been answered (uvicorn does not wait for the ones
         it cancels at the end of its graceful-shutdown timeout; they answer here).
         """
-        if self._guard is not None:
-            self._guard.stopping = True
+        self._guard.stopping = True
         self._server.should_exit = True
         await self._task
         cut = list(self._server.server_state.tasks)
         if cut:
             await asyncio.wait(cut, timeout=1.0)
-        if self._refusals is not None:
-            self._refusals.flush()
-        if self._decoder is not None:
-            self._decoder.close()
+        self._refusals.flush()
+        self._decoder.close()
 
 
 def bind_host(host: str) -> str:
@@ -336,8 +332,9 @@ def bind_host(host: str) -> str:
 
 async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimits | None = None,
                         grace: float = 5.0, tls: Mapping[str, Any] | None = None) -> Gateway:
-    """Serve ``app`` on ``host:port`` (0: a free port) in the running loop; over HTTPS when
-    ``tls`` gives uvicorn's ``ssl_*`` settings (see :func:`https_settings`).
+    """Serve ``app`` (made by :func:`create_app`) on ``host:port`` (0: a free port) in the
+    running loop; over HTTPS when ``tls`` gives uvicorn's ``ssl_*`` settings (see
+    :func:`https_settings`).
 
     The socket is bound here, so a taken port fails at once with ``OSError`` (no silent
     sharing), and requests arriving before uvicorn is up wait in the listen backlog.
@@ -359,11 +356,8 @@ async def start_gateway(app: FastAPI, host: str, port: int, *, limits: HttpLimit
         raise
     bound = sock.getsockname()[1]
     route_uvicorn_logs()
-    decoder = getattr(app.state, "json_decoder", None)
-    if not isinstance(decoder, JsonDecoder):
-        decoder = None
-    else:
-        decoder.start()
+    decoder: JsonDecoder = app.state.json_decoder
+    decoder.start()
     refusals = Refusals()
     guard = GatewayGuard(app)
     config = gateway_config(guard, limits, refusals,
