@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import resource
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -373,7 +374,8 @@ class JsonDecoder:
 
     One worker: a flood of costly bodies queues behind itself (HTTP callers wait), while the
     event loop, and so every gRPC caller, only copies bytes. The worker is started by
-    :meth:`start` (spawned, not forked: the process runs gRPC threads) and restarted if it dies.
+    :meth:`start` (spawned, not forked: the process runs gRPC threads), restarted if it dies,
+    and ends by itself when this process dies without closing it (SIGKILL, OOM).
     """
 
     def __init__(self) -> None:
@@ -386,7 +388,8 @@ class JsonDecoder:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=json_worker.exit_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     async def decode(self, raw: bytes, message: _M) -> _M:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format
 
-__all__ = ["decode"]
+__all__ = ["decode", "exit_with_parent", "ready"]
 
 
 def _message_class(module: str, qualname: str) -> Any:
@@ -55,3 +59,24 @@ def decode(raw: bytes, module: str, qualname: str) -> tuple[str, bytes]:
 def ready() -> bool:
     """A no-op the gateway runs once at start, so the worker is up before the first body."""
     return True
+
+
+def exit_with_parent(parent: int, interval: float = 0.5,
+                     sleep: Callable[[float], None] = time.sleep,
+                     parent_of: Callable[[], int] = os.getppid,
+                     leave: Callable[[int], None] = os._exit) -> threading.Thread:
+    """The worker's initializer: a daemon thread that ends the worker once ``parent`` (the
+    gateway's process) is gone, checked every ``interval`` seconds; returns the thread.
+
+    A gateway killed with SIGKILL (or by the OOM killer) never shuts its pool down, and the
+    worker, blocked reading its call queue, would otherwise live on with no parent: one more
+    orphan per restart. An orphan is adopted by init or a subreaper, so its parent id changes.
+    """
+    def watch() -> None:
+        while parent_of() == parent:
+            sleep(interval)
+        leave(0)
+
+    thread = threading.Thread(target=watch, name="json-worker-parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -11,8 +11,13 @@ import json
 import logging
 import multiprocessing
 import resource
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +26,7 @@ import uvicorn
 from structlog.testing import capture_logs
 
 from octollm_grpc import codes, errors
+from server import json_worker
 from server.gen.octollm.tasks.v1 import tasks_pb2
 from server.http_limits import (
     ACCEPT_BURST,
@@ -484,6 +490,58 @@ async def test_the_worker_decodes_and_names_what_is_wrong() -> None:
     finally:
         decoder.close()
     decoder.close()  # twice: nothing to stop
+
+
+def test_the_worker_watches_its_parent_and_leaves_once_it_is_gone() -> None:
+    parents = iter([41, 41, 41, 1])  # the gateway (41), then init after adoption
+    slept: list[float] = []
+    left: list[int] = []
+    json_worker.exit_with_parent(41, interval=0.25, sleep=slept.append,
+                                 parent_of=lambda: next(parents), leave=left.append).join(10)
+    assert (slept, left) == ([0.25, 0.25, 0.25], [0])
+
+
+# A gateway's process that dies without closing its decoder (SIGKILL): the worker must not
+# outlive it. The child prints its worker's pid, then kills itself.
+_KILLED_GATEWAY = """
+import asyncio, multiprocessing, os, signal
+from server.http_limits import JsonDecoder
+from server.gen.octollm.tasks.v1 import tasks_pb2
+
+async def main():
+    decoder = JsonDecoder()
+    await decoder.decode(b"{}", tasks_pb2.GetTaskRequest())
+    print(*[worker.pid for worker in multiprocessing.active_children()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's end may wait for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_worker_ends_when_the_gateway_s_process_is_killed(tmp_path: Path) -> None:
+    # Output to files, not pipes: a worker that outlives the child keeps a pipe open.
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.run([sys.executable, "-c", _KILLED_GATEWAY], stdout=stdout,
+                               stderr=stderr, timeout=60, cwd=Path(__file__).parents[2])
+    assert child.returncode == -signal.SIGKILL, err.read_text()
+    workers = [int(pid) for pid in out.read_text().split()]
+    assert len(workers) == 1
+    for _ in range(200):  # bounded: the worker checks its parent every 0.5 s
+        if not _running(workers[0]):
+            break
+        time.sleep(0.05)
+    assert not _running(workers[0])
 
 
 # -- uvicorn's log lines ------------------------------------------------------------------------
