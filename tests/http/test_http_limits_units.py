@@ -52,7 +52,8 @@ from server.http_limits import (
 
 
 @pytest.mark.parametrize(("nofile", "cap"), [
-    (100, 16), (256 + 33 * 2, 33), (1000, 372), (256 + 4096 * 2, 4096), (1 << 20, 4096),
+    (100, 16), (256 + 33 * 2, 33), (1000, 372), (1001, 372), (256 + 4096 * 2, 4096),
+    (1 << 20, 4096),
 ])
 def test_connection_cap_is_half_what_the_reserve_leaves_within_16_to_4096(
     nofile: int, cap: int,
@@ -77,6 +78,7 @@ def test_limits_defaults_and_derived_values() -> None:
     assert DEFAULT_MAX_BODY == 1048576
     assert limits.max_head() == 16384
     assert HttpLimits(max_header=10000).max_head() == 20000
+    assert HttpLimits(max_header=20).max_head() == 16 * 1024  # h11's own buffer at least
     assert HttpLimits(max_connections=7).connections() == 7
 
 
@@ -169,6 +171,8 @@ def test_accept_burst_fits_four_bursts_beside_the_cap() -> None:
             assert cap + 4 * burst + 32 <= nofile, nofile
     assert accept_burst(64, 384) == 72
     assert accept_burst(384, 1024) == 128
+    assert accept_burst(16, 64) == 8  # the floor: (64 - 16 - 32) // 4 is 4
+    assert accept_burst(64, 384 + 3) == 72  # whole connections: (387 - 96) // 4
     assert accept_burst(HttpLimits(max_connections=10).connections(), 384) == 85
 
 
@@ -487,6 +491,10 @@ async def test_the_worker_decodes_and_names_what_is_wrong() -> None:
             await decoder.decode(b"{}", tasks_pb2.GetTaskRequest())
         restarted = await decoder.decode(b'{"task_id": "t"}', tasks_pb2.GetTaskRequest())
         assert restarted == tasks_pb2.GetTaskRequest(task_id="t")
+        # One worker however many bodies wait: a flood of costly bodies takes one core.
+        await asyncio.gather(*[decoder.decode(b"{}", tasks_pb2.GetTaskRequest())
+                               for _ in range(6)])
+        assert len(multiprocessing.active_children()) == 1
     finally:
         decoder.close()
     decoder.close()  # twice: nothing to stop
