@@ -63,3 +63,15 @@ def test_unusable_database_fails_start_with_database_error(tmp_path: Path) -> No
     assert done.returncode == 1
     assert "Database open failed: unable to open database file" in done.stderr
     assert "listening" not in done.stdout
+
+
+def test_grpc_core_prints_only_its_errors_unless_the_operator_chose() -> None:
+    """The service's stderr is JSON lines: grpc core's INFO lines ("Got goaway") are off by
+    default, and an operator's GRPC_VERBOSITY is kept."""
+    from server.__main__ import quiet_grpc_core
+
+    unset: dict[str, str] = {}
+    quiet_grpc_core(unset)
+    chosen = {"GRPC_VERBOSITY": "INFO"}
+    quiet_grpc_core(chosen)
+    assert (unset, chosen) == ({"GRPC_VERBOSITY": "ERROR"}, {"GRPC_VERBOSITY": "INFO"})
