@@ -288,3 +288,22 @@ def test_known_class_details_arrive_unpacked() -> None:
     error = from_status_proto(status_pb2.Status(code=5, message="m", details=[_packed(info)]))
     (got,) = error.status_details()
     assert type(got) is error_details_pb2.ResourceInfo and got == info
+
+
+def test_only_the_status_details_trailer_is_read_as_a_status() -> None:
+    """Another binary trailer sent first (a trace context, say) is not taken for the status."""
+    status = to_status(errors.TaskNotFoundError("t-1"))
+    other = status_pb2.Status(code=5, message="not the status").SerializeToString()
+    call = Call(status.code, status.details,
+                (("x-trace-bin", other), *status.trailing_metadata))
+    error = from_rpc_error(call)
+    assert type(error) is errors.TaskNotFoundError
+    assert error.details == {"task_id": "t-1"}
+
+
+def test_the_envelope_s_message_wins_over_the_status_line() -> None:
+    """The status line may be cut or rewritten on the way (a proxy, the size limits); the
+    envelope's message is the error's own."""
+    status = to_status(errors.TaskNotFoundError("t-1"))
+    error = from_rpc_error(Call(status.code, "rewritten by a proxy", status.trailing_metadata))
+    assert error.message == "Task t-1 not found"
