@@ -67,3 +67,13 @@ def _restore_process_wide_state() -> Iterator[None]:
     structlog.configure(**log_config)
     root.setLevel(root_level)
     root.handlers[:] = root_handlers
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """Put structlog's configuration back after a test that configures it globally."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)

@@ -38,14 +38,6 @@ SECRET = "db password is hunter2"
 
 
 @pytest.fixture
-def restore_structlog() -> Iterator[None]:
-    """Put structlog's configuration back after a test that configures it."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
-
-
-@pytest.fixture
 def provider() -> Iterator[TracerProvider]:
     """An SDK provider of the test's own (the global one is left alone), exporting in memory."""
     provider = TracerProvider()

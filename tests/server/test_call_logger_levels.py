@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from octollm_grpc.observability import _logs as logs
-
-
-@pytest.fixture
-def restore_structlog() -> Iterator[None]:
-    saved = structlog.get_config()
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.mark.usefixtures("restore_structlog")

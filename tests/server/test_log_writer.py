@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ import structlog.testing
 
 from octollm_grpc.observability._logs import FLUSH_INTERVAL, LineWriter
 from octollm_grpc.server import CallLogger, configure_logging, flush_logs
-
-
-@pytest.fixture
-def restore_structlog() -> Iterator[None]:
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def test_lines_from_many_threads_all_arrive_in_order() -> None:

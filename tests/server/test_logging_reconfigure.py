@@ -5,21 +5,11 @@ from __future__ import annotations
 import gc
 import io
 import weakref
-from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from octollm_grpc.server import configure_logging, flush_logs
-
-
-@pytest.fixture
-def restore_structlog() -> Iterator[None]:
-    saved = structlog.get_config()
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.mark.usefixtures("restore_structlog")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import urllib.request
-from collections.abc import Iterator
 
 import grpc
-import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -25,14 +23,6 @@ from octollm_grpc.server import (
 from octollm_grpc.server import aio as server_aio
 from tests.server.harness import Script, aio_handlers, call_aio, call_sync, sync_handlers
 from tests.servers import aio_server, sync_server
-
-
-@pytest.fixture
-def restore_structlog() -> Iterator[None]:
-    """Put structlog back as it was (tests configure it globally)."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def test_json_logging_has_request_id_level_and_traceback(restore_structlog: None) -> None:
